@@ -1,0 +1,81 @@
+// zerocopy::Client: talks to the node's zerocopyd over its unix socket.
+//
+// Thread safety: all methods may be called concurrently.
+// Deadlines: every call has one (ClientOptions::timeout; Publish's copy is
+// not a call and has none).
+// Fork safety: a Client belongs to the process that created it. In a forked
+// child every method returns FAILED_PRECONDITION instead of touching the
+// parent's gRPC channel; use Client::ForThisProcess(), which connects
+// afresh in each process. Mappings inherited from the parent stay valid.
+// Errors: the daemon's codes (see the proto and STYLE.md); UNAVAILABLE when
+// the daemon cannot be reached (the message names the socket).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "zerocopy/mapped_model.h"
+#include "zerocopy/model_source.h"
+#include "zerocopy/v1/model_store.pb.h"
+
+namespace zerocopy {
+
+struct ClientOptions {
+  std::string socket;  // "" resolves with DefaultSocketPath()
+  std::chrono::milliseconds timeout{30000};
+  unsigned copy_threads = 0;  // publish: 0 = one per core
+};
+
+struct PublishOptions {
+  std::string name;  // tag to point at the model
+  bool pin = false;
+  // Called from the copying threads with (bytes done, bytes total).
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+// $ZEROCOPY_SOCKET, else /run/zerocopy/zerocopyd.sock as root, else
+// $XDG_RUNTIME_DIR/zerocopy/zerocopyd.sock, else /tmp/zerocopy-$UID/zerocopyd.sock.
+std::string DefaultSocketPath();
+
+class Client : public std::enable_shared_from_this<Client> {
+ public:
+  // Connects (lazily: the first call opens the channel). Never fails for
+  // a missing daemon; calls then return UNAVAILABLE.
+  static std::shared_ptr<Client> Create(ClientOptions options = {});
+  // One client per process for the default options; a forked child gets
+  // its own.
+  static std::shared_ptr<Client> ForThisProcess();
+  ~Client();
+
+  const std::string& socket() const;
+
+  // Copies the storages into a new segment (parallel, hashing as it
+  // goes), commits, returns the model. Equal bytes give the same digest and
+  // no second copy. On failure the staging segment is aborted.
+  absl::StatusOr<v1::ModelInfo> Publish(const ModelSource& source, const PublishOptions& options = {});
+
+  // The model's info and manifest, without mapping it.
+  absl::StatusOr<v1::GetModelResponse> Get(const std::string& ref);
+
+  // Maps a model by name or digest, holding a lease on it (against
+  // eviction) for as long as the MappedModel lives.
+  absl::StatusOr<std::shared_ptr<MappedModel>> Map(const std::string& ref, const MapOptions& options = {});
+
+  absl::StatusOr<v1::ListModelsResponse> List();
+  absl::StatusOr<std::string> Delete(const std::string& ref, bool force = false);
+  absl::StatusOr<v1::ModelInfo> Tag(const std::string& name, const std::string& digest);
+  absl::StatusOr<v1::ModelInfo> Pin(const std::string& ref, bool pinned = true);
+  absl::StatusOr<v1::GetStatsResponse> Stats();
+  // The session id of this process (opening the Session stream if needed).
+  absl::StatusOr<uint64_t> SessionId();
+
+ private:
+  struct Impl;
+  explicit Client(ClientOptions options);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace zerocopy

@@ -1,0 +1,55 @@
+// Content digests of models: XXH3-128 over the segment, as a tree so that
+// publishers and the daemon hash in parallel.
+//
+//   leaf[i] = XXH3-128(segment[i*kDigestChunk, (i+1)*kDigestChunk))
+//   digest  = XXH3-128(leaf[0] .. leaf[n-1] || canonical(manifest))
+//
+// canonical(manifest) encodes names, dtypes, shapes, strides, storages and
+// metadata in a fixed order, so equal bytes with different tensor names are
+// different models. Digests print as 32 lowercase hex digits.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "zerocopy/v1/model_store.pb.h"
+
+namespace zerocopy {
+
+inline constexpr size_t kDigestChunk = 4u << 20;
+
+struct Hash128 {
+  uint64_t high = 0;
+  uint64_t low = 0;
+  bool operator==(const Hash128& o) const { return high == o.high && low == o.low; }
+  bool operator!=(const Hash128& o) const { return !(*this == o); }
+};
+
+// XXH3-128 of one buffer, using the CPU's widest vector unit.
+Hash128 HashBytes(const void* data, size_t size);
+
+// Number of leaves for a segment of `size` bytes.
+inline size_t DigestLeafCount(uint64_t size) {
+  return static_cast<size_t>((size + kDigestChunk - 1) / kDigestChunk);
+}
+
+// The leaf hash of chunk `index` of `segment` (which is `size` bytes long).
+Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index);
+
+// The model digest from its leaves and manifest.
+std::string CombineDigest(const std::vector<Hash128>& leaves,
+                          const ::zerocopy::v1::Manifest& manifest);
+
+// Hashes a whole segment with up to `threads` threads (0: one per core).
+std::string ComputeDigest(const uint8_t* segment, uint64_t size,
+                          const ::zerocopy::v1::Manifest& manifest, unsigned threads = 0);
+
+// The canonical byte encoding of a manifest that the digest covers.
+std::string CanonicalManifest(const ::zerocopy::v1::Manifest& manifest);
+
+}  // namespace zerocopy

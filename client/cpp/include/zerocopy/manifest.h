@@ -1,0 +1,62 @@
+// Manifest rules shared by the daemon (which enforces them) and the clients
+// (which build manifests): segment layout, validation, and names.
+#pragma once
+
+#include <cstdint>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "zerocopy/v1/model_store.pb.h"
+
+namespace zerocopy {
+
+using Manifest = ::zerocopy::v1::Manifest;
+
+// Every storage starts at a multiple of this in the segment: enough for any
+// dtype, AVX-512 loads and DLPack consumers that want aligned data.
+inline constexpr uint64_t kStorageAlignment = 64;
+
+// Limits on what one manifest may describe. The defaults allow large
+// real-world checkpoints (100,000+ tensors) while bounding daemon memory.
+struct ManifestLimits {
+  uint64_t max_tensors = 1'000'000;
+  uint64_t max_storages = 1'000'000;
+  uint64_t max_rank = 32;
+  uint64_t max_tensor_name = 4096;
+  uint64_t max_metadata = 256ull << 20;
+  uint64_t max_total_size = 1ull << 50;
+};
+
+// Checks every rule a manifest must follow, without looking at offsets the
+// daemon assigns: storage count and sizes, tensors inside their storages
+// (overflow-checked), dtypes, shapes, strides, unique non-empty names
+// without NUL. Errors: INVALID_ARGUMENT naming the offending tensor.
+absl::Status ValidateManifest(const Manifest& manifest,
+                              const ManifestLimits& limits = ManifestLimits());
+
+// Assigns each storage its aligned offset and sets total_size. Errors:
+// INVALID_ARGUMENT when the total overflows the limit.
+absl::Status AssignOffsets(Manifest* manifest,
+                           const ManifestLimits& limits = ManifestLimits());
+
+// Checks that storage offsets are exactly what AssignOffsets gives (used
+// when reading a manifest back from disk or from the daemon).
+absl::Status CheckLayout(const Manifest& manifest);
+
+// Bytes a tensor view spans from its byte_offset (0 for an empty tensor).
+// Errors: INVALID_ARGUMENT on overflow or negative dims/strides.
+absl::StatusOr<uint64_t> TensorExtent(const ::zerocopy::v1::Tensor& tensor);
+
+// True if the tensor's strides are row-major contiguous (or empty).
+bool IsContiguous(const ::zerocopy::v1::Tensor& tensor);
+
+// Model names (tags): 1-255 characters from [A-Za-z0-9._:@+=-], not
+// starting with '.', '-' or ':', and not 32 hex digits (those are digests).
+// Errors: INVALID_ARGUMENT saying which rule is broken.
+absl::Status ValidateModelName(absl::string_view name);
+
+// True for 32 lowercase hex digits.
+bool IsDigest(absl::string_view s);
+
+}  // namespace zerocopy

@@ -1,0 +1,344 @@
+#include "zerocopy/client.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/string_view.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "zerocopy/digest.h"
+#include "zerocopy/grpc_status.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/parallel_for.h"
+#include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
+#include "zerocopy/v1/model_store.grpc.pb.h"
+
+namespace zerocopy {
+
+namespace {
+
+constexpr int kMaxMessage = 512 << 20;  // a manifest of 100,000+ tensors fits
+constexpr char kClientName[] = "libzerocopy/" ZEROCOPY_VERSION;
+
+}  // namespace
+
+struct Client::Impl {
+  ClientOptions options;
+  pid_t pid = ::getpid();
+  absl::Mutex mu;
+  std::shared_ptr<grpc::Channel> channel ABSL_GUARDED_BY(mu);
+  std::unique_ptr<v1::ModelStore::Stub> stub ABSL_GUARDED_BY(mu);
+  // The Session stream: open for the life of this client.
+  std::unique_ptr<grpc::ClientContext> session_ctx ABSL_GUARDED_BY(mu);
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> session ABSL_GUARDED_BY(mu);
+  uint64_t session_id ABSL_GUARDED_BY(mu) = 0;
+
+  absl::Status CheckProcess() const {
+    if (::getpid() != pid) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("this zerocopy::Client was created in process ", pid, " and cannot be used after fork() in ",
+                       ::getpid(), "; use zerocopy::Client::ForThisProcess() or create a new Client"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<v1::ModelStore::Stub*> Stub() {
+    ZC_RETURN_IF_ERROR(CheckProcess());
+    absl::MutexLock lock(&mu);
+    if (!stub) {
+      grpc::ChannelArguments args;
+      args.SetMaxReceiveMessageSize(kMaxMessage);
+      args.SetMaxSendMessageSize(kMaxMessage);
+      // A unix socket: no proxies, no DNS.
+      args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
+      channel = grpc::CreateCustomChannel(absl::StrCat("unix:", options.socket), grpc::InsecureChannelCredentials(),
+                                          args);
+      stub = v1::ModelStore::NewStub(channel);
+    }
+    return stub.get();
+  }
+
+  void Prepare(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) const {
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout);
+  }
+  void Prepare(grpc::ClientContext* ctx) const { Prepare(ctx, options.timeout); }
+
+  absl::Status Convert(const grpc::Status& status, absl::string_view method) const {
+    if (status.ok()) return absl::OkStatus();
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      return absl::UnavailableError(absl::StrCat("zerocopyd is not reachable at ", options.socket, " (", method, ": ",
+                                                 status.error_message(),
+                                                 "); start it, or set ZEROCOPY_SOCKET to where it listens"));
+    }
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return absl::DeadlineExceededError(absl::StrCat(method, ": no answer from zerocopyd at ", options.socket,
+                                                      " within ", options.timeout.count(), " ms"));
+    }
+    return FromGrpcStatus(status);
+  }
+
+  absl::StatusOr<uint64_t> OpenSession() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    session_ctx = std::make_unique<grpc::ClientContext>();
+    // Wait for the daemon for at most the timeout, then the stream lives on.
+    session_ctx->set_wait_for_ready(false);
+    session = stub->Session(session_ctx.get());
+    v1::SessionRequest hello;
+    hello.mutable_hello()->set_pid(::getpid());
+    hello.mutable_hello()->set_client(kClientName);
+    v1::SessionResponse response;
+    if (!session->Write(hello) || !session->Read(&response)) {
+      grpc::Status status = session->Finish();
+      session.reset();
+      session_ctx.reset();
+      return Convert(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "session closed") : status, "Session");
+    }
+    session_id = response.session_id();
+    return session_id;
+  }
+
+  void CloseSession() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (session) {
+      session_ctx->TryCancel();
+      session->Finish();
+    }
+    session.reset();
+    session_ctx.reset();
+    session_id = 0;
+  }
+};
+
+Client::Client(ClientOptions options) : impl_(new Impl) {
+  if (options.socket.empty()) options.socket = DefaultSocketPath();
+  impl_->options = std::move(options);
+}
+
+Client::~Client() {
+  if (::getpid() != impl_->pid) {
+    // After fork: the gRPC objects belong to the parent; never touch them.
+    (void)impl_.release();
+    return;
+  }
+  absl::MutexLock lock(&impl_->mu);
+  impl_->CloseSession();
+}
+
+std::shared_ptr<Client> Client::Create(ClientOptions options) {
+  return std::shared_ptr<Client>(new Client(std::move(options)));
+}
+
+std::shared_ptr<Client> Client::ForThisProcess() {
+  static std::mutex mu;
+  static std::shared_ptr<Client>* instance = nullptr;  // leaked on purpose: see ~Client
+  static pid_t owner = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (instance == nullptr || owner != ::getpid()) {
+    instance = new std::shared_ptr<Client>(Create());
+    owner = ::getpid();
+  }
+  return *instance;
+}
+
+const std::string& Client::socket() const { return impl_->options.socket; }
+
+absl::StatusOr<uint64_t> Client::SessionId() {
+  ZC_RETURN_IF_ERROR(impl_->Stub().status());
+  absl::MutexLock lock(&impl_->mu);
+  if (impl_->session_id != 0) return impl_->session_id;
+  return impl_->OpenSession();
+}
+
+#define ZC_CALL(method, request, response)                                          \
+  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());                  \
+  grpc::ClientContext ctx;                                                          \
+  impl_->Prepare(&ctx);                                                             \
+  ZC_RETURN_IF_ERROR(impl_->Convert(stub->method(&ctx, request, &response), #method))
+
+absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const PublishOptions& options) {
+  ZC_RETURN_IF_ERROR(ValidateManifest(source.manifest));
+  if (source.storage_data.size() != static_cast<size_t>(source.manifest.storages_size())) {
+    return absl::InvalidArgumentError(absl::StrCat(source.storage_data.size(), " storage pointers for ",
+                                                   source.manifest.storages_size(), " storages"));
+  }
+  v1::CreateModelRequest create;
+  *create.mutable_manifest() = source.manifest;
+  create.set_name(options.name);
+  create.set_pin(options.pin);
+  v1::CreateModelResponse created;
+  {
+    ZC_CALL(CreateModel, create, created);
+  }
+  auto abort = [&](const absl::Status& why) {
+    v1::AbortModelRequest request;
+    request.set_staging_id(created.staging_id());
+    v1::AbortModelResponse response;
+    if (auto stub = impl_->Stub(); stub.ok()) {
+      grpc::ClientContext ctx;
+      impl_->Prepare(&ctx);
+      (*stub)->AbortModel(&ctx, request, &response);
+    }
+    return why;
+  };
+  const v1::Manifest& layout = created.manifest();
+  const uint64_t total = layout.total_size();
+  if (layout.storages_size() != source.manifest.storages_size()) {
+    return abort(absl::InternalError("the daemon's layout has a different storage count"));
+  }
+  std::vector<Hash128> leaves(DigestLeafCount(total));
+  {
+    UniqueFd fd(::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd) return abort(ErrnoStatus(errno, absl::StrCat("open ", created.segment_path())));
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != total) {
+      return abort(absl::InternalError(absl::StrCat(created.segment_path(), " is not ", total, " bytes")));
+    }
+    MappedRegion::Options map_options;
+    map_options.access = MappedRegion::Access::kReadWrite;
+    map_options.huge_pages = true;
+    auto region = MappedRegion::Map(fd.get(), total, map_options);
+    if (!region.ok()) return abort(region.status());
+    uint8_t* dst = region->data();
+    std::atomic<uint64_t> done{0};
+    // Chunk i covers [i*C, (i+1)*C): copy every storage overlapping it,
+    // then hash it while it is in cache. Storages are in offset order.
+    ParallelFor(leaves.size(), impl_->options.copy_threads, [&](size_t i) {
+      const uint64_t begin = static_cast<uint64_t>(i) * kDigestChunk;
+      const uint64_t end = std::min<uint64_t>(begin + kDigestChunk, total);
+      auto first = std::upper_bound(layout.storages().begin(), layout.storages().end(), begin,
+                                    [](uint64_t v, const v1::Storage& s) { return v < s.offset(); });
+      int s = static_cast<int>(first - layout.storages().begin()) - 1;
+      if (s < 0) s = 0;
+      for (; s < layout.storages_size() && layout.storages(s).offset() < end; ++s) {
+        const uint64_t s_begin = layout.storages(s).offset();
+        const uint64_t s_end = s_begin + layout.storages(s).size();
+        const uint64_t lo = std::max(begin, s_begin), hi = std::min(end, s_end);
+        if (lo < hi) {
+          std::memcpy(dst + lo, static_cast<const uint8_t*>(source.storage_data[s]) + (lo - s_begin), hi - lo);
+        }
+      }
+      leaves[i] = HashLeaf(dst, total, i);
+      uint64_t now = done.fetch_add(end - begin) + (end - begin);
+      if (options.progress) options.progress(now, total);
+    });
+  }
+  v1::CommitModelRequest commit;
+  commit.set_staging_id(created.staging_id());
+  commit.set_digest(CombineDigest(leaves, layout));
+  v1::CommitModelResponse committed;
+  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx);
+  absl::Status status = impl_->Convert(stub->CommitModel(&ctx, commit, &committed), "CommitModel");
+  if (!status.ok()) return abort(status);  // a failed commit already dropped it; abort is harmless
+  return committed.model();
+}
+
+absl::StatusOr<v1::GetModelResponse> Client::Get(const std::string& ref) {
+  v1::GetModelRequest request;
+  request.mutable_model()->set_ref(ref);
+  v1::GetModelResponse response;
+  ZC_CALL(GetModel, request, response);
+  return response;
+}
+
+absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref, const MapOptions& options) {
+  absl::Status last;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    ZC_ASSIGN_OR_RETURN(uint64_t session_id, SessionId());
+    v1::GetModelRequest request;
+    request.mutable_model()->set_ref(ref);
+    request.set_session_id(session_id);
+    request.set_lease(true);
+    v1::GetModelResponse response;
+    ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
+    grpc::ClientContext ctx;
+    impl_->Prepare(&ctx);
+    absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
+    if (absl::IsFailedPrecondition(status)) {
+      // The daemon restarted and forgot our session: open a new one.
+      absl::MutexLock lock(&impl_->mu);
+      impl_->CloseSession();
+      last = status;
+      continue;
+    }
+    ZC_RETURN_IF_ERROR(status);
+    std::string digest = response.model().digest();
+    std::string path = response.model().segment_path();
+    std::weak_ptr<Client> weak = weak_from_this();
+    auto release = [weak, session_id, digest] {
+      auto self = weak.lock();
+      if (!self || !self->impl_->CheckProcess().ok()) return;
+      auto stub = self->impl_->Stub();
+      if (!stub.ok()) return;
+      v1::ReleaseModelRequest request;
+      request.set_session_id(session_id);
+      request.set_digest(digest);
+      v1::ReleaseModelResponse response;
+      grpc::ClientContext ctx;
+      self->impl_->Prepare(&ctx, std::chrono::milliseconds(2000));
+      (*stub)->ReleaseModel(&ctx, request, &response);  // best effort: the session end releases it anyway
+    };
+    auto mapped = MappedModel::Open(path, std::move(*response.mutable_model()), std::move(*response.mutable_manifest()),
+                                    options, release);
+    if (mapped.ok()) return mapped;
+    release();
+    // Deleted between GetModel and open: ask again (it may be gone for good).
+    if (!absl::IsNotFound(mapped.status())) return mapped.status();
+    last = mapped.status();
+  }
+  return last;
+}
+
+absl::StatusOr<v1::ListModelsResponse> Client::List() {
+  v1::ListModelsRequest request;
+  v1::ListModelsResponse response;
+  ZC_CALL(ListModels, request, response);
+  return response;
+}
+
+absl::StatusOr<std::string> Client::Delete(const std::string& ref, bool force) {
+  v1::DeleteModelRequest request;
+  request.mutable_model()->set_ref(ref);
+  request.set_force(force);
+  v1::DeleteModelResponse response;
+  ZC_CALL(DeleteModel, request, response);
+  return response.digest();
+}
+
+absl::StatusOr<v1::ModelInfo> Client::Tag(const std::string& name, const std::string& digest) {
+  v1::TagModelRequest request;
+  request.set_name(name);
+  request.set_digest(digest);
+  v1::TagModelResponse response;
+  ZC_CALL(TagModel, request, response);
+  return response.model();
+}
+
+absl::StatusOr<v1::ModelInfo> Client::Pin(const std::string& ref, bool pinned) {
+  v1::PinModelRequest request;
+  request.mutable_model()->set_ref(ref);
+  v1::PinModelResponse response;
+  if (pinned) {
+    ZC_CALL(PinModel, request, response);
+  } else {
+    ZC_CALL(UnpinModel, request, response);
+  }
+  return response.model();
+}
+
+absl::StatusOr<v1::GetStatsResponse> Client::Stats() {
+  v1::GetStatsRequest request;
+  v1::GetStatsResponse response;
+  ZC_CALL(GetStats, request, response);
+  return response;
+}
+
+}  // namespace zerocopy

@@ -1,0 +1,83 @@
+#include "zerocopy/digest.h"
+
+#include <xxh_x86dispatch.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/string_view.h"
+#include "absl/strings/str_format.h"
+#include "zerocopy/parallel_for.h"
+
+namespace zerocopy {
+
+namespace {
+
+void PutU64(std::string* out, uint64_t v) {
+  char buf[8];
+  for (int i = 0; i < 8; ++i) buf[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  out->append(buf, 8);
+}
+
+void PutBytes(std::string* out, absl::string_view bytes) {
+  PutU64(out, bytes.size());
+  out->append(bytes.data(), bytes.size());
+}
+
+}  // namespace
+
+Hash128 HashBytes(const void* data, size_t size) {
+  XXH128_hash_t h = XXH3_128bits_dispatch(data, size);
+  return Hash128{h.high64, h.low64};
+}
+
+Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index) {
+  uint64_t begin = static_cast<uint64_t>(index) * kDigestChunk;
+  uint64_t len = std::min<uint64_t>(kDigestChunk, size - begin);
+  return HashBytes(segment + begin, len);
+}
+
+std::string CanonicalManifest(const v1::Manifest& manifest) {
+  std::string out = "zerocopy-manifest-v1";
+  PutBytes(&out, manifest.format());
+  PutBytes(&out, manifest.metadata());
+  PutU64(&out, manifest.storages_size());
+  for (const auto& s : manifest.storages()) {
+    PutU64(&out, s.size());
+    PutU64(&out, s.offset());
+  }
+  PutU64(&out, manifest.total_size());
+  PutU64(&out, manifest.tensors_size());
+  for (const auto& t : manifest.tensors()) {
+    PutBytes(&out, t.name());
+    PutU64(&out, t.storage());
+    PutU64(&out, t.byte_offset());
+    PutU64(&out, static_cast<uint64_t>(t.dtype()));
+    PutU64(&out, t.shape_size());
+    for (int64_t d : t.shape()) PutU64(&out, static_cast<uint64_t>(d));
+    PutU64(&out, t.strides_size());
+    for (int64_t d : t.strides()) PutU64(&out, static_cast<uint64_t>(d));
+  }
+  return out;
+}
+
+std::string CombineDigest(const std::vector<Hash128>& leaves, const v1::Manifest& manifest) {
+  std::string buf;
+  buf.reserve(leaves.size() * 16 + 64);
+  for (const auto& leaf : leaves) {
+    PutU64(&buf, leaf.high);
+    PutU64(&buf, leaf.low);
+  }
+  buf += CanonicalManifest(manifest);
+  Hash128 root = HashBytes(buf.data(), buf.size());
+  return absl::StrFormat("%016x%016x", root.high, root.low);
+}
+
+std::string ComputeDigest(const uint8_t* segment, uint64_t size, const v1::Manifest& manifest,
+                          unsigned threads) {
+  std::vector<Hash128> leaves(DigestLeafCount(size));
+  ParallelFor(leaves.size(), threads, [&](size_t i) { leaves[i] = HashLeaf(segment, size, i); });
+  return CombineDigest(leaves, manifest);
+}
+
+}  // namespace zerocopy

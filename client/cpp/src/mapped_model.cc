@@ -1,0 +1,113 @@
+#include "zerocopy/mapped_model.h"
+
+#include <dlpack/dlpack.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "absl/strings/str_cat.h"
+#include "zerocopy/digest.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
+
+namespace zerocopy {
+
+absl::StatusOr<std::shared_ptr<MappedModel>> MappedModel::Open(const std::string& path, v1::ModelInfo info,
+                                                               v1::Manifest manifest, const MapOptions& options,
+                                                               std::function<void()> on_release) {
+  // Trust nothing the daemon sent before it is checked: a view outside the
+  // mapping would read someone else's memory.
+  ZC_RETURN_IF_ERROR(Annotate(ValidateManifest(manifest), "manifest from the daemon"));
+  ZC_RETURN_IF_ERROR(Annotate(CheckLayout(manifest), "manifest from the daemon"));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+  if (static_cast<uint64_t>(st.st_size) != manifest.total_size()) {
+    return absl::DataLossError(absl::StrCat(path, " is ", st.st_size, " bytes; its manifest says ",
+                                            manifest.total_size()));
+  }
+  MappedRegion::Options map_options;
+  map_options.access = options.read_only ? MappedRegion::Access::kReadOnly : MappedRegion::Access::kCopyOnWrite;
+  map_options.populate = options.populate;
+  ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::Map(fd.get(), manifest.total_size(), map_options));
+  std::shared_ptr<MappedModel> model(new MappedModel());
+  model->info_ = std::move(info);
+  model->manifest_ = std::move(manifest);
+  model->region_ = std::move(region);
+  model->on_release_ = std::move(on_release);
+  model->by_name_.reserve(model->manifest_.tensors_size());
+  for (int i = 0; i < model->manifest_.tensors_size(); ++i) model->by_name_[model->manifest_.tensors(i).name()] = i;
+  return model;
+}
+
+MappedModel::~MappedModel() {
+  region_.Reset();
+  if (on_release_) on_release_();
+}
+
+TensorView MappedModel::tensor(size_t index) const {
+  const v1::Tensor& spec = manifest_.tensors(static_cast<int>(index));
+  const v1::Storage& storage = manifest_.storages(static_cast<int>(spec.storage()));
+  uint8_t* base = region_.data() == nullptr ? nullptr : region_.data() + storage.offset() + spec.byte_offset();
+  auto extent = TensorExtent(spec);  // validated at Open
+  return TensorView{&spec, base, extent.ok() ? *extent : 0};
+}
+
+absl::StatusOr<TensorView> MappedModel::Find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) {
+    return absl::NotFoundError(absl::StrCat("model ", info_.digest(), " has no tensor '", name, "'"));
+  }
+  return tensor(it->second);
+}
+
+namespace {
+
+struct DLPackContext {
+  std::shared_ptr<MappedModel> model;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+};
+
+}  // namespace
+
+absl::StatusOr<DLManagedTensor*> MappedModel::ToDLPack(size_t index) {
+  TensorView view = tensor(index);
+  DLDataType dtype;
+  if (!ToDLDataType(view.spec->dtype(), &dtype)) {
+    return absl::UnimplementedError(absl::StrCat("tensor '", view.spec->name(), "' has dtype ",
+                                                 DTypeName(view.spec->dtype()), ", which DLPack cannot describe"));
+  }
+  auto* ctx = new DLPackContext{shared_from_this(), {view.spec->shape().begin(), view.spec->shape().end()}, {}};
+  if (view.spec->strides_size() != 0) {
+    ctx->strides.assign(view.spec->strides().begin(), view.spec->strides().end());
+  } else {
+    ctx->strides.resize(ctx->shape.size());
+    int64_t s = 1;
+    for (size_t i = ctx->shape.size(); i-- > 0;) {
+      ctx->strides[i] = s;
+      s *= ctx->shape[i];
+    }
+  }
+  auto* managed = new DLManagedTensor{};
+  managed->dl_tensor.data = view.data;
+  managed->dl_tensor.device = DLDevice{kDLCPU, 0};
+  managed->dl_tensor.ndim = static_cast<int32_t>(ctx->shape.size());
+  managed->dl_tensor.dtype = dtype;
+  managed->dl_tensor.shape = ctx->shape.data();
+  managed->dl_tensor.strides = ctx->strides.data();
+  managed->dl_tensor.byte_offset = 0;
+  managed->manager_ctx = ctx;
+  managed->deleter = [](DLManagedTensor* self) {
+    delete static_cast<DLPackContext*>(self->manager_ctx);
+    delete self;
+  };
+  return managed;
+}
+
+std::string MappedModel::ComputeDigest(unsigned threads) const {
+  return ::zerocopy::ComputeDigest(region_.data(), region_.size(), manifest_, threads);
+}
+
+}  // namespace zerocopy

@@ -1,0 +1,19 @@
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "zerocopy/client.h"
+
+namespace zerocopy {
+
+std::string DefaultSocketPath() {
+  const char* env = std::getenv("ZEROCOPY_SOCKET");
+  if (env && *env) return env;
+  if (::geteuid() == 0) return "/run/zerocopy/zerocopyd.sock";
+  const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+  if (xdg && *xdg) return absl::StrCat(xdg, "/zerocopy/zerocopyd.sock");
+  return absl::StrCat("/tmp/zerocopy-", ::geteuid(), "/zerocopyd.sock");
+}
+
+}  // namespace zerocopy

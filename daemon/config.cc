@@ -1,0 +1,207 @@
+#include "config.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+#include "absl/strings/string_view.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace zerocopy::daemon {
+
+namespace {
+
+uint64_t PhysicalMemory() {
+  long pages = sysconf(_SC_PHYS_PAGES);
+  long page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+}
+
+}  // namespace
+
+Config DefaultConfig() {
+  Config c;
+  uid_t uid = geteuid();
+  if (uid == 0) {
+    c.socket = "/run/zerocopy/zerocopyd.sock";
+    c.segment_dir = "/dev/shm/zerocopy";
+  } else {
+    const char* xdg = std::getenv("XDG_RUNTIME_DIR");
+    c.socket = (xdg && *xdg) ? absl::StrCat(xdg, "/zerocopy/zerocopyd.sock")
+                             : absl::StrCat("/tmp/zerocopy-", uid, "/zerocopyd.sock");
+    c.segment_dir = absl::StrCat("/dev/shm/zerocopy-", uid);
+  }
+  c.host_budget = PhysicalMemory() / 2;
+  return c;
+}
+
+absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
+  std::string s(absl::StripAsciiWhitespace(text));
+  if (s.empty()) return absl::InvalidArgumentError("empty size");
+  if (s.back() == '%') {
+    double pct;
+    if (!absl::SimpleAtod(s.substr(0, s.size() - 1), &pct) || pct <= 0 || pct > 100) {
+      return absl::InvalidArgumentError(absl::StrCat("size '", s, "': a percentage must be in (0, 100]"));
+    }
+    return static_cast<uint64_t>(PhysicalMemory() * (pct / 100.0));
+  }
+  size_t i = 0;
+  while (i < s.size() && (absl::ascii_isdigit(s[i]) || s[i] == '.')) ++i;
+  std::string number = s.substr(0, i);
+  std::string unit = absl::AsciiStrToUpper(absl::StripAsciiWhitespace(s.substr(i)));
+  if (unit.size() > 1 && unit.back() == 'B') unit.pop_back();
+  if (unit.size() > 1 && unit.back() == 'I') unit.pop_back();
+  int shift;
+  if (unit.empty()) shift = 0;
+  else if (unit == "K") shift = 10;
+  else if (unit == "M") shift = 20;
+  else if (unit == "G") shift = 30;
+  else if (unit == "T") shift = 40;
+  else return absl::InvalidArgumentError(absl::StrCat("size '", s, "': unknown unit (use K, M, G, T or %)"));
+  double value;
+  if (number.empty() || !absl::SimpleAtod(number, &value) || value < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("size '", s, "' is not a number with an optional unit"));
+  }
+  double bytes = value * std::ldexp(1.0, shift);
+  if (bytes >= 1.8e19) return absl::InvalidArgumentError(absl::StrCat("size '", s, "' is too large"));
+  return static_cast<uint64_t>(bytes);
+}
+
+std::string FormatBytes(uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(bytes, " B") : absl::StrFormat("%.2f %s", v, kUnits[u]);
+}
+
+namespace {
+
+std::string Where(const toml::node& node) {
+  return absl::StrCat("line ", node.source().begin.line);
+}
+
+absl::Status ReadString(const toml::node& node, absl::string_view key, std::string* out) {
+  auto v = node.value<std::string>();
+  if (!v) return absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), ") must be a string"));
+  *out = *v;
+  return absl::OkStatus();
+}
+
+absl::Status ReadSize(const toml::node& node, absl::string_view key, uint64_t* out) {
+  if (auto i = node.value<int64_t>()) {
+    if (*i < 0) return absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), ") must not be negative"));
+    *out = static_cast<uint64_t>(*i);
+    return absl::OkStatus();
+  }
+  if (auto s = node.value<std::string>()) {
+    auto parsed = ParseByteSize(*s);
+    if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), "): ", parsed.status().message()));
+    *out = *parsed;
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), ") must be a byte count or a string like \"8G\""));
+}
+
+absl::Status ReadIdList(const toml::node& node, absl::string_view key, std::vector<uint32_t>* out) {
+  const toml::array* arr = node.as_array();
+  if (!arr) return absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), ") must be an array of integers"));
+  out->clear();
+  for (const auto& e : *arr) {
+    auto v = e.value<int64_t>();
+    if (!v || *v < 0 || *v > UINT32_MAX) {
+      return absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), ") must hold ids in [0, 2^32)"));
+    }
+    out->push_back(static_cast<uint32_t>(*v));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LoadConfigFile(const std::string& path, Config* config) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("config file ", path, " cannot be read"));
+  std::stringstream text;
+  text << in.rdbuf();
+  toml::table table;
+  try {
+    table = toml::parse(text.str(), path);
+  } catch (const toml::parse_error& err) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ":", err.source().begin.line, ": ", std::string(err.description())));
+  }
+  for (const auto& [k, node] : table) {
+    std::string key(k.str());
+    absl::Status s;
+    if (key == "socket") s = ReadString(node, key, &config->socket);
+    else if (key == "socket_group") s = ReadString(node, key, &config->socket_group);
+    else if (key == "segment_dir") s = ReadString(node, key, &config->segment_dir);
+    else if (key == "segment_group") s = ReadString(node, key, &config->segment_group);
+    else if (key == "log_level") s = ReadString(node, key, &config->log_level);
+    else if (key == "host_budget") s = ReadSize(node, key, &config->host_budget);
+    else if (key == "tmpfs_reserve") s = ReadSize(node, key, &config->tmpfs_reserve);
+    else if (key == "max_message_bytes") s = ReadSize(node, key, &config->max_message_bytes);
+    else if (key == "admin_uids") s = ReadIdList(node, key, &config->admin_uids);
+    else if (key == "admin_gids") s = ReadIdList(node, key, &config->admin_gids);
+    else if (key == "socket_mode") {
+      auto v = node.value<int64_t>();
+      if (!v || *v < 0 || *v > 0777) s = absl::InvalidArgumentError(absl::StrCat("socket_mode (", Where(node), ") must be an octal mode like 0o660"));
+      else config->socket_mode = static_cast<uint32_t>(*v);
+    } else if (key == "verify_on_start") {
+      auto v = node.value<bool>();
+      if (!v) s = absl::InvalidArgumentError(absl::StrCat("verify_on_start (", Where(node), ") must be true or false"));
+      else config->verify_on_start = *v;
+    } else if (key == "hash_threads") {
+      auto v = node.value<int64_t>();
+      if (!v || *v < 0 || *v > 256) s = absl::InvalidArgumentError(absl::StrCat("hash_threads (", Where(node), ") must be in [0, 256]"));
+      else config->hash_threads = static_cast<uint32_t>(*v);
+    } else if (key == "shutdown_grace_seconds") {
+      auto v = node.value<double>();
+      if (!v || *v < 0) s = absl::InvalidArgumentError(absl::StrCat("shutdown_grace_seconds (", Where(node), ") must be a non-negative number"));
+      else config->shutdown_grace_seconds = *v;
+    } else {
+      s = absl::InvalidArgumentError(absl::StrCat("unknown key '", key, "' (", Where(node), ")"));
+    }
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+std::string ConfigToToml(const Config& c) {
+  auto quote = [](const std::string& s) {
+    std::ostringstream os;
+    os << toml::value<std::string>(s);
+    return os.str();
+  };
+  auto ids = [](const std::vector<uint32_t>& v) { return absl::StrCat("[", absl::StrJoin(v, ", "), "]"); };
+  return absl::StrCat(
+      "socket = ", quote(c.socket), "\n",
+      "socket_mode = 0o", absl::StrFormat("%o", c.socket_mode), "\n",
+      "socket_group = ", quote(c.socket_group), "\n",
+      "segment_dir = ", quote(c.segment_dir), "\n",
+      "segment_group = ", quote(c.segment_group), "\n",
+      "host_budget = ", c.host_budget, "  # ", FormatBytes(c.host_budget), "\n",
+      "tmpfs_reserve = ", c.tmpfs_reserve, "  # ", FormatBytes(c.tmpfs_reserve), "\n",
+      "verify_on_start = ", c.verify_on_start ? "true" : "false", "\n",
+      "admin_uids = ", ids(c.admin_uids), "\n",
+      "admin_gids = ", ids(c.admin_gids), "\n",
+      "max_message_bytes = ", c.max_message_bytes, "\n",
+      "hash_threads = ", c.hash_threads, "\n",
+      "shutdown_grace_seconds = ", absl::StrFormat("%g", c.shutdown_grace_seconds), "\n",
+      "log_level = ", quote(c.log_level), "\n");
+}
+
+}  // namespace zerocopy::daemon

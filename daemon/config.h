@@ -1,0 +1,52 @@
+// Config: every setting of zerocopyd, its embedded default, and loading
+// from TOML (config/zerocopyd.toml documents each key) and from flags.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace zerocopy::daemon {
+
+struct Config {
+  std::string socket;           // unix socket path
+  uint32_t socket_mode = 0660;
+  std::string socket_group;     // group owning the socket; "" keeps ours
+  std::string segment_dir;      // tmpfs directory holding the segments
+  std::string segment_group;    // group owning the directory; "" keeps ours
+  uint64_t host_budget = 0;     // bytes of models (committed + staging)
+  uint64_t tmpfs_reserve = 64ull << 20;  // keep this much free on the tmpfs
+  bool verify_on_start = true;  // rehash every segment when re-adopting it
+  std::vector<uint32_t> admin_uids;  // empty: anyone who can connect
+  std::vector<uint32_t> admin_gids;
+  uint64_t max_message_bytes = 512ull << 20;
+  uint32_t hash_threads = 0;    // 0: one per core
+  double shutdown_grace_seconds = 5;
+  std::string log_level = "info";
+};
+
+// The embedded defaults for this user: as root, /run/zerocopy/zerocopyd.sock
+// and /dev/shm/zerocopy; otherwise $XDG_RUNTIME_DIR/zerocopy/zerocopyd.sock
+// (or /tmp/zerocopy-$UID/zerocopyd.sock) and /dev/shm/zerocopy-$UID. The host
+// budget is half the machine's RAM.
+Config DefaultConfig();
+
+// Overlays the keys of a TOML file on `config`. Errors: NOT_FOUND for a
+// missing file, INVALID_ARGUMENT for a syntax error, an unknown key or a bad
+// value (the message names the key and line).
+absl::Status LoadConfigFile(const std::string& path, Config* config);
+
+// "4096", "8G", "512MiB", "1.5T", "50%" (of physical RAM). Errors:
+// INVALID_ARGUMENT.
+absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text);
+
+// The configuration as TOML, every key present (for --print-config).
+std::string ConfigToToml(const Config& config);
+
+// "1.50 GiB" style.
+std::string FormatBytes(uint64_t bytes);
+
+}  // namespace zerocopy::daemon

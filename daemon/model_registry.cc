@@ -1,0 +1,507 @@
+#include "model_registry.h"
+
+#include <signal.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/string_view.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "config.h"
+#include "log.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/status.h"
+
+namespace zerocopy::daemon {
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string RandomId() {
+  uint64_t r[2] = {0, 0};
+  size_t got = 0;
+  while (got < sizeof r) {
+    ssize_t n = ::getrandom(reinterpret_cast<char*>(r) + got, sizeof r - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  return absl::StrFormat("%016x%016x", r[0], r[1]);
+}
+
+ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options)
+    : store_(std::move(store)), options_(std::move(options)), started_ms_(NowUnixMs()) {}
+
+void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& adopted : report.models) {
+    Model m;
+    m.digest = adopted.record.digest();
+    m.manifest = std::make_shared<v1::Manifest>(adopted.record.manifest());
+    m.path = adopted.path;
+    m.size = m.manifest->total_size();
+    m.created_ms = adopted.record.created_unix_ms();
+    m.last_used_ms = m.created_ms;
+    committed_bytes_ += m.size;
+    models_[m.digest] = std::move(m);
+  }
+  auto catalog = store_->ReadCatalog();
+  if (!catalog.ok()) {
+    if (!models_.empty() || !absl::IsNotFound(catalog.status())) {
+      Log().warn("catalog unreadable, models kept without tags or pins: {}",
+                                     catalog.status().ToString());
+    }
+    if (!absl::IsNotFound(catalog.status())) SaveCatalog();
+    return;
+  }
+  for (const auto& [name, digest] : catalog->tags()) {
+    if (models_.count(digest) && ValidateModelName(name).ok()) tags_[name] = digest;
+  }
+  for (const auto& digest : catalog->pinned()) {
+    auto it = models_.find(digest);
+    if (it != models_.end()) it->second.pinned = true;
+  }
+  SaveCatalog();
+}
+
+absl::Status ModelRegistry::CheckAdmin(const Peer& peer, absl::string_view what) const {
+  if (options_.admin_uids.empty() && options_.admin_gids.empty()) return absl::OkStatus();
+  if (peer.known && peer.uid == 0) return absl::OkStatus();
+  if (peer.known) {
+    if (std::find(options_.admin_uids.begin(), options_.admin_uids.end(), peer.uid) != options_.admin_uids.end() ||
+        std::find(options_.admin_gids.begin(), options_.admin_gids.end(), peer.gid) != options_.admin_gids.end()) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::PermissionDeniedError(absl::StrCat(what, " is limited to admin_uids/admin_gids in the daemon's config; uid ",
+                                                  peer.uid, " gid ", peer.gid, " is not among them"));
+}
+
+absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& ref) {
+  if (ref.empty()) return absl::InvalidArgumentError("model reference is empty: give a name or a digest");
+  if (IsDigest(ref)) {
+    auto it = models_.find(ref);
+    if (it == models_.end()) return absl::NotFoundError(absl::StrCat("no model with digest ", ref, " on this node"));
+    return &it->second;
+  }
+  ZC_RETURN_IF_ERROR(ValidateModelName(ref));
+  auto tag = tags_.find(ref);
+  if (tag == tags_.end()) {
+    return absl::NotFoundError(absl::StrCat("no model named '", ref,
+                                            "' on this node ('zerocopy preload FILE --name ", ref, "' adds one)"));
+  }
+  return &models_.at(tag->second);
+}
+
+std::vector<std::string> ModelRegistry::NamesOf(const std::string& digest) const {
+  std::vector<std::string> names;
+  for (const auto& [name, d] : tags_) {
+    if (d == digest) names.push_back(name);
+  }
+  return names;
+}
+
+v1::ModelInfo ModelRegistry::Info(const Model& m) const {
+  v1::ModelInfo info;
+  info.set_digest(m.digest);
+  for (auto& n : NamesOf(m.digest)) info.add_names(n);
+  info.set_size(m.size);
+  info.set_tensor_count(static_cast<uint32_t>(m.manifest->tensors_size()));
+  info.set_storage_count(static_cast<uint32_t>(m.manifest->storages_size()));
+  info.set_pinned(m.pinned);
+  info.set_leases(m.leases);
+  info.set_segment_path(m.path);
+  info.set_huge_pages(store_->huge_pages());
+  info.set_created_unix_ms(m.created_ms);
+  info.set_last_used_unix_ms(m.last_used_ms);
+  info.set_format(m.manifest->format());
+  return info;
+}
+
+uint64_t ModelRegistry::UsedBytes() const { return committed_bytes_ + staging_bytes_; }
+
+void ModelRegistry::EraseModel(const std::string& digest) {
+  auto it = models_.find(digest);
+  if (it == models_.end()) return;
+  committed_bytes_ -= it->second.size;
+  for (auto& [id, session] : sessions_) session.leases.erase(digest);
+  for (auto t = tags_.begin(); t != tags_.end();) {
+    t = t->second == digest ? tags_.erase(t) : std::next(t);
+  }
+  models_.erase(it);
+}
+
+void ModelRegistry::SaveCatalog() {
+  v1::CatalogFile catalog;
+  for (const auto& [name, digest] : tags_) (*catalog.mutable_tags())[name] = digest;
+  for (const auto& [digest, m] : models_) {
+    if (m.pinned) catalog.add_pinned(digest);
+  }
+  absl::Status s = store_->WriteCatalog(catalog);
+  if (!s.ok()) Log().error("catalog not saved: {}", s.ToString());
+}
+
+void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
+  // A publisher that died mid-publish never commits or aborts: its
+  // reservation returns as soon as its process is gone.
+  for (auto it = staging_.begin(); it != staging_.end();) {
+    const Staging& s = it->second;
+    if (!s.committing && s.peer.known && s.peer.pid > 0 && ::kill(s.peer.pid, 0) != 0 && errno == ESRCH) {
+      staging_bytes_ -= s.manifest.total_size();
+      remove->push_back(s.id);
+      it = staging_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateModelRequest& request,
+                                                              const Peer& peer) {
+  v1::Manifest manifest = request.manifest();
+  ZC_RETURN_IF_ERROR(ValidateManifest(manifest));
+  ZC_RETURN_IF_ERROR(AssignOffsets(&manifest));
+  if (!request.name().empty()) ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
+  if (request.pin()) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "pinning"));
+  const uint64_t size = manifest.total_size();
+
+  std::string id = RandomId();
+  std::vector<std::string> evicted, dead_staging;
+  {
+    absl::MutexLock lock(&mu_);
+    ReclaimDeadStagings(&dead_staging);
+    if (UsedBytes() + size > options_.host_budget) {
+      std::vector<Model*> candidates;
+      for (auto& [digest, m] : models_) {
+        if (!m.pinned && m.leases == 0) candidates.push_back(&m);
+      }
+      std::sort(candidates.begin(), candidates.end(),
+                [](const Model* a, const Model* b) { return a->last_used_ms < b->last_used_ms; });
+      uint64_t freeable = 0;
+      size_t needed = 0;
+      while (UsedBytes() - freeable + size > options_.host_budget && needed < candidates.size()) {
+        freeable += candidates[needed++]->size;
+      }
+      if (UsedBytes() - freeable + size > options_.host_budget) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "model of ", FormatBytes(size), " does not fit the host budget of ", FormatBytes(options_.host_budget),
+            ": ", FormatBytes(UsedBytes()), " in use, of which only ", FormatBytes(freeable),
+            " is neither pinned, leased nor being published (raise host_budget, or unpin or remove models)"));
+      }
+      for (size_t i = 0; i < needed; ++i) {
+        std::string digest = candidates[i]->digest;
+        ++evictions_;
+        bytes_evicted_ += candidates[i]->size;
+        EraseModel(digest);
+        evicted.push_back(digest);
+      }
+      if (!evicted.empty()) SaveCatalog();
+    }
+    Staging staging;
+    staging.id = id;
+    staging.manifest = manifest;
+    staging.name = request.name();
+    staging.pin = request.pin();
+    staging.peer = peer;
+    staging_bytes_ += size;
+    staging_.emplace(id, std::move(staging));
+  }
+  auto& log = Log();
+  for (const auto& d : dead_staging) {
+    store_->RemoveStaging(d);
+    log.info("reclaimed staging={} of a publisher that exited", d);
+  }
+  for (const auto& digest : evicted) {
+    store_->RemoveModel(digest);
+    log.info("evicted digest={} to make room for {}", digest, FormatBytes(size));
+  }
+  auto undo = [&] {
+    absl::MutexLock lock(&mu_);
+    staging_bytes_ -= size;
+    staging_.erase(id);
+  };
+  auto free_bytes = store_->FreeBytes();
+  if (free_bytes.ok() && *free_bytes < size + options_.tmpfs_reserve) {
+    undo();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "model of ", FormatBytes(size), " does not fit in ", store_->dir(), ": ", FormatBytes(*free_bytes),
+        " free, ", FormatBytes(options_.tmpfs_reserve),
+        " kept in reserve (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
+  }
+  absl::Status created = store_->CreateStaging(id, size);
+  if (!created.ok()) {
+    undo();
+    return created;
+  }
+  v1::CreateModelResponse response;
+  response.set_staging_id(id);
+  response.set_segment_path(store_->StagingPath(id));
+  *response.mutable_manifest() = std::move(manifest);
+  return response;
+}
+
+absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitModelRequest& request,
+                                                              const Peer& peer) {
+  v1::Manifest manifest;
+  std::string name;
+  bool pin;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = staging_.find(request.staging_id());
+    if (it == staging_.end() || it->second.committing) {
+      return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(),
+                                              "' (already committed, aborted, or never created)"));
+    }
+    if (peer.known && it->second.peer.known && peer.uid != it->second.peer.uid && peer.uid != 0) {
+      return absl::PermissionDeniedError("this staging model belongs to another user");
+    }
+    it->second.committing = true;
+    manifest = it->second.manifest;
+    name = it->second.name;
+    pin = it->second.pin;
+  }
+  const std::string& id = request.staging_id();
+  const uint64_t size = manifest.total_size();
+  auto finish_staging = [&](bool remove_file) {
+    {
+      absl::MutexLock lock(&mu_);
+      staging_bytes_ -= size;
+      staging_.erase(id);
+    }
+    if (remove_file) store_->RemoveStaging(id);
+  };
+
+  auto fd = store_->SealStaging(id, size);
+  if (!fd.ok()) {
+    finish_staging(true);
+    return fd.status();
+  }
+  auto digest = SegmentStore::HashSegment(fd->get(), size, manifest, options_.hash_threads);
+  if (!digest.ok()) {
+    finish_staging(true);
+    return digest.status();
+  }
+  if (*digest != request.digest()) {
+    finish_staging(true);
+    return absl::InvalidArgumentError(absl::StrCat("digest mismatch: the publisher computed '", request.digest(),
+                                                   "' but the segment holds ", *digest, "; the model was dropped"));
+  }
+
+  v1::CommitModelResponse response;
+  bool dedup = false;
+  {
+    absl::MutexLock lock(&mu_);
+    staging_bytes_ -= size;
+    staging_.erase(id);
+    auto existing = models_.find(*digest);
+    if (existing != models_.end()) {
+      dedup = true;
+    } else {
+      v1::ModelRecord record;
+      *record.mutable_manifest() = manifest;
+      record.set_digest(*digest);
+      record.set_created_unix_ms(NowUnixMs());
+      if (!name.empty()) {
+        // The tag is saved before the segment appears: a crash in between
+        // leaves a tag to a missing model, which recovery drops.
+        tags_[name] = *digest;
+        SaveCatalog();
+      }
+      absl::Status s = store_->CommitStaging(id, record);
+      if (!s.ok()) {
+        if (!name.empty()) tags_.erase(name);
+        store_->RemoveStaging(id);
+        return s;
+      }
+      Model m;
+      m.digest = *digest;
+      m.manifest = std::make_shared<v1::Manifest>(std::move(manifest));
+      m.path = store_->SegmentPath(*digest);
+      m.size = size;
+      m.created_ms = record.created_unix_ms();
+      m.last_used_ms = m.created_ms;
+      committed_bytes_ += size;
+      existing = models_.emplace(*digest, std::move(m)).first;
+    }
+    if (!name.empty()) tags_[name] = *digest;
+    if (pin) existing->second.pinned = true;
+    if (dedup || pin) SaveCatalog();
+    existing->second.last_used_ms = NowUnixMs();
+    *response.mutable_model() = Info(existing->second);
+    response.set_deduplicated(dedup);
+  }
+  if (dedup) store_->RemoveStaging(id);
+  return response;
+}
+
+absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Peer& peer) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = staging_.find(request.staging_id());
+    if (it == staging_.end() || it->second.committing) {
+      return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(), "'"));
+    }
+    if (peer.known && it->second.peer.known && peer.uid != it->second.peer.uid && peer.uid != 0) {
+      return absl::PermissionDeniedError("this staging model belongs to another user");
+    }
+    staging_bytes_ -= it->second.manifest.total_size();
+    staging_.erase(it);
+  }
+  store_->RemoveStaging(request.staging_id());
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request) {
+  std::shared_ptr<const v1::Manifest> manifest;
+  v1::GetModelResponse response;
+  {
+    absl::MutexLock lock(&mu_);
+    ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
+    if (request.lease()) {
+      auto s = sessions_.find(request.session_id());
+      if (s == sessions_.end()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("lease requested on unknown session ", request.session_id(), " (open a Session stream first)"));
+      }
+      if (s->second.leases[m->digest]++ == 0) ++m->leases;
+    }
+    m->last_used_ms = NowUnixMs();
+    *response.mutable_model() = Info(*m);
+    manifest = m->manifest;
+  }
+  *response.mutable_manifest() = *manifest;  // outside the lock: can be large
+  return response;
+}
+
+absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request) {
+  absl::MutexLock lock(&mu_);
+  auto s = sessions_.find(request.session_id());
+  if (s == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", request.session_id()));
+  auto lease = s->second.leases.find(request.digest());
+  if (lease == s->second.leases.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", request.session_id(), " holds no lease on ", request.digest()));
+  }
+  if (--lease->second == 0) {
+    s->second.leases.erase(lease);
+    auto m = models_.find(request.digest());
+    if (m != models_.end() && m->second.leases > 0) --m->second.leases;
+  }
+  return absl::OkStatus();
+}
+
+v1::ListModelsResponse ModelRegistry::List() {
+  v1::ListModelsResponse response;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [digest, m] : models_) *response.add_models() = Info(m);
+  std::sort(response.mutable_models()->begin(), response.mutable_models()->end(),
+            [](const v1::ModelInfo& a, const v1::ModelInfo& b) { return a.created_unix_ms() < b.created_unix_ms(); });
+  return response;
+}
+
+absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteModelRequest& request,
+                                                              const Peer& peer) {
+  ZC_RETURN_IF_ERROR(CheckAdmin(peer, "deleting models"));
+  v1::DeleteModelResponse response;
+  {
+    absl::MutexLock lock(&mu_);
+    ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
+    if (m->pinned && !request.force()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("model ", m->digest, " is pinned: unpin it first or delete with force"));
+    }
+    response.set_digest(m->digest);
+    EraseModel(m->digest);
+    SaveCatalog();
+  }
+  // Processes that mapped it keep their mapping; the memory returns when
+  // the last one unmaps.
+  store_->RemoveModel(response.digest());
+  return response;
+}
+
+absl::StatusOr<v1::TagModelResponse> ModelRegistry::Tag(const v1::TagModelRequest& request, const Peer& peer) {
+  ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
+  if (!IsDigest(request.digest())) {
+    return absl::InvalidArgumentError(absl::StrCat("'", request.digest(), "' is not a digest (32 hex digits)"));
+  }
+  absl::MutexLock lock(&mu_);
+  auto tag = tags_.find(request.name());
+  if (tag != tags_.end() && tag->second != request.digest()) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "moving a tag"));
+  ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.digest()));
+  tags_[request.name()] = m->digest;
+  SaveCatalog();
+  v1::TagModelResponse response;
+  *response.mutable_model() = Info(*m);
+  return response;
+}
+
+absl::StatusOr<v1::PinModelResponse> ModelRegistry::SetPinned(const v1::PinModelRequest& request, bool pinned,
+                                                              const Peer& peer) {
+  ZC_RETURN_IF_ERROR(CheckAdmin(peer, pinned ? "pinning" : "unpinning"));
+  absl::MutexLock lock(&mu_);
+  ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
+  m->pinned = pinned;
+  SaveCatalog();
+  v1::PinModelResponse response;
+  *response.mutable_model() = Info(*m);
+  return response;
+}
+
+v1::GetStatsResponse ModelRegistry::Stats() {
+  v1::GetStatsResponse stats;
+  stats.set_segment_dir(store_->dir());
+  auto free_bytes = store_->FreeBytes();
+  stats.set_segment_dir_free(free_bytes.ok() ? *free_bytes : 0);
+  stats.set_huge_pages(store_->huge_pages());
+  stats.set_pid(::getpid());
+  stats.set_started_unix_ms(started_ms_);
+  absl::MutexLock lock(&mu_);
+  stats.set_bytes_used(UsedBytes());
+  stats.set_bytes_staging(staging_bytes_);
+  stats.set_host_budget(options_.host_budget);
+  stats.set_models(models_.size());
+  stats.set_evictions(evictions_);
+  stats.set_bytes_evicted(bytes_evicted_);
+  std::vector<const Session*> sessions;
+  for (const auto& [id, s] : sessions_) sessions.push_back(&s);
+  std::sort(sessions.begin(), sessions.end(), [](const Session* a, const Session* b) { return a->id < b->id; });
+  for (const Session* s : sessions) {
+    auto* info = stats.add_sessions();
+    info->set_id(s->id);
+    info->set_pid(s->peer.pid);
+    info->set_uid(s->peer.uid);
+    info->set_gid(s->peer.gid);
+    info->set_leases(static_cast<uint32_t>(s->leases.size()));
+    info->set_opened_unix_ms(s->opened_ms);
+  }
+  return stats;
+}
+
+uint64_t ModelRegistry::OpenSession(const Peer& peer) {
+  absl::MutexLock lock(&mu_);
+  uint64_t id;
+  do {
+    id = std::stoull(RandomId().substr(0, 15), nullptr, 16);
+  } while (id == 0 || sessions_.count(id));
+  Session& s = sessions_[id];
+  s.id = id;
+  s.peer = peer;
+  s.opened_ms = NowUnixMs();
+  return id;
+}
+
+void ModelRegistry::CloseSession(uint64_t session_id) {
+  absl::MutexLock lock(&mu_);
+  auto s = sessions_.find(session_id);
+  if (s == sessions_.end()) return;
+  for (const auto& [digest, count] : s->second.leases) {
+    auto m = models_.find(digest);
+    if (m != models_.end() && m->second.leases > 0) --m->second.leases;
+  }
+  sessions_.erase(s);
+}
+
+}  // namespace zerocopy::daemon

@@ -1,0 +1,139 @@
+// ModelRegistry: the daemon's state and rules, free of gRPC. Models by
+// digest, tags, staging reservations, the host budget and LRU eviction,
+// sessions and their leases, pins, and the persisted catalog.
+//
+// Thread safety: every public method may be called from any thread. One
+// mutex guards the maps; slow work (fallocate, hashing, unlink) runs
+// outside it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "segment_store.h"
+#include "zerocopy/v1/model_store.pb.h"
+
+namespace zerocopy::daemon {
+
+// Who is calling, from SO_PEERCRED of the connection.
+struct Peer {
+  pid_t pid = 0;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  bool known = false;
+};
+
+struct RegistryOptions {
+  uint64_t host_budget = 0;
+  uint64_t tmpfs_reserve = 0;
+  unsigned hash_threads = 0;
+  std::vector<uint32_t> admin_uids;  // empty and admin_gids empty: anyone
+  std::vector<uint32_t> admin_gids;
+};
+
+class ModelRegistry {
+ public:
+  ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options);
+
+  // Re-adopts the segments SegmentStore::Recover accepted and the tags and
+  // pins of the catalog (dropping those whose model is gone).
+  void Adopt(const SegmentStore::RecoveryReport& report);
+
+  // Errors: INVALID_ARGUMENT (manifest, name), RESOURCE_EXHAUSTED (budget
+  // or file system full even after evicting what may be evicted).
+  absl::StatusOr<v1::CreateModelResponse> Create(const v1::CreateModelRequest& request, const Peer& peer);
+  // Errors: NOT_FOUND (unknown staging id), PERMISSION_DENIED (another
+  // user's staging model), INVALID_ARGUMENT (digest mismatch; the staging
+  // file is dropped), FAILED_PRECONDITION (file size changed).
+  absl::StatusOr<v1::CommitModelResponse> Commit(const v1::CommitModelRequest& request, const Peer& peer);
+  // Errors: NOT_FOUND, PERMISSION_DENIED.
+  absl::Status Abort(const v1::AbortModelRequest& request, const Peer& peer);
+  // Errors: INVALID_ARGUMENT (bad ref), NOT_FOUND, FAILED_PRECONDITION
+  // (lease on an unknown session).
+  absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request);
+  // Errors: NOT_FOUND (no such session or lease).
+  absl::Status Release(const v1::ReleaseModelRequest& request);
+  v1::ListModelsResponse List();
+  // Errors: NOT_FOUND, FAILED_PRECONDITION (pinned, without force),
+  // PERMISSION_DENIED (not an admin).
+  absl::StatusOr<v1::DeleteModelResponse> Delete(const v1::DeleteModelRequest& request, const Peer& peer);
+  // Errors: INVALID_ARGUMENT (name, digest), NOT_FOUND, PERMISSION_DENIED.
+  absl::StatusOr<v1::TagModelResponse> Tag(const v1::TagModelRequest& request, const Peer& peer);
+  // Errors: NOT_FOUND, PERMISSION_DENIED.
+  absl::StatusOr<v1::PinModelResponse> SetPinned(const v1::PinModelRequest& request, bool pinned, const Peer& peer);
+  v1::GetStatsResponse Stats();
+
+  uint64_t OpenSession(const Peer& peer);
+  // Releases every lease of the session. Unknown ids are ignored.
+  void CloseSession(uint64_t session_id);
+
+ private:
+  struct Model {
+    std::string digest;
+    std::shared_ptr<const v1::Manifest> manifest;
+    std::string path;
+    uint64_t size = 0;
+    int64_t created_ms = 0;
+    int64_t last_used_ms = 0;
+    bool pinned = false;
+    uint32_t leases = 0;
+  };
+  struct Staging {
+    std::string id;
+    v1::Manifest manifest;
+    std::string name;
+    bool pin = false;
+    Peer peer;
+    bool committing = false;
+  };
+  struct Session {
+    uint64_t id = 0;
+    Peer peer;
+    int64_t opened_ms = 0;
+    std::map<std::string, uint32_t> leases;  // digest -> count
+  };
+
+  absl::Status CheckAdmin(const Peer& peer, absl::string_view what) const;
+  absl::StatusOr<Model*> Resolve(const std::string& ref) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::ModelInfo Info(const Model& model) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<std::string> NamesOf(const std::string& digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint64_t UsedBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a model and its tags from the maps; returns its digest for
+  // the caller to unlink outside the lock.
+  void EraseModel(const std::string& digest) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SaveCatalog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReclaimDeadStagings(std::vector<std::string>* remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::unique_ptr<SegmentStore> store_;
+  const RegistryOptions options_;
+  const int64_t started_ms_;
+
+  mutable absl::Mutex mu_;
+  std::unordered_map<std::string, Model> models_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> tags_ ABSL_GUARDED_BY(mu_);  // name -> digest
+  std::unordered_map<std::string, Staging> staging_ ABSL_GUARDED_BY(mu_);
+  uint64_t staging_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t committed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unordered_map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  uint64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_evicted_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Milliseconds since the Unix epoch.
+int64_t NowUnixMs();
+
+// 32 hex digits from the kernel's random source.
+std::string RandomId();
+
+}  // namespace zerocopy::daemon

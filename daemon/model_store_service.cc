@@ -1,0 +1,194 @@
+#include "model_store_service.h"
+
+#include <sys/socket.h>
+
+#include "absl/strings/str_cat.h"
+#include "log.h"
+#include "zerocopy/grpc_status.h"
+
+namespace zerocopy::daemon {
+
+void PeerTable::Record(int fd) {
+  Peer peer;
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    peer.pid = cred.pid;
+    peer.uid = cred.uid;
+    peer.gid = cred.gid;
+    peer.known = true;
+  }
+  absl::MutexLock lock(&mu_);
+  peers_[absl::StrCat("fd:", fd)] = peer;
+}
+
+Peer PeerTable::Lookup(const std::string& grpc_peer) const {
+  absl::MutexLock lock(&mu_);
+  auto it = peers_.find(grpc_peer);
+  return it == peers_.end() ? Peer{} : it->second;
+}
+
+const char* ModelStoreService::MethodName(Method m) {
+  static const char* kNames[] = {"CreateModel", "CommitModel", "AbortModel", "GetModel", "ReleaseModel", "ListModels",
+                                 "DeleteModel", "TagModel", "PinModel", "UnpinModel", "GetStats", "Session"};
+  return kNames[m];
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext* ctx, Method method,
+                                                    const absl::Status& status, const std::string& context) {
+  requests_[method].fetch_add(1, std::memory_order_relaxed);
+  if (!status.ok()) {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    Peer peer = peers_->Lookup(ctx->peer());
+    auto level = absl::IsNotFound(status) ? spdlog::level::debug : spdlog::level::warn;
+    Log().log(level, "method={} pid={} uid={} {} code={} error=\"{}\"", MethodName(method), peer.pid, peer.uid,
+              context, absl::StatusCodeToString(status.code()), std::string(status.message()));
+  }
+  auto* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+#define ZC_UNARY(method_enum, call, context)                   \
+  auto result = (call);                                        \
+  if (result.ok()) *resp = std::move(result).value();          \
+  return Finish(ctx, method_enum, result.status(), (context))
+
+grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerContext* ctx,
+                                                         const v1::CreateModelRequest* req,
+                                                         v1::CreateModelResponse* resp) {
+  ZC_UNARY(kCreate, registry_->Create(*req, peers_->Lookup(ctx->peer())),
+           absl::StrCat("name=", req->name(), " tensors=", req->manifest().tensors_size()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerContext* ctx,
+                                                         const v1::CommitModelRequest* req,
+                                                         v1::CommitModelResponse* resp) {
+  auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
+  if (result.ok()) {
+    *resp = std::move(result).value();
+    Log().info("committed digest={} size={} names={} dedup={}", resp->model().digest(), resp->model().size(),
+               resp->model().names_size(), resp->deduplicated());
+  }
+  return Finish(ctx, kCommit, result.status(), absl::StrCat("staging=", req->staging_id()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerContext* ctx,
+                                                        const v1::AbortModelRequest* req, v1::AbortModelResponse*) {
+  return Finish(ctx, kAbort, registry_->Abort(*req, peers_->Lookup(ctx->peer())),
+                absl::StrCat("staging=", req->staging_id()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
+                                                      const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
+  ZC_UNARY(kGet, registry_->Get(*req), absl::StrCat("ref=", req->model().ref()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerContext* ctx,
+                                                          const v1::ReleaseModelRequest* req,
+                                                          v1::ReleaseModelResponse*) {
+  return Finish(ctx, kRelease, registry_->Release(*req), absl::StrCat("digest=", req->digest()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::ListModels(grpc::CallbackServerContext* ctx,
+                                                        const v1::ListModelsRequest*, v1::ListModelsResponse* resp) {
+  *resp = registry_->List();
+  return Finish(ctx, kList, absl::OkStatus(), "");
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::DeleteModel(grpc::CallbackServerContext* ctx,
+                                                         const v1::DeleteModelRequest* req,
+                                                         v1::DeleteModelResponse* resp) {
+  auto result = registry_->Delete(*req, peers_->Lookup(ctx->peer()));
+  if (result.ok()) {
+    *resp = std::move(result).value();
+    Log().info("deleted digest={} ref={}", resp->digest(), req->model().ref());
+  }
+  return Finish(ctx, kDelete, result.status(), absl::StrCat("ref=", req->model().ref()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::TagModel(grpc::CallbackServerContext* ctx,
+                                                      const v1::TagModelRequest* req, v1::TagModelResponse* resp) {
+  ZC_UNARY(kTag, registry_->Tag(*req, peers_->Lookup(ctx->peer())),
+           absl::StrCat("name=", req->name(), " digest=", req->digest()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::PinModel(grpc::CallbackServerContext* ctx,
+                                                      const v1::PinModelRequest* req, v1::PinModelResponse* resp) {
+  ZC_UNARY(kPin, registry_->SetPinned(*req, true, peers_->Lookup(ctx->peer())),
+           absl::StrCat("ref=", req->model().ref()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::UnpinModel(grpc::CallbackServerContext* ctx,
+                                                        const v1::PinModelRequest* req, v1::PinModelResponse* resp) {
+  ZC_UNARY(kUnpin, registry_->SetPinned(*req, false, peers_->Lookup(ctx->peer())),
+           absl::StrCat("ref=", req->model().ref()));
+}
+
+grpc::ServerUnaryReactor* ModelStoreService::GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest*,
+                                                      v1::GetStatsResponse* resp) {
+  *resp = registry_->Stats();
+  for (int m = 0; m < kCount; ++m) {
+    (*resp->mutable_requests())[MethodName(static_cast<Method>(m))] = requests_[m].load(std::memory_order_relaxed);
+  }
+  (*resp->mutable_requests())["GetStats"] += 1;  // this one
+  resp->set_errors(errors_.load(std::memory_order_relaxed));
+  resp->set_version(ZEROCOPY_VERSION);
+  return Finish(ctx, kStats, absl::OkStatus(), "");
+}
+
+namespace {
+
+// One per client process: Hello -> session id, then the stream stays open;
+// when it ends (the process exited, died, or closed it) the session's
+// leases are released.
+class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse> {
+ public:
+  SessionReactor(ModelRegistry* registry, Peer peer) : registry_(registry), peer_(peer) { StartRead(&request_); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed its side or went away
+      Finish(grpc::Status::OK);
+      return;
+    }
+    if (!request_.has_hello() || session_id_ != 0) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a session takes exactly one Hello, first"));
+      return;
+    }
+    session_id_ = registry_->OpenSession(peer_);
+    Log().debug("session={} opened pid={} uid={}", session_id_, peer_.pid, peer_.uid);
+    response_.set_session_id(session_id_);
+    StartWrite(&response_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartRead(&request_);
+  }
+  void OnDone() override {
+    if (session_id_ != 0) {
+      registry_->CloseSession(session_id_);
+      Log().debug("session={} closed pid={}", session_id_, peer_.pid);
+    }
+    delete this;
+  }
+
+ private:
+  ModelRegistry* const registry_;
+  const Peer peer_;
+  uint64_t session_id_ = 0;
+  v1::SessionRequest request_;
+  v1::SessionResponse response_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* ModelStoreService::Session(
+    grpc::CallbackServerContext* ctx) {
+  requests_[kSession].fetch_add(1, std::memory_order_relaxed);
+  return new SessionReactor(registry_, peers_->Lookup(ctx->peer()));
+}
+
+}  // namespace zerocopy::daemon

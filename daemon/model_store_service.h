@@ -1,0 +1,75 @@
+// ModelStoreService: the gRPC face of ModelRegistry (callback API). It
+// converts statuses, counts requests, identifies the caller through
+// PeerTable, and logs each error once, where it leaves the daemon.
+//
+// Thread safety: gRPC calls the handlers from many threads; all state is
+// in ModelRegistry (locked) and atomics.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <string>
+#include <unordered_map>
+
+#include "absl/synchronization/mutex.h"
+#include "model_registry.h"
+#include "zerocopy/v1/model_store.grpc.pb.h"
+
+namespace zerocopy::daemon {
+
+// SO_PEERCRED of each accepted connection, keyed by the peer string gRPC
+// reports for it ("fd:N"): recorded before the connection is handed to
+// gRPC, so a live connection always finds its own entry.
+class PeerTable {
+ public:
+  void Record(int fd);
+  Peer Lookup(const std::string& grpc_peer) const;
+
+ private:
+  mutable absl::Mutex mu_;
+  std::unordered_map<std::string, Peer> peers_ ABSL_GUARDED_BY(mu_);
+};
+
+class ModelStoreService final : public v1::ModelStore::CallbackService {
+ public:
+  ModelStoreService(ModelRegistry* registry, const PeerTable* peers) : registry_(registry), peers_(peers) {}
+
+  grpc::ServerUnaryReactor* CreateModel(grpc::CallbackServerContext* ctx, const v1::CreateModelRequest* req,
+                                        v1::CreateModelResponse* resp) override;
+  grpc::ServerUnaryReactor* CommitModel(grpc::CallbackServerContext* ctx, const v1::CommitModelRequest* req,
+                                        v1::CommitModelResponse* resp) override;
+  grpc::ServerUnaryReactor* AbortModel(grpc::CallbackServerContext* ctx, const v1::AbortModelRequest* req,
+                                       v1::AbortModelResponse* resp) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const v1::GetModelRequest* req,
+                                     v1::GetModelResponse* resp) override;
+  grpc::ServerUnaryReactor* ReleaseModel(grpc::CallbackServerContext* ctx, const v1::ReleaseModelRequest* req,
+                                         v1::ReleaseModelResponse* resp) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const v1::ListModelsRequest* req,
+                                       v1::ListModelsResponse* resp) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const v1::DeleteModelRequest* req,
+                                        v1::DeleteModelResponse* resp) override;
+  grpc::ServerUnaryReactor* TagModel(grpc::CallbackServerContext* ctx, const v1::TagModelRequest* req,
+                                     v1::TagModelResponse* resp) override;
+  grpc::ServerUnaryReactor* PinModel(grpc::CallbackServerContext* ctx, const v1::PinModelRequest* req,
+                                     v1::PinModelResponse* resp) override;
+  grpc::ServerUnaryReactor* UnpinModel(grpc::CallbackServerContext* ctx, const v1::PinModelRequest* req,
+                                       v1::PinModelResponse* resp) override;
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest* req,
+                                     v1::GetStatsResponse* resp) override;
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
+      grpc::CallbackServerContext* ctx) override;
+
+ private:
+  enum Method { kCreate, kCommit, kAbort, kGet, kRelease, kList, kDelete, kTag, kPin, kUnpin, kStats, kSession, kCount };
+  static const char* MethodName(Method m);
+  // Counts the request, logs a failure once with its context, finishes.
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, Method method, const absl::Status& status,
+                                   const std::string& context);
+
+  ModelRegistry* const registry_;
+  const PeerTable* const peers_;
+  std::array<std::atomic<uint64_t>, kCount> requests_{};
+  std::atomic<uint64_t> errors_{0};
+};
+
+}  // namespace zerocopy::daemon

@@ -1,0 +1,317 @@
+#include "segment_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <set>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/string_view.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "log.h"
+#include "zerocopy/digest.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/parallel_for.h"
+#include "zerocopy/status.h"
+
+namespace zerocopy::daemon {
+
+namespace v1 = ::zerocopy::v1;
+
+namespace {
+
+constexpr char kLockName[] = ".lock";
+constexpr char kCatalogName[] = "catalog.pb";
+constexpr char kStagingPrefix[] = "staging-";
+
+// The mount options of the file system holding `dir`: huge pages are on
+// when a tmpfs is mounted with huge=always|within_size|advise.
+bool MountHasHugePages(const std::string& dir) {
+  std::ifstream mounts("/proc/self/mounts");
+  std::string line, best_opts;
+  size_t best_len = 0;
+  while (std::getline(mounts, line)) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() < 4) continue;
+    const std::string& mnt = f[1];
+    bool prefix = dir == mnt || (absl::StartsWith(dir, mnt) && (mnt == "/" || dir[mnt.size()] == '/'));
+    if (prefix && mnt.size() >= best_len) {
+      best_len = mnt.size();
+      best_opts = f[2] == "tmpfs" ? f[3] : "";
+    }
+  }
+  for (absl::string_view opt : absl::StrSplit(best_opts, ',')) {
+    if (opt == "huge=always" || opt == "huge=within_size" || opt == "huge=advise") return true;
+  }
+  return false;
+}
+
+absl::Status WriteFileAtomically(int dir_fd, const std::string& name, const std::string& bytes, mode_t mode) {
+  std::string tmp = absl::StrCat(name, ".tmp");
+  UniqueFd fd(::openat(dir_fd, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("create ", tmp));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::unlinkat(dir_fd, tmp.c_str(), 0);
+      return ErrnoStatus(err, absl::StrCat("write ", tmp));
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::fchmod(fd.get(), mode);
+  if (::renameat(dir_fd, tmp.c_str(), dir_fd, name.c_str()) != 0) {
+    int err = errno;
+    ::unlinkat(dir_fd, tmp.c_str(), 0);
+    return ErrnoStatus(err, absl::StrCat("rename ", tmp));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name) {
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", name));
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, absl::StrCat("read ", name));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::string& dir, gid_t gid) {
+  if (::mkdir(dir.c_str(), 0710) != 0 && errno != EEXIST) {
+    return ErrnoStatus(errno, absl::StrCat("create segment directory ", dir));
+  }
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return ErrnoStatus(errno, absl::StrCat("open segment directory ", dir));
+  if (gid != static_cast<gid_t>(-1) && ::fchown(dir_fd.get(), static_cast<uid_t>(-1), gid) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("chown segment directory ", dir, " to gid ", gid));
+  }
+  if (::fchmod(dir_fd.get(), 0710) != 0) return ErrnoStatus(errno, absl::StrCat("chmod 0710 ", dir));
+
+  UniqueFd lock_fd(::openat(dir_fd.get(), kLockName, O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock_fd) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", kLockName));
+  if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return ErrnoStatus(errno, absl::StrCat("lock ", dir));
+    char buf[32] = {};
+    ssize_t n = ::pread(lock_fd.get(), buf, sizeof buf - 1, 0);
+    std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    return absl::FailedPreconditionError(absl::StrCat("segment directory ", dir,
+                                                      " is in use by another zerocopyd (pid ", holder, ")"));
+  }
+  std::string pid = absl::StrCat(::getpid(), "\n");
+  if (::ftruncate(lock_fd.get(), 0) != 0 || ::pwrite(lock_fd.get(), pid.data(), pid.size(), 0) < 0) {
+    return ErrnoStatus(errno, absl::StrCat("write ", dir, "/", kLockName));
+  }
+  char real[PATH_MAX];
+  std::string resolved = ::realpath(dir.c_str(), real) ? std::string(real) : dir;
+  return std::unique_ptr<SegmentStore>(
+      new SegmentStore(resolved, std::move(dir_fd), std::move(lock_fd), MountHasHugePages(resolved)));
+}
+
+std::string SegmentStore::SegmentPath(const std::string& digest) const {
+  return absl::StrCat(dir_, "/", digest, ".seg");
+}
+
+std::string SegmentStore::StagingPath(const std::string& staging_id) const {
+  return absl::StrCat(dir_, "/", kStagingPrefix, staging_id);
+}
+
+absl::StatusOr<uint64_t> SegmentStore::FreeBytes() const {
+  struct statvfs st;
+  if (::fstatvfs(dir_fd_.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("statvfs ", dir_));
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+absl::Status SegmentStore::CreateStaging(const std::string& staging_id, uint64_t size) {
+  std::string name = absl::StrCat(kStagingPrefix, staging_id);
+  UniqueFd fd(::openat(dir_fd_.get(), name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0660));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("create ", StagingPath(staging_id)));
+  ::fchmod(fd.get(), 0660);  // the umask must not take the group's write bit
+  if (size > 0) {
+    int err = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size));
+    if (err != 0) {
+      ::unlinkat(dir_fd_.get(), name.c_str(), 0);
+      return Annotate(ErrnoStatus(err, absl::StrCat("allocate ", size, " bytes for ", StagingPath(staging_id))),
+                      "the segment file system is full");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<UniqueFd> SegmentStore::SealStaging(const std::string& staging_id, uint64_t size) {
+  std::string name = absl::StrCat(kStagingPrefix, staging_id);
+  UniqueFd fd(::openat(dir_fd_.get(), name.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", StagingPath(staging_id)));
+  if (::fchmod(fd.get(), 0440) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", StagingPath(staging_id)));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", StagingPath(staging_id)));
+  if (static_cast<uint64_t>(st.st_size) != size) {
+    return absl::FailedPreconditionError(absl::StrCat("staging file is ", st.st_size, " bytes; the model needs ", size,
+                                                      " (the publisher changed its size)"));
+  }
+  return fd;
+}
+
+absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, const v1::Manifest& manifest,
+                                                      unsigned threads) {
+  std::vector<Hash128> leaves(DigestLeafCount(size));
+  std::atomic<bool> short_read{false};
+  ParallelFor(leaves.size(), threads, [&](size_t i) {
+    thread_local std::unique_ptr<uint8_t[]> buf;
+    if (!buf) buf.reset(new uint8_t[kDigestChunk]);
+    uint64_t begin = static_cast<uint64_t>(i) * kDigestChunk;
+    size_t len = static_cast<size_t>(std::min<uint64_t>(kDigestChunk, size - begin));
+    size_t done = 0;
+    while (done < len) {
+      ssize_t n = ::pread(fd, buf.get() + done, len - done, static_cast<off_t>(begin + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        short_read = true;
+        return;
+      }
+      done += static_cast<size_t>(n);
+    }
+    leaves[i] = HashBytes(buf.get(), len);
+  });
+  if (short_read) return absl::DataLossError(absl::StrCat("segment is shorter than its ", size, " bytes"));
+  return CombineDigest(leaves, manifest);
+}
+
+absl::Status SegmentStore::CommitStaging(const std::string& staging_id, const v1::ModelRecord& record) {
+  const std::string& digest = record.digest();
+  ZC_RETURN_IF_ERROR(WriteFileAtomically(dir_fd_.get(), absl::StrCat(digest, ".manifest"),
+                                         record.SerializeAsString(), 0440));
+  std::string from = absl::StrCat(kStagingPrefix, staging_id);
+  std::string to = absl::StrCat(digest, ".seg");
+  if (::renameat(dir_fd_.get(), from.c_str(), dir_fd_.get(), to.c_str()) != 0) {
+    int err = errno;
+    ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".manifest").c_str(), 0);
+    return ErrnoStatus(err, absl::StrCat("rename ", from, " to ", to));
+  }
+  return absl::OkStatus();
+}
+
+void SegmentStore::RemoveStaging(const std::string& staging_id) {
+  ::unlinkat(dir_fd_.get(), absl::StrCat(kStagingPrefix, staging_id).c_str(), 0);
+}
+
+void SegmentStore::RemoveModel(const std::string& digest) {
+  // The segment first: a crash in between leaves a manifest without a
+  // segment, which recovery removes.
+  ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".seg").c_str(), 0);
+  ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".manifest").c_str(), 0);
+}
+
+absl::Status SegmentStore::WriteCatalog(const v1::CatalogFile& catalog) {
+  std::string bytes;
+  if (!catalog.SerializeToString(&bytes)) return absl::InternalError("serialize catalog");
+  return WriteFileAtomically(dir_fd_.get(), kCatalogName, bytes, 0600);
+}
+
+absl::StatusOr<v1::CatalogFile> SegmentStore::ReadCatalog() const {
+  auto bytes = ReadFileAt(dir_fd_.get(), kCatalogName);
+  if (!bytes.ok()) return bytes.status();
+  v1::CatalogFile catalog;
+  if (!catalog.ParseFromString(*bytes)) {
+    return absl::DataLossError(absl::StrCat(dir_, "/", kCatalogName, " does not parse"));
+  }
+  return catalog;
+}
+
+void SegmentStore::Quarantine(const std::string& name, const std::string& why, RecoveryReport* report) {
+  ::mkdirat(dir_fd_.get(), "quarantine", 0700);
+  std::string to = absl::StrCat("quarantine/", name);
+  if (::renameat(dir_fd_.get(), name.c_str(), dir_fd_.get(), to.c_str()) != 0) {
+    ::unlinkat(dir_fd_.get(), name.c_str(), 0);
+  }
+  report->quarantined.push_back(absl::StrCat(name, ": ", why));
+}
+
+SegmentStore::RecoveryReport SegmentStore::Recover(bool verify, unsigned hash_threads) {
+  RecoveryReport report;
+  std::vector<std::string> names;
+  {
+    UniqueFd fd(::openat(dir_fd_.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    DIR* d = fd ? ::fdopendir(fd.release()) : nullptr;
+    if (d == nullptr) return report;
+    while (struct dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  std::set<std::string> segments, manifests;
+  for (const auto& name : names) {
+    if (absl::StartsWith(name, kStagingPrefix) || absl::EndsWith(name, ".tmp")) {
+      ::unlinkat(dir_fd_.get(), name.c_str(), 0);
+      ++report.staging_removed;
+    } else if (absl::EndsWith(name, ".seg")) {
+      segments.insert(name.substr(0, name.size() - 4));
+    } else if (absl::EndsWith(name, ".manifest")) {
+      manifests.insert(name.substr(0, name.size() - 9));
+    }
+  }
+  for (const auto& digest : manifests) {
+    if (!segments.count(digest)) {
+      ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".manifest").c_str(), 0);
+      ++report.orphans_removed;
+    }
+  }
+  for (const auto& digest : segments) {
+    std::string seg = absl::StrCat(digest, ".seg");
+    std::string man = absl::StrCat(digest, ".manifest");
+    if (!manifests.count(digest)) {
+      Quarantine(seg, "no manifest", &report);
+      continue;
+    }
+    v1::ModelRecord record;
+    auto bytes = ReadFileAt(dir_fd_.get(), man);
+    if (!bytes.ok() || !record.ParseFromString(*bytes) || record.digest() != digest || !IsDigest(digest) ||
+        !ValidateManifest(record.manifest()).ok() || !CheckLayout(record.manifest()).ok()) {
+      Quarantine(seg, "manifest unreadable or invalid", &report);
+      Quarantine(man, "manifest unreadable or invalid", &report);
+      continue;
+    }
+    UniqueFd fd(::openat(dir_fd_.get(), seg.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st;
+    if (!fd || ::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != record.manifest().total_size()) {
+      Quarantine(seg, "size does not match its manifest", &report);
+      Quarantine(man, "size does not match its manifest", &report);
+      continue;
+    }
+    if (verify) {
+      auto hashed = HashSegment(fd.get(), record.manifest().total_size(), record.manifest(), hash_threads);
+      if (!hashed.ok() || *hashed != digest) {
+        Quarantine(seg, "bytes do not match the digest", &report);
+        Quarantine(man, "bytes do not match the digest", &report);
+        continue;
+      }
+    }
+    ::fchmod(fd.get(), 0440);
+    report.models.push_back(Adopted{std::move(record), SegmentPath(digest)});
+  }
+  return report;
+}
+
+}  // namespace zerocopy::daemon

@@ -1,0 +1,98 @@
+#include "server.h"
+
+#include <grp.h>
+
+#include <chrono>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_builder.h>
+#include <grpcpp/server_posix.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "log.h"
+#include "zerocopy/status.h"
+
+namespace zerocopy::daemon {
+
+absl::StatusOr<gid_t> ResolveGroup(const std::string& group) {
+  if (group.empty()) return static_cast<gid_t>(-1);
+  uint32_t numeric;
+  if (absl::SimpleAtoi(group, &numeric)) return static_cast<gid_t>(numeric);
+  struct group* g = ::getgrnam(group.c_str());
+  if (g == nullptr) return absl::InvalidArgumentError(absl::StrCat("group '", group, "' does not exist"));
+  return g->gr_gid;
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
+  auto& log = Log();
+  ZC_ASSIGN_OR_RETURN(gid_t segment_gid, ResolveGroup(config.segment_group));
+  ZC_ASSIGN_OR_RETURN(gid_t socket_gid, ResolveGroup(config.socket_group));
+  if (config.host_budget == 0) return absl::InvalidArgumentError("host_budget must be positive");
+
+  std::unique_ptr<Server> server(new Server());
+  ZC_ASSIGN_OR_RETURN(auto store, SegmentStore::Open(config.segment_dir, segment_gid));
+  auto t0 = std::chrono::steady_clock::now();
+  SegmentStore::RecoveryReport report = store->Recover(config.verify_on_start, config.hash_threads);
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  log.info("recovered models={} staging_removed={} orphans_removed={} quarantined={} verify={} ms={:.1f}",
+           report.models.size(), report.staging_removed, report.orphans_removed, report.quarantined.size(),
+           config.verify_on_start, ms);
+  for (const auto& q : report.quarantined) log.warn("quarantined {}", q);
+
+  RegistryOptions options;
+  options.host_budget = config.host_budget;
+  options.tmpfs_reserve = config.tmpfs_reserve;
+  options.hash_threads = config.hash_threads;
+  options.admin_uids = config.admin_uids;
+  options.admin_gids = config.admin_gids;
+  server->registry_ = std::make_unique<ModelRegistry>(std::move(store), options);
+  server->registry_->Adopt(report);
+  server->peers_ = std::make_unique<PeerTable>();
+  server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.RegisterService(server->service_.get());
+  int max_message = static_cast<int>(std::min<uint64_t>(config.max_message_bytes, INT32_MAX));
+  builder.SetMaxReceiveMessageSize(max_message);
+  builder.SetMaxSendMessageSize(max_message);
+  server->grpc_server_ = builder.BuildAndStart();
+  if (!server->grpc_server_) return absl::InternalError("gRPC server failed to start");
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+
+  ZC_ASSIGN_OR_RETURN(server->listener_, UnixListener::Bind(config.socket, config.socket_mode, socket_gid));
+  server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
+  return server;
+}
+
+void Server::AcceptLoop() {
+  for (;;) {
+    auto fd = listener_->Accept();
+    if (!fd.ok()) {
+      if (!absl::IsCancelled(fd.status())) Log().error("accept failed, no new connections: {}", fd.status().ToString());
+      return;
+    }
+    peers_->Record(fd->get());
+    grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd->release());
+  }
+}
+
+void Server::Shutdown(double grace_seconds) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  listener_->Stop();
+  if (accept_thread_.joinable()) accept_thread_.join();
+  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  auto deadline = std::chrono::system_clock::now() +
+                  std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
+  grpc_server_->Shutdown(deadline);
+  grpc_server_->Wait();
+  listener_.reset();  // removes the socket file
+}
+
+Server::~Server() { Shutdown(0); }
+
+}  // namespace zerocopy::daemon
