@@ -1,0 +1,143 @@
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "commands.h"
+
+namespace zerocopy::cli {
+
+namespace {
+
+int Stats(Globals& g) {
+  auto stats = g.client()->Stats();
+  if (!stats.ok()) return Fail(g, stats.status());
+  if (g.json) {
+    PrintJson(*stats);
+    return 0;
+  }
+  const auto& s = *stats;
+  std::printf("zerocopyd %s, pid %d, up since %s\n", s.version().c_str(), s.pid(), HumanTime(s.started_unix_ms()).c_str());
+  std::printf("memory:     %s used of %s budget (%.1f%%), %s being published\n", HumanBytes(s.bytes_used()).c_str(),
+              HumanBytes(s.host_budget()).c_str(), s.host_budget() ? 100.0 * s.bytes_used() / s.host_budget() : 0.0,
+              HumanBytes(s.bytes_staging()).c_str());
+  std::printf("segments:   %s, %s free, huge pages %s\n", s.segment_dir().c_str(),
+              HumanBytes(s.segment_dir_free()).c_str(), s.huge_pages() ? "yes" : "no");
+  std::printf("models:     %llu\nevictions:  %llu (%s)\nerrors:     %llu\n",
+              static_cast<unsigned long long>(s.models()), static_cast<unsigned long long>(s.evictions()),
+              HumanBytes(s.bytes_evicted()).c_str(), static_cast<unsigned long long>(s.errors()));
+  std::printf("requests:  ");
+  for (const auto& [method, count] : s.requests()) {
+    if (count) std::printf(" %s=%llu", method.c_str(), static_cast<unsigned long long>(count));
+  }
+  std::printf("\nsessions:   %d\n", s.sessions_size());
+  for (const auto& session : s.sessions()) {
+    std::printf("  %016llx  pid %-8d uid %-6u gid %-6u leases %u  since %s\n",
+                static_cast<unsigned long long>(session.id()), session.pid(), session.uid(), session.gid(),
+                session.leases(), HumanTime(session.opened_unix_ms()).c_str());
+  }
+  return 0;
+}
+
+struct Check {
+  bool ok;
+  std::string what;
+  std::string fix;
+};
+
+std::string ReadFirstLine(const char* path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+int Doctor(Globals& g) {
+  std::vector<Check> checks;
+  auto client = g.client();
+  const std::string& socket = client->socket();
+  struct stat st;
+  if (::stat(socket.c_str(), &st) != 0) {
+    checks.push_back({false, absl::StrCat("socket ", socket, " does not exist"),
+                      "start zerocopyd (systemctl start zerocopyd), or point ZEROCOPY_SOCKET / --socket at it"});
+  } else if (!S_ISSOCK(st.st_mode)) {
+    checks.push_back({false, absl::StrCat(socket, " is not a socket"), "remove it and restart zerocopyd"});
+  } else if (::access(socket.c_str(), R_OK | W_OK) != 0) {
+    checks.push_back({false, absl::StrCat("no permission to use ", socket),
+                      "add this user to the socket's group (usermod -aG zerocopy $USER) and log in again"});
+  } else {
+    checks.push_back({true, absl::StrCat("socket ", socket, " exists and is usable"), ""});
+  }
+  auto stats = client->Stats();
+  if (!stats.ok()) {
+    checks.push_back({false, absl::StrCat("daemon does not answer: ", stats.status().message()),
+                      "check `journalctl -u zerocopyd` and restart it"});
+  } else {
+    checks.push_back({true, absl::StrCat("daemon answers: version ", stats->version(), ", pid ", stats->pid(), ", ",
+                                         stats->models(), " models"), ""});
+    const std::string& dir = stats->segment_dir();
+    struct statvfs vfs;
+    if (::stat(dir.c_str(), &st) != 0 || ::statvfs(dir.c_str(), &vfs) != 0) {
+      checks.push_back({false, absl::StrCat("segment directory ", dir, " is not reachable from this process"),
+                        "clients and the daemon must share /dev/shm (no private /dev or IPC namespace)"});
+    } else {
+      bool mode_ok = (st.st_mode & 07777) == 0710;
+      checks.push_back({mode_ok, absl::StrCat("segment directory ", dir, " mode ", absl::StrFormat("%04o", st.st_mode & 07777)),
+                        mode_ok ? "" : "it should be 0710 (zerocopyd sets it at start)"});
+      uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+      uint64_t total = static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize;
+      bool space_ok = free_bytes >= (1ull << 30) || free_bytes * 10 >= total;
+      checks.push_back({space_ok, absl::StrCat("segment file system: ", HumanBytes(free_bytes), " free of ", HumanBytes(total)),
+                        space_ok ? "" : "enlarge the tmpfs (mount -o remount,size=... /dev/shm; docker --shm-size) or remove models"});
+      if (stats->host_budget() > total) {
+        checks.push_back({false, absl::StrCat("host budget ", HumanBytes(stats->host_budget()), " exceeds the file system's ",
+                                              HumanBytes(total)),
+                          "lower host_budget, or enlarge the tmpfs, so that publishes fail cleanly on the budget"});
+      }
+    }
+    std::string shmem = ReadFirstLine("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    if (stats->huge_pages()) {
+      checks.push_back({true, "segments are on a tmpfs mounted with huge pages", ""});
+    } else {
+      checks.push_back({true, absl::StrCat("segments use 4 KiB pages (shmem_enabled: ", shmem.empty() ? "unknown" : shmem, ")"),
+                        "optional: mount the segment directory as tmpfs with huge=within_size "
+                        "(deploy/dev-shm-zerocopy.mount) for ~2x faster first reads"});
+    }
+  }
+  int failures = 0;
+  for (const auto& c : checks) {
+    if (!c.ok) ++failures;
+    if (!g.json) {
+      std::printf("%s %s\n", c.ok ? "ok  " : "FAIL", c.what.c_str());
+      if (!c.fix.empty()) std::printf("     %s: %s\n", c.ok ? "hint" : "fix", c.fix.c_str());
+    }
+  }
+  if (g.json) {
+    nlohmann::json out = {{"failures", failures}, {"checks", nlohmann::json::array()}};
+    for (const auto& c : checks) out["checks"].push_back({{"ok", c.ok}, {"what", c.what}, {"fix", c.fix}});
+    std::printf("%s\n", out.dump(2).c_str());
+  }
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+void AddAdminCommands(CLI::App& app, Globals& g) {
+  app.add_subcommand("stats", "bytes used and budget, models, sessions, evictions, requests")->callback([&] {
+    g.exit_code = Stats(g);
+  });
+  app.add_subcommand("doctor", "check the socket, the segment directory and huge pages, and say what to fix")
+      ->callback([&] { g.exit_code = Doctor(g); });
+}
+
+}  // namespace zerocopy::cli

@@ -1,0 +1,198 @@
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "commands.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/safetensors_file.h"
+
+namespace zerocopy::cli {
+
+namespace {
+
+// A one-line progress bar on stderr when it is a terminal.
+class Progress {
+ public:
+  explicit Progress(bool enabled) : enabled_(enabled), start_(std::chrono::steady_clock::now()) {}
+  void Update(uint64_t done, uint64_t total) {
+    if (!enabled_) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    int width = 30;
+    int filled = total ? static_cast<int>(width * done / total) : width;
+    std::fprintf(stderr, "\r[%s%s] %5.1f%% %s/%s %s/s ", std::string(filled, '#').c_str(),
+                 std::string(width - filled, ' ').c_str(), total ? 100.0 * done / total : 100.0,
+                 HumanBytes(done).c_str(), HumanBytes(total).c_str(),
+                 HumanBytes(s > 0 ? static_cast<uint64_t>(done / s) : 0).c_str());
+    if (done >= total) std::fprintf(stderr, "\n");
+  }
+
+ private:
+  bool enabled_;
+  std::chrono::steady_clock::time_point start_;
+  std::mutex mu_;
+};
+
+void PrintInfoLine(const v1::ModelInfo& m) {
+  std::printf("%-32s  %-24s  %10s  %7u  %-6s  %u\n", m.digest().c_str(),
+              m.names().empty() ? "-" : absl::StrJoin(m.names(), ",").c_str(), HumanBytes(m.size()).c_str(),
+              m.tensor_count(), m.pinned() ? "yes" : "no", m.leases());
+}
+
+int Preload(Globals& g, const std::string& path, const std::string& name, bool pin) {
+  auto file = SafetensorsFile::Open(path);
+  if (!file.ok()) return Fail(g, file.status());
+  ModelSource source = file->ToModelSource();
+  Progress progress(!g.json && ::isatty(2));
+  PublishOptions options;
+  options.name = name;
+  options.pin = pin;
+  options.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
+  auto start = std::chrono::steady_clock::now();
+  auto info = g.client()->Publish(source, options);
+  if (!info.ok()) return Fail(g, info.status());
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (g.json) {
+    PrintJson(*info);
+  } else {
+    std::printf("%s\n", info->digest().c_str());
+    std::fprintf(stderr, "preloaded %s: %u tensors, %s in %.2f s (%s/s)%s%s\n", path.c_str(), info->tensor_count(),
+                 HumanBytes(info->size()).c_str(), s, HumanBytes(static_cast<uint64_t>(info->size() / s)).c_str(),
+                 name.empty() ? "" : ", named ", name.c_str());
+  }
+  return 0;
+}
+
+int List(Globals& g) {
+  auto list = g.client()->List();
+  if (!list.ok()) return Fail(g, list.status());
+  if (g.json) {
+    PrintJson(*list);
+    return 0;
+  }
+  std::printf("%-32s  %-24s  %10s  %7s  %-6s  %s\n", "DIGEST", "NAMES", "SIZE", "TENSORS", "PINNED", "LEASES");
+  for (const auto& m : list->models()) PrintInfoLine(m);
+  return 0;
+}
+
+int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
+  auto got = g.client()->Get(ref);
+  if (!got.ok()) return Fail(g, got.status());
+  if (g.json) {
+    PrintJson(*got);
+    return 0;
+  }
+  const auto& m = got->model();
+  std::printf("digest:      %s\nnames:       %s\nsize:        %s (%llu bytes)\nformat:      %s\n"
+              "tensors:     %u in %u storages\nsegment:     %s\npinned:      %s\nleases:      %u\n"
+              "huge pages:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n",
+              m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
+              HumanBytes(m.size()).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
+              m.tensor_count(), m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(),
+              m.huge_pages() ? "yes" : "no", HumanTime(m.created_unix_ms()).c_str(),
+              HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size());
+  std::printf("\n%-48s  %-6s  %-20s  %10s  %s\n", "TENSOR", "DTYPE", "SHAPE", "BYTES", "OFFSET");
+  size_t shown = 0;
+  for (const auto& t : got->manifest().tensors()) {
+    if (shown++ == max_tensors) {
+      std::printf("... %d more (--all shows them)\n", got->manifest().tensors_size() - static_cast<int>(max_tensors));
+      break;
+    }
+    auto extent = TensorExtent(t);
+    uint64_t offset = got->manifest().storages(static_cast<int>(t.storage())).offset() + t.byte_offset();
+    std::printf("%-48s  %-6s  %-20s  %10s  %llu\n", t.name().c_str(), std::string(DTypeName(t.dtype())).c_str(),
+                absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]").c_str(),
+                HumanBytes(extent.ok() ? *extent : 0).c_str(), static_cast<unsigned long long>(offset));
+  }
+  return 0;
+}
+
+int Remove(Globals& g, const std::string& ref, bool force) {
+  auto digest = g.client()->Delete(ref, force);
+  if (!digest.ok()) return Fail(g, digest.status());
+  if (g.json) std::printf("%s\n", nlohmann::json{{"deleted", *digest}}.dump().c_str());
+  else std::printf("deleted %s\n", digest->c_str());
+  return 0;
+}
+
+int Verify(Globals& g, const std::string& ref) {
+  MapOptions options;
+  options.read_only = true;
+  auto start = std::chrono::steady_clock::now();
+  auto mapped = g.client()->Map(ref, options);
+  if (!mapped.ok()) return Fail(g, mapped.status());
+  std::string actual = (*mapped)->ComputeDigest();
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  bool ok = actual == (*mapped)->digest();
+  if (g.json) {
+    std::printf("%s\n", nlohmann::json{{"digest", (*mapped)->digest()}, {"computed", actual}, {"ok", ok},
+                                       {"seconds", s}}
+                            .dump()
+                            .c_str());
+  } else if (ok) {
+    std::printf("ok %s (%s hashed in %.2f s)\n", actual.c_str(), HumanBytes((*mapped)->size()).c_str(), s);
+  }
+  if (!ok) {
+    std::fprintf(stderr, "zerocopy: %s is corrupt: its bytes hash to %s (remove it and preload it again)\n",
+                 (*mapped)->digest().c_str(), actual.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void AddModelCommands(CLI::App& app, Globals& g) {
+  auto* preload = app.add_subcommand("preload", "publish a model file so that every process can map it");
+  static std::string path, name, ref;
+  static bool pin = false, force = false, all = false;
+  preload->add_option("FILE", path, "a .safetensors file")->required();
+  preload->add_option("--name", name, "tag the model with this name");
+  preload->add_flag("--pin", pin, "never evict it");
+  preload->callback([&] { g.exit_code = Preload(g, path, name, pin); });
+
+  app.add_subcommand("ls", "list the models")->callback([&] { g.exit_code = List(g); });
+
+  auto* inspect = app.add_subcommand("inspect", "show a model: tensors, sizes, digest, segment, leases");
+  inspect->add_option("MODEL", ref, "name or digest")->required();
+  inspect->add_flag("--all", all, "list every tensor (default: the first 50)");
+  inspect->callback([&] { g.exit_code = Inspect(g, ref, all ? SIZE_MAX : 50); });
+
+  auto* rm = app.add_subcommand("rm", "remove a model (processes that mapped it keep working)");
+  rm->add_option("MODEL", ref, "name or digest")->required();
+  rm->add_flag("--force", force, "also remove a pinned model");
+  rm->callback([&] { g.exit_code = Remove(g, ref, force); });
+
+  auto* verify = app.add_subcommand("verify", "map a model and recompute its digest; fails on a mismatch");
+  verify->add_option("MODEL", ref, "name or digest")->required();
+  verify->callback([&] { g.exit_code = Verify(g, ref); });
+
+  auto* tag = app.add_subcommand("tag", "point a name at a digest");
+  tag->add_option("NAME", name, "the name")->required();
+  tag->add_option("DIGEST", ref, "the digest")->required();
+  tag->callback([&] {
+    auto info = g.client()->Tag(name, ref);
+    if (!info.ok()) g.exit_code = Fail(g, info.status());
+    else if (g.json) PrintJson(*info);
+    else std::printf("%s -> %s\n", name.c_str(), info->digest().c_str());
+  });
+
+  for (bool pinned : {true, false}) {
+    auto* cmd = app.add_subcommand(pinned ? "pin" : "unpin", pinned ? "never evict a model" : "allow evicting a model");
+    cmd->add_option("MODEL", ref, "name or digest")->required();
+    cmd->callback([&, pinned] {
+      auto info = g.client()->Pin(ref, pinned);
+      if (!info.ok()) g.exit_code = Fail(g, info.status());
+      else if (g.json) PrintJson(*info);
+      else std::printf("%s %s\n", pinned ? "pinned" : "unpinned", info->digest().c_str());
+    });
+  }
+}
+
+}  // namespace zerocopy::cli

@@ -1,0 +1,29 @@
+// zerocopy: the command line for operators of zerocopyd. Parses model files
+// in this process, with the caller's permissions, and talks to the daemon
+// through the same client library as any other process.
+#include <cstdio>
+
+#include "commands.h"
+
+int main(int argc, char** argv) {
+  zerocopy::cli::Globals globals;
+  CLI::App app{"zerocopy: preload, list, inspect and remove the models that zerocopyd shares on this node"};
+  app.require_subcommand(1);
+  app.fallthrough();  // --json and --socket also after the command
+  app.add_option("--socket", globals.socket, "zerocopyd's socket (default: $ZEROCOPY_SOCKET, then the daemon's default)");
+  app.add_flag("--json", globals.json, "print JSON instead of text");
+  app.set_version_flag("--version", "zerocopy " ZEROCOPY_VERSION);
+  zerocopy::cli::AddModelCommands(app, globals);
+  zerocopy::cli::AddAdminCommands(app, globals);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != 0) {
+      std::fprintf(stderr, "zerocopy: %s\n", e.what());
+      if (argc <= 1) std::fprintf(stderr, "%s", app.help().c_str());
+      return 2;
+    }
+    return app.exit(e);
+  }
+  return globals.exit_code;
+}

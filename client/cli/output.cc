@@ -1,0 +1,59 @@
+#include <google/protobuf/util/json_util.h>
+
+#include <cstdio>
+#include <ctime>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_format.h"
+#include "commands.h"
+
+namespace zerocopy::cli {
+
+std::shared_ptr<Client> Globals::client() const {
+  ClientOptions options;
+  options.socket = socket;
+  return Client::Create(options);
+}
+
+int Fail(const Globals& globals, const absl::Status& status) {
+  std::string message(status.message());
+  std::string code = absl::StatusCodeToString(status.code());
+  if (globals.json) {
+    std::printf("%s\n", nlohmann::json{{"error", message}, {"code", code}}.dump().c_str());
+  }
+  std::fprintf(stderr, "zerocopy: %s\n", message.c_str());
+  return 1;
+}
+
+void PrintJson(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.always_print_primitive_fields = true;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  std::printf("%s", out.c_str());
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrFormat("%d B", bytes) : absl::StrFormat("%.1f %s", v, kUnits[u]);
+}
+
+std::string HumanTime(int64_t unix_ms) {
+  std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+}  // namespace zerocopy::cli
