@@ -424,13 +424,10 @@ absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteMo
 
 absl::StatusOr<v1::TagModelResponse> ModelRegistry::Tag(const v1::TagModelRequest& request, const Peer& peer) {
   ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
-  if (!IsDigest(request.digest())) {
-    return absl::InvalidArgumentError(absl::StrCat("'", request.digest(), "' is not a digest (32 hex digits)"));
-  }
   absl::MutexLock lock(&mu_);
+  ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
   auto tag = tags_.find(request.name());
-  if (tag != tags_.end() && tag->second != request.digest()) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "moving a tag"));
-  ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.digest()));
+  if (tag != tags_.end() && tag->second != m->digest) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "moving a tag"));
   tags_[request.name()] = m->digest;
   SaveCatalog();
   v1::TagModelResponse response;

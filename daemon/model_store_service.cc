@@ -110,7 +110,7 @@ grpc::ServerUnaryReactor* ModelStoreService::DeleteModel(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* ModelStoreService::TagModel(grpc::CallbackServerContext* ctx,
                                                       const v1::TagModelRequest* req, v1::TagModelResponse* resp) {
   ZC_UNARY(kTag, registry_->Tag(*req, peers_->Lookup(ctx->peer())),
-           absl::StrCat("name=", req->name(), " digest=", req->digest()));
+           absl::StrCat("name=", req->name(), " ref=", req->model().ref()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::PinModel(grpc::CallbackServerContext* ctx,

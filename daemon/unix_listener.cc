@@ -90,7 +90,7 @@ absl::StatusOr<UniqueFd> UnixListener::Accept() {
       return ErrnoStatus(errno, "poll");
     }
     if (fds[1].revents) return absl::CancelledError("listener stopped");
-    int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (client >= 0) return UniqueFd(client);
     if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
     if (errno == EMFILE || errno == ENFILE) {

@@ -173,9 +173,9 @@ void AddModelCommands(CLI::App& app, Globals& g) {
   verify->add_option("MODEL", ref, "name or digest")->required();
   verify->callback([&] { g.exit_code = Verify(g, ref); });
 
-  auto* tag = app.add_subcommand("tag", "point a name at a digest");
-  tag->add_option("NAME", name, "the name")->required();
-  tag->add_option("DIGEST", ref, "the digest")->required();
+  auto* tag = app.add_subcommand("tag", "point a name at a model (moving a name is an admin call)");
+  tag->add_option("NAME", name, "the new name")->required();
+  tag->add_option("MODEL", ref, "digest, or a name it already has")->required();
   tag->callback([&] {
     auto info = g.client()->Tag(name, ref);
     if (!info.ok()) g.exit_code = Fail(g, info.status());

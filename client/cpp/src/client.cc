@@ -313,10 +313,10 @@ absl::StatusOr<std::string> Client::Delete(const std::string& ref, bool force) {
   return response.digest();
 }
 
-absl::StatusOr<v1::ModelInfo> Client::Tag(const std::string& name, const std::string& digest) {
+absl::StatusOr<v1::ModelInfo> Client::Tag(const std::string& name, const std::string& ref) {
   v1::TagModelRequest request;
   request.set_name(name);
-  request.set_digest(digest);
+  request.mutable_model()->set_ref(ref);
   v1::TagModelResponse response;
   ZC_CALL(TagModel, request, response);
   return response.model();

@@ -66,7 +66,7 @@ class Client : public std::enable_shared_from_this<Client> {
 
   absl::StatusOr<v1::ListModelsResponse> List();
   absl::StatusOr<std::string> Delete(const std::string& ref, bool force = false);
-  absl::StatusOr<v1::ModelInfo> Tag(const std::string& name, const std::string& digest);
+  absl::StatusOr<v1::ModelInfo> Tag(const std::string& name, const std::string& ref);
   absl::StatusOr<v1::ModelInfo> Pin(const std::string& ref, bool pinned = true);
   absl::StatusOr<v1::GetStatsResponse> Stats();
   // The session id of this process (opening the Session stream if needed).
