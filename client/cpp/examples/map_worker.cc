@@ -9,7 +9,7 @@
 //       reads the file into private memory instead (the baseline)
 //
 // Prints one JSON line: mode, pid, load_ms, checksum_ms, checksum, tensors,
-// bytes, rss_kb, pss_kb. --scribble writes into the first weight after
+// bytes (of tensor data), rss_kb, pss_kb. --scribble writes into the first weight after
 // loading (copy-on-write keeps that private). --hold then waits for stdin to
 // close before exiting.
 #include <fcntl.h>
@@ -90,7 +90,6 @@ int main(int argc, char** argv) {
       auto view = mapped->tensor(i);
       tensors[view.spec->name()] = {view.data, view.extent};
     }
-    bytes = mapped->size();
   } else if (!file.empty()) {
     int fd = ::open(file.c_str(), O_RDONLY);
     if (fd < 0) return Fail("open " + file + ": " + std::strerror(errno));
@@ -108,11 +107,11 @@ int main(int argc, char** argv) {
     if (!p.ok()) return Fail(p.status().ToString());
     parsed.emplace(std::move(*p));
     for (const auto& e : parsed->tensors()) tensors[e.name] = {e.data, e.size};
-    bytes = buffer.size();
   } else {
     return Fail("give --model NAME or --file FILE");
   }
   auto t1 = clock::now();
+  for (const auto& [name, t] : tensors) bytes += t.second;
   if (scribble && !tensors.empty()) {
     auto& first = tensors.begin()->second;
     std::memset(const_cast<uint8_t*>(first.first), 0xAB, std::min<uint64_t>(first.second, 4096));
