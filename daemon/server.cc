@@ -83,13 +83,16 @@ void Server::AcceptLoop() {
 void Server::Shutdown(double grace_seconds) {
   if (shut_down_) return;
   shut_down_ = true;
-  listener_->Stop();
+  // Start() may have failed part way: stop only what was started.
+  if (listener_) listener_->Stop();
   if (accept_thread_.joinable()) accept_thread_.join();
-  grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  auto deadline = std::chrono::system_clock::now() +
-                  std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
-  grpc_server_->Shutdown(deadline);
-  grpc_server_->Wait();
+  if (grpc_server_) {
+    grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+    auto deadline = std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
+    grpc_server_->Shutdown(deadline);
+    grpc_server_->Wait();
+  }
   listener_.reset();  // removes the socket file
 }
 

@@ -60,6 +60,10 @@ struct Client::Impl {
       args.SetMaxSendMessageSize(kMaxMessage);
       // A unix socket: no proxies, no DNS.
       args.SetInt(GRPC_ARG_ENABLE_HTTP_PROXY, 0);
+      // Our own connection: gRPC would otherwise share one between clients
+      // of the same socket, and a client made after a daemon restart would
+      // inherit another's dead connection.
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       channel = grpc::CreateCustomChannel(absl::StrCat("unix:", options.socket), grpc::InsecureChannelCredentials(),
                                           args);
       stub = v1::ModelStore::NewStub(channel);
@@ -272,10 +276,10 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
     ZC_RETURN_IF_ERROR(status);
     std::string digest = response.model().digest();
     std::string path = response.model().segment_path();
-    std::weak_ptr<Client> weak = weak_from_this();
-    auto release = [weak, session_id, digest] {
-      auto self = weak.lock();
-      if (!self || !self->impl_->CheckProcess().ok()) return;
+    // The mapping holds the client (and so its session and lease) alive.
+    std::shared_ptr<Client> self = shared_from_this();
+    auto release = [self, session_id, digest] {
+      if (!self->impl_->CheckProcess().ok()) return;
       auto stub = self->impl_->Stub();
       if (!stub.ok()) return;
       v1::ReleaseModelRequest request;

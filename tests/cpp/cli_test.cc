@@ -1,0 +1,159 @@
+// The zerocopy CLI and zerocopyd's own flags, run as programs: exit status
+// 0 on success, non-zero with a one-line reason otherwise, and --json that
+// parses.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+#include "zerocopy/manifest.h"
+
+namespace zerocopy {
+namespace {
+
+using testing::DaemonProcess;
+using testing::Run;
+
+struct Cli {
+  const DaemonProcess& d;
+  std::string out, err;
+  int operator()(std::vector<std::string> args) {
+    args.insert(args.begin(), {testing::CliBinary(), "--socket", d.socket()});
+    return Run(args, &out, &err);
+  }
+  nlohmann::json Json(std::vector<std::string> args) {
+    args.push_back("--json");
+    int status = (*this)(args);
+    INFO(err);
+    REQUIRE(status == 0);
+    return nlohmann::json::parse(out);
+  }
+};
+
+bool OneLine(const std::string& s) { return !s.empty() && s.find('\n') == s.size() - 1; }
+
+TEST_CASE("preload, ls, inspect, verify, tag, pin and rm", "[cli]") {
+  DaemonProcess d;
+  d.Start();
+  testing::TempDir dir;
+  auto model = testing::MakeModel(3, 5000, 31);
+  std::string file = dir.path() + "/m.safetensors";
+  testing::WriteSafetensors(model, file);
+  Cli cli{d};
+
+  REQUIRE(cli({"preload", file, "--name", "m"}) == 0);
+  std::string digest = cli.out.substr(0, cli.out.find('\n'));
+  REQUIRE(IsDigest(digest));
+  // The same digest as publishing the same tensors through the library.
+  REQUIRE(cli({"preload", file}) == 0);
+  REQUIRE(cli.out.substr(0, 32) == digest);
+
+  auto ls = cli.Json({"ls"});
+  REQUIRE(ls["models"].size() == 1);
+  REQUIRE(ls["models"][0]["digest"] == digest);
+  REQUIRE(ls["models"][0]["names"][0] == "m");
+  REQUIRE(cli({"ls"}) == 0);
+  REQUIRE_THAT(cli.out, Catch::Contains(digest));
+
+  auto inspect = cli.Json({"inspect", "m"});
+  REQUIRE(inspect["manifest"]["tensors"].size() == 3);
+  REQUIRE(inspect["model"]["format"] == "safetensors");
+  REQUIRE(cli({"inspect", digest}) == 0);
+  REQUIRE_THAT(cli.out, Catch::Contains("layer.2.weight"));
+  REQUIRE_THAT(cli.out, Catch::Contains("segment:"));
+
+  REQUIRE(cli({"verify", "m"}) == 0);
+  REQUIRE(cli.Json({"tag", "alias", "m"})["names"].size() == 2);
+  REQUIRE(cli({"pin", "alias"}) == 0);
+  REQUIRE(cli({"rm", "m"}) != 0);
+  REQUIRE(OneLine(cli.err));
+  REQUIRE_THAT(cli.err, Catch::Contains("pinned"));
+  REQUIRE(cli({"unpin", digest}) == 0);
+
+  auto stats = cli.Json({"stats"});
+  REQUIRE(stats["models"] == "1");
+  REQUIRE(cli({"stats"}) == 0);
+
+  REQUIRE(cli({"rm", "alias"}) == 0);
+  REQUIRE(cli({"rm", "alias"}) != 0);
+  REQUIRE(OneLine(cli.err));
+  REQUIRE_THAT(cli.err, Catch::Contains("no model named 'alias'"));
+  REQUIRE(cli.Json({"ls"})["models"].size() == 0);
+}
+
+TEST_CASE("verify detects a segment altered on disk", "[cli]") {
+  DaemonProcess d;
+  d.Start();
+  testing::TempDir dir;
+  auto model = testing::MakeModel(1, 5000, 32);
+  std::string file = dir.path() + "/m.safetensors";
+  testing::WriteSafetensors(model, file);
+  Cli cli{d};
+  REQUIRE(cli({"preload", file, "--name", "m"}) == 0);
+  auto segment = cli.Json({"inspect", "m"})["model"]["segment_path"].get<std::string>();
+  // Segments are read-only (0440); the test runs as root, which may write anyway.
+  int fd = ::open(segment.c_str(), O_WRONLY);
+  if (fd < 0) FAIL("cannot open the segment for writing as this user; run the suite as root");
+  REQUIRE(::pwrite(fd, "X", 1, 100) == 1);
+  ::close(fd);
+  REQUIRE(cli({"verify", "m"}) != 0);
+  REQUIRE_THAT(cli.err + cli.out, Catch::Contains("is corrupt"));
+}
+
+TEST_CASE("bad files are refused and publish nothing", "[cli]") {
+  DaemonProcess d;
+  d.Start();
+  testing::TempDir dir;
+  Cli cli{d};
+  std::string bad = dir.path() + "/bad.safetensors";
+  std::ofstream(bad) << "this is not a safetensors file at all";
+  REQUIRE(cli({"preload", bad}) != 0);
+  REQUIRE(OneLine(cli.err));
+  REQUIRE_THAT(cli.err, Catch::Contains(bad));
+  REQUIRE(cli({"preload", dir.path() + "/missing.safetensors"}) != 0);
+  REQUIRE(OneLine(cli.err));
+  auto model = testing::MakeModel(1, 10, 33);
+  std::string good = dir.path() + "/good.safetensors";
+  testing::WriteSafetensors(model, good);
+  REQUIRE(cli({"preload", good, "--name", "../escape"}) != 0);
+  REQUIRE(OneLine(cli.err));
+  REQUIRE(cli.Json({"ls"})["models"].size() == 0);
+  REQUIRE(cli({"frobnicate"}) != 0);
+}
+
+TEST_CASE("doctor says what is wrong", "[cli]") {
+  DaemonProcess d;
+  d.Start();
+  Cli cli{d};
+  REQUIRE(cli({"doctor"}) == 0);
+  REQUIRE_THAT(cli.out, Catch::Contains("daemon answers"));
+  d.Stop();
+  REQUIRE(cli({"doctor"}) != 0);
+  REQUIRE_THAT(cli.out + cli.err, Catch::Contains(d.socket()));
+  REQUIRE(cli({"ls"}) != 0);
+  REQUIRE(OneLine(cli.err));
+  REQUIRE_THAT(cli.err, Catch::Contains(d.socket()));
+}
+
+TEST_CASE("zerocopyd's flags", "[cli]") {
+  std::string out, err;
+  REQUIRE(Run({testing::DaemonBinary(), "--version"}, &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("0.1.0"));
+  REQUIRE(Run({testing::DaemonBinary(), "--print-config", "--host-budget", "8G", "--socket", "/x/y.sock"}, &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("host_budget = 8589934592"));
+  REQUIRE_THAT(out, Catch::Contains("socket = '/x/y.sock'"));
+  REQUIRE(Run({testing::DaemonBinary(), "--host-budget", "lots", "--print-config"}, &out, &err) != 0);
+  REQUIRE_THAT(err, Catch::Contains("--host-budget"));
+  REQUIRE(Run({testing::DaemonBinary(), "--config", "/nonexistent.toml", "--print-config"}, &out, &err) != 0);
+  REQUIRE_THAT(err, Catch::Contains("/nonexistent.toml"));
+  REQUIRE(Run({testing::DaemonBinary(), "--log-level", "chatty", "--print-config"}, &out, &err) != 0);
+  REQUIRE(Run({testing::DaemonBinary(), "--no-such-flag"}, &out, &err) != 0);
+}
+
+}  // namespace
+}  // namespace zerocopy

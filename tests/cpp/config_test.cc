@@ -1,0 +1,116 @@
+// zerocopyd's configuration: sizes, the TOML file, and --print-config's
+// output reading back to the same settings.
+#include <fstream>
+
+#include <catch2/catch.hpp>
+
+#include "config.h"
+#include "support.h"
+
+namespace zerocopy::daemon {
+namespace {
+
+TEST_CASE("byte sizes parse with units", "[config]") {
+  REQUIRE(*ParseByteSize("4096") == 4096);
+  REQUIRE(*ParseByteSize("8G") == 8ull << 30);
+  REQUIRE(*ParseByteSize("8g") == 8ull << 30);
+  REQUIRE(*ParseByteSize("512MiB") == 512ull << 20);
+  REQUIRE(*ParseByteSize("512MB") == 512ull << 20);
+  REQUIRE(*ParseByteSize("1.5T") == 3ull << 39);
+  REQUIRE(*ParseByteSize(" 64K ") == 64ull << 10);
+  uint64_t half = *ParseByteSize("50%");
+  uint64_t all = *ParseByteSize("100%");
+  REQUIRE(half > 0);
+  REQUIRE(all / 2 == half);
+  for (const char* bad : {"", "G", "-1G", "8X", "0%", "101%", "1e30", "99999999999T", "8 G B"}) {
+    INFO(bad);
+    REQUIRE(ParseByteSize(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+std::string Write(const testing::TempDir& dir, const std::string& text) {
+  std::string path = dir.path() + "/zerocopyd.toml";
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST_CASE("a config file sets every key", "[config]") {
+  testing::TempDir dir;
+  Config c = DefaultConfig();
+  auto path = Write(dir, R"(
+socket = "/x/s.sock"
+socket_mode = 0o600
+socket_group = "users"
+segment_dir = "/dev/shm/x"
+segment_group = "100"
+host_budget = "2G"
+tmpfs_reserve = 1024
+verify_on_start = false
+admin_uids = [0, 1000]
+admin_gids = [27]
+max_message_bytes = "16M"
+hash_threads = 3
+shutdown_grace_seconds = 1.5
+log_level = "debug"
+)");
+  REQUIRE(LoadConfigFile(path, &c).ok());
+  REQUIRE(c.socket == "/x/s.sock");
+  REQUIRE(c.socket_mode == 0600);
+  REQUIRE(c.socket_group == "users");
+  REQUIRE(c.segment_dir == "/dev/shm/x");
+  REQUIRE(c.segment_group == "100");
+  REQUIRE(c.host_budget == 2ull << 30);
+  REQUIRE(c.tmpfs_reserve == 1024);
+  REQUIRE_FALSE(c.verify_on_start);
+  REQUIRE(c.admin_uids == std::vector<uint32_t>{0, 1000});
+  REQUIRE(c.admin_gids == std::vector<uint32_t>{27});
+  REQUIRE(c.max_message_bytes == 16ull << 20);
+  REQUIRE(c.hash_threads == 3);
+  REQUIRE(c.shutdown_grace_seconds == 1.5);
+  REQUIRE(c.log_level == "debug");
+
+  SECTION("the printed config reads back the same") {
+    Config again = DefaultConfig();
+    REQUIRE(LoadConfigFile(Write(dir, ConfigToToml(c)), &again).ok());
+    REQUIRE(ConfigToToml(again) == ConfigToToml(c));
+  }
+}
+
+TEST_CASE("config errors name the key and line", "[config]") {
+  testing::TempDir dir;
+  Config c = DefaultConfig();
+  struct Case {
+    const char* text;
+    const char* needle;
+  };
+  for (const auto& bad : std::vector<Case>{
+           {"\n\nsoket = \"/x\"\n", "unknown key 'soket' (line 3)"},
+           {"host_budget = \"lots\"\n", "host_budget (line 1)"},
+           {"host_budget = -5\n", "host_budget (line 1)"},
+           {"socket = 5\n", "socket (line 1) must be a string"},
+           {"admin_uids = [-1]\n", "admin_uids"},
+           {"verify_on_start = \"yes\"\n", "verify_on_start"},
+           {"socket_mode = 0o7777\n", "socket_mode"},
+           {"socket = \"unterminated\n", "zerocopyd.toml:1"},
+       }) {
+    INFO(bad.text);
+    auto status = LoadConfigFile(Write(dir, bad.text), &c);
+    REQUIRE(status.code() == absl::StatusCode::kInvalidArgument);
+    REQUIRE_THAT(std::string(status.message()), Catch::Contains(bad.needle));
+  }
+  REQUIRE(LoadConfigFile(dir.path() + "/missing.toml", &c).code() == absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("defaults are usable without a config", "[config]") {
+  Config c = DefaultConfig();
+  REQUIRE_FALSE(c.socket.empty());
+  REQUIRE_FALSE(c.segment_dir.empty());
+  REQUIRE(c.host_budget > 0);
+  if (::geteuid() == 0) {
+    REQUIRE(c.socket == "/run/zerocopy/zerocopyd.sock");
+    REQUIRE(c.segment_dir == "/dev/shm/zerocopy");
+  }
+}
+
+}  // namespace
+}  // namespace zerocopy::daemon

@@ -1,0 +1,81 @@
+// Digests: deterministic, independent of thread count, sensitive to every
+// byte and to the manifest.
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "zerocopy/digest.h"
+#include "zerocopy/manifest.h"
+
+namespace zerocopy {
+namespace {
+
+struct Segment {
+  Manifest manifest;
+  std::vector<uint8_t> bytes;
+};
+
+Segment Make(uint64_t size) {
+  Segment s;
+  s.manifest.add_storages()->set_size(size);
+  auto* t = s.manifest.add_tensors();
+  t->set_name("w");
+  t->set_dtype(v1::U8);
+  t->add_shape(static_cast<int64_t>(size));
+  REQUIRE(AssignOffsets(&s.manifest).ok());
+  s.bytes.resize(s.manifest.total_size());
+  for (size_t i = 0; i < size; ++i) s.bytes[i] = static_cast<uint8_t>(i * 131 + 7);
+  return s;
+}
+
+std::string Digest(const Segment& s, unsigned threads = 0) {
+  return ComputeDigest(s.bytes.data(), s.bytes.size(), s.manifest, threads);
+}
+
+TEST_CASE("digest is 32 hex digits and deterministic", "[digest]") {
+  Segment s = Make(10 * kDigestChunk + 12345);  // several leaves, a partial last one
+  std::string d = Digest(s);
+  REQUIRE(IsDigest(d));
+  REQUIRE(Digest(s, 1) == d);
+  REQUIRE(Digest(s, 3) == d);
+  REQUIRE(Digest(s, 16) == d);
+}
+
+TEST_CASE("digest changes with any byte or the manifest", "[digest]") {
+  Segment s = Make(3 * kDigestChunk);
+  std::string d = Digest(s);
+  for (size_t pos : {size_t{0}, kDigestChunk - 1, kDigestChunk, 3 * kDigestChunk - 1}) {
+    Segment t = s;
+    t.bytes[pos] ^= 1;
+    INFO(pos);
+    REQUIRE(Digest(t) != d);
+  }
+  Segment renamed = s;
+  renamed.manifest.mutable_tensors(0)->set_name("v");
+  REQUIRE(Digest(renamed) != d);
+  Segment retyped = s;
+  retyped.manifest.mutable_tensors(0)->set_dtype(v1::I8);
+  REQUIRE(Digest(retyped) != d);
+  Segment meta = s;
+  meta.manifest.set_metadata("x");
+  REQUIRE(Digest(meta) != d);
+}
+
+TEST_CASE("leaves combine to the whole digest", "[digest]") {
+  Segment s = Make(2 * kDigestChunk + 5);
+  std::vector<Hash128> leaves;
+  for (size_t i = 0; i < DigestLeafCount(s.bytes.size()); ++i) {
+    leaves.push_back(HashLeaf(s.bytes.data(), s.bytes.size(), i));
+  }
+  REQUIRE(leaves.size() == 3);
+  REQUIRE(CombineDigest(leaves, s.manifest) == Digest(s));
+}
+
+TEST_CASE("an empty model has a digest", "[digest]") {
+  Manifest m;
+  REQUIRE(AssignOffsets(&m).ok());
+  REQUIRE(IsDigest(ComputeDigest(nullptr, 0, m)));
+}
+
+}  // namespace
+}  // namespace zerocopy
