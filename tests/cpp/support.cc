@@ -80,7 +80,7 @@ DaemonProcess::DaemonProcess() : DaemonProcess(Options()) {}
 
 DaemonProcess::DaemonProcess(Options options) : options_(std::move(options)), shm_("/dev/shm") {
   socket_ = dir_.path() + "/zerocopyd.sock";
-  segment_dir_ = shm_.path() + "/segments";
+  segment_dir_ = options_.segment_dir.empty() ? shm_.path() + "/segments" : options_.segment_dir;
 }
 
 DaemonProcess::~DaemonProcess() {
@@ -103,6 +103,7 @@ void DaemonProcess::Start() {
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
+    for (const auto& e : options_.env) ::putenv(const_cast<char*>(e.c_str()));
     int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);

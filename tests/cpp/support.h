@@ -40,7 +40,9 @@ class DaemonProcess {
  public:
   struct Options {
     std::string host_budget = "1G";
+    std::string segment_dir;              // "" for a fresh one in /dev/shm
     std::vector<std::string> extra_args;
+    std::vector<std::string> env;         // "NAME=value" added to its environment
   };
   DaemonProcess();
   explicit DaemonProcess(Options options);

@@ -1,0 +1,164 @@
+// The C++ client's own promises: DLPack exports that keep the mapping
+// alive, read-only and populated mappings, strided views, every dtype,
+// and where it looks for the socket.
+#include <dlpack/dlpack.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <catch2/catch.hpp>
+
+#include "support.h"
+#include "zerocopy/dtype.h"
+#include "zerocopy/mapped_model.h"
+
+namespace zerocopy {
+namespace {
+
+using testing::DaemonProcess;
+
+TEST_CASE("DLPack tensors view the mapping and keep it alive", "[client]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = testing::MakeModel(2, 6, 41);
+  // A third tensor: the transpose of layer.0 viewed as 2x3.
+  auto* t = model.source.manifest.add_tensors();
+  t->set_name("layer.0.T");
+  t->set_dtype(v1::F32);
+  t->add_shape(3);
+  t->add_shape(2);
+  t->add_strides(1);
+  t->add_strides(3);
+  auto client = d.NewClient();
+  auto info = client->Publish(model.source);
+  REQUIRE(info.ok());
+  REQUIRE(info->storage_count() == 2);
+  auto mapped = client->Map(info->digest());
+  REQUIRE(mapped.ok());
+  auto index = [&](const std::string& name) {
+    for (size_t i = 0; i < (*mapped)->tensor_count(); ++i) {
+      if ((*mapped)->tensor(i).spec->name() == name) return i;
+    }
+    FAIL("no tensor " << name);
+    return size_t{0};
+  };
+  auto dl = (*mapped)->ToDLPack(index("layer.0.T"));
+  REQUIRE(dl.ok());
+  DLTensor& tensor = (*dl)->dl_tensor;
+  REQUIRE(tensor.device.device_type == kDLCPU);
+  REQUIRE(tensor.dtype.code == kDLFloat);
+  REQUIRE(tensor.dtype.bits == 32);
+  REQUIRE(tensor.ndim == 2);
+  REQUIRE(tensor.shape[0] == 3);
+  REQUIRE(tensor.strides[1] == 3);
+  const uint8_t* base = (*mapped)->data();
+  REQUIRE(static_cast<uint8_t*>(tensor.data) >= base);
+  REQUIRE(static_cast<uint8_t*>(tensor.data) < base + (*mapped)->size());
+  auto dense = (*mapped)->ToDLPack(index("layer.1.weight"));
+  REQUIRE(dense.ok());
+  REQUIRE((*dense)->dl_tensor.strides[0] == 1);
+
+  mapped->reset();  // the DLPack tensors still hold the mapping
+  const float* f = static_cast<const float*>(tensor.data);
+  // element [i][j] of the transpose is layer.0[j*3 + i]
+  REQUIRE(f[2 * 1 + 1 * 3] == model.buffers[0][1 * 3 + 2]);
+  (*dl)->deleter(*dl);
+  (*dense)->deleter(*dense);
+}
+
+TEST_CASE("every dtype round-trips and exports", "[client]") {
+  DaemonProcess d;
+  d.Start();
+  ModelSource source;
+  std::vector<std::vector<uint8_t>> buffers;
+  std::vector<v1::DType> dtypes;
+  for (int v = v1::DType_MIN; v <= v1::DType_MAX; ++v) {
+    if (v == v1::DTYPE_UNSPECIFIED || !v1::DType_IsValid(v)) continue;
+    auto dtype = static_cast<v1::DType>(v);
+    dtypes.push_back(dtype);
+    size_t size = DTypeSize(dtype) * 5;
+    buffers.emplace_back(size);
+    for (size_t i = 0; i < size; ++i) buffers.back()[i] = static_cast<uint8_t>(i + static_cast<size_t>(v));
+  }
+  for (size_t i = 0; i < dtypes.size(); ++i) {
+    source.manifest.add_storages()->set_size(buffers[i].size());
+    auto* t = source.manifest.add_tensors();
+    t->set_name(std::string(DTypeName(dtypes[i])));
+    t->set_storage(static_cast<uint32_t>(i));
+    t->set_dtype(dtypes[i]);
+    t->add_shape(5);
+    source.storage_data.push_back(buffers[i].data());
+  }
+  auto client = d.NewClient();
+  auto info = client->Publish(source);
+  REQUIRE(info.ok());
+  auto mapped = client->Map(info->digest());
+  REQUIRE(mapped.ok());
+  for (size_t i = 0; i < dtypes.size(); ++i) {
+    auto view = (*mapped)->Find(std::string(DTypeName(dtypes[i])));
+    REQUIRE(view.ok());
+    REQUIRE(std::memcmp(view->data, buffers[i].data(), buffers[i].size()) == 0);
+    auto dl = (*mapped)->ToDLPack(i);
+    DLDataType expected;
+    if (ToDLDataType(dtypes[i], &expected)) {
+      REQUIRE(dl.ok());
+      REQUIRE((*dl)->dl_tensor.dtype.bits == expected.bits);
+      (*dl)->deleter(*dl);
+    } else {
+      REQUIRE(dl.status().code() == absl::StatusCode::kUnimplemented);
+    }
+  }
+  for (auto required : {v1::F64, v1::F32, v1::F16, v1::BF16, v1::I64, v1::I32, v1::I16, v1::I8, v1::U8, v1::BOOL}) {
+    DLDataType dl;
+    INFO(DTypeName(required));
+    REQUIRE(ToDLDataType(required, &dl));
+  }
+}
+
+TEST_CASE("read-only mappings fault on write, copy-on-write ones do not", "[client]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = testing::MakeModel(1, 1024, 42);
+  auto client = d.NewClient();
+  auto info = client->Publish(model.source);
+  REQUIRE(info.ok());
+  MapOptions read_only;
+  read_only.read_only = true;
+  read_only.populate = true;
+  auto ro = client->Map(info->digest(), read_only);
+  REQUIRE(ro.ok());
+  auto cow = client->Map(info->digest());
+  REQUIRE(cow.ok());
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    const_cast<uint8_t*>((*ro)->data())[0] = 1;  // must fault
+    _exit(0);
+  }
+  int status;
+  ::waitpid(pid, &status, 0);
+  REQUIRE(WIFSIGNALED(status));
+  REQUIRE((WTERMSIG(status) == SIGSEGV || WTERMSIG(status) == SIGBUS));
+
+  uint8_t* p = const_cast<uint8_t*>((*cow)->data());
+  uint8_t old = p[0];
+  p[0] = static_cast<uint8_t>(old + 1);
+  REQUIRE((*ro)->data()[0] == old);
+  REQUIRE((*ro)->ComputeDigest() == info->digest());
+}
+
+TEST_CASE("the socket comes from ZEROCOPY_SOCKET, then the defaults", "[client]") {
+  const char* saved = ::getenv("ZEROCOPY_SOCKET");
+  std::string restore = saved ? saved : "";
+  ::setenv("ZEROCOPY_SOCKET", "/somewhere/else.sock", 1);
+  REQUIRE(DefaultSocketPath() == "/somewhere/else.sock");
+  REQUIRE(Client::Create()->socket() == "/somewhere/else.sock");
+  ::unsetenv("ZEROCOPY_SOCKET");
+  if (::geteuid() == 0) REQUIRE(DefaultSocketPath() == "/run/zerocopy/zerocopyd.sock");
+  if (saved) ::setenv("ZEROCOPY_SOCKET", restore.c_str(), 1);
+}
+
+}  // namespace
+}  // namespace zerocopy

@@ -1,0 +1,286 @@
+// zerocopyd's service guarantees beyond single calls: tags, races,
+// segment files and their modes, small and huge-page tmpfs mounts,
+// sessions, systemd readiness, health and reflection.
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <cstring>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "support.h"
+#include "zerocopy/manifest.h"
+
+namespace zerocopy {
+namespace {
+
+using testing::DaemonProcess;
+using testing::MakeModel;
+
+TEST_CASE("moving a name leaves the old digest to those who use it", "[service]") {
+  DaemonProcess d;
+  d.Start();
+  auto client = d.NewClient();
+  auto v1_model = MakeModel(1, 1000, 51), v2_model = MakeModel(1, 1000, 52);
+  PublishOptions options;
+  options.name = "model";
+  auto v1_info = client->Publish(v1_model.source, options);
+  REQUIRE(v1_info.ok());
+  auto old_mapping = client->Map("model");
+  REQUIRE(old_mapping.ok());
+  auto v2_info = client->Publish(v2_model.source, options);
+  REQUIRE(v2_info.ok());
+  REQUIRE(client->Get("model")->model().digest() == v2_info->digest());
+  auto old = client->Get(v1_info->digest());
+  REQUIRE(old.ok());
+  REQUIRE(old->model().names_size() == 0);
+  REQUIRE((*old_mapping)->ComputeDigest() == v1_info->digest());
+  REQUIRE(client->Tag("model", v1_info->digest()).ok());
+  REQUIRE(client->Get("model")->model().digest() == v1_info->digest());
+}
+
+TEST_CASE("concurrent publishers of the same bytes end with one model", "[service]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = MakeModel(4, 1u << 18, 53);
+  std::vector<std::string> digests(6);
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (size_t i = 0; i < digests.size(); ++i) {
+    threads.emplace_back([&, i] {
+      auto info = d.NewClient()->Publish(model.source);  // one client (connection) each
+      if (info.ok()) digests[i] = info->digest();
+      else ++failures;
+    });
+  }
+  for (auto& t : threads) t.join();
+  REQUIRE(failures == 0);
+  for (const auto& digest : digests) REQUIRE(digest == digests[0]);
+  auto client = d.NewClient();
+  REQUIRE(client->List()->models_size() == 1);
+  REQUIRE(client->Stats()->bytes_used() == client->List()->models(0).size());
+  REQUIRE(client->Stats()->bytes_staging() == 0);
+}
+
+TEST_CASE("a map racing a delete maps the model whole or not at all", "[service]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = MakeModel(2, 1u << 16, 54);
+  auto publisher = d.NewClient();
+  PublishOptions options;
+  options.name = "racy";
+  std::atomic<bool> stop{false};
+  std::atomic<int> mapped{0}, not_found{0}, wrong{0}, other{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r) {
+    readers.emplace_back([&] {
+      auto client = d.NewClient();
+      while (!stop) {
+        auto m = client->Map("racy");
+        if (m.ok()) {
+          ++mapped;
+          if ((*m)->ComputeDigest(1) != (*m)->digest()) ++wrong;
+        } else if (absl::IsNotFound(m.status())) {
+          ++not_found;
+        } else {
+          ++other;
+          UNSCOPED_INFO(m.status().ToString());
+        }
+      }
+    });
+  }
+  for (int i = 0; i < 60; ++i) {
+    REQUIRE(publisher->Publish(model.source, options).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    auto deleted = publisher->Delete("racy");
+    REQUIRE((deleted.ok() || absl::IsNotFound(deleted.status())));
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  INFO("mapped " << mapped << " not found " << not_found);
+  REQUIRE(wrong == 0);
+  REQUIRE(other == 0);
+  REQUIRE(mapped + not_found > 0);
+}
+
+TEST_CASE("segment files: exact size, read-only, in a 0710 directory", "[service]") {
+  DaemonProcess d;
+  d.Start();
+  auto client = d.NewClient();
+  auto model = MakeModel(3, 1001, 55);
+  auto info = client->Publish(model.source);
+  REQUIRE(info.ok());
+  struct stat st;
+  REQUIRE(::stat(d.segment_dir().c_str(), &st) == 0);
+  REQUIRE((st.st_mode & 07777) == 0710);
+  REQUIRE(::stat(info->segment_path().c_str(), &st) == 0);
+  REQUIRE((st.st_mode & 07777) == 0440);
+  auto got = client->Get(info->digest());
+  REQUIRE(static_cast<uint64_t>(st.st_size) == got->manifest().total_size());
+  REQUIRE(CheckLayout(got->manifest()).ok());
+  REQUIRE(got->manifest().storages(1).offset() % kStorageAlignment == 0);
+  REQUIRE(info->segment_path() == d.segment_dir() + "/" + info->digest() + ".seg");
+}
+
+// A tmpfs of `size` mounted for the test (needs root: the suite runs as root).
+class Tmpfs {
+ public:
+  Tmpfs(const std::string& size, const std::string& extra = "") {
+    std::string options = "size=" + size + ",mode=0755" + extra;
+    if (::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) != 0) {
+      FAIL("cannot mount a tmpfs (" << std::strerror(errno) << "): run the test suite as root");
+    }
+  }
+  ~Tmpfs() { ::umount2(dir_.path().c_str(), MNT_DETACH); }
+  std::string path() const { return dir_.path() + "/segments"; }
+
+ private:
+  testing::TempDir dir_;
+};
+
+TEST_CASE("a tmpfs too small for the model is a clear error, not a SIGBUS", "[service]") {
+  Tmpfs small("8m");
+  testing::TempDir conf;
+  std::string config = conf.path() + "/zerocopyd.toml";
+  std::ofstream(config) << "tmpfs_reserve = 0\n";
+  DaemonProcess::Options options;
+  options.segment_dir = small.path();
+  options.extra_args = {"--config", config};
+  DaemonProcess d(options);
+  d.Start();
+  auto client = d.NewClient();
+  auto fits = MakeModel(1, (4u << 20) / 4, 56);
+  REQUIRE(client->Publish(fits.source).ok());
+  auto too_big = MakeModel(1, (6u << 20) / 4, 57);
+  auto refused = client->Publish(too_big.source);
+  REQUIRE(refused.status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains("does not fit in " + small.path()));
+  REQUIRE(client->Stats()->bytes_staging() == 0);
+  REQUIRE(client->List()->models_size() == 1);
+  REQUIRE(client->Stats()->huge_pages() == false);
+}
+
+TEST_CASE("a huge-page tmpfs is detected and reported", "[service]") {
+  Tmpfs huge("256m", ",huge=within_size");
+  DaemonProcess::Options options;
+  options.segment_dir = huge.path();
+  DaemonProcess d(options);
+  d.Start();
+  auto client = d.NewClient();
+  REQUIRE(client->Stats()->huge_pages());
+  auto model = MakeModel(1, (4u << 20) / 4, 58);
+  auto info = client->Publish(model.source);
+  REQUIRE(info.ok());
+  REQUIRE(info->huge_pages());
+  std::string out;
+  REQUIRE(testing::Run({testing::CliBinary(), "--socket", d.socket(), "inspect", info->digest()}, &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("huge pages:  yes"));
+}
+
+TEST_CASE("stats show each session's process", "[service]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = MakeModel(1, 100, 59);
+  auto client = d.NewClient();
+  REQUIRE(client->Publish(model.source).ok());
+  auto session = client->SessionId();
+  REQUIRE(session.ok());
+  auto stats = client->Stats();
+  REQUIRE(stats.ok());
+  REQUIRE(stats->sessions_size() == 1);
+  REQUIRE(stats->sessions(0).id() == *session);
+  REQUIRE(stats->sessions(0).pid() == ::getpid());
+  REQUIRE(stats->sessions(0).uid() == ::getuid());
+  REQUIRE(stats->sessions(0).gid() == ::getgid());
+  REQUIRE(stats->pid() == d.pid());
+  REQUIRE(stats->requests().at("CreateModel") == 1);
+}
+
+TEST_CASE("systemd hears READY=1 when serving and STOPPING=1 on SIGTERM", "[service]") {
+  testing::TempDir dir;
+  std::string path = dir.path() + "/notify";
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  DaemonProcess::Options options;
+  options.env = {"NOTIFY_SOCKET=" + path};
+  DaemonProcess d(options);
+  d.Start();
+  auto receive = [&] {
+    char buf[512];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+  };
+  REQUIRE_THAT(receive(), Catch::Contains("READY=1"));
+  REQUIRE(d.Stop() == 0);
+  REQUIRE_THAT(receive(), Catch::Contains("STOPPING=1"));
+  ::close(fd);
+}
+
+// One call of `method` with raw protobuf bytes, through gRPC's generic
+// stub (no generated code for the health and reflection services here).
+std::string GenericCall(const std::string& socket, const std::string& method, const std::string& request) {
+  auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto call = stub.PrepareCall(&ctx, method, &cq);
+  void* tag;
+  bool ok;
+  auto step = [&](intptr_t id) {
+    REQUIRE(cq.Next(&tag, &ok));
+    REQUIRE(reinterpret_cast<intptr_t>(tag) == id);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  REQUIRE(step(1));
+  grpc::Slice slice(request);
+  grpc::ByteBuffer out(&slice, 1);
+  call->Write(out, reinterpret_cast<void*>(2));
+  REQUIRE(step(2));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  REQUIRE(step(3));
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(4));
+  REQUIRE(step(4));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  REQUIRE(status.ok());
+  std::vector<grpc::Slice> slices;
+  REQUIRE(in.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return bytes;
+}
+
+TEST_CASE("the daemon serves gRPC health and reflection", "[service]") {
+  DaemonProcess d;
+  d.Start();
+  // HealthCheckRequest{service: ""} is empty; SERVING is field 1 = 1.
+  REQUIRE(GenericCall(d.socket(), "/grpc.health.v1.Health/Check", "") == std::string("\x08\x01", 2));
+  // ServerReflectionRequest{list_services: ""} (field 7).
+  std::string listed = GenericCall(d.socket(), "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                   std::string("\x3a\x00", 2));
+  REQUIRE_THAT(listed, Catch::Contains("zerocopy.v1.ModelStore"));
+  REQUIRE_THAT(listed, Catch::Contains("grpc.health.v1.Health"));
+}
+
+}  // namespace
+}  // namespace zerocopy
