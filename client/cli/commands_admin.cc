@@ -100,9 +100,11 @@ int Doctor(Globals& g) {
       checks.push_back({space_ok, absl::StrCat("segment file system: ", HumanBytes(free_bytes), " free of ", HumanBytes(total)),
                         space_ok ? "" : "enlarge the tmpfs (mount -o remount,size=... /dev/shm; docker --shm-size) or remove models"});
       if (stats->host_budget() > total) {
-        checks.push_back({false, absl::StrCat("host budget ", HumanBytes(stats->host_budget()), " exceeds the file system's ",
-                                              HumanBytes(total)),
-                          "lower host_budget, or enlarge the tmpfs, so that publishes fail cleanly on the budget"});
+        // Not a failure: the daemon checks the free space before every
+        // publish; but the tmpfs, not the budget, is then the real limit.
+        checks.push_back({true, absl::StrCat("host budget ", HumanBytes(stats->host_budget()), " exceeds the file system's ",
+                                             HumanBytes(total)),
+                          "the tmpfs size is the real limit: lower host_budget or enlarge the tmpfs to make them agree"});
       }
     }
     std::string shmem = ReadFirstLine("/sys/kernel/mm/transparent_hugepage/shmem_enabled");

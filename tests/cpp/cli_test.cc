@@ -20,6 +20,7 @@ using testing::DaemonProcess;
 using testing::Run;
 
 struct Cli {
+  explicit Cli(const DaemonProcess& daemon) : d(daemon) {}
   const DaemonProcess& d;
   std::string out, err;
   int operator()(std::vector<std::string> args) {
@@ -44,7 +45,7 @@ TEST_CASE("preload, ls, inspect, verify, tag, pin and rm", "[cli]") {
   auto model = testing::MakeModel(3, 5000, 31);
   std::string file = dir.path() + "/m.safetensors";
   testing::WriteSafetensors(model, file);
-  Cli cli{d};
+  Cli cli(d);
 
   REQUIRE(cli({"preload", file, "--name", "m"}) == 0);
   std::string digest = cli.out.substr(0, cli.out.find('\n'));
@@ -93,7 +94,7 @@ TEST_CASE("verify detects a segment altered on disk", "[cli]") {
   auto model = testing::MakeModel(1, 5000, 32);
   std::string file = dir.path() + "/m.safetensors";
   testing::WriteSafetensors(model, file);
-  Cli cli{d};
+  Cli cli(d);
   REQUIRE(cli({"preload", file, "--name", "m"}) == 0);
   auto segment = cli.Json({"inspect", "m"})["model"]["segment_path"].get<std::string>();
   // Segments are read-only (0440); the test runs as root, which may write anyway.
@@ -109,7 +110,7 @@ TEST_CASE("bad files are refused and publish nothing", "[cli]") {
   DaemonProcess d;
   d.Start();
   testing::TempDir dir;
-  Cli cli{d};
+  Cli cli(d);
   std::string bad = dir.path() + "/bad.safetensors";
   std::ofstream(bad) << "this is not a safetensors file at all";
   REQUIRE(cli({"preload", bad}) != 0);
@@ -129,7 +130,7 @@ TEST_CASE("bad files are refused and publish nothing", "[cli]") {
 TEST_CASE("doctor says what is wrong", "[cli]") {
   DaemonProcess d;
   d.Start();
-  Cli cli{d};
+  Cli cli(d);
   REQUIRE(cli({"doctor"}) == 0);
   REQUIRE_THAT(cli.out, Catch::Contains("daemon answers"));
   d.Stop();

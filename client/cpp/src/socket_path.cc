@@ -10,7 +10,9 @@ namespace zerocopy {
 std::string DefaultSocketPath() {
   const char* env = std::getenv("ZEROCOPY_SOCKET");
   if (env && *env) return env;
-  if (::geteuid() == 0) return "/run/zerocopy/zerocopyd.sock";
+  // The system service's socket, for root and for every user who can see it.
+  static constexpr char kSystemSocket[] = "/run/zerocopy/zerocopyd.sock";
+  if (::geteuid() == 0 || ::access(kSystemSocket, F_OK) == 0) return kSystemSocket;
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
   if (xdg && *xdg) return absl::StrCat(xdg, "/zerocopy/zerocopyd.sock");
   return absl::StrCat("/tmp/zerocopy-", ::geteuid(), "/zerocopyd.sock");

@@ -36,8 +36,9 @@ struct PublishOptions {
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
-// $ZEROCOPY_SOCKET, else /run/zerocopy/zerocopyd.sock as root, else
-// $XDG_RUNTIME_DIR/zerocopy/zerocopyd.sock, else /tmp/zerocopy-$UID/zerocopyd.sock.
+// $ZEROCOPY_SOCKET, else /run/zerocopy/zerocopyd.sock as root or when it
+// exists (the system service), else $XDG_RUNTIME_DIR/zerocopy/zerocopyd.sock,
+// else /tmp/zerocopy-$UID/zerocopyd.sock (a daemon run by this user).
 std::string DefaultSocketPath();
 
 class Client : public std::enable_shared_from_this<Client> {
