@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test clean
+.PHONY: all deps build demo test test-asan clean
 
 all: build
 
@@ -25,5 +25,13 @@ demo: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
 
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer, in
+# its own build directory.
+test-asan: deps
+	cmake -S . -B build-asan -DZEROCOPY_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug \
+	  -DZEROCOPY_PYTHON=$(PYTHON)
+	cmake --build build-asan -j$(JOBS)
+	cd build-asan && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --timeout 900
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan
