@@ -1,5 +1,7 @@
 #include "model_registry.h"
 
+#include <optional>
+
 #include <signal.h>
 #include <sys/random.h>
 
@@ -78,6 +80,10 @@ absl::Status ModelRegistry::CheckAdmin(const Peer& peer, absl::string_view what)
   }
   return absl::PermissionDeniedError(absl::StrCat(what, " is limited to admin_uids/admin_gids in the daemon's config; uid ",
                                                   peer.uid, " gid ", peer.gid, " is not among them"));
+}
+
+bool ModelRegistry::SameOwner(const Peer& owner, const Peer& peer) {
+  return owner.known && peer.known && (peer.uid == owner.uid || peer.uid == 0);
 }
 
 absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& ref) {
@@ -196,6 +202,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
         ++evictions_;
         bytes_evicted_ += candidates[i]->size;
         EraseModel(digest);
+        store_->RemoveModel(digest);  // under the lock, as in Delete
         evicted.push_back(digest);
       }
       if (!evicted.empty()) SaveCatalog();
@@ -214,10 +221,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     store_->RemoveStaging(d);
     log.info("reclaimed staging={} of a publisher that exited", d);
   }
-  for (const auto& digest : evicted) {
-    store_->RemoveModel(digest);
-    log.info("evicted digest={} to make room for {}", digest, FormatBytes(size));
-  }
+  for (const auto& digest : evicted) log.info("evicted digest={} to make room for {}", digest, FormatBytes(size));
   auto undo = [&] {
     absl::MutexLock lock(&mu_);
     staging_bytes_ -= size;
@@ -255,7 +259,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(),
                                               "' (already committed, aborted, or never created)"));
     }
-    if (peer.known && it->second.peer.known && peer.uid != it->second.peer.uid && peer.uid != 0) {
+    if (!SameOwner(it->second.peer, peer)) {
       return absl::PermissionDeniedError("this staging model belongs to another user");
     }
     it->second.committing = true;
@@ -292,10 +296,24 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
 
   v1::CommitModelResponse response;
   bool dedup = false;
+  absl::Status denied;
   {
     absl::MutexLock lock(&mu_);
     staging_bytes_ -= size;
     staging_.erase(id);
+    if (!name.empty()) {
+      // Publishing under a name that points elsewhere moves it: an admin
+      // call, as TagModel is.
+      auto tag = tags_.find(name);
+      if (tag != tags_.end() && tag->second != *digest) denied = CheckAdmin(peer, "moving a tag");
+    }
+  }
+  if (!denied.ok()) {
+    store_->RemoveStaging(id);
+    return denied;
+  }
+  {
+    absl::MutexLock lock(&mu_);
     auto existing = models_.find(*digest);
     if (existing != models_.end()) {
       dedup = true;
@@ -304,15 +322,22 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       *record.mutable_manifest() = manifest;
       record.set_digest(*digest);
       record.set_created_unix_ms(NowUnixMs());
+      std::optional<std::string> previous;  // what the name pointed at
       if (!name.empty()) {
         // The tag is saved before the segment appears: a crash in between
         // leaves a tag to a missing model, which recovery drops.
+        auto tag = tags_.find(name);
+        if (tag != tags_.end()) previous = tag->second;
         tags_[name] = *digest;
         SaveCatalog();
       }
       absl::Status s = store_->CommitStaging(id, record);
       if (!s.ok()) {
-        if (!name.empty()) tags_.erase(name);
+        if (!name.empty()) {
+          if (previous) tags_[name] = *previous;
+          else tags_.erase(name);
+          SaveCatalog();
+        }
         store_->RemoveStaging(id);
         return s;
       }
@@ -344,7 +369,7 @@ absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Pe
     if (it == staging_.end() || it->second.committing) {
       return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(), "'"));
     }
-    if (peer.known && it->second.peer.known && peer.uid != it->second.peer.uid && peer.uid != 0) {
+    if (!SameOwner(it->second.peer, peer)) {
       return absl::PermissionDeniedError("this staging model belongs to another user");
     }
     staging_bytes_ -= it->second.manifest.total_size();
@@ -354,7 +379,7 @@ absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Pe
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request) {
+absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer) {
   std::shared_ptr<const v1::Manifest> manifest;
   v1::GetModelResponse response;
   {
@@ -366,6 +391,9 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
         return absl::FailedPreconditionError(
             absl::StrCat("lease requested on unknown session ", request.session_id(), " (open a Session stream first)"));
       }
+      if (!SameOwner(s->second.peer, peer)) {
+        return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
+      }
       if (s->second.leases[m->digest]++ == 0) ++m->leases;
     }
     m->last_used_ms = NowUnixMs();
@@ -376,10 +404,13 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
   return response;
 }
 
-absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request) {
+absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request, const Peer& peer) {
   absl::MutexLock lock(&mu_);
   auto s = sessions_.find(request.session_id());
   if (s == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", request.session_id()));
+  if (!SameOwner(s->second.peer, peer)) {
+    return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
+  }
   auto lease = s->second.leases.find(request.digest());
   if (lease == s->second.leases.end()) {
     return absl::NotFoundError(absl::StrCat("session ", request.session_id(), " holds no lease on ", request.digest()));
@@ -415,10 +446,11 @@ absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteMo
     response.set_digest(m->digest);
     EraseModel(m->digest);
     SaveCatalog();
+    // Under the lock: a commit of the same bytes must not rename its new
+    // file into place before this unlink. Processes that mapped it keep
+    // their mapping; the memory returns when the last one unmaps.
+    store_->RemoveModel(response.digest());
   }
-  // Processes that mapped it keep their mapping; the memory returns when
-  // the last one unmaps.
-  store_->RemoveModel(response.digest());
   return response;
 }
 

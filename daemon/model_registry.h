@@ -61,9 +61,9 @@ class ModelRegistry {
   absl::Status Abort(const v1::AbortModelRequest& request, const Peer& peer);
   // Errors: INVALID_ARGUMENT (bad ref), NOT_FOUND, FAILED_PRECONDITION
   // (lease on an unknown session).
-  absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request);
+  absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request, const Peer& peer);
   // Errors: NOT_FOUND (no such session or lease).
-  absl::Status Release(const v1::ReleaseModelRequest& request);
+  absl::Status Release(const v1::ReleaseModelRequest& request, const Peer& peer);
   v1::ListModelsResponse List();
   // Errors: NOT_FOUND, FAILED_PRECONDITION (pinned, without force),
   // PERMISSION_DENIED (not an admin).
@@ -105,6 +105,9 @@ class ModelRegistry {
   };
 
   absl::Status CheckAdmin(const Peer& peer, absl::string_view what) const;
+  // Whether `peer` may act on what `owner` made (a staging model, a
+  // session): the same uid, or root. Fails closed when either is unknown.
+  static bool SameOwner(const Peer& owner, const Peer& peer);
   absl::StatusOr<Model*> Resolve(const std::string& ref) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ModelInfo Info(const Model& model) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> NamesOf(const std::string& digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

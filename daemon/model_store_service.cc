@@ -81,13 +81,13 @@ grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
-  ZC_UNARY(kGet, registry_->Get(*req), absl::StrCat("ref=", req->model().ref()));
+  ZC_UNARY(kGet, registry_->Get(*req, peers_->Lookup(ctx->peer())), absl::StrCat("ref=", req->model().ref()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerContext* ctx,
                                                           const v1::ReleaseModelRequest* req,
                                                           v1::ReleaseModelResponse*) {
-  return Finish(ctx, kRelease, registry_->Release(*req), absl::StrCat("digest=", req->digest()));
+  return Finish(ctx, kRelease, registry_->Release(*req, peers_->Lookup(ctx->peer())), absl::StrCat("digest=", req->digest()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ListModels(grpc::CallbackServerContext* ctx,

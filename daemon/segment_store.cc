@@ -166,9 +166,31 @@ absl::StatusOr<UniqueFd> SegmentStore::SealStaging(const std::string& staging_id
   std::string name = absl::StrCat(kStagingPrefix, staging_id);
   UniqueFd fd(::openat(dir_fd_.get(), name.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", StagingPath(staging_id)));
+  // Read-only from now on for everyone but its owner (us) ...
   if (::fchmod(fd.get(), 0440) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", StagingPath(staging_id)));
+  // ... and no writer left: a read lease is granted only while no process
+  // has the file open for writing (a descriptor or a shared mapping), so a
+  // publisher cannot change the bytes after we hash them.
+  if (::fcntl(fd.get(), F_SETLEASE, F_RDLCK) != 0) {
+    if (errno == EAGAIN || errno == EBUSY) {
+      return absl::FailedPreconditionError(
+          "the staging file is still open for writing: close every descriptor and mapping of it before CommitModel");
+    }
+    // Leases disabled (fs.leases-enable = 0): the mode change is all we have.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true)) {
+      Log().warn("file leases unavailable ({}): cannot prove publishers closed their staging files",
+                 std::strerror(errno));
+    }
+  } else {
+    ::fcntl(fd.get(), F_SETLEASE, F_UNLCK);
+  }
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", StagingPath(staging_id)));
+  if (st.st_nlink != 1) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the staging file has ", st.st_nlink, " links: a model must have exactly one"));
+  }
   if (static_cast<uint64_t>(st.st_size) != size) {
     return absl::FailedPreconditionError(absl::StrCat("staging file is ", st.st_size, " bytes; the model needs ", size,
                                                       " (the publisher changed its size)"));

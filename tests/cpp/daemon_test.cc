@@ -235,6 +235,31 @@ TEST_CASE("commit checks the digest and each staging model commits once", "[daem
     REQUIRE_FALSE(status.ok());
     REQUIRE(Staging(d).empty());
   }
+  SECTION("a publisher still holding the file open for writing cannot commit") {
+    v1::CreateModelResponse created;
+    REQUIRE(raw.Create(model.source.manifest, &created).ok());
+    std::string digest = FillStaging(created, model);
+    int writer = ::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(writer >= 0);
+    v1::CommitModelResponse committed;
+    auto status = raw.Commit(created.staging_id(), digest, &committed);
+    ::close(writer);
+    REQUIRE(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+    REQUIRE_THAT(status.error_message(), Catch::Contains("still open for writing"));
+    REQUIRE(Staging(d).empty());
+    REQUIRE(d.NewClient()->List()->models_size() == 0);
+  }
+  SECTION("a staging file with a second link cannot commit") {
+    v1::CreateModelResponse created;
+    REQUIRE(raw.Create(model.source.manifest, &created).ok());
+    std::string digest = FillStaging(created, model);
+    testing::TempDir elsewhere("/dev/shm");
+    REQUIRE(::link(created.segment_path().c_str(), (elsewhere.path() + "/kept").c_str()) == 0);
+    v1::CommitModelResponse committed;
+    auto status = raw.Commit(created.staging_id(), digest, &committed);
+    REQUIRE(status.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+    REQUIRE_THAT(status.error_message(), Catch::Contains("links"));
+  }
   SECTION("invalid manifests and unknown ids") {
     v1::Manifest bad = model.source.manifest;
     bad.mutable_tensors(0)->set_byte_offset(1u << 30);

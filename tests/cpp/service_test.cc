@@ -109,6 +109,13 @@ TEST_CASE("a map racing a delete maps the model whole or not at all", "[service]
   REQUIRE(wrong == 0);
   REQUIRE(other == 0);
   REQUIRE(mapped + not_found > 0);
+  // Whatever interleaving happened, the catalog and the files agree.
+  auto info = publisher->Publish(model.source, options);
+  REQUIRE(info.ok());
+  REQUIRE(::access(info->segment_path().c_str(), R_OK) == 0);
+  auto final_map = publisher->Map("racy");
+  REQUIRE(final_map.ok());
+  REQUIRE((*final_map)->ComputeDigest() == info->digest());
 }
 
 TEST_CASE("segment files: exact size, read-only, in a 0710 directory", "[service]") {

@@ -239,7 +239,9 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
   v1::CommitModelResponse committed;
   ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
   grpc::ClientContext ctx;
-  impl_->Prepare(&ctx);
+  // The daemon rehashes the whole segment before answering: allow for it
+  // (at a pessimistic 256 MiB/s) on top of the usual deadline.
+  impl_->Prepare(&ctx, impl_->options.timeout + std::chrono::milliseconds(total / (256u << 10)));
   absl::Status status = impl_->Convert(stub->CommitModel(&ctx, commit, &committed), "CommitModel");
   if (!status.ok()) return abort(status);  // a failed commit already dropped it; abort is harmless
   return committed.model();
@@ -269,7 +271,8 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
     if (absl::IsFailedPrecondition(status)) {
       // The daemon restarted and forgot our session: open a new one.
       absl::MutexLock lock(&impl_->mu);
-      impl_->CloseSession();
+      // Another thread may have reopened it already: close only the stale one.
+      if (impl_->session_id == session_id) impl_->CloseSession();
       last = status;
       continue;
     }

@@ -73,6 +73,7 @@ struct DLPackContext {
 }  // namespace
 
 absl::StatusOr<DLManagedTensor*> MappedModel::ToDLPack(size_t index) {
+  if (index >= tensor_count()) return absl::OutOfRangeError(absl::StrCat("tensor ", index, " of ", tensor_count()));
   TensorView view = tensor(index);
   DLDataType dtype;
   if (!ToDLDataType(view.spec->dtype(), &dtype)) {
@@ -95,6 +96,28 @@ absl::StatusOr<DLManagedTensor*> MappedModel::ToDLPack(size_t index) {
   managed->dl_tensor.device = DLDevice{kDLCPU, 0};
   managed->dl_tensor.ndim = static_cast<int32_t>(ctx->shape.size());
   managed->dl_tensor.dtype = dtype;
+  managed->dl_tensor.shape = ctx->shape.data();
+  managed->dl_tensor.strides = ctx->strides.data();
+  managed->dl_tensor.byte_offset = 0;
+  managed->manager_ctx = ctx;
+  managed->deleter = [](DLManagedTensor* self) {
+    delete static_cast<DLPackContext*>(self->manager_ctx);
+    delete self;
+  };
+  return managed;
+}
+
+absl::StatusOr<DLManagedTensor*> MappedModel::StorageToDLPack(size_t index) {
+  if (index >= static_cast<size_t>(manifest_.storages_size())) {
+    return absl::OutOfRangeError(absl::StrCat("storage ", index, " of ", manifest_.storages_size()));
+  }
+  const auto& storage = manifest_.storages(static_cast<int>(index));
+  auto* ctx = new DLPackContext{shared_from_this(), {static_cast<int64_t>(storage.size())}, {1}};
+  auto* managed = new DLManagedTensor{};
+  managed->dl_tensor.data = region_.data() + storage.offset();
+  managed->dl_tensor.device = DLDevice{kDLCPU, 0};
+  managed->dl_tensor.ndim = 1;
+  managed->dl_tensor.dtype = DLDataType{kDLUInt, 8, 1};
   managed->dl_tensor.shape = ctx->shape.data();
   managed->dl_tensor.strides = ctx->strides.data();
   managed->dl_tensor.byte_offset = 0;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -25,7 +26,13 @@ void ParallelFor(size_t n, unsigned threads, const std::function<void(size_t)>& 
   };
   std::vector<std::thread> pool;
   pool.reserve(workers - 1);
-  for (size_t t = 1; t < workers; ++t) pool.emplace_back(work);
+  for (size_t t = 1; t < workers; ++t) {
+    try {
+      pool.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // out of threads (RLIMIT_NPROC, TasksMax): the rest do the work
+    }
+  }
   work();
   for (auto& t : pool) t.join();
 }

@@ -62,6 +62,11 @@ class MappedModel : public std::enable_shared_from_this<MappedModel> {
   // reference to this model. Errors: UNIMPLEMENTED for dtypes DLPack lacks.
   absl::StatusOr<DLManagedTensor*> ToDLPack(size_t index);
 
+  // A DLPack tensor (kDLCPU, uint8, 1-D) over all the bytes of storage
+  // `index`: consumers that rebuild tensors as views of shared storages
+  // (tied weights stay tied) start from this. Errors: OUT_OF_RANGE.
+  absl::StatusOr<DLManagedTensor*> StorageToDLPack(size_t index);
+
   // Recomputes the digest from the mapped bytes (zerocopy verify).
   std::string ComputeDigest(unsigned threads = 0) const;
 

@@ -1,0 +1,34 @@
+"""The C++ client (_zerocopy) and one connection per process.
+
+The extension lives next to this file in an installed package, or in the
+build tree during development (build/client/python on sys.path).
+"""
+import os
+import threading
+
+try:
+    from . import _zerocopy  # type: ignore[attr-defined]
+except ImportError:  # development: the module is in the build tree
+    import _zerocopy  # type: ignore[no-redef]
+
+_lock = threading.Lock()
+_clients: dict = {}  # (pid, socket) -> _zerocopy.Client
+
+
+def client(socket: str | None = None) -> "_zerocopy.Client":
+    """The connection of this process to zerocopyd at `socket` (default:
+    $ZEROCOPY_SOCKET, then the daemon's default). A forked child gets its
+    own: a connection never crosses fork()."""
+    key = (os.getpid(), socket or "")
+    with _lock:
+        c = _clients.get(key)
+        if c is None:
+            if len(_clients) and next(iter(_clients))[0] != key[0]:
+                _clients.clear()  # inherited from the parent: never touch them
+            c = _zerocopy.Client(socket or "")
+            _clients[key] = c
+        return c
+
+
+def default_socket() -> str:
+    return _zerocopy.default_socket()

@@ -1,0 +1,220 @@
+"""Objects holding torch tensors <-> models in zerocopyd.
+
+Publishing pickles the object with every tensor storage replaced by a
+reference (pickle's persistent_id), so the pickle (the model's metadata) is
+a weight-free skeleton, and copies each distinct storage once into the
+model's segment. Loading maps the segment and unpickles the skeleton with
+each reference resolved to a torch storage over the mapping: no weight is
+copied, tied weights stay tied (one storage), views keep their offsets and
+strides, and any object graph pickle can walk is found (nested attributes,
+lists, dicts, private attributes).
+
+The mapping is copy-on-write: a process that writes into a weight gets a
+private page; other processes keep the original.
+"""
+import io
+import pickle
+
+import torch
+
+from . import _native
+from .errors import InvalidModelError
+
+MAGIC = b"zerocopy-torch-pickle/1\n"
+
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64", torch.complex128: "C128",
+}
+for _name, _code in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
+                     ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
+    if hasattr(torch, _name):
+        _DTYPES[getattr(torch, _name)] = _code
+_TORCH_DTYPES = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+def _pickle_module():
+    """cloudpickle when available (classes defined in __main__, as in most
+    Ray scripts, travel by value), else the standard library's pickle."""
+    try:
+        import cloudpickle
+        return cloudpickle
+    except ImportError:
+        pass
+    try:
+        from ray import cloudpickle
+        return cloudpickle
+    except ImportError:
+        return pickle
+
+
+def dtype_code(dtype: torch.dtype) -> str:
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise InvalidModelError(f"dtype {dtype} cannot be shared through zerocopy", "INVALID_ARGUMENT") from None
+
+
+class _Storages:
+    """Distinct untyped storages, in first-seen order, each copied to host
+    memory once if it lives elsewhere."""
+
+    def __init__(self):
+        self.index: dict = {}
+        self.host: list = []
+
+    def add(self, storage: torch.UntypedStorage) -> int:
+        key = (storage.device, storage.data_ptr(), storage.nbytes())
+        i = self.index.get(key)
+        if i is None:
+            i = len(self.host)
+            self.index[key] = i
+            self.host.append(storage if storage.device.type == "cpu" else storage.cpu())
+        return i
+
+
+def _named_tensors(obj):
+    """(name, tensor) of every parameter and buffer, tied ones under each of
+    their names, for the manifest (what `zerocopy inspect` shows and
+    load_state_dict returns)."""
+    if isinstance(obj, torch.nn.Module):
+        yield from obj.named_parameters(remove_duplicate=False)
+        yield from obj.named_buffers(remove_duplicate=False)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, torch.Tensor):
+                yield str(k), v
+
+
+def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -> dict:
+    """Publishes `obj` (an nn.Module, a dict of tensors, or any picklable
+    object holding tensors); returns the model's info (digest, size, ...)."""
+    storages = _Storages()
+    pickler_base = _pickle_module().Pickler
+
+    class Pickler(pickler_base):
+        def persistent_id(self, o):
+            if isinstance(o, torch.storage.TypedStorage):
+                return ("storage", storages.add(o._untyped_storage), dtype_code(o.dtype))
+            if isinstance(o, torch.UntypedStorage):
+                return ("storage", storages.add(o), "U8")
+            return None
+
+    tensors = []
+    for tname, t in _named_tensors(obj):
+        if t.layout != torch.strided:
+            raise InvalidModelError(f"tensor '{tname}' has layout {t.layout}: only strided tensors", "INVALID_ARGUMENT")
+        s = storages.add(t.untyped_storage())
+        tensors.append((tname, s, t.storage_offset() * t.element_size(), dtype_code(t.dtype),
+                        list(t.shape), list(t.stride())))
+    buffer = io.BytesIO()
+    buffer.write(MAGIC)
+    Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    regions = [(s.data_ptr(), s.nbytes()) for s in storages.host]
+    return _native.client(socket).publish(regions, tensors, buffer.getvalue(), "torch", name, pin)
+
+
+def _storage(mapping, index: int) -> torch.UntypedStorage:
+    return torch.utils.dlpack.from_dlpack(mapping.storage(index)).untyped_storage()
+
+
+def load(ref: str, socket: str | None = None, read_only: bool = False):
+    """Maps model `ref` (name or digest) and rebuilds the object published
+    with publish(); its tensors are views of the mapping."""
+    mapping = _native.client(socket).map(ref, read_only=read_only)
+    metadata = mapping.metadata
+    if not metadata.startswith(MAGIC):
+        raise InvalidModelError(
+            f"model {mapping.digest} ({mapping.format}) holds weights only, no Python object: load it with "
+            "ray_zerocopy.load_state_dict(), or ModelWrapper.from_store(name, model=factory)", "INVALID_ARGUMENT")
+    cache: dict = {}
+
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            kind, index, code = pid
+            if kind != "storage":
+                raise pickle.UnpicklingError(f"unknown reference {kind!r}")
+            if index not in cache:
+                cache[index] = _storage(mapping, index)
+            untyped = cache[index]
+            return torch.storage.TypedStorage(wrap_storage=untyped, dtype=_TORCH_DTYPES[code], _internal=True)
+
+    return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()
+
+
+def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False) -> dict:
+    """The model's tensors by name, as views of its mapping: zero-copy, tied
+    tensors sharing one storage. Works for every model, whoever published it."""
+    mapping = _native.client(socket).map(ref, read_only=read_only)
+    cache: dict = {}
+    out = {}
+    for spec in mapping.tensors():
+        s = spec["storage"]
+        if s not in cache:
+            cache[s] = _storage(mapping, s)
+        dtype = _TORCH_DTYPES.get(spec["dtype"])
+        if dtype is None:
+            raise InvalidModelError(f"tensor '{spec['name']}' has dtype {spec['dtype']}, which this torch lacks",
+                                    "INVALID_ARGUMENT")
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        shape = spec["shape"]
+        strides = spec["strides"] or torch.empty(shape, device="meta").stride()
+        t = torch.empty(0, dtype=dtype)
+        t.set_(cache[s], spec["byte_offset"] // itemsize, shape, strides)
+        out[spec["name"]] = t
+    return out
+
+
+JIT_MAGIC = b"zerocopy-torchscript/1\n"
+
+
+def _owner(module, path: str):
+    *parents, leaf = path.split(".")
+    for p in parents:
+        module = getattr(module, p)
+    return module, leaf
+
+
+def publish_jit(module, name: str = "", pin: bool = False, socket: str | None = None) -> dict:
+    """Publishes a TorchScript module: its parameters and buffers go into the
+    segment, its code into the metadata as an archive saved with every such
+    tensor swapped for an empty one (no weight bytes)."""
+    if not isinstance(module, torch.jit.ScriptModule):
+        raise InvalidModelError(f"expected a TorchScript module (torch.jit.script/trace), got {type(module).__name__}",
+                                "INVALID_ARGUMENT")
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    storages = _Storages()
+    tensors = []
+    for tname, t in named:
+        s = storages.add(t.untyped_storage())
+        tensors.append((tname, s, t.storage_offset() * t.element_size(), dtype_code(t.dtype),
+                        list(t.shape), list(t.stride())))
+    swapped = []
+    try:
+        for tname, t in named:
+            owner, leaf = _owner(module, tname)
+            owner._c.setattr(leaf, torch.empty(0, dtype=t.dtype))
+            swapped.append((owner, leaf, t))
+        archive = io.BytesIO()
+        torch.jit.save(module, archive)
+    finally:
+        for owner, leaf, t in reversed(swapped):
+            owner._c.setattr(leaf, t)
+    regions = [(s.data_ptr(), s.nbytes()) for s in storages.host]
+    return _native.client(socket).publish(regions, tensors, JIT_MAGIC + archive.getvalue(), "torchscript", name, pin)
+
+
+def load_jit(ref: str, socket: str | None = None):
+    """Loads a TorchScript model published with publish_jit(): the code from
+    the archive, every parameter and buffer a view of the mapping."""
+    mapping = _native.client(socket).map(ref)
+    metadata = mapping.metadata
+    if not metadata.startswith(JIT_MAGIC):
+        raise InvalidModelError(f"model {mapping.digest} ({mapping.format}) is not a TorchScript model",
+                                "INVALID_ARGUMENT")
+    module = torch.jit.load(io.BytesIO(metadata[len(JIT_MAGIC):]), map_location="cpu")
+    for tname, t in load_state_dict(mapping.digest, socket).items():
+        owner, leaf = _owner(module, tname)
+        owner._c.setattr(leaf, t)
+    return module

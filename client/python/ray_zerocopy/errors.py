@@ -1,0 +1,48 @@
+"""Exceptions raised by ray_zerocopy. Each carries the daemon's status code.
+
+    ZerocopyError                 anything the daemon or client refused
+    ├── DaemonUnavailableError    (also ConnectionError) zerocopyd not reachable
+    ├── ModelNotFoundError        (also KeyError) no model by that name/digest
+    ├── InvalidModelError         (also ValueError) a bad manifest, name or file
+    ├── OutOfSpaceError           (also MemoryError) budget or tmpfs full
+    ├── PermissionDeniedError     (also PermissionError) an admin-only call
+    └── CorruptModelError         the bytes no longer match their digest
+"""
+
+
+class ZerocopyError(Exception):
+    def __init__(self, message: str, code: str = "UNKNOWN"):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # survive pickling across Ray tasks
+        return (type(self), (self.message, self.code))
+
+
+class DaemonUnavailableError(ZerocopyError, ConnectionError):
+    pass
+
+
+class ModelNotFoundError(ZerocopyError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class InvalidModelError(ZerocopyError, ValueError):
+    pass
+
+
+class OutOfSpaceError(ZerocopyError, MemoryError):
+    pass
+
+
+class PermissionDeniedError(ZerocopyError, PermissionError):
+    pass
+
+
+class CorruptModelError(ZerocopyError):
+    pass

@@ -1,0 +1,323 @@
+// _zerocopy: the C++ client for Python. Thin: a Client (publish, get, map,
+// list, delete, tag, pin, stats) and a Mapping whose storages and tensors
+// leave as DLPack capsules. Weights never pass through Python objects; the
+// GIL is released for every daemon call and every copy.
+//
+// Errors raise the classes in ray_zerocopy.errors, chosen by status code.
+#include <dlpack/dlpack.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "zerocopy/client.h"
+#include "zerocopy/dtype.h"
+#include "zerocopy/mapped_model.h"
+
+namespace py = pybind11;
+
+namespace zerocopy::python {
+namespace {
+
+[[noreturn]] void Raise(const absl::Status& status) {
+  const char* cls;
+  switch (status.code()) {
+    case absl::StatusCode::kNotFound: cls = "ModelNotFoundError"; break;
+    case absl::StatusCode::kUnavailable: cls = "DaemonUnavailableError"; break;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange: cls = "InvalidModelError"; break;
+    case absl::StatusCode::kResourceExhausted: cls = "OutOfSpaceError"; break;
+    case absl::StatusCode::kPermissionDenied: cls = "PermissionDeniedError"; break;
+    case absl::StatusCode::kDataLoss: cls = "CorruptModelError"; break;
+    default: cls = "ZerocopyError";
+  }
+  py::object type = py::module_::import("ray_zerocopy.errors").attr(cls);
+  py::object error = type(std::string(status.message()), absl::StatusCodeToString(status.code()));
+  PyErr_SetObject(type.ptr(), error.ptr());
+  throw py::error_already_set();
+}
+
+template <typename T>
+T Check(absl::StatusOr<T> value) {
+  if (!value.ok()) Raise(value.status());
+  return *std::move(value);
+}
+
+py::dict Info(const v1::ModelInfo& m) {
+  py::dict d;
+  d["digest"] = m.digest();
+  d["names"] = std::vector<std::string>(m.names().begin(), m.names().end());
+  d["size"] = m.size();
+  d["tensor_count"] = m.tensor_count();
+  d["storage_count"] = m.storage_count();
+  d["pinned"] = m.pinned();
+  d["leases"] = m.leases();
+  d["segment_path"] = m.segment_path();
+  d["huge_pages"] = m.huge_pages();
+  d["format"] = m.format();
+  d["created_unix_ms"] = m.created_unix_ms();
+  d["last_used_unix_ms"] = m.last_used_unix_ms();
+  return d;
+}
+
+py::dict TensorSpec(const v1::Manifest& manifest, const v1::Tensor& t) {
+  py::dict d;
+  d["name"] = t.name();
+  d["storage"] = t.storage();
+  d["byte_offset"] = t.byte_offset();
+  d["dtype"] = v1::DType_Name(t.dtype());
+  d["shape"] = std::vector<int64_t>(t.shape().begin(), t.shape().end());
+  d["strides"] = std::vector<int64_t>(t.strides().begin(), t.strides().end());
+  return d;
+}
+
+py::capsule Capsule(DLManagedTensor* tensor) {
+  // The DLPack protocol: a capsule named "dltensor" whose destructor frees
+  // the tensor unless a consumer took it (and renamed it "used_dltensor").
+  return py::capsule(tensor, "dltensor", [](PyObject* capsule) {
+    if (PyCapsule_IsValid(capsule, "dltensor")) {
+      auto* t = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+      if (t && t->deleter) t->deleter(t);
+    } else {
+      PyErr_Clear();
+    }
+  });
+}
+
+class Mapping {
+ public:
+  explicit Mapping(std::shared_ptr<MappedModel> model) : model_(std::move(model)) {}
+
+  py::dict info() const { return Info(model_->info()); }
+  std::string digest() const { return model_->digest(); }
+  uint64_t size() const { return model_->size(); }
+  uintptr_t address() const { return reinterpret_cast<uintptr_t>(model_->data()); }
+  py::bytes metadata() const { return py::bytes(model_->manifest().metadata()); }
+  std::string format() const { return model_->manifest().format(); }
+  std::vector<uint64_t> storage_sizes() const {
+    std::vector<uint64_t> sizes;
+    for (const auto& s : model_->manifest().storages()) sizes.push_back(s.size());
+    return sizes;
+  }
+  py::list tensors() const {
+    py::list out;
+    for (const auto& t : model_->manifest().tensors()) out.append(TensorSpec(model_->manifest(), t));
+    return out;
+  }
+  py::capsule storage(size_t index) { return Capsule(Check(model_->StorageToDLPack(index))); }
+  py::capsule tensor(size_t index) {
+    if (index >= model_->tensor_count()) Raise(absl::OutOfRangeError("tensor index out of range"));
+    return Capsule(Check(model_->ToDLPack(index)));
+  }
+  std::string compute_digest() const {
+    py::gil_scoped_release unlocked;
+    return model_->ComputeDigest();
+  }
+
+ private:
+  std::shared_ptr<MappedModel> model_;
+};
+
+// One Python-visible client; the C++ client refuses use after fork, and the
+// Python layer keeps one per process.
+class PyClient {
+ public:
+  PyClient(const std::string& socket, double timeout_s) {
+    ClientOptions options;
+    options.socket = socket;
+    options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    client_ = Client::Create(options);
+  }
+
+  std::string socket() const { return client_->socket(); }
+
+  // storages: [(address, nbytes)]; tensors: [(name, storage, byte_offset,
+  // dtype name, shape, strides)]. The caller keeps the memory alive.
+  py::dict Publish(const std::vector<std::pair<uintptr_t, uint64_t>>& storages,
+                   const std::vector<std::tuple<std::string, uint32_t, uint64_t, std::string, std::vector<int64_t>,
+                                                std::vector<int64_t>>>& tensors,
+                   const py::bytes& metadata, const std::string& format, const std::string& name, bool pin) {
+    ModelSource source;
+    for (const auto& [address, nbytes] : storages) {
+      source.manifest.add_storages()->set_size(nbytes);
+      source.storage_data.push_back(reinterpret_cast<const void*>(address));
+    }
+    for (const auto& [tname, storage, offset, dtype, shape, strides] : tensors) {
+      v1::DType parsed;
+      if (!v1::DType_Parse(dtype, &parsed) || parsed == v1::DTYPE_UNSPECIFIED) {
+        Raise(absl::InvalidArgumentError("tensor '" + tname + "' has unknown dtype '" + dtype + "'"));
+      }
+      auto* t = source.manifest.add_tensors();
+      t->set_name(tname);
+      t->set_storage(storage);
+      t->set_byte_offset(offset);
+      t->set_dtype(parsed);
+      for (int64_t d : shape) t->add_shape(d);
+      for (int64_t s : strides) t->add_strides(s);
+    }
+    source.manifest.set_metadata(std::string(metadata));
+    source.manifest.set_format(format);
+    PublishOptions options;
+    options.name = name;
+    options.pin = pin;
+    absl::StatusOr<v1::ModelInfo> info;
+    {
+      py::gil_scoped_release unlocked;
+      info = client_->Publish(source, options);
+    }
+    return Info(Check(std::move(info)));
+  }
+
+  std::shared_ptr<Mapping> Map(const std::string& ref, bool read_only, bool populate) {
+    MapOptions options;
+    options.read_only = read_only;
+    options.populate = populate;
+    absl::StatusOr<std::shared_ptr<MappedModel>> mapped;
+    {
+      py::gil_scoped_release unlocked;
+      mapped = client_->Map(ref, options);
+    }
+    return std::make_shared<Mapping>(Check(std::move(mapped)));
+  }
+
+  py::dict Get(const std::string& ref) {
+    absl::StatusOr<v1::GetModelResponse> got;
+    {
+      py::gil_scoped_release unlocked;
+      got = client_->Get(ref);
+    }
+    auto response = Check(std::move(got));
+    py::dict d = Info(response.model());
+    py::list tensors;
+    for (const auto& t : response.manifest().tensors()) tensors.append(TensorSpec(response.manifest(), t));
+    d["tensors"] = tensors;
+    d["metadata"] = py::bytes(response.manifest().metadata());
+    return d;
+  }
+
+  py::list List() {
+    absl::StatusOr<v1::ListModelsResponse> list;
+    {
+      py::gil_scoped_release unlocked;
+      list = client_->List();
+    }
+    v1::ListModelsResponse response = Check(std::move(list));
+    py::list out;
+    for (const auto& m : response.models()) out.append(Info(m));
+    return out;
+  }
+
+  std::string Delete(const std::string& ref, bool force) {
+    absl::StatusOr<std::string> deleted;
+    {
+      py::gil_scoped_release unlocked;
+      deleted = client_->Delete(ref, force);
+    }
+    return Check(std::move(deleted));
+  }
+
+  py::dict Tag(const std::string& name, const std::string& ref) {
+    absl::StatusOr<v1::ModelInfo> info;
+    {
+      py::gil_scoped_release unlocked;
+      info = client_->Tag(name, ref);
+    }
+    return Info(Check(std::move(info)));
+  }
+
+  py::dict Pin(const std::string& ref, bool pinned) {
+    absl::StatusOr<v1::ModelInfo> info;
+    {
+      py::gil_scoped_release unlocked;
+      info = client_->Pin(ref, pinned);
+    }
+    return Info(Check(std::move(info)));
+  }
+
+  py::dict Stats() {
+    absl::StatusOr<v1::GetStatsResponse> got;
+    {
+      py::gil_scoped_release unlocked;
+      got = client_->Stats();
+    }
+    auto s = Check(std::move(got));
+    py::dict d;
+    d["bytes_used"] = s.bytes_used();
+    d["bytes_staging"] = s.bytes_staging();
+    d["host_budget"] = s.host_budget();
+    d["models"] = s.models();
+    d["evictions"] = s.evictions();
+    d["bytes_evicted"] = s.bytes_evicted();
+    d["segment_dir"] = s.segment_dir();
+    d["segment_dir_free"] = s.segment_dir_free();
+    d["huge_pages"] = s.huge_pages();
+    d["version"] = s.version();
+    d["pid"] = s.pid();
+    py::dict requests;
+    for (const auto& [method, count] : s.requests()) requests[py::str(method)] = count;
+    d["requests"] = requests;
+    py::list sessions;
+    for (const auto& session : s.sessions()) {
+      py::dict e;
+      e["id"] = session.id();
+      e["pid"] = session.pid();
+      e["uid"] = session.uid();
+      e["gid"] = session.gid();
+      e["leases"] = session.leases();
+      sessions.append(e);
+    }
+    d["sessions"] = sessions;
+    return d;
+  }
+
+  uint64_t SessionId() {
+    absl::StatusOr<uint64_t> id;
+    {
+      py::gil_scoped_release unlocked;
+      id = client_->SessionId();
+    }
+    return Check(std::move(id));
+  }
+
+ private:
+  std::shared_ptr<Client> client_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_zerocopy, m) {
+  m.doc() = "zerocopy's C++ client (use the ray_zerocopy package, not this module)";
+  m.attr("__version__") = ZEROCOPY_VERSION;
+  m.def("default_socket", &DefaultSocketPath, "the socket a client uses when none is given");
+
+  py::class_<Mapping, std::shared_ptr<Mapping>>(m, "Mapping")
+      .def_property_readonly("info", &Mapping::info)
+      .def_property_readonly("digest", &Mapping::digest)
+      .def_property_readonly("size", &Mapping::size)
+      .def_property_readonly("address", &Mapping::address)
+      .def_property_readonly("metadata", &Mapping::metadata)
+      .def_property_readonly("format", &Mapping::format)
+      .def("storage_sizes", &Mapping::storage_sizes)
+      .def("tensors", &Mapping::tensors)
+      .def("storage", &Mapping::storage, py::arg("index"), "storage `index` as a uint8 DLPack capsule")
+      .def("tensor", &Mapping::tensor, py::arg("index"), "tensor `index` as a DLPack capsule")
+      .def("compute_digest", &Mapping::compute_digest);
+
+  py::class_<PyClient, std::shared_ptr<PyClient>>(m, "Client")
+      .def(py::init<const std::string&, double>(), py::arg("socket") = "", py::arg("timeout") = 30.0)
+      .def_property_readonly("socket", &PyClient::socket)
+      .def("publish", &PyClient::Publish, py::arg("storages"), py::arg("tensors"), py::arg("metadata") = py::bytes(),
+           py::arg("format") = "torch", py::arg("name") = "", py::arg("pin") = false)
+      .def("map", &PyClient::Map, py::arg("ref"), py::arg("read_only") = false, py::arg("populate") = false)
+      .def("get", &PyClient::Get, py::arg("ref"))
+      .def("list", &PyClient::List)
+      .def("delete", &PyClient::Delete, py::arg("ref"), py::arg("force") = false)
+      .def("tag", &PyClient::Tag, py::arg("name"), py::arg("ref"))
+      .def("pin", &PyClient::Pin, py::arg("ref"), py::arg("pinned") = true)
+      .def("stats", &PyClient::Stats)
+      .def("session_id", &PyClient::SessionId);
+}
+
+}  // namespace zerocopy::python
