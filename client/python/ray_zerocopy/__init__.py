@@ -1,0 +1,42 @@
+"""ray_zerocopy: share model weights between the processes of a node.
+
+Models are published to the node's zerocopyd daemon once and mapped
+copy-on-write by every process that loads them; see the project README.
+"""
+from . import errors
+from ._store import load_state_dict as _load_state_dict
+from .errors import (CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
+                     OutOfSpaceError, PermissionDeniedError, ZerocopyError)
+from .model_wrappers import JITModelWrapper, ModelWrapper
+from .wrappers import ActorWrapper, JITActorWrapper, JITTaskWrapper, TaskWrapper
+
+__version__ = "0.1.0"
+
+
+def connect(socket: str | None = None):
+    """Uses zerocopyd at `socket` in this process from now on (default:
+    $ZEROCOPY_SOCKET, then the daemon's default) and checks that it answers.
+    Returns the daemon's stats."""
+    import os
+    from . import _native
+    if socket:
+        os.environ["ZEROCOPY_SOCKET"] = socket  # child processes and Ray workers started later inherit it
+    return _native.client(socket).stats()
+
+
+def load_state_dict(name_or_digest: str) -> dict:
+    """The model's tensors by name, zero-copy views of its mapping (tied
+    tensors share one storage). Works for every model in the store."""
+    return _load_state_dict(name_or_digest)
+
+
+def stats() -> dict:
+    """zerocopyd's figures: bytes used and budget, models, sessions, ..."""
+    from . import _native
+    return _native.client().stats()
+
+
+__all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
+           "connect", "load_state_dict", "stats", "errors", "ZerocopyError", "DaemonUnavailableError",
+           "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
+           "CorruptModelError"]

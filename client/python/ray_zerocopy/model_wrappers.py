@@ -1,0 +1,247 @@
+"""ModelWrapper and JITModelWrapper: a model or pipeline published to the
+node's zerocopyd, carried around as a small picklable handle, and loaded
+zero-copy wherever it is needed.
+
+A pipeline is any object whose attributes hold models (nn.Module, or
+TorchScript modules for JITModelWrapper), directly or inside lists, tuples
+and dicts, private attributes included. Each distinct model is published
+once as its own zerocopy model (a module referenced twice is published
+once); the rest of the pipeline travels as a pickle with those models left
+out.
+"""
+import io
+import pickle
+
+import torch
+
+from . import _executor, _native, _store
+from .errors import ModelNotFoundError
+
+
+def _find_models(pipeline, is_model, attr_names=None):
+    """{key: module} for the models held by the pipeline's attributes, keys
+    like "encoder", "heads[0]", "experts['a']"."""
+    found = {}
+
+    def visit(key, value, depth):
+        if is_model(value):
+            found[key] = value
+        elif depth < 3 and isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(f"{key}[{i}]", v, depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{key}[{k!r}]", v, depth + 1)
+
+    for attr, value in vars(pipeline).items():
+        if attr_names is None or attr in attr_names:
+            visit(attr, value, 0)
+    return found
+
+
+def _public_methods(obj, method_names=None):
+    if method_names is not None:
+        return list(method_names)
+    names = [n for n in dir(type(obj)) if not n.startswith("_") and callable(getattr(type(obj), n, None))]
+    if isinstance(obj, torch.nn.Module):
+        base = set(dir(torch.nn.Module))
+        names = [n for n in names if n not in base or n == "forward"]
+    return names
+
+
+class _Base:
+    _jit = False
+    _publish = staticmethod(_store.publish)
+    _load_one = staticmethod(_store.load)
+
+    def __init__(self, models: dict, skeleton: bytes | None, mode: str = "actor", method_names=None):
+        self._models = models          # key -> {"digest", "bytes", "tensors"}
+        self._skeleton = skeleton      # the pipeline without its models; None: a standalone model
+        self._mode = mode
+        self._method_names = method_names
+
+    @classmethod
+    def _is_model(cls, value) -> bool:
+        if cls._jit:
+            return isinstance(value, torch.jit.ScriptModule)
+        return isinstance(value, torch.nn.Module) and not isinstance(value, torch.jit.ScriptModule)
+
+    @classmethod
+    def from_model(cls, model_or_pipeline, mode: str = "actor", model_attr_names=None, method_names=None):
+        """Publishes every model of `model_or_pipeline` to the node's zerocopyd
+        and returns the wrapper. mode: "actor" (load() gives the model) or
+        "task" (load() gives a callable whose calls run as tasks)."""
+        if mode not in ("actor", "task"):
+            raise ValueError(f"mode must be 'actor' or 'task', not {mode!r}")
+        if cls._is_model(model_or_pipeline):
+            info = cls._publish(model_or_pipeline)
+            models = {"": {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"]}}
+            return cls(models, None, mode, method_names)
+        found = _find_models(model_or_pipeline, cls._is_model, model_attr_names)
+        if not found:
+            kind = "TorchScript modules" if cls._jit else "torch.nn.Module"
+            raise ValueError(f"{type(model_or_pipeline).__name__} holds no {kind} in its attributes")
+        by_id, models = {}, {}
+        for key, module in found.items():
+            if id(module) not in by_id:
+                info = cls._publish(module)
+                by_id[id(module)] = {"digest": info["digest"], "bytes": info["size"],
+                                     "tensors": info["tensor_count"], "key": key}
+            entry = by_id[id(module)]
+            models[key] = {k: entry[k] for k in ("digest", "bytes", "tensors")}
+        pickler_base = _store._pickle_module().Pickler
+
+        class Pickler(pickler_base):
+            def persistent_id(self, o):
+                entry = by_id.get(id(o))
+                return ("model", entry["key"]) if entry is not None else None
+
+        buffer = io.BytesIO()
+        Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(model_or_pipeline)
+        wrapper = cls(models, buffer.getvalue(), mode, method_names)
+        wrapper._methods = _public_methods(model_or_pipeline, method_names)
+        return wrapper
+
+    @classmethod
+    def for_tasks(cls, pipeline, method_names=None):
+        """The pipeline as a callable whose calls (and forwarded methods) each
+        run as a Ray task that loads the models zero-copy."""
+        from .wrappers import _TaskRunner
+        return _TaskRunner(cls.from_model(pipeline, mode="task", method_names=method_names))
+
+    @property
+    def _is_standalone_module(self) -> bool:
+        return self._skeleton is None
+
+    @property
+    def _model_info(self) -> dict:
+        """Per model attribute ("" for a standalone model): digest, bytes,
+        tensors."""
+        return {k: dict(v) for k, v in self._models.items()}
+
+    def _load_model(self, key: str, device, fast: bool):
+        info = self._models[key]
+        try:
+            model = self._load_one(info["digest"])
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"model {info['digest']} ({'attribute ' + repr(key) if key else 'the model'}, {info['bytes']} bytes) "
+                f"is not in the zerocopyd of this node (socket {_native.default_socket()}): it was published on "
+                "another node or removed; publish it here (ModelWrapper.from_model on this node, or "
+                "`zerocopy preload`)", "NOT_FOUND") from None
+        model.eval()
+        if not self._jit:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            if fast:
+                _to_plain_tensors(model)
+        if device is not None and str(device) != "cpu":
+            model = model.to(device)
+        return model
+
+    def load(self, _use_fast_load: bool = False, device=None):
+        """The model or pipeline, its weights mapped from zerocopyd (eval
+        mode, requires_grad False). In task mode: a callable that runs each
+        call as a task."""
+        if self._mode == "task":
+            from .wrappers import _TaskRunner
+            return _TaskRunner(self, device=device or "cpu", use_fast_load=_use_fast_load)
+        return self._load_local(_use_fast_load, device)
+
+    def _load_local(self, fast: bool = False, device=None):
+        if self._skeleton is None:
+            return self._load_model("", device, fast)
+        loaded = {}
+        by_digest = {}
+        for key, info in self._models.items():
+            if info["digest"] not in by_digest:
+                by_digest[info["digest"]] = self._load_model(key, device, fast)
+            loaded[key] = by_digest[info["digest"]]
+        wrapper = self
+
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid):
+                kind, key = pid
+                if kind != "model" or key not in loaded:
+                    raise pickle.UnpicklingError(f"unknown model reference {pid!r} in {type(wrapper).__name__}")
+                return loaded[key]
+
+        return Unpickler(io.BytesIO(self._skeleton)).load()
+
+    def serialize(self) -> bytes:
+        """The wrapper as bytes (small: digests and the pipeline's skeleton)."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def deserialize(cls, data: bytes):
+        wrapper = pickle.loads(data)
+        if not isinstance(wrapper, cls):
+            raise TypeError(f"the bytes hold a {type(wrapper).__name__}, not a {cls.__name__}")
+        return wrapper
+
+    def __repr__(self) -> str:
+        models = ", ".join(f"{k or 'model'}={v['digest'][:12]}" for k, v in self._models.items())
+        return f"{type(self).__name__}({models}, mode={self._mode!r})"
+
+
+def _to_plain_tensors(model: torch.nn.Module) -> None:
+    """_use_fast_load: parameters become plain tensor attributes."""
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                del module._parameters[name]
+                setattr(module, name, p.detach())
+
+
+class ModelWrapper(_Base):
+    """Zero-copy sharing of nn.Module models and pipelines of them."""
+
+    @classmethod
+    def from_store(cls, name: str, model=None, mode: str = "actor"):
+        """A wrapper for a model already in zerocopyd (preloaded with the CLI,
+        or published elsewhere). For weights-only models (safetensors files)
+        give `model`: a factory that builds the module (e.g. on the meta
+        device); load() then assigns the mapped tensors to it."""
+        info = _native.client().get(name)
+        wrapper = cls({"": {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"]}},
+                      None, mode)
+        if not info["metadata"].startswith(_store.MAGIC):
+            if model is None:
+                raise ValueError(f"model {name!r} holds weights only ({info['format']}): pass model=factory "
+                                 "that builds the module")
+            wrapper._factory = model
+        return wrapper
+
+    def _load_model(self, key, device, fast):
+        factory = getattr(self, "_factory", None)
+        if factory is None:
+            return super()._load_model(key, device, fast)
+        module = factory()
+        state = _store.load_state_dict(self._models[key]["digest"])
+        module.load_state_dict(state, assign=True, strict=True)
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if fast:
+            _to_plain_tensors(module)
+        if device is not None and str(device) != "cpu":
+            module = module.to(device)
+        return module
+
+
+class JITModelWrapper(_Base):
+    """Zero-copy sharing of TorchScript modules and pipelines of them: the
+    code travels as a weight-free archive, the weights as views of the
+    mapping."""
+
+    _jit = True
+    _publish = staticmethod(_store.publish_jit)
+    _load_one = staticmethod(_store.load_jit)
+
+    @classmethod
+    def from_store(cls, name: str, mode: str = "actor"):
+        info = _native.client().get(name)
+        if not info["metadata"].startswith(_store.JIT_MAGIC):
+            raise ValueError(f"model {name!r} is not a TorchScript model ({info['format']})")
+        return cls({"": {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"]}},
+                   None, mode)

@@ -1,0 +1,104 @@
+"""TaskWrapper, ActorWrapper and their TorchScript twins.
+
+TaskWrapper: calling it, or any forwarded method, runs the call as a task
+(a Ray task unless `executor` is given) that loads the models zero-copy,
+runs, and returns the value; nothing survives between calls.
+ActorWrapper: hand it to actors; each calls .load() once.
+"""
+from . import _executor
+from .model_wrappers import JITModelWrapper, ModelWrapper
+
+
+def _run_call(wrapper, device, use_fast_load, method, args, kwargs):
+    """The body of a task: load, call, return (module level so that it
+    pickles by reference)."""
+    target = wrapper._load_local(use_fast_load, device)
+    if method is not None:
+        target = getattr(target, method)
+    return target(*args, **kwargs)
+
+
+class _TaskRunner:
+    """Runs calls of a wrapped model/pipeline as tasks."""
+
+    def __init__(self, wrapper, device="cpu", use_fast_load=False, executor=None):
+        self._wrapper = wrapper
+        self._device = device
+        self._use_fast_load = use_fast_load
+        self._executor = executor
+
+    def _call(self, method, args, kwargs):
+        return _executor.run(self._executor, self._device, _run_call, self._wrapper, self._device,
+                             self._use_fast_load, method, args, kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self._call(None, args, kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        methods = getattr(self._wrapper, "_methods", None)
+        if methods is not None and name not in methods:
+            raise AttributeError(f"the wrapped {'pipeline' if not self._wrapper._is_standalone_module else 'model'} "
+                                 f"has no method {name!r}")
+
+        def forward(*args, **kwargs):
+            return self._call(name, args, kwargs)
+
+        forward.__name__ = name
+        return forward
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_executor"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._executor = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._wrapper!r}, device={self._device!r})"
+
+
+class TaskWrapper(_TaskRunner):
+    """Each call of the pipeline (or of a forwarded method) runs as a task."""
+
+    _wrapper_class = ModelWrapper
+
+    def __init__(self, pipeline, device="cpu", use_fast_load=False, method_names=None, executor=None):
+        super().__init__(self._wrapper_class.from_model(pipeline, mode="task", method_names=method_names),
+                         device, use_fast_load, executor)
+
+
+class JITTaskWrapper(TaskWrapper):
+    """TaskWrapper for TorchScript models and pipelines of them."""
+
+    _wrapper_class = JITModelWrapper
+
+
+class ActorWrapper:
+    """Publishes the pipeline once; each actor calls .load() to map it."""
+
+    _wrapper_class = ModelWrapper
+
+    def __init__(self, pipeline, device="cpu", use_fast_load=False):
+        self._wrapper = self._wrapper_class.from_model(pipeline, mode="actor")
+        self.device = device
+        self.use_fast_load = use_fast_load
+
+    def load(self, device=None):
+        """The pipeline, its weights mapped zero-copy, on `device` (default:
+        the wrapper's)."""
+        return self._wrapper._load_local(self.use_fast_load, device or self.device)
+
+    @property
+    def _model_info(self):
+        return self._wrapper._model_info
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self._wrapper!r}, device={self.device!r})"
+
+
+class JITActorWrapper(ActorWrapper):
+    """ActorWrapper for TorchScript models and pipelines of them."""
+
+    _wrapper_class = JITModelWrapper
