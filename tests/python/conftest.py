@@ -1,0 +1,83 @@
+"""pytest harness: the real zerocopyd on a temporary socket and segment
+directory, the package from the source tree with its extension from the
+build tree, and (for the Ray tests) a local Ray instance bound to
+127.0.0.1 with the dashboard and usage stats off."""
+import os
+import shutil
+import signal
+import socket as socketlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("ZEROCOPY_BUILD", ROOT / "build")).resolve()
+PACKAGE_PATHS = [str(ROOT / "client/python"), str(BUILD / "client/python"), str(Path(__file__).parent)]
+
+# This process and every process it starts (subprocesses, Ray workers).
+for p in reversed(PACKAGE_PATHS):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+os.environ["PYTHONPATH"] = os.pathsep.join(PACKAGE_PATHS + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+class Daemon:
+    def __init__(self, host_budget="2G"):
+        self.dir = Path(tempfile.mkdtemp(prefix="zc-pytest-"))
+        self.socket = str(self.dir / "zerocopyd.sock")
+        self.segment_dir = tempfile.mkdtemp(prefix="zc-pytest-", dir="/dev/shm") + "/segments"
+        self.cli = str(BUILD / "client/cli/zerocopy")
+        self.log = open(self.dir / "zerocopyd.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BUILD / "daemon/zerocopyd"), "--socket", self.socket, "--segment-dir", self.segment_dir,
+             "--host-budget", host_budget, "--log-level", "debug"], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"zerocopyd did not start: {(self.dir / 'zerocopyd.log').read_text()}")
+            try:
+                with socketlib.socket(socketlib.AF_UNIX) as s:
+                    s.connect(self.socket)
+                break
+            except OSError:
+                time.sleep(0.02)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(Path(self.segment_dir).parent, ignore_errors=True)
+
+    def run_cli(self, *args):
+        return subprocess.run([self.cli, "--socket", self.socket, *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    d = Daemon()
+    os.environ["ZEROCOPY_SOCKET"] = d.socket
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(daemon):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def run_python(code: str, *args) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter (the venv's) with this environment."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)

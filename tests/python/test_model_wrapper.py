@@ -1,0 +1,251 @@
+"""ray_zerocopy without Ray: publishing, loading, and what the published
+ray-zerocopy gets wrong and we must get right."""
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import models
+import ray_zerocopy
+from conftest import run_python
+from ray_zerocopy import (ActorWrapper, JITModelWrapper, ModelNotFoundError, ModelWrapper, TaskWrapper,
+                          DaemonUnavailableError)
+
+
+def segment_range(digest: str):
+    """[start, end) of this process's mapping of the model's segment."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith(f"{digest}.seg"):
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                return start, end
+    raise AssertionError(f"segment {digest} is not mapped")
+
+
+def test_load_gives_eval_mode_no_grad_and_equal_outputs(daemon):
+    torch.manual_seed(0)
+    model = models.MLP()
+    wrapper = ModelWrapper.from_model(model)
+    assert wrapper._is_standalone_module
+    assert set(wrapper._model_info) == {""}
+    loaded = wrapper.load()
+    assert not loaded.training
+    assert all(not p.requires_grad for p in loaded.parameters())
+    x = torch.randn(5, 16)
+    assert torch.equal(loaded(x), model.eval()(x))
+    start, end = segment_range(wrapper._model_info[""]["digest"])
+    for p in loaded.parameters():
+        assert start <= p.data_ptr() < end
+
+
+def test_tied_views_and_dtypes_round_trip_exactly(daemon):
+    torch.manual_seed(1)
+    model = models.Tied()
+    loaded = ModelWrapper.from_model(model).load()
+    assert loaded.head.weight is loaded.embed.weight or \
+        loaded.head.weight.untyped_storage().data_ptr() == loaded.embed.weight.untyped_storage().data_ptr()
+    original = dict(model.state_dict(keep_vars=True))
+    for name, t in loaded.state_dict(keep_vars=True).items():
+        o = original[name]
+        assert t.dtype == o.dtype, name
+        assert t.shape == o.shape and t.stride() == o.stride(), name
+        assert torch.equal(t.detach(), o.detach()), name
+    assert not loaded.proj.is_contiguous()
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(loaded(ids), model(ids))
+
+
+def test_pipeline_models_are_found_everywhere_and_published_once(daemon):
+    torch.manual_seed(2)
+    pipeline = models.Pipeline()
+    wrapper = ModelWrapper.from_model(pipeline)
+    info = wrapper._model_info
+    assert set(info) == {"encoder", "_private", "stages[0]", "stages[1]", "pair[0]", "named['head']", "blocks",
+                         "again"}
+    assert info["again"]["digest"] == info["encoder"]["digest"]
+    loaded = wrapper.load()
+    assert loaded.again is loaded.encoder
+    assert loaded.threshold == 0.5
+    x = torch.randn(4, 16)
+    assert torch.equal(loaded(x), pipeline(x))
+    assert torch.equal(loaded.predict(x), pipeline.predict(x))
+    only = ModelWrapper.from_model(pipeline, model_attr_names=["encoder"])
+    assert set(only._model_info) == {"encoder"}
+
+
+def test_same_weights_twice_give_one_copy(daemon):
+    model = models.MLP()
+    first = ModelWrapper.from_model(model)
+    used = ray_zerocopy.stats()["bytes_used"]
+    second = ModelWrapper.from_model(model)
+    assert second._model_info == first._model_info
+    assert ray_zerocopy.stats()["bytes_used"] == used
+
+
+def test_pickled_wrapper_is_small(daemon):
+    big = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(8)])  # 512 MiB of fp32
+    wrapper = ModelWrapper.from_model(big)
+    size = sum(p.numel() * p.element_size() for p in big.parameters())
+    del big
+    assert size > 500 * 2**20
+    assert len(pickle.dumps(wrapper)) < 2**20
+    assert len(wrapper.serialize()) < 2**20
+    assert ModelWrapper.deserialize(wrapper.serialize())._model_info == wrapper._model_info
+    ray_zerocopy._native.client().delete(wrapper._model_info[""]["digest"])
+
+
+COW_CHILD = """
+import sys, torch
+from ray_zerocopy import ModelWrapper
+w = ModelWrapper.deserialize(open(sys.argv[1], 'rb').read())
+m = w.load()
+if sys.argv[2] == 'write':
+    m.fc1.weight.add_(1000.0)  # writes into the mapped weight
+print(float(m.fc1.weight.sum()))
+"""
+
+
+def test_a_write_to_a_weight_stays_in_its_process(daemon, tmp_path):
+    torch.manual_seed(3)
+    model = models.MLP()
+    wrapper = ModelWrapper.from_model(model)
+    path = tmp_path / "wrapper.bin"
+    path.write_bytes(wrapper.serialize())
+    mine = wrapper.load()
+    before = float(model.fc1.weight.sum())
+    writer = run_python(COW_CHILD, str(path), "write")
+    assert writer.returncode == 0, writer.stderr
+    assert float(writer.stdout) != pytest.approx(before)
+    reader = run_python(COW_CHILD, str(path), "read")
+    assert reader.returncode == 0, reader.stderr
+    assert float(reader.stdout) == pytest.approx(before)
+    assert torch.equal(mine.fc1.weight, model.fc1.weight)
+    digest = wrapper._model_info[""]["digest"]
+    assert ray_zerocopy._native.client().map(digest).compute_digest() == digest
+
+
+def _forked_child(wrapper, queue):
+    # torch's OpenMP pool does not survive fork(): a forked child that runs
+    # a parallel kernel the parent already ran hangs in libgomp, with or
+    # without zerocopy. One thread avoids the pool.
+    torch.set_num_threads(1)
+    x = torch.ones(2, 16)
+    queue.put(wrapper.load()(x).tolist())
+
+
+def test_a_wrapper_works_in_a_forked_child(daemon):
+    torch.manual_seed(4)
+    model = models.MLP()
+    wrapper = ModelWrapper.from_model(model)
+    wrapper.load()  # the parent has a connection and a mapping before forking
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_child, args=(wrapper, queue))
+    child.start()
+    try:
+        result = queue.get(timeout=60)
+        child.join(60)
+    finally:
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert result == model.eval()(torch.ones(2, 16)).tolist()
+
+
+def test_fast_load_gives_plain_tensors(daemon):
+    model = models.MLP()
+    loaded = ModelWrapper.from_model(model).load(_use_fast_load=True)
+    assert not isinstance(loaded.fc1.weight, nn.Parameter)
+    assert list(loaded.parameters()) == []
+    x = torch.randn(2, 16)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("kind", ["trace", "script"])
+def test_torchscript_is_truly_zero_copy(daemon, kind):
+    torch.manual_seed(5)
+    model = models.MLP().eval()
+    x = torch.randn(3, 16)
+    jit = torch.jit.trace(model, x) if kind == "trace" else torch.jit.script(model)
+    wrapper = JITModelWrapper.from_model(jit)
+    digest = wrapper._model_info[""]["digest"]
+    info = ray_zerocopy._native.client().get(digest)
+    weights = model.fc1.weight.detach().numpy().tobytes()
+    assert weights[:64] not in info["metadata"]  # the archive holds no weight bytes
+    assert len(info["metadata"]) < info["size"] + 16384
+    loaded = wrapper.load()
+    start, end = segment_range(digest)
+    for _, p in list(loaded.named_parameters()) + list(loaded.named_buffers()):
+        assert start <= p.data_ptr() < end
+    assert torch.equal(loaded(x), jit(x))
+
+
+def test_load_state_dict_is_zero_copy(daemon):
+    model = models.Tied()
+    wrapper = ModelWrapper.from_model(model)
+    digest = wrapper._model_info[""]["digest"]
+    state = ray_zerocopy.load_state_dict(digest)
+    start, end = segment_range(digest)
+    assert state["head.weight"].untyped_storage().data_ptr() == state["embed.weight"].untyped_storage().data_ptr()
+    for name, t in state.items():
+        assert start <= t.data_ptr() < end, name
+        assert torch.equal(t, model.state_dict()[name]), name
+
+
+def test_models_preloaded_by_the_cli_load_by_name(daemon, tmp_path):
+    from safetensors.torch import save_file
+    torch.manual_seed(6)
+    model = models.MLP()
+    path = tmp_path / "mlp.safetensors"
+    save_file(model.state_dict(), str(path))
+    done = daemon.run_cli("preload", str(path), "--name", "mlp-st")
+    assert done.returncode == 0, done.stderr
+    wrapper = ModelWrapper.from_store("mlp-st", model=lambda: models.MLP().to_empty(device="meta"))
+    loaded = wrapper.load()
+    x = torch.randn(2, 16)
+    assert torch.equal(loaded(x), model.eval()(x))
+    with pytest.raises(ValueError, match="weights only"):
+        ModelWrapper.from_store("mlp-st")
+
+
+def test_task_wrapper_runs_on_any_executor(daemon):
+    torch.manual_seed(7)
+    pipeline = models.Pipeline()
+    x = torch.randn(3, 16)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        wrapped = TaskWrapper(pipeline, executor=pool)
+        assert torch.equal(wrapped(x), pipeline(x))
+        assert torch.equal(wrapped.predict(x), pipeline.predict(x))
+        with pytest.raises(AttributeError):
+            wrapped.no_such_method(x)
+    actor = ActorWrapper(pipeline)
+    assert torch.equal(actor.load()(x), pipeline(x))
+
+
+def test_task_mode_without_ray_or_executor_says_what_to_do(daemon, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" now fails
+    wrapped = TaskWrapper(models.MLP())
+    with pytest.raises(RuntimeError, match="pass executor="):
+        wrapped(torch.randn(1, 16))
+
+
+def test_errors_are_precise(daemon):
+    with pytest.raises(ModelNotFoundError, match="no model named 'nothing-here'"):
+        ray_zerocopy.load_state_dict("nothing-here")
+    with pytest.raises(KeyError):
+        ray_zerocopy.load_state_dict("0" * 32)
+    wrapper = ModelWrapper.from_model(models.MLP(d_in=3))
+    ray_zerocopy._native.client().delete(wrapper._model_info[""]["digest"])
+    with pytest.raises(ModelNotFoundError, match="preload"):
+        wrapper.load()
+    gone = run_python("import ray_zerocopy; ray_zerocopy.stats()")
+    assert gone.returncode == 0  # the same daemon through ZEROCOPY_SOCKET
+    env_code = ("import os, ray_zerocopy\nos.environ['ZEROCOPY_SOCKET'] = '/nonexistent/zc.sock'\n"
+                "try:\n    ray_zerocopy.stats()\nexcept ray_zerocopy.DaemonUnavailableError as e:\n    print(e)\n")
+    out = run_python(env_code)
+    assert "/nonexistent/zc.sock" in out.stdout, out.stderr
