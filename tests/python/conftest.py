@@ -72,7 +72,7 @@ def daemon():
 @pytest.fixture(scope="session")
 def ray_local(daemon):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()
