@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("ZEROCOPY_BUILD", ROOT / "build")).resolve()
-PACKAGE_PATHS = [str(ROOT / "client/python"), str(BUILD / "client/python"), str(Path(__file__).parent)]
+PACKAGE_PATHS = [str(BUILD / "python"), str(Path(__file__).parent)]  # the package as the build places it
 
 # This process and every process it starts (subprocesses, Ray workers).
 for p in reversed(PACKAGE_PATHS):

@@ -57,3 +57,12 @@ class Pipeline:
 
     def predict(self, x):
         return self(x).argmax(-1)
+
+    def predict_proba(self, x):
+        return torch.softmax(self(x), dim=-1)
+
+    def set_threshold(self, value):
+        self.threshold = value
+
+    def above_threshold(self, x):
+        return self.predict_proba(x).max(-1).values > self.threshold

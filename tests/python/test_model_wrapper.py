@@ -249,3 +249,30 @@ def test_errors_are_precise(daemon):
                 "try:\n    ray_zerocopy.stats()\nexcept ray_zerocopy.DaemonUnavailableError as e:\n    print(e)\n")
     out = run_python(env_code)
     assert "/nonexistent/zc.sock" in out.stdout, out.stderr
+
+
+def test_load_from_several_threads_at_once(daemon):
+    torch.manual_seed(8)
+    pipeline = models.Pipeline()
+    wrapper = ModelWrapper.from_model(pipeline)
+    x = torch.randn(2, 16)
+    expected = pipeline(x)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: wrapper.load(), range(16)))
+    for p in loaded:
+        assert torch.equal(p(x), expected)
+
+
+def test_load_time_grows_with_tensor_count_not_bytes(daemon):
+    import time
+    many = nn.Module()
+    for i in range(10000):
+        many.register_buffer(f"t{i}", torch.full((4,), float(i)))
+    wrapper = ModelWrapper.from_model(many)
+    wrapper.load()  # warm: connection, imports
+    t0 = time.perf_counter()
+    loaded = wrapper.load()
+    seconds = time.perf_counter() - t0
+    print(f"\nload of 10,000 tensors: {seconds * 1000:.1f} ms, {seconds / 10000 * 1e6:.1f} us per tensor")
+    assert float(loaded.t9999[0]) == 9999.0
+    assert len(list(loaded.buffers())) == 10000

@@ -42,6 +42,10 @@ def test_task_wrapper_calls_and_forwarded_methods(ray_local):
     assert same(wrapped.predict(data), pipeline.predict(data))
     results = [wrapped.predict(d) for d in data.split(2)]
     assert same(torch.cat(results), pipeline.predict(data))
+    assert same(wrapped.predict_proba(data), pipeline.predict_proba(data))
+    # Stateless: each call loads afresh, so state set by one call is gone.
+    wrapped.set_threshold(2.0)
+    assert same(wrapped.above_threshold(data), pipeline.above_threshold(data))
 
 
 def test_model_wrapper_task_mode(ray_local):
@@ -76,7 +80,7 @@ def test_actor_wrapper_with_ray_data_map_batches(ray_local):
         InferenceActor,
         fn_constructor_kwargs={"actor_wrapper": actor_wrapper},
         batch_size=16,
-        compute=ActorPoolStrategy(size=2),
+        compute=ActorPoolStrategy(size=4),  # 4 actors share the model via zero-copy
     )
     got = np.stack([r["predictions"] for r in results.take_all()])
     with torch.no_grad():
@@ -86,49 +90,58 @@ def test_actor_wrapper_with_ray_data_map_batches(ray_local):
     assert sorted(map(tuple, got.round(5))) == sorted(map(tuple, expected.round(5)))
 
 
-def test_plain_ray_actors_share_one_copy(ray_local):
+def test_four_ray_actors_share_one_copy(ray_local):
     ray = ray_local
-    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)])  # 32 MiB
+    model = torch.nn.Sequential(*[torch.nn.Linear(4096, 4096) for _ in range(8)])  # 512 MiB
     actor_wrapper = ActorWrapper(model, device="cpu")
     digest = actor_wrapper._model_info[""]["digest"]
 
     @ray.remote
-    class Actor:
+    class InferenceActor:
         def __init__(self, actor_wrapper):
-            self.model = actor_wrapper.load()
+            import time
+            t0 = time.perf_counter()
+            self.pipeline = actor_wrapper.load()
+            self.load_ms = (time.perf_counter() - t0) * 1000
 
         def predict(self, data):
-            return self.model(data)
+            return self.pipeline(data)
 
         def touch(self):
             import os
-            return os.getpid(), float(sum(p.sum() for p in self.model.parameters()))
+            return os.getpid(), self.load_ms, float(sum(p.sum() for p in self.pipeline.parameters()))
 
-    actors = [Actor.remote(actor_wrapper) for _ in range(3)]
-    data = torch.randn(2, 1024)
-    results = ray.get([a.predict.remote(data) for a in actors])
-    expected = model.eval()(data)
+    actors = [InferenceActor.remote(actor_wrapper) for _ in range(4)]
+    data = torch.randn(2, 4096)
+    results = ray.get([actor.predict.remote(data) for actor in actors])
+    with torch.no_grad():
+        expected = model.eval()(data)
     for r in results:
         assert same(r, expected)
     touched = ray.get([a.touch.remote() for a in actors])
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     total_pss = 0
-    for pid, _ in touched:
+    print()
+    for pid, load_ms, _ in touched:
         rss, pss = segment_pss(pid, digest)
+        print(f"actor pid {pid}: load() {load_ms:.1f} ms, segment RSS {rss / 2**20:.0f} MiB, PSS {pss / 2**20:.0f} MiB")
         assert rss >= size * 0.99  # every weight resident in each actor ...
         total_pss += pss
+    print(f"sum of segment PSS: {total_pss / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB model")
     assert total_pss <= size * 1.05  # ... and one copy among them
     assert total_pss >= size * 0.95
     for a in actors:
         ray.kill(a)
+    del model
 
 
-def test_jit_wrappers(ray_local):
+@pytest.mark.parametrize("kind", ["trace", "script"])
+def test_jit_wrappers(ray_local, kind):
     ray = ray_local
     torch.manual_seed(12)
     model = models.MLP().eval()
     example_input = torch.randn(2, 16)
-    jit_model = torch.jit.trace(model, example_input)
+    jit_model = torch.jit.trace(model, example_input) if kind == "trace" else torch.jit.script(model)
     data = torch.randn(5, 16)
 
     wrapped = JITTaskWrapper(jit_model)
@@ -159,3 +172,29 @@ def test_jit_wrappers(ray_local):
 
     pipeline = Pipeline()
     assert same(JITModelWrapper.for_tasks(pipeline)(data), pipeline(data))
+
+
+def test_the_examples_on_a_spawn_process_pool(daemon):
+    """The task-mode examples once more, with a spawn-context
+    ProcessPoolExecutor instead of Ray."""
+    import concurrent.futures
+    import multiprocessing
+    torch.manual_seed(13)
+    pipeline = models.Pipeline()
+    data = torch.randn(4, 16)
+    jit_model = torch.jit.trace(models.MLP().eval(), torch.randn(2, 16))
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        wrapped = TaskWrapper(pipeline, executor=pool)
+        assert same(wrapped(data), pipeline(data))
+        assert same(wrapped.predict(data), pipeline.predict(data))
+        assert same(wrapped.predict_proba(data), pipeline.predict_proba(data))
+        assert same(JITTaskWrapper(jit_model, executor=pool)(data), jit_model(data))
+    actor_wrapper = ActorWrapper(pipeline, device="cpu")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        outputs = list(pool.map(_load_and_run, [actor_wrapper] * 2, [data] * 2))
+    for out in outputs:
+        assert same(out, pipeline(data))
+
+
+def _load_and_run(actor_wrapper, data):
+    return actor_wrapper.load()(data)

@@ -6,7 +6,7 @@ copy-on-write by every process that loads them; see the project README.
 from . import errors
 from ._store import load_state_dict as _load_state_dict
 from .errors import (CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
-                     OutOfSpaceError, PermissionDeniedError, ZerocopyError)
+                     OutOfSpaceError, PermissionDeniedError, ZeroCopyError, ZerocopyError)
 from .model_wrappers import JITModelWrapper, ModelWrapper
 from .wrappers import ActorWrapper, JITActorWrapper, JITTaskWrapper, TaskWrapper
 
@@ -37,6 +37,6 @@ def stats() -> dict:
 
 
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
-           "connect", "load_state_dict", "stats", "errors", "ZerocopyError", "DaemonUnavailableError",
+           "connect", "load_state_dict", "stats", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
-           "CorruptModelError"]
+           "CorruptModelError", "ZerocopyError"]

@@ -1,15 +1,17 @@
 """The C++ client (_zerocopy) and one connection per process.
 
-The extension lives next to this file in an installed package, or in the
-build tree during development (build/client/python on sys.path).
+The extension lives next to this file: in an installed package, and in
+the build tree's <build>/python/ray_zerocopy.
 """
 import os
 import threading
 
 try:
     from . import _zerocopy  # type: ignore[attr-defined]
-except ImportError:  # development: the module is in the build tree
-    import _zerocopy  # type: ignore[no-redef]
+except ImportError as e:
+    raise ImportError(
+        f"ray_zerocopy's C++ extension is missing ({e}): import the package from the build tree "
+        "(PYTHONPATH=<build>/python) or install it (pip install ./client/python)") from e
 
 _lock = threading.Lock()
 _clients: dict = {}  # (pid, socket) -> _zerocopy.Client

@@ -1,6 +1,6 @@
 """Exceptions raised by ray_zerocopy. Each carries the daemon's status code.
 
-    ZerocopyError                 anything the daemon or client refused
+    ZeroCopyError                 anything the daemon or client refused
     ├── DaemonUnavailableError    (also ConnectionError) zerocopyd not reachable
     ├── ModelNotFoundError        (also KeyError) no model by that name/digest
     ├── InvalidModelError         (also ValueError) a bad manifest, name or file
@@ -10,7 +10,7 @@
 """
 
 
-class ZerocopyError(Exception):
+class ZeroCopyError(Exception):
     def __init__(self, message: str, code: str = "UNKNOWN"):
         super().__init__(message)
         self.message = message
@@ -23,26 +23,29 @@ class ZerocopyError(Exception):
         return (type(self), (self.message, self.code))
 
 
-class DaemonUnavailableError(ZerocopyError, ConnectionError):
+class DaemonUnavailableError(ZeroCopyError, ConnectionError):
     pass
 
 
-class ModelNotFoundError(ZerocopyError, KeyError):
+class ModelNotFoundError(ZeroCopyError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
 
 
-class InvalidModelError(ZerocopyError, ValueError):
+class InvalidModelError(ZeroCopyError, ValueError):
     pass
 
 
-class OutOfSpaceError(ZerocopyError, MemoryError):
+class OutOfSpaceError(ZeroCopyError, MemoryError):
     pass
 
 
-class PermissionDeniedError(ZerocopyError, PermissionError):
+class PermissionDeniedError(ZeroCopyError, PermissionError):
     pass
 
 
-class CorruptModelError(ZerocopyError):
+class CorruptModelError(ZeroCopyError):
     pass
+
+
+ZerocopyError = ZeroCopyError  # the spelling of early previews

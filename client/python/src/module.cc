@@ -31,7 +31,7 @@ namespace {
     case absl::StatusCode::kResourceExhausted: cls = "OutOfSpaceError"; break;
     case absl::StatusCode::kPermissionDenied: cls = "PermissionDeniedError"; break;
     case absl::StatusCode::kDataLoss: cls = "CorruptModelError"; break;
-    default: cls = "ZerocopyError";
+    default: cls = "ZeroCopyError";
   }
   py::object type = py::module_::import("ray_zerocopy.errors").attr(cls);
   py::object error = type(std::string(status.message()), absl::StatusCodeToString(status.code()));
