@@ -1,5 +1,7 @@
 """The seed documents' examples on a real local Ray instance, and sharing
 between Ray actors proved with the kernel's accounting."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +200,42 @@ def test_the_examples_on_a_spawn_process_pool(daemon):
 
 def _load_and_run(actor_wrapper, data):
     return actor_wrapper.load()(data)
+
+
+BASELINE = """
+import sys, pickle, torch, ray
+ray.init(address="auto", log_to_driver=False, configure_logging=False)
+import ray_zerocopy
+assert ray_zerocopy.__version__ == "0.2.0", ray_zerocopy.__file__
+pipeline = pickle.load(open(sys.argv[1], "rb"))
+loaded = ray_zerocopy.ModelWrapper.from_model(pipeline, mode="actor").load()
+data = torch.load(sys.argv[2])
+with torch.inference_mode():  # its weights are inference tensors
+    torch.save(loaded(data).clone(), sys.argv[3])
+"""
+
+
+def test_same_outputs_as_the_published_library(ray_local, tmp_path):
+    """ray-zerocopy 0.2.0 (installed apart: same import name) wraps the same
+    pipeline in another process; both give identical outputs."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    from conftest import BUILD
+    venv = Path(sys.executable).parent.parent
+    baseline = venv / "baseline-ray-zerocopy"
+    assert (baseline / "ray_zerocopy").is_dir(), "deploy/install-deps.sh installs the baseline there"
+    torch.manual_seed(14)
+    pipeline = models.Pipeline()
+    data = torch.randn(6, 16)
+    (tmp_path / "pipeline.pkl").write_bytes(pickle.dumps(pipeline))
+    torch.save(data, tmp_path / "data.pt")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(baseline), str(Path(__file__).parent)]))
+    done = subprocess.run([sys.executable, "-c", BASELINE, str(tmp_path / "pipeline.pkl"), str(tmp_path / "data.pt"),
+                           str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        ours = ModelWrapper.from_model(pipeline).load()(data)
+    assert torch.equal(ours, theirs)
