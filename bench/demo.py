@@ -88,6 +88,67 @@ def run_group(cmd: list, n: int) -> list:
     return reports
 
 
+def segment_pss(pid: int, digest: str) -> int:
+    pss, inside = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and len(fields) >= 5:
+                inside = line.rstrip().endswith(f"{digest}.seg")
+            elif inside and line.startswith("Pss:"):
+                pss += int(fields[1]) * 1024
+    return pss
+
+
+def python_actors(build: Path, socket: Path, model: Path, workdir: Path, n: int):
+    """Publishes the model as an nn.Module through ActorWrapper and starts n
+    Python processes that load it."""
+    env = dict(os.environ, PYTHONPATH=str(build / "python"), ZEROCOPY_SOCKET=str(socket))
+    wrapper_file = workdir / "wrapper.pkl"
+    publish = f"""
+import pickle, torch
+from safetensors.torch import load_file
+from ray_zerocopy import ActorWrapper
+state = load_file({str(model)!r})
+layers = sum(1 for k in state if k.startswith("layers.") and k.endswith(".weight"))
+class Demo(torch.nn.Module):  # pickled by value: refer to no big globals here
+    def __init__(self, n):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4096, 4096) for _ in range(n))
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+m = Demo(layers)
+m.load_state_dict({{k: v for k, v in state.items() if k.startswith("layers.")}})
+del state
+w = ActorWrapper(m)
+open({str(wrapper_file)!r}, "wb").write(pickle.dumps(w))
+print(w._model_info[""]["digest"], w._model_info[""]["bytes"])
+"""
+    out = subprocess.run([sys.executable, "-c", publish], env=env, check=True, capture_output=True, text=True)
+    digest, published = out.stdout.strip().splitlines()[-1].split()
+    procs, reports = [], []
+    try:
+        for _ in range(n):
+            p = subprocess.Popen([sys.executable, str(ROOT / "bench/py_worker.py"), str(wrapper_file)], env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            line = p.stdout.readline()
+            if not line:
+                p.wait()
+                sys.exit(f"demo: bench/py_worker.py failed (exit {p.returncode})")
+            reports.append(json.loads(line))
+        for p, r in zip(procs, reports):
+            r["pss"] = smaps_rollup(p.pid)["Pss"]
+            r["segment_pss"] = segment_pss(p.pid, digest)
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait()
+    return reports, int(published)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, default=ROOT / "build")
@@ -117,6 +178,7 @@ def main() -> int:
 
             shared = run_group([worker, "--socket", str(socket), "--model", "demo", "--hold"], args.processes)
             private = run_group([worker, "--file", str(model), "--hold"], args.processes)
+            python_group, python_size = python_actors(build, socket, model, workdir, args.processes)
 
     print(f"\nmodel: {mib(size)} in one segment; {args.processes} processes of each kind, "
           "measured while all of them hold the model\n")
@@ -134,6 +196,19 @@ def main() -> int:
     print(f"memory saved: {mib(sum_private - sum_shared)} ({sum_private / sum_shared:.1f}x less); "
           f"median load {sorted(r['load_ms'] for r in shared)[len(shared) // 2]:.1f} ms against "
           f"{sorted(r['load_ms'] for r in private)[len(private) // 2]:.1f} ms")
+    print(f"\n{args.processes} Python processes loading the model as an nn.Module through "
+          "ray_zerocopy.ActorWrapper (torch imported in each):\n")
+    print(f"{'pid':>8}{'load()':>11}{'forward':>11}{'process PSS':>14}{'segment PSS':>14}")
+    for r in python_group:
+        print(f"{r['pid']:>8}{r['load_ms']:>8.1f} ms{r['forward_ms']:>8.1f} ms{mib(r['pss']):>14}"
+              f"{mib(r['segment_pss']):>14}")
+    segment_total = sum(r["segment_pss"] for r in python_group)
+    print(f"\nthe module's segment ({mib(python_size)}, the Linear layers' weights): "
+          f"{mib(segment_total)} of PSS among all {args.processes} = {segment_total / python_size:.2f} x its size\n"
+          "(the rest of each process's PSS is Python and torch)")
+    if len({r["checksum"] for r in python_group}) != 1:
+        print("demo: the Python processes disagree about the outputs", file=sys.stderr)
+        return 1
     checksums = {r["checksum"] for r in shared + private}
     if len(checksums) != 1:
         print(f"demo: processes disagree about the weights: {sorted(checksums)}", file=sys.stderr)
