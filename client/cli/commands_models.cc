@@ -10,7 +10,10 @@
 #include "absl/strings/str_join.h"
 #include "commands.h"
 #include "zerocopy/manifest.h"
-#include "zerocopy/safetensors_file.h"
+#include "zerocopy/checkpoint.h"
+#if ZEROCOPY_HAVE_TORCH
+#include "zerocopy/torch_formats.h"
+#endif
 
 namespace zerocopy::cli {
 
@@ -45,10 +48,21 @@ void PrintInfoLine(const v1::ModelInfo& m) {
               m.tensor_count(), m.pinned() ? "yes" : "no", m.leases());
 }
 
-int Preload(Globals& g, const std::string& path, const std::string& name, bool pin) {
-  auto file = SafetensorsFile::Open(path);
-  if (!file.ok()) return Fail(g, file.status());
-  ModelSource source = file->ToModelSource();
+absl::StatusOr<Checkpoint> ReadAny(const std::string& path, CheckpointFormat format) {
+#if ZEROCOPY_HAVE_TORCH
+  return ReadCheckpoint(path, format);
+#else
+  return ReadNativeCheckpoint(path, format);
+#endif
+}
+
+int Preload(Globals& g, const std::string& path, const std::string& format_name, const std::string& name, bool pin) {
+  absl::StatusOr<CheckpointFormat> format =
+      format_name == "auto" ? DetectCheckpointFormat(path) : ParseCheckpointFormat(format_name);
+  if (!format.ok()) return Fail(g, format.status());
+  auto checkpoint = ReadAny(path, *format);
+  if (!checkpoint.ok()) return Fail(g, checkpoint.status());
+  const ModelSource& source = checkpoint->source;
   Progress progress(!g.json && ::isatty(2));
   PublishOptions options;
   options.name = name;
@@ -62,7 +76,8 @@ int Preload(Globals& g, const std::string& path, const std::string& name, bool p
     PrintJson(*info);
   } else {
     std::printf("%s\n", info->digest().c_str());
-    std::fprintf(stderr, "preloaded %s: %u tensors, %s in %.2f s (%s/s)%s%s\n", path.c_str(), info->tensor_count(),
+    std::fprintf(stderr, "preloaded %s (%s): %u tensors, %s in %.2f s (%s/s)%s%s\n", path.c_str(),
+                 CheckpointFormatName(*format), info->tensor_count(),
                  HumanBytes(info->size()).c_str(), s, HumanBytes(static_cast<uint64_t>(info->size() / s)).c_str(),
                  name.empty() ? "" : ", named ", name.c_str());
   }
@@ -150,12 +165,17 @@ int Verify(Globals& g, const std::string& ref) {
 
 void AddModelCommands(CLI::App& app, Globals& g) {
   auto* preload = app.add_subcommand("preload", "publish a model file so that every process can map it");
-  static std::string path, name, ref;
+  static std::string path, name, ref, format = "auto";
   static bool pin = false, force = false, all = false;
-  preload->add_option("FILE", path, "a .safetensors file")->required();
+  preload->add_option("PATH", path,
+                      "a checkpoint: .safetensors, a Hugging Face directory (sharded or not), a torch.save file "
+                      "(.pt/.pth/.bin), or a TorchScript archive")
+      ->required();
+  preload->add_option("--format", format, "auto (from the content), safetensors, safetensors-sharded, torch, torchscript")
+      ->capture_default_str();
   preload->add_option("--name", name, "tag the model with this name");
   preload->add_flag("--pin", pin, "never evict it");
-  preload->callback([&] { g.exit_code = Preload(g, path, name, pin); });
+  preload->callback([&] { g.exit_code = Preload(g, path, format, name, pin); });
 
   app.add_subcommand("ls", "list the models")->callback([&] { g.exit_code = List(g); });
 

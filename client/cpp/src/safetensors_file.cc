@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "zerocopy/status.h"
 #include "zerocopy/unique_fd.h"
+#include "json_nesting.h"
 
 namespace zerocopy {
 
@@ -26,25 +27,6 @@ absl::Status Invalid(absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what));
 }
 
-// nlohmann's parser recurses; refuse deep nesting before it sees the text.
-bool NestingWithin(absl::string_view text, int limit) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > limit) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -74,7 +56,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(const uint8_t* data, size
     return Invalid(absl::StrCat("header length ", header_len, " runs past the end of the ", size, "-byte file"));
   }
   absl::string_view text(reinterpret_cast<const char*>(data + 8), header_len);
-  if (!NestingWithin(text, kMaxDepth)) return Invalid("header JSON is nested too deeply");
+  if (!internal::JsonNestingWithin(text, kMaxDepth)) return Invalid("header JSON is nested too deeply");
   json header = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded()) return Invalid("header is not valid JSON");
   if (!header.is_object()) return Invalid("header is not a JSON object");

@@ -1,0 +1,78 @@
+// Checkpoints on disk -> ModelSource, for `zerocopy preload` and C++
+// publishers. Files are parsed here, in the publisher's process, never by
+// the daemon.
+//
+// Formats (detected from the content, never the file name):
+//   safetensors           one .safetensors file (SafetensorsFile)
+//   safetensors-sharded   a Hugging Face checkpoint directory, or its
+//                         model.safetensors.index.json, naming shard files
+//   torch                 a torch.save zip archive of a (nested) state dict
+//                         (TorchSaveFile: our own restricted unpickler)
+//   torchscript           a torch.jit.save archive; libzerocopy_torch
+// The legacy (pre-zip) torch.save format is detected and refused with the
+// command that converts it.
+//
+// Thread safety: a Checkpoint is immutable after it is read.
+#pragma once
+
+#include <memory>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "zerocopy/model_source.h"
+
+namespace zerocopy {
+
+enum class CheckpointFormat { kSafetensors, kShardedSafetensors, kTorch, kTorchScript };
+
+// "safetensors", "safetensors-sharded", "torch", "torchscript".
+const char* CheckpointFormatName(CheckpointFormat format);
+// Errors: INVALID_ARGUMENT naming the accepted values.
+absl::StatusOr<CheckpointFormat> ParseCheckpointFormat(absl::string_view name);
+
+// A ModelSource plus whatever keeps its storage_data pointers valid (file
+// mappings, buffers).
+struct Checkpoint {
+  ModelSource source;
+  std::vector<std::shared_ptr<const void>> owners;
+};
+
+// Looks at the content: a directory holding model.safetensors.index.json
+// (sharded), model.safetensors or one *.safetensors file; a file starting
+// with the zip magic (torch or torchscript: tells them apart by the
+// archive's entries); a safetensors header. Errors: NOT_FOUND,
+// INVALID_ARGUMENT (unknown content, the legacy torch format, an empty or
+// ambiguous directory).
+absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& path);
+
+// The file a directory stands for (the index, or the single safetensors
+// file); a file path is returned as is.
+absl::StatusOr<std::string> ResolveCheckpointPath(const std::string& path);
+
+// The index of a sharded checkpoint:
+//   {"metadata": {...}, "weight_map": {"tensor": "shard-file", ...}}
+// Every shard name must be a plain file name in the index's directory (no
+// '/', not "." or ".."). Errors: INVALID_ARGUMENT naming the rule.
+struct ShardIndex {
+  std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard, sorted by tensor
+  std::vector<std::string> shards;                               // distinct, sorted
+  std::string metadata_json;                                     // "" when absent
+};
+absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view json_text);
+
+// Reads a sharded safetensors checkpoint (its directory or index file) as
+// one model: each shard mapped read-only and validated, every tensor of the
+// index found in the shard it names, no tensor missing from the index or
+// present twice. Errors: NOT_FOUND (a shard), INVALID_ARGUMENT.
+absl::StatusOr<Checkpoint> ReadShardedSafetensors(const std::string& path);
+
+// safetensors, safetensors-sharded and torch; torchscript needs
+// libzerocopy_torch (ReadCheckpoint in torch_formats.h).
+absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& path, CheckpointFormat format);
+
+// A torch.save archive of a state dict (TorchSaveFile), without LibTorch.
+absl::StatusOr<Checkpoint> ReadTorchSave(const std::string& path);
+
+}  // namespace zerocopy

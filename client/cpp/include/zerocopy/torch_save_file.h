@@ -1,0 +1,55 @@
+// TorchSaveFile: a validated, zero-copy view of a torch.save zip archive
+// (.pt, .pth, .bin) holding a state dict, read without LibTorch.
+//
+// The archive is a zip of stored (uncompressed) entries: <a>/data.pkl, a
+// pickle of the object with every storage replaced by a persistent id
+// ('storage', torch.FloatStorage, key, location, numel), and <a>/data/<key>,
+// the storages' bytes. We map the file, list the zip's central directory,
+// and run a restricted unpickler that knows the handful of globals a state
+// dict needs (collections.OrderedDict, torch._utils._rebuild_tensor_v2,
+// _rebuild_parameter, the torch.*Storage types): any other global (a
+// pickled class, a function, numpy) is refused, so a checkpoint can never
+// run code. Tensors become views into the file's mapping; tensors sharing
+// a storage key share one storage (tied weights stay tied).
+//
+// Flattening: nested dicts give dotted names ("model.fc.weight"), integer
+// keys included (optimizer state); lists and tuples of tensors by index.
+// Non-tensor leaves (numbers, strings, bools, None, lists and dicts of
+// them) become metadata: a JSON object by dotted name.
+//
+// Errors are INVALID_ARGUMENT naming the rule broken: truncated archive,
+// bad zip directory, compressed entries, unknown opcodes or globals,
+// storages missing or smaller than their tensors, big-endian archives.
+//
+// Thread safety: immutable after creation.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "zerocopy/mapped_region.h"
+#include "zerocopy/model_source.h"
+
+namespace zerocopy {
+
+class TorchSaveFile {
+ public:
+  static absl::StatusOr<TorchSaveFile> Open(const std::string& path);
+  // Bytes the caller keeps alive while this object is used.
+  static absl::StatusOr<TorchSaveFile> Parse(const uint8_t* data, size_t size);
+
+  TorchSaveFile(TorchSaveFile&&) = default;
+  TorchSaveFile& operator=(TorchSaveFile&&) = default;
+
+  // Format "torch"; one storage per storage key; points into the file.
+  const ModelSource& source() const { return source_; }
+
+ private:
+  TorchSaveFile() = default;
+  std::shared_ptr<MappedRegion> region_;
+  ModelSource source_;
+};
+
+}  // namespace zerocopy

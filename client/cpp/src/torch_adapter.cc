@@ -1,0 +1,216 @@
+// libzerocopy_torch: the one translation unit that includes LibTorch. It
+// reads TorchScript archives into ModelSources and builds LibTorch tensors
+// and modules over mapped models. (torch.save files are read without
+// LibTorch: torch_save_file.cc.)
+#include "zerocopy/torch.h"
+
+#include <map>
+#include <sstream>
+#include <unordered_map>
+
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "zerocopy/dtype.h"
+#include "zerocopy/status.h"
+#include "zerocopy/torch_formats.h"
+
+namespace zerocopy {
+
+namespace {
+
+struct DTypePair {
+  at::ScalarType torch;
+  DType ours;
+};
+constexpr DTypePair kDTypes[] = {
+    {at::kDouble, v1::F64},          {at::kFloat, v1::F32},          {at::kHalf, v1::F16},
+    {at::kBFloat16, v1::BF16},       {at::kLong, v1::I64},           {at::kInt, v1::I32},
+    {at::kShort, v1::I16},           {at::kChar, v1::I8},            {at::kByte, v1::U8},
+    {at::kBool, v1::BOOL},           {at::kComplexFloat, v1::C64},   {at::kComplexDouble, v1::C128},
+    {at::kUInt16, v1::U16},          {at::kUInt32, v1::U32},         {at::kUInt64, v1::U64},
+    {at::kFloat8_e4m3fn, v1::F8_E4M3}, {at::kFloat8_e5m2, v1::F8_E5M2},
+};
+
+std::optional<DType> OurDType(at::ScalarType t) {
+  for (const auto& p : kDTypes) {
+    if (p.torch == t) return p.ours;
+  }
+  return std::nullopt;
+}
+
+std::optional<at::ScalarType> TorchDType(DType d) {
+  for (const auto& p : kDTypes) {
+    if (p.ours == d) return p.torch;
+  }
+  return std::nullopt;
+}
+
+// LibTorch reports errors by exception; none may escape this file.
+template <typename F>
+auto Guard(const std::string& what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const c10::Error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": ", e.what()));
+  }
+}
+
+// Adds tensors to a Checkpoint, one storage per distinct torch storage (so
+// tied tensors stay tied), keeping every tensor alive in the checkpoint.
+class Collector {
+ public:
+  explicit Collector(Checkpoint& out) : out_(out), alive_(std::make_shared<std::vector<at::Tensor>>()) {
+    out_.owners.push_back(alive_);
+  }
+
+  absl::Status Add(const std::string& name, const at::Tensor& t) {
+    if (name.empty()) return absl::InvalidArgumentError("a tensor at the top level has no name: save a dict");
+    if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is undefined"));
+    if (t.layout() != at::kStrided || t.is_quantized()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is ", t.layout() != at::kStrided ? "sparse" : "quantized",
+                                                     ", which zerocopy cannot hold: convert it to a dense tensor"));
+    }
+    if (!t.device().is_cpu()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is on ", t.device().str()));
+    }
+    auto dtype = OurDType(t.scalar_type());
+    if (!dtype) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has dtype ", c10::toString(t.scalar_type()),
+                                                     ", which zerocopy cannot hold"));
+    }
+    const c10::StorageImpl* impl = t.storage().unsafeGetStorageImpl();
+    auto [it, fresh] = storage_index_.emplace(impl, static_cast<uint32_t>(out_.source.manifest.storages_size()));
+    if (fresh) {
+      out_.source.manifest.add_storages()->set_size(t.storage().nbytes());
+      out_.source.storage_data.push_back(t.storage().data());
+      alive_->push_back(t);
+    }
+    auto* spec = out_.source.manifest.add_tensors();
+    spec->set_name(name);
+    spec->set_storage(it->second);
+    spec->set_byte_offset(static_cast<uint64_t>(t.storage_offset()) * t.element_size());
+    spec->set_dtype(*dtype);
+    for (int64_t d : t.sizes()) spec->add_shape(d);
+    if (!t.is_contiguous()) {
+      for (int64_t s : t.strides()) spec->add_strides(s);
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  Checkpoint& out_;
+  std::shared_ptr<std::vector<at::Tensor>> alive_;
+  std::unordered_map<const c10::StorageImpl*, uint32_t> storage_index_;
+};
+
+// Walks "a.b.c" to the module owning attribute c.
+std::pair<torch::jit::Module, std::string> Owner(torch::jit::Module module, const std::string& path) {
+  std::vector<std::string> parts = absl::StrSplit(path, '.');
+  for (size_t i = 0; i + 1 < parts.size(); ++i) module = module.attr(parts[i]).toModule();
+  return {module, parts.back()};
+}
+
+struct StorageContext {
+  std::shared_ptr<MappedModel> model;
+  static void Delete(void* ctx) { delete static_cast<StorageContext*>(ctx); }
+};
+
+}  // namespace
+
+absl::StatusOr<Checkpoint> ReadTorchScript(const std::string& path) {
+  return Guard(path, [&]() -> absl::StatusOr<Checkpoint> {
+    torch::jit::Module module = torch::jit::load(path, c10::Device(c10::kCPU));
+    Checkpoint out;
+    out.source.manifest.set_format("torchscript");
+    Collector tensors(out);
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (const auto& p : module.named_parameters(/*recurse=*/true)) named.emplace_back(p.name, p.value);
+    for (const auto& b : module.named_buffers(/*recurse=*/true)) named.emplace_back(b.name, b.value);
+    for (const auto& [name, t] : named) {
+      absl::Status st = tensors.Add(name, t);
+      if (!st.ok()) return Annotate(st, path);
+    }
+    // The skeleton: the same archive with every weight swapped for an
+    // empty tensor of its dtype (the collector keeps the originals alive).
+    for (const auto& [name, t] : named) {
+      auto [owner, leaf] = Owner(module, name);
+      owner.setattr(leaf, at::empty({0}, t.options()));
+    }
+    std::ostringstream archive;
+    module.save(archive);
+    out.source.manifest.set_metadata(absl::StrCat(kTorchScriptMagic, archive.str()));
+    return out;
+  });
+}
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& input, CheckpointFormat format) {
+  if (format == CheckpointFormat::kTorchScript) {
+    ZC_ASSIGN_OR_RETURN(std::string path, ResolveCheckpointPath(input));
+    return ReadTorchScript(path);
+  }
+  return ReadNativeCheckpoint(input, format);
+}
+
+absl::StatusOr<torch::OrderedDict<std::string, at::Tensor>> TorchStateDict(const std::shared_ptr<MappedModel>& model) {
+  const v1::Manifest& manifest = model->manifest();
+  return Guard(model->digest(), [&]() -> absl::StatusOr<torch::OrderedDict<std::string, at::Tensor>> {
+    std::vector<c10::Storage> storages;
+    storages.reserve(static_cast<size_t>(manifest.storages_size()));
+    for (const auto& s : manifest.storages()) {
+      void* ptr = const_cast<uint8_t*>(model->data()) + s.offset();
+      auto* ctx = new StorageContext{model};
+      c10::DataPtr data(ptr, ctx, &StorageContext::Delete, c10::Device(c10::kCPU));
+      storages.emplace_back(c10::Storage::use_byte_size_t(), static_cast<size_t>(s.size()), std::move(data),
+                            /*allocator=*/nullptr, /*resizable=*/false);
+    }
+    torch::OrderedDict<std::string, at::Tensor> out;
+    out.reserve(static_cast<size_t>(manifest.tensors_size()));
+    for (const auto& spec : manifest.tensors()) {
+      auto dtype = TorchDType(spec.dtype());
+      if (!dtype) {
+        return absl::UnimplementedError(
+            absl::StrCat("tensor '", spec.name(), "' has dtype ", DTypeName(spec.dtype()), ", which LibTorch lacks"));
+      }
+      size_t itemsize = DTypeSize(spec.dtype());
+      if (spec.byte_offset() % itemsize != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", spec.name(), "' starts at byte ", spec.byte_offset(),
+                                                       ", not a multiple of its element size"));
+      }
+      std::vector<int64_t> shape(spec.shape().begin(), spec.shape().end());
+      std::vector<int64_t> strides(spec.strides().begin(), spec.strides().end());
+      if (strides.empty()) {
+        strides.assign(shape.size(), 1);
+        for (size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * std::max<int64_t>(shape[d], 1);
+      }
+      at::Tensor t = at::empty({0}, at::TensorOptions().dtype(*dtype));
+      t.set_(storages[spec.storage()], static_cast<int64_t>(spec.byte_offset() / itemsize), shape, strides);
+      out.insert(spec.name(), std::move(t));
+    }
+    return out;
+  });
+}
+
+absl::StatusOr<torch::jit::Module> LoadTorchScript(const std::shared_ptr<MappedModel>& model) {
+  const std::string& metadata = model->manifest().metadata();
+  if (!absl::StartsWith(metadata, kTorchScriptMagic)) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", model->digest(), " (", model->info().format(),
+                                                   ") is not a TorchScript model: use TorchStateDict"));
+  }
+  ZC_ASSIGN_OR_RETURN(auto state, TorchStateDict(model));
+  return Guard(model->digest(), [&]() -> absl::StatusOr<torch::jit::Module> {
+    std::istringstream archive(metadata.substr(sizeof(kTorchScriptMagic) - 1));
+    torch::jit::Module module = torch::jit::load(archive, c10::Device(c10::kCPU));
+    for (const auto& item : state) {
+      auto [owner, leaf] = Owner(module, item.key());
+      owner.setattr(leaf, item.value());
+    }
+    module.eval();
+    return module;
+  });
+}
+
+}  // namespace zerocopy

@@ -1,0 +1,726 @@
+#include "zerocopy/torch_save_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstring>
+#include <map>
+#include <set>
+#include <string_view>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "zerocopy/dtype.h"
+#include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
+#include "zerocopy/zip_directory.h"
+
+namespace zerocopy {
+
+namespace {
+
+using json = nlohmann::json;
+
+absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
+
+constexpr size_t kMaxPickle = 256u << 20;
+constexpr int kMaxDepth = 64;
+
+// torch.<Name>Storage -> dtype; these are the names torch.save writes.
+const std::map<std::string, DType, std::less<>>& StorageTypes() {
+  static const auto* types = new std::map<std::string, DType, std::less<>>{
+      {"DoubleStorage", v1::F64},       {"FloatStorage", v1::F32},
+      {"HalfStorage", v1::F16},         {"BFloat16Storage", v1::BF16},
+      {"LongStorage", v1::I64},         {"IntStorage", v1::I32},
+      {"ShortStorage", v1::I16},        {"CharStorage", v1::I8},
+      {"ByteStorage", v1::U8},          {"BoolStorage", v1::BOOL},
+      {"ComplexFloatStorage", v1::C64}, {"ComplexDoubleStorage", v1::C128},
+      {"UInt16Storage", v1::U16},       {"UInt32Storage", v1::U32},
+      {"UInt64Storage", v1::U64},       {"Float8_e4m3fnStorage", v1::F8_E4M3},
+      {"Float8_e5m2Storage", v1::F8_E5M2},
+  };
+  return *types;
+}
+
+enum class Kind { kNone, kBool, kInt, kFloat, kString, kBytes, kList, kTuple, kDict, kGlobal, kStorage, kTensor };
+
+const char* KindName(Kind k) {
+  switch (k) {
+    case Kind::kNone: return "None";
+    case Kind::kBool: return "bool";
+    case Kind::kInt: return "int";
+    case Kind::kFloat: return "float";
+    case Kind::kString: return "str";
+    case Kind::kBytes: return "bytes";
+    case Kind::kList: return "list";
+    case Kind::kTuple: return "tuple";
+    case Kind::kDict: return "dict";
+    case Kind::kGlobal: return "global";
+    case Kind::kStorage: return "storage";
+    case Kind::kTensor: return "tensor";
+  }
+  return "?";
+}
+
+// A pickled value. All live in the unpickler's arena and point at each
+// other by raw pointer, so cycles a hostile pickle builds leak nothing.
+struct Obj {
+  Kind kind = Kind::kNone;
+  bool b = false;
+  int64_t i = 0;
+  double f = 0;
+  std::string s;                             // str, bytes, global "module.name"
+  std::vector<Obj*> items;                   // list, tuple
+  std::vector<std::pair<Obj*, Obj*>> dict;   // dict, in insertion order
+  // storage
+  DType dtype = v1::DTYPE_UNSPECIFIED;
+  const ZipEntry* entry = nullptr;
+  uint64_t numel = 0;
+  // tensor
+  Obj* storage = nullptr;
+  int64_t offset = 0;
+  std::vector<int64_t> shape, strides;
+};
+
+class Unpickler {
+ public:
+  Unpickler(const uint8_t* data, size_t size, std::string record_prefix, const std::vector<ZipEntry>& entries)
+      : p_(data), end_(data + size), prefix_(std::move(record_prefix)), entries_(entries) {}
+
+  absl::StatusOr<Obj*> Run() {
+    for (;;) {
+      if (p_ >= end_) return Invalid("pickle ends without STOP (truncated?)");
+      uint8_t op = *p_++;
+      if (op == '.') {
+        ZC_ASSIGN_OR_RETURN(Obj * result, Pop());
+        return result;
+      }
+      absl::Status st = Step(op);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("data.pkl at byte ", p_ - begin_ - 1, " (opcode 0x",
+                                                       absl::Hex(op), "): ", st.message()));
+      }
+    }
+  }
+
+  void set_begin(const uint8_t* b) { begin_ = b; }
+
+ private:
+  Obj* New(Kind k) {
+    arena_.push_back(std::make_unique<Obj>());
+    arena_.back()->kind = k;
+    return arena_.back().get();
+  }
+
+  absl::StatusOr<const uint8_t*> Take(uint64_t n) {
+    if (static_cast<uint64_t>(end_ - p_) < n) return Invalid("pickle truncated");
+    const uint8_t* at = p_;
+    p_ += n;
+    return at;
+  }
+  absl::StatusOr<uint64_t> TakeLe(int bytes) {
+    ZC_ASSIGN_OR_RETURN(const uint8_t* at, Take(bytes));
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; --i) v = v << 8 | at[i];
+    return v;
+  }
+  absl::StatusOr<std::string> TakeLine() {
+    const uint8_t* nl = static_cast<const uint8_t*>(std::memchr(p_, '\n', end_ - p_));
+    if (!nl) return Invalid("pickle truncated in a text argument");
+    std::string line(reinterpret_cast<const char*>(p_), nl - p_);
+    p_ = nl + 1;
+    return line;
+  }
+
+  absl::StatusOr<Obj*> Pop() {
+    if (stack_.empty() || (!marks_.empty() && marks_.back() == stack_.size())) return Invalid("stack underflow");
+    Obj* o = stack_.back();
+    stack_.pop_back();
+    return o;
+  }
+  absl::StatusOr<std::vector<Obj*>> PopMark() {
+    if (marks_.empty()) return Invalid("no MARK on the stack");
+    size_t at = marks_.back();
+    marks_.pop_back();
+    std::vector<Obj*> out(stack_.begin() + static_cast<ptrdiff_t>(at), stack_.end());
+    stack_.resize(at);
+    return out;
+  }
+  absl::StatusOr<Obj*> Top(Kind want, const char* op) {
+    if (stack_.empty()) return Invalid(absl::StrCat(op, " on an empty stack"));
+    if (stack_.back()->kind != want) {
+      return Invalid(absl::StrCat(op, " on a ", KindName(stack_.back()->kind), ", expected a ", KindName(want)));
+    }
+    return stack_.back();
+  }
+  void Push(Obj* o) { stack_.push_back(o); }
+  Obj* Int(int64_t v) {
+    Obj* o = New(Kind::kInt);
+    o->i = v;
+    return o;
+  }
+  Obj* Str(Kind k, const uint8_t* at, uint64_t n) {
+    Obj* o = New(k);
+    o->s.assign(reinterpret_cast<const char*>(at), n);
+    return o;
+  }
+  absl::Status PushString(Kind k, int len_bytes) {
+    ZC_ASSIGN_OR_RETURN(uint64_t n, TakeLe(len_bytes));
+    ZC_ASSIGN_OR_RETURN(const uint8_t* at, Take(n));
+    Push(Str(k, at, n));
+    return absl::OkStatus();
+  }
+  absl::Status Memo(uint64_t index) {
+    if (stack_.empty()) return Invalid("memo store from an empty stack");
+    memo_[index] = stack_.back();
+    return absl::OkStatus();
+  }
+  absl::Status Recall(uint64_t index) {
+    auto it = memo_.find(index);
+    if (it == memo_.end()) return Invalid(absl::StrCat("memo ", index, " was never stored"));
+    Push(it->second);
+    return absl::OkStatus();
+  }
+  absl::Status SetItems(Obj* dict, const std::vector<Obj*>& kv) {
+    if (kv.size() % 2) return Invalid("SETITEMS with an odd number of values");
+    for (size_t i = 0; i < kv.size(); i += 2) dict->dict.emplace_back(kv[i], kv[i + 1]);
+    return absl::OkStatus();
+  }
+
+  absl::Status Global(const std::string& module, const std::string& name) {
+    std::string full = absl::StrCat(module, ".", name);
+    static const char* const kAllowed[] = {
+        "collections.OrderedDict",         "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor",     "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state", "torch._tensor._rebuild_from_type_v2",
+        "torch.Tensor",                    "torch.nn.parameter.Parameter",
+    };
+    bool ok = module == "torch" && StorageTypes().count(name);
+    for (const char* a : kAllowed) ok = ok || full == a;
+    if (!ok) {
+      if (module == "torch" && absl::EndsWith(name, "Storage")) {
+        return Invalid(absl::StrCat("torch.", name, " tensors (quantized or unknown dtype) cannot be held by zerocopy"));
+      }
+      return Invalid(absl::StrCat("the pickle refers to ", full,
+                                  ", which a state dict does not need and zerocopy will not load (save a dict of "
+                                  "tensors, e.g. model.state_dict())"));
+    }
+    Obj* g = New(Kind::kGlobal);
+    g->s = std::move(full);
+    Push(g);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<const ZipEntry*> StorageEntry(const std::string& key) {
+    std::string want = absl::StrCat(prefix_, "data/", key);
+    for (const auto& e : entries_) {
+      if (e.name == want) {
+        if (e.method != 0) return Invalid(absl::StrCat("storage ", want, " is compressed; torch.save never does that"));
+        return &e;
+      }
+    }
+    return Invalid(absl::StrCat("storage ", want, " is missing from the archive"));
+  }
+
+  absl::Status PersistentLoad() {
+    ZC_ASSIGN_OR_RETURN(Obj * pid, Pop());
+    if (pid->kind != Kind::kTuple || pid->items.size() != 5 || pid->items[0]->kind != Kind::kString ||
+        pid->items[0]->s != "storage" || pid->items[1]->kind != Kind::kGlobal || pid->items[2]->kind != Kind::kString ||
+        pid->items[4]->kind != Kind::kInt || pid->items[4]->i < 0) {
+      return Invalid("persistent id is not ('storage', type, key, location, numel)");
+    }
+    const std::string& type = pid->items[1]->s;
+    auto dt = absl::StartsWith(type, "torch.") ? StorageTypes().find(type.substr(6)) : StorageTypes().end();
+    if (dt == StorageTypes().end()) return Invalid(absl::StrCat("persistent id names ", type, ", not a storage type"));
+    const std::string& key = pid->items[2]->s;
+    auto known = storages_.find(key);
+    if (known != storages_.end()) {
+      if (known->second->dtype != dt->second) return Invalid(absl::StrCat("storage ", key, " is used with two dtypes"));
+      Push(known->second);
+      return absl::OkStatus();
+    }
+    Obj* s = New(Kind::kStorage);
+    s->dtype = dt->second;
+    s->numel = static_cast<uint64_t>(pid->items[4]->i);
+    ZC_ASSIGN_OR_RETURN(s->entry, StorageEntry(key));
+    uint64_t bytes;
+    if (__builtin_mul_overflow(s->numel, static_cast<uint64_t>(DTypeSize(s->dtype)), &bytes) || bytes > s->entry->size) {
+      return Invalid(absl::StrCat("storage ", key, " declares ", s->numel, " elements of ", DTypeName(s->dtype),
+                                  " but its entry holds ", s->entry->size, " bytes"));
+    }
+    storages_.emplace(key, s);
+    Push(s);
+    return absl::OkStatus();
+  }
+
+  static absl::Status Ints(const Obj* o, const char* what, std::vector<int64_t>* out) {
+    if (o->kind != Kind::kTuple && o->kind != Kind::kList) return Invalid(absl::StrCat(what, " is not a tuple"));
+    for (const Obj* d : o->items) {
+      if (d->kind != Kind::kInt || d->i < 0) return Invalid(absl::StrCat(what, " holds a non-integer or negative value"));
+      out->push_back(d->i);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<Obj*> RebuildTensor(const std::vector<Obj*>& args) {
+    if (args.size() < 4) return Invalid("_rebuild_tensor needs (storage, offset, size, stride)");
+    if (args[0]->kind != Kind::kStorage) return Invalid("_rebuild_tensor's first argument is not a storage");
+    if (args[1]->kind != Kind::kInt || args[1]->i < 0) return Invalid("_rebuild_tensor's offset is not an integer");
+    Obj* t = New(Kind::kTensor);
+    t->storage = args[0];
+    t->offset = args[1]->i;
+    ZC_RETURN_IF_ERROR(Ints(args[2], "tensor size", &t->shape));
+    ZC_RETURN_IF_ERROR(Ints(args[3], "tensor stride", &t->strides));
+    if (t->shape.size() != t->strides.size()) return Invalid("tensor size and stride differ in length");
+    // Every element addressed lies inside the storage.
+    uint64_t last = static_cast<uint64_t>(t->offset);
+    bool empty = false;
+    for (size_t d = 0; d < t->shape.size(); ++d) {
+      if (t->shape[d] == 0) empty = true;
+      uint64_t step;
+      if (__builtin_mul_overflow(static_cast<uint64_t>(t->shape[d] ? t->shape[d] - 1 : 0),
+                                 static_cast<uint64_t>(t->strides[d]), &step) ||
+          __builtin_add_overflow(last, step, &last)) {
+        return Invalid("tensor extent overflows");
+      }
+    }
+    if (!empty && last >= t->storage->numel) {
+      return Invalid(absl::StrCat("a tensor reaches element ", last, " of a storage of ", t->storage->numel));
+    }
+    return t;
+  }
+
+  absl::StatusOr<Obj*> Call(Obj* fn, const std::vector<Obj*>& args) {
+    if (fn->kind != Kind::kGlobal) return Invalid(absl::StrCat("REDUCE on a ", KindName(fn->kind)));
+    const std::string& f = fn->s;
+    if (f == "collections.OrderedDict") {
+      Obj* d = New(Kind::kDict);
+      if (!args.empty()) {
+        if (args.size() != 1 || (args[0]->kind != Kind::kList && args[0]->kind != Kind::kTuple)) {
+          return Invalid("OrderedDict() takes one list of pairs");
+        }
+        for (Obj* kv : args[0]->items) {
+          if ((kv->kind != Kind::kList && kv->kind != Kind::kTuple) || kv->items.size() != 2) {
+            return Invalid("OrderedDict() item is not a pair");
+          }
+          d->dict.emplace_back(kv->items[0], kv->items[1]);
+        }
+      }
+      return d;
+    }
+    if (f == "torch._utils._rebuild_tensor_v2" || f == "torch._utils._rebuild_tensor") return RebuildTensor(args);
+    if (f == "torch._utils._rebuild_parameter" || f == "torch._utils._rebuild_parameter_with_state") {
+      if (args.empty() || args[0]->kind != Kind::kTensor) return Invalid(absl::StrCat(f, " takes a tensor"));
+      return args[0];
+    }
+    if (f == "torch._tensor._rebuild_from_type_v2") {
+      if (args.size() < 3 || args[2]->kind != Kind::kTuple) return Invalid("_rebuild_from_type_v2 needs (func, type, args)");
+      if (args[1]->kind != Kind::kGlobal || (args[1]->s != "torch.Tensor" && args[1]->s != "torch.nn.parameter.Parameter")) {
+        return Invalid("_rebuild_from_type_v2 of a tensor subclass zerocopy does not know");
+      }
+      if (++depth_ > kMaxDepth) return Invalid("nested too deeply");
+      auto r = Call(args[0], args[2]->items);
+      --depth_;
+      return r;
+    }
+    return Invalid(absl::StrCat(f, " cannot be called"));
+  }
+
+  absl::Status Step(uint8_t op) {
+    switch (op) {
+      case 0x80: {  // PROTO
+        ZC_ASSIGN_OR_RETURN(uint64_t v, TakeLe(1));
+        if (v > 5) return Invalid(absl::StrCat("pickle protocol ", v, " is newer than 5"));
+        return absl::OkStatus();
+      }
+      case 0x95: return Take(8).status();  // FRAME
+      case '(': marks_.push_back(stack_.size()); return absl::OkStatus();
+      case '0': return Pop().status();
+      case '1': return PopMark().status();
+      case '2': {
+        ZC_ASSIGN_OR_RETURN(Obj * o, Pop());
+        Push(o);
+        Push(o);
+        return absl::OkStatus();
+      }
+      case 'N': Push(New(Kind::kNone)); return absl::OkStatus();
+      case 0x88:
+      case 0x89: {
+        Obj* o = New(Kind::kBool);
+        o->b = op == 0x88;
+        Push(o);
+        return absl::OkStatus();
+      }
+      case 'J': {
+        ZC_ASSIGN_OR_RETURN(uint64_t v, TakeLe(4));
+        Push(Int(static_cast<int32_t>(static_cast<uint32_t>(v))));
+        return absl::OkStatus();
+      }
+      case 'K': {
+        ZC_ASSIGN_OR_RETURN(uint64_t v, TakeLe(1));
+        Push(Int(static_cast<int64_t>(v)));
+        return absl::OkStatus();
+      }
+      case 'M': {
+        ZC_ASSIGN_OR_RETURN(uint64_t v, TakeLe(2));
+        Push(Int(static_cast<int64_t>(v)));
+        return absl::OkStatus();
+      }
+      case 0x8a:    // LONG1
+      case 0x8b: {  // LONG4
+        ZC_ASSIGN_OR_RETURN(uint64_t n, TakeLe(op == 0x8a ? 1 : 4));
+        if (n > 8) return Invalid("integer wider than 64 bits");
+        ZC_ASSIGN_OR_RETURN(const uint8_t* at, Take(n));
+        uint64_t v = 0;
+        for (uint64_t i = n; i-- > 0;) v = v << 8 | at[i];
+        if (n > 0 && n < 8 && (at[n - 1] & 0x80)) v |= ~uint64_t{0} << (8 * n);  // sign-extend
+        Push(Int(static_cast<int64_t>(v)));
+        return absl::OkStatus();
+      }
+      case 'I':
+      case 'L': {
+        ZC_ASSIGN_OR_RETURN(std::string line, TakeLine());
+        if (op == 'I' && (line == "00" || line == "01")) {
+          Obj* o = New(Kind::kBool);
+          o->b = line == "01";
+          Push(o);
+          return absl::OkStatus();
+        }
+        if (op == 'L' && absl::EndsWith(line, "L")) line.pop_back();
+        int64_t v;
+        if (!absl::SimpleAtoi(line, &v)) return Invalid("malformed integer");
+        Push(Int(v));
+        return absl::OkStatus();
+      }
+      case 'G': {
+        ZC_ASSIGN_OR_RETURN(const uint8_t* at, Take(8));
+        uint64_t bits = 0;
+        for (int i = 0; i < 8; ++i) bits = bits << 8 | at[i];
+        Obj* o = New(Kind::kFloat);
+        std::memcpy(&o->f, &bits, 8);
+        Push(o);
+        return absl::OkStatus();
+      }
+      case 'F': {
+        ZC_ASSIGN_OR_RETURN(std::string line, TakeLine());
+        Obj* o = New(Kind::kFloat);
+        if (!absl::SimpleAtod(line, &o->f)) return Invalid("malformed float");
+        Push(o);
+        return absl::OkStatus();
+      }
+      case 'X': return PushString(Kind::kString, 4);
+      case 0x8c: return PushString(Kind::kString, 1);
+      case 0x8d: return PushString(Kind::kString, 8);
+      case 'T': return PushString(Kind::kString, 4);
+      case 'U': return PushString(Kind::kString, 1);
+      case 'B': return PushString(Kind::kBytes, 4);
+      case 'C': return PushString(Kind::kBytes, 1);
+      case 0x8e: return PushString(Kind::kBytes, 8);
+      case '}': Push(New(Kind::kDict)); return absl::OkStatus();
+      case ']': Push(New(Kind::kList)); return absl::OkStatus();
+      case ')': Push(New(Kind::kTuple)); return absl::OkStatus();
+      case 0x85:
+      case 0x86:
+      case 0x87: {
+        size_t n = op - 0x84;
+        if (stack_.size() < n + (marks_.empty() ? 0 : marks_.back())) return Invalid("stack underflow");
+        Obj* t = New(Kind::kTuple);
+        t->items.assign(stack_.end() - static_cast<ptrdiff_t>(n), stack_.end());
+        stack_.resize(stack_.size() - n);
+        Push(t);
+        return absl::OkStatus();
+      }
+      case 't':
+      case 'l': {
+        ZC_ASSIGN_OR_RETURN(auto items, PopMark());
+        Obj* o = New(op == 't' ? Kind::kTuple : Kind::kList);
+        o->items = std::move(items);
+        Push(o);
+        return absl::OkStatus();
+      }
+      case 'd': {
+        ZC_ASSIGN_OR_RETURN(auto items, PopMark());
+        Obj* d = New(Kind::kDict);
+        ZC_RETURN_IF_ERROR(SetItems(d, items));
+        Push(d);
+        return absl::OkStatus();
+      }
+      case 's': {
+        ZC_ASSIGN_OR_RETURN(Obj * value, Pop());
+        ZC_ASSIGN_OR_RETURN(Obj * key, Pop());
+        ZC_ASSIGN_OR_RETURN(Obj * d, Top(Kind::kDict, "SETITEM"));
+        d->dict.emplace_back(key, value);
+        return absl::OkStatus();
+      }
+      case 'u': {
+        ZC_ASSIGN_OR_RETURN(auto items, PopMark());
+        ZC_ASSIGN_OR_RETURN(Obj * d, Top(Kind::kDict, "SETITEMS"));
+        return SetItems(d, items);
+      }
+      case 'a': {
+        ZC_ASSIGN_OR_RETURN(Obj * value, Pop());
+        ZC_ASSIGN_OR_RETURN(Obj * l, Top(Kind::kList, "APPEND"));
+        l->items.push_back(value);
+        return absl::OkStatus();
+      }
+      case 'e': {
+        ZC_ASSIGN_OR_RETURN(auto items, PopMark());
+        ZC_ASSIGN_OR_RETURN(Obj * l, Top(Kind::kList, "APPENDS"));
+        l->items.insert(l->items.end(), items.begin(), items.end());
+        return absl::OkStatus();
+      }
+      case 'q': {
+        ZC_ASSIGN_OR_RETURN(uint64_t i, TakeLe(1));
+        return Memo(i);
+      }
+      case 'r': {
+        ZC_ASSIGN_OR_RETURN(uint64_t i, TakeLe(4));
+        return Memo(i);
+      }
+      case 0x94: return Memo(memo_.size());
+      case 'p':
+      case 'g': {
+        ZC_ASSIGN_OR_RETURN(std::string line, TakeLine());
+        uint64_t i;
+        if (!absl::SimpleAtoi(line, &i)) return Invalid("malformed memo index");
+        return op == 'p' ? Memo(i) : Recall(i);
+      }
+      case 'h': {
+        ZC_ASSIGN_OR_RETURN(uint64_t i, TakeLe(1));
+        return Recall(i);
+      }
+      case 'j': {
+        ZC_ASSIGN_OR_RETURN(uint64_t i, TakeLe(4));
+        return Recall(i);
+      }
+      case 'c': {
+        ZC_ASSIGN_OR_RETURN(std::string module, TakeLine());
+        ZC_ASSIGN_OR_RETURN(std::string name, TakeLine());
+        return Global(module, name);
+      }
+      case 0x93: {
+        ZC_ASSIGN_OR_RETURN(Obj * name, Pop());
+        ZC_ASSIGN_OR_RETURN(Obj * module, Pop());
+        if (name->kind != Kind::kString || module->kind != Kind::kString) return Invalid("STACK_GLOBAL of non-strings");
+        return Global(module->s, name->s);
+      }
+      case 'R': {
+        ZC_ASSIGN_OR_RETURN(Obj * args, Pop());
+        ZC_ASSIGN_OR_RETURN(Obj * fn, Pop());
+        if (args->kind != Kind::kTuple) return Invalid("REDUCE arguments are not a tuple");
+        ZC_ASSIGN_OR_RETURN(Obj * result, Call(fn, args->items));
+        Push(result);
+        return absl::OkStatus();
+      }
+      case 'b': {  // BUILD: a dict's __dict__ (state_dict's _metadata) is dropped
+        ZC_ASSIGN_OR_RETURN(Obj * state, Pop());
+        (void)state;
+        if (stack_.empty() || (stack_.back()->kind != Kind::kDict && stack_.back()->kind != Kind::kTensor)) {
+          return Invalid("BUILD on an object that is not a dict or tensor");
+        }
+        return absl::OkStatus();
+      }
+      case 'Q': return PersistentLoad();
+      default:
+        return Invalid("opcode not allowed in a state dict (objects, sets, extensions, text persistent ids)");
+    }
+  }
+
+  const uint8_t* begin_ = nullptr;
+  const uint8_t* p_;
+  const uint8_t* end_;
+  std::string prefix_;
+  const std::vector<ZipEntry>& entries_;
+  std::vector<std::unique_ptr<Obj>> arena_;
+  std::vector<Obj*> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, Obj*> memo_;
+  std::map<std::string, Obj*> storages_;
+  int depth_ = 0;
+};
+
+std::optional<json> ToJson(const Obj* o, int depth) {
+  if (depth > kMaxDepth) return std::nullopt;
+  switch (o->kind) {
+    case Kind::kNone: return json(nullptr);
+    case Kind::kBool: return json(o->b);
+    case Kind::kInt: return json(o->i);
+    case Kind::kFloat: return json(o->f);
+    case Kind::kString: return json(o->s);
+    case Kind::kList:
+    case Kind::kTuple: {
+      json arr = json::array();
+      for (const Obj* item : o->items) {
+        auto j = ToJson(item, depth + 1);
+        if (!j) return std::nullopt;
+        arr.push_back(std::move(*j));
+      }
+      return arr;
+    }
+    case Kind::kDict: {
+      json obj = json::object();
+      for (const auto& [k, v] : o->dict) {
+        if (k->kind != Kind::kString) return std::nullopt;
+        auto j = ToJson(v, depth + 1);
+        if (!j) return std::nullopt;
+        obj[k->s] = std::move(*j);
+      }
+      return obj;
+    }
+    default: return std::nullopt;
+  }
+}
+
+bool HoldsTensor(const Obj* o, int depth) {
+  if (depth > kMaxDepth) return true;  // Flatten reports the depth
+  if (o->kind == Kind::kTensor) return true;
+  for (const Obj* item : o->items) {
+    if (HoldsTensor(item, depth + 1)) return true;
+  }
+  for (const auto& kv : o->dict) {
+    if (HoldsTensor(kv.second, depth + 1)) return true;
+  }
+  return false;
+}
+
+class Flattener {
+ public:
+  Flattener(const uint8_t* base, ModelSource& out) : base_(base), out_(out) {}
+
+  absl::Status Flatten(const Obj* o, const std::string& name, int depth) {
+    if (depth > kMaxDepth) return Invalid(absl::StrCat("entry '", name, "' is nested deeper than ", kMaxDepth));
+    if (o->kind == Kind::kTensor) return AddTensor(o, name);
+    if (!HoldsTensor(o, depth)) {
+      auto j = ToJson(o, depth);
+      if (!j) {
+        return Invalid(absl::StrCat("entry '", name, "' holds a ", KindName(o->kind),
+                                    " that is not plain data (numbers, strings, lists, dicts with string keys)"));
+      }
+      if (name.empty()) return Invalid("the file holds no tensors");
+      metadata_[name] = std::move(*j);
+      return absl::OkStatus();
+    }
+    auto child = [&](const std::string& key) { return name.empty() ? key : absl::StrCat(name, ".", key); };
+    if (o->kind == Kind::kDict) {
+      for (const auto& [k, v] : o->dict) {
+        std::string key;
+        if (k->kind == Kind::kString) key = k->s;
+        else if (k->kind == Kind::kInt) key = std::to_string(k->i);
+        else return Invalid(absl::StrCat("entry '", name, "' has a ", KindName(k->kind), " key"));
+        ZC_RETURN_IF_ERROR(Flatten(v, child(key), depth + 1));
+      }
+      return absl::OkStatus();
+    }
+    for (size_t i = 0; i < o->items.size(); ++i) {
+      ZC_RETURN_IF_ERROR(Flatten(o->items[i], child(std::to_string(i)), depth + 1));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() {
+    if (out_.manifest.tensors_size() == 0) return Invalid("the file holds no tensors");
+    std::set<std::string> names;
+    for (const auto& t : out_.manifest.tensors()) {
+      if (!names.insert(t.name()).second) return Invalid(absl::StrCat("two tensors flatten to the name '", t.name(), "'"));
+    }
+    if (!metadata_.empty()) out_.manifest.set_metadata(metadata_.dump(-1, ' ', false, json::error_handler_t::replace));
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status AddTensor(const Obj* t, const std::string& name) {
+    if (name.empty()) return Invalid("the file holds a bare tensor: save a dict of tensors");
+    const Obj* s = t->storage;
+    auto [it, fresh] = storage_index_.emplace(s, static_cast<uint32_t>(out_.manifest.storages_size()));
+    if (fresh) {
+      out_.manifest.add_storages()->set_size(s->numel * DTypeSize(s->dtype));
+      out_.storage_data.push_back(base_ + s->entry->data_offset);
+    }
+    auto* spec = out_.manifest.add_tensors();
+    spec->set_name(name);
+    spec->set_storage(it->second);
+    spec->set_byte_offset(static_cast<uint64_t>(t->offset) * DTypeSize(s->dtype));
+    spec->set_dtype(s->dtype);
+    bool contiguous = true;
+    int64_t expected = 1;
+    for (size_t d = t->shape.size(); d-- > 0;) {
+      if (t->shape[d] != 1 && t->strides[d] != expected) contiguous = false;
+      expected *= t->shape[d];
+    }
+    for (int64_t d : t->shape) spec->add_shape(d);
+    if (!contiguous) {
+      for (int64_t st : t->strides) spec->add_strides(st);
+    }
+    return absl::OkStatus();
+  }
+
+  const uint8_t* base_;
+  ModelSource& out_;
+  json metadata_ = json::object();
+  std::unordered_map<const Obj*, uint32_t> storage_index_;
+};
+
+}  // namespace
+
+absl::StatusOr<TorchSaveFile> TorchSaveFile::Open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+  if (!S_ISREG(st.st_mode)) return Invalid(absl::StrCat(path, " is not a regular file"));
+  ZC_ASSIGN_OR_RETURN(MappedRegion region,
+                      MappedRegion::Map(fd.get(), static_cast<size_t>(st.st_size), MappedRegion::Options{}));
+  auto shared = std::make_shared<MappedRegion>(std::move(region));
+  auto parsed = Parse(shared->data(), shared->size());
+  if (!parsed.ok()) return Annotate(parsed.status(), path);
+  parsed->region_ = std::move(shared);
+  return parsed;
+}
+
+absl::StatusOr<TorchSaveFile> TorchSaveFile::Parse(const uint8_t* data, size_t size) {
+  if (size < 4 || std::memcmp(data, "PK\x03\x04", 4) != 0) {
+    return Invalid("not a zip archive: torch.save files since torch 1.6 are zip archives");
+  }
+  ZC_ASSIGN_OR_RETURN(std::vector<ZipEntry> entries, ReadZipDirectory(data, size));
+  // <archive>/data.pkl, at the top level of the archive's one directory.
+  const ZipEntry* pickle = nullptr;
+  std::string prefix;
+  for (const auto& e : entries) {
+    auto slash = e.name.find('/');
+    if (slash != std::string::npos && e.name.compare(slash + 1, std::string::npos, "data.pkl") == 0) {
+      if (pickle) return Invalid("archive holds two data.pkl entries");
+      pickle = &e;
+      prefix = e.name.substr(0, slash + 1);
+    }
+  }
+  if (!pickle) return Invalid("archive has no <archive>/data.pkl: not a torch.save file");
+  for (const auto& e : entries) {
+    if (e.name == prefix + "constants.pkl") return Invalid("this is a TorchScript archive (torch.jit.save), not a torch.save file");
+    if (e.name == prefix + "byteorder" && e.method == 0 &&
+        std::string_view(reinterpret_cast<const char*>(data + e.data_offset), e.size) != "little") {
+      return Invalid("archive was saved on a big-endian machine; re-save it on a little-endian one");
+    }
+  }
+  if (pickle->method != 0) return Invalid("data.pkl is compressed; torch.save never does that");
+  if (pickle->size > kMaxPickle) return Invalid(absl::StrCat("data.pkl is ", pickle->size, " bytes, over the limit"));
+
+  const uint8_t* pkl = data + pickle->data_offset;
+  Unpickler unpickler(pkl, pickle->size, prefix, entries);
+  unpickler.set_begin(pkl);
+  ZC_ASSIGN_OR_RETURN(Obj * root, unpickler.Run());
+  if (root->kind != Kind::kDict) {
+    return Invalid(absl::StrCat("the file holds a ", KindName(root->kind), ", not a dict of tensors"));
+  }
+  TorchSaveFile file;
+  file.source_.manifest.set_format("torch");
+  Flattener flattener(data, file.source_);
+  ZC_RETURN_IF_ERROR(flattener.Flatten(root, "", 0));
+  ZC_RETURN_IF_ERROR(flattener.Finish());
+  return file;
+}
+
+}  // namespace zerocopy
