@@ -3,6 +3,7 @@
 #include <unordered_set>
 
 #include "absl/strings/string_view.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/status.h"
@@ -11,6 +12,26 @@ namespace zerocopy {
 
 
 namespace {
+
+// Names travel in protobuf string fields, which must be UTF-8.
+bool IsUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0xff >> (n + 1));
+    for (size_t k = 1; k < n; ++k) {
+      unsigned char cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc >> 6) != 0x2) return false;
+      cp = cp << 6 | (cc & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += n;
+  }
+  return true;
+}
 
 bool AddOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_add_overflow(a, b, out); }
 bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
@@ -107,6 +128,9 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
     }
     if (name.find('\0') != std::string::npos) {
       return absl::InvalidArgumentError("a tensor name contains a NUL character");
+    }
+    if (!IsUtf8(name)) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor name \"", absl::CHexEscape(name), "\" is not valid UTF-8"));
     }
     if (!names.insert(name).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor name '", name, "' appears twice"));

@@ -1,0 +1,343 @@
+"""Preloading what users have (issue: formats). Each format is preloaded by
+the real CLI into the real daemon, then loaded from Python and compared
+bitwise with what torch itself loads from the file. Bad input: a clear
+error, a non-zero exit, and nothing published."""
+import json
+import os
+import pickle
+import struct
+import zipfile
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+import ray_zerocopy
+from ray_zerocopy import _native
+from ray_zerocopy import JITModelWrapper, ModelWrapper
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 8)
+        self.register_buffer("scale", torch.tensor([2.0]))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x))) * self.scale
+
+
+def make_net(seed=0):
+    torch.manual_seed(seed)
+    return Net().eval()
+
+
+def preload(daemon, path, *args):
+    r = daemon.run_cli("--json", "preload", str(path), *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def models(daemon):
+    r = daemon.run_cli("--json", "ls")
+    assert r.returncode == 0, r.stderr
+    return {m["digest"] for m in json.loads(r.stdout).get("models", [])}
+
+
+def assert_same(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+          torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128]
+
+
+def sample(dtype, shape=(3, 5)):
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    if dtype.is_complex:
+        return torch.randn(shape, dtype=dtype)
+    if dtype.is_floating_point:
+        return torch.randn(shape).to(dtype)
+    return torch.randint(-100 if dtype != torch.uint8 else 0, 100, shape).to(dtype)
+
+
+# --- torch.save -------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_torch_save_state_dict_round_trips_bitwise(daemon, tmp_path, suffix):
+    net = make_net()
+    path = tmp_path / f"pytorch_model{suffix}"
+    torch.save(net.state_dict(), path)
+    info = preload(daemon, path, "--name", f"net{suffix}")
+    assert info["format"] == "torch"
+    assert_same(ray_zerocopy.load_state_dict(f"net{suffix}"), torch.load(path, weights_only=True))
+    # ModelWrapper.from_store with a factory: outputs bitwise equal to
+    # torch.load + load_state_dict.
+    ref = Net()
+    ref.load_state_dict(torch.load(path, weights_only=True))
+    ref.eval()
+    model = ModelWrapper.from_store(f"net{suffix}", model=lambda: Net()).load()
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+
+
+def test_torch_save_every_dtype_views_ties_and_nesting(daemon, tmp_path):
+    torch.manual_seed(1)
+    base = torch.randn(6, 4)
+    state = {f"t.{str(d).split('.')[1]}": sample(d) for d in DTYPES}
+    state.update({"tied.a": base, "tied.b": base, "view.t": base.t(), "view.slice": base[2:5, 1:3],
+                  "scalar": torch.tensor(3.5), "empty": torch.empty(0, 7)})
+    checkpoint = {"model": state, "epoch": 7, "config": {"lr": 0.5, "name": "demo", "layers": [1, 2]},
+                  "optimizer": {"state": {0: {"step": torch.tensor(10.0)}}}, "note": None}
+    path = tmp_path / "ckpt.pt"
+    torch.save(checkpoint, path)
+    info = preload(daemon, path)
+    got = ray_zerocopy.load_state_dict(info["digest"])
+    loaded = torch.load(path, weights_only=True)
+    want = {f"model.{k}": v for k, v in loaded["model"].items()}
+    want["optimizer.state.0.step"] = loaded["optimizer"]["state"][0]["step"]
+    assert_same(got, want)
+    # Tied stay tied and views keep their strides; one storage for base.
+    assert got["model.tied.a"].untyped_storage().data_ptr() == got["model.tied.b"].untyped_storage().data_ptr()
+    assert got["model.view.t"].stride() == (1, 4)
+    assert got["model.view.slice"].untyped_storage().data_ptr() == got["model.tied.a"].untyped_storage().data_ptr()
+    # Non-tensor entries are the model's metadata.
+    meta = json.loads(_native.client().get(info["digest"])["metadata"])
+    assert meta == {"epoch": 7, "config": {"lr": 0.5, "name": "demo", "layers": [1, 2]}, "note": None}
+
+
+def test_torch_save_of_parameters_and_cuda_free_paths(daemon, tmp_path):
+    net = make_net(3)
+    params = dict(net.named_parameters())  # nn.Parameter objects, not plain tensors
+    path = tmp_path / "params.pt"
+    torch.save(params, path)
+    info = preload(daemon, path)
+    assert_same(ray_zerocopy.load_state_dict(info["digest"]),
+                {k: v.detach() for k, v in torch.load(path, weights_only=True).items()})
+
+
+# --- sharded safetensors ----------------------------------------------------
+
+def write_sharded(dirpath, state, shards=3):
+    dirpath.mkdir(exist_ok=True)
+    names = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: state[n].contiguous() for n in part}, str(dirpath / fname))
+        weight_map.update({n: fname for n in part})
+    (dirpath / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": sum(t.nbytes for t in state.values())}, "weight_map": weight_map}))
+
+
+def test_sharded_safetensors_directory_is_one_model(daemon, tmp_path):
+    net = make_net(5)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    write_sharded(tmp_path / "hf", state)
+    info = preload(daemon, tmp_path / "hf", "--name", "sharded")
+    assert info["format"] == "safetensors-sharded" and info["tensor_count"] == len(state)
+    assert_same(ray_zerocopy.load_state_dict("sharded"), state)
+    model = ModelWrapper.from_store("sharded", model=lambda: Net()).load()
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), net(x))
+    # The index file itself works too and gives the same digest.
+    again = preload(daemon, tmp_path / "hf" / "model.safetensors.index.json")
+    assert again["digest"] == info["digest"]
+
+
+def test_single_safetensors_every_dtype(daemon, tmp_path):
+    state = {f"t{i}": sample(d) for i, d in enumerate(DTYPES) if not d.is_complex}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    info = preload(daemon, tmp_path)  # the directory holding model.safetensors
+    assert info["format"] == "safetensors"
+    assert_same(ray_zerocopy.load_state_dict(info["digest"]), state)
+
+
+# --- TorchScript --------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["traced", "scripted"])
+def test_torchscript_archive_loads_in_python_like_torch_jit_load(daemon, tmp_path, kind):
+    net = make_net(7)
+    jit = torch.jit.trace(net, torch.randn(1, 32)) if kind == "traced" else torch.jit.script(net)
+    path = tmp_path / f"{kind}.pt"
+    torch.jit.save(jit, str(path))
+    info = preload(daemon, path, "--name", f"jit-{kind}")
+    assert info["format"] == "torchscript"
+    # The skeleton in the metadata holds no weight bytes.
+    meta = _native.client().get(f"jit-{kind}")["metadata"]
+    assert len(meta) < os.path.getsize(path)
+    weights = net.fc1.weight.detach().numpy().tobytes()
+    assert weights[:64] not in meta
+    loaded = JITModelWrapper.from_store(f"jit-{kind}").load()
+    reference = torch.jit.load(str(path))
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+    # Every parameter and buffer lies in the model's segment mapping.
+    segment = info["segment_path"]
+    for name, p in list(loaded.named_parameters()) + list(loaded.named_buffers()):
+        assert mapped_file(p.data_ptr()) == segment, name
+
+
+def mapped_file(address):
+    """The file mapped at `address` in this process (/proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5].strip() if len(fields) > 5 else ""
+    return None
+
+
+# --- bad input ----------------------------------------------------------------
+
+def refused(daemon, path, *args, match):
+    before = models(daemon)
+    r = daemon.run_cli("preload", str(path), *args)
+    assert r.returncode != 0
+    assert match in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr  # one line
+    assert models(daemon) == before
+    assert not [f for f in os.listdir(daemon.segment_dir) if f.startswith("staging-")]
+    return r.stderr
+
+
+def good_pt(tmp_path):
+    path = tmp_path / "good.pt"
+    torch.save(make_net().state_dict(), path)
+    return path
+
+
+def test_truncated_torch_save_archives_are_refused(daemon, tmp_path):
+    data = good_pt(tmp_path).read_bytes()
+    for cut in (len(data) // 4, len(data) // 2, len(data) - 30, len(data) - 1):
+        p = tmp_path / f"cut{cut}.pt"
+        p.write_bytes(data[:cut])
+        refused(daemon, p, match="zerocopy: ")
+
+
+def test_corrupt_pickle_is_refused(daemon, tmp_path):
+    src = good_pt(tmp_path)
+    with zipfile.ZipFile(src) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in entries if n.endswith("data.pkl"))
+    entries[pkl] = entries[pkl][:40] + b"\xff\xfe" + entries[pkl][42:]
+    bad = tmp_path / "badpickle.pt"
+    with zipfile.ZipFile(bad, "w", compression=zipfile.ZIP_STORED) as z:
+        for n, b in entries.items():
+            z.writestr(n, b)
+    refused(daemon, bad, match="is not valid UTF-8")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/zerocopy-pwned",))
+
+
+def test_pickles_holding_unexpected_types_run_nothing(daemon, tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.ones(2), "x": _Evil()}, path)
+    if os.path.exists("/tmp/zerocopy-pwned"):
+        os.unlink("/tmp/zerocopy-pwned")
+    refused(daemon, path, match="zerocopy will not load")
+    assert not os.path.exists("/tmp/zerocopy-pwned")
+    module = tmp_path / "module.pt"
+    torch.save({"m": nn.Linear(2, 2)}, module)
+    refused(daemon, module, match="torch.nn.modules.linear.Linear")
+
+
+def _storage_pickle(numel, key="0"):
+    """data.pkl of {'w': tensor} whose storage declares `numel` floats."""
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj == "STORAGE":
+                return ("storage", torch.FloatStorage, key, "cpu", numel)
+            return None
+
+    import io
+    buf = io.BytesIO()
+    rebuild = torch._utils._rebuild_tensor_v2
+
+    class T:
+        def __reduce__(self):
+            import collections
+            return (rebuild, ("STORAGE", 0, (numel,), (1,), False, collections.OrderedDict()))
+
+    P(buf, protocol=2).dump({"w": T()})
+    return buf.getvalue()
+
+
+def test_storage_larger_than_its_entry_or_missing_is_refused(daemon, tmp_path):
+    big = tmp_path / "big.pt"
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", _storage_pickle(1000))
+        z.writestr("archive/data/0", b"\0" * 16)  # 4 floats, not 1000
+    refused(daemon, big, match="declares 1000 elements")
+    missing = tmp_path / "missing.pt"
+    with zipfile.ZipFile(missing, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", _storage_pickle(4, key="7"))
+    refused(daemon, missing, match="archive/data/7 is missing")
+
+
+def test_legacy_and_wrong_magic_and_format_mismatch(daemon, tmp_path):
+    legacy = tmp_path / "legacy.pt"
+    torch.save(make_net().state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert "converted.pt" in refused(daemon, legacy, match="legacy torch.save format")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x7fELF" + os.urandom(200))
+    refused(daemon, junk, match="not a checkpoint zerocopy knows")
+    st = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(3)}, str(st))
+    refused(daemon, st, "--format", "torch", match="not a zip archive")
+    refused(daemon, good_pt(tmp_path), "--format", "pickle", match="unknown format 'pickle'")
+    jit = tmp_path / "jit.pt"
+    torch.jit.save(torch.jit.script(make_net()), str(jit))
+    refused(daemon, jit, "--format", "torch", match="TorchScript archive")
+
+
+def test_bad_safetensors_are_refused(daemon, tmp_path):
+    def write(name, header: dict, data: bytes):
+        h = json.dumps(header).encode()
+        p = tmp_path / name
+        p.write_bytes(struct.pack("<Q", len(h)) + h + data)
+        return p
+    refused(daemon, write("outside.safetensors", {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}},
+                          b"\0" * 8), match="outside the data region")
+    refused(daemon, write("overlap.safetensors", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                                  "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+                          b"\0" * 12), match="overlap")
+    p = tmp_path / "longheader.safetensors"
+    p.write_bytes(struct.pack("<Q", 1 << 20) + b"{}")
+    refused(daemon, p, "--format", "safetensors", match="runs past the end")
+
+
+def test_bad_shard_indexes_are_refused(daemon, tmp_path):
+    state = {k: v.clone() for k, v in make_net().state_dict().items()}
+    d = tmp_path / "hf"
+    write_sharded(d, state, shards=2)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    os.unlink(d / "model-00002-of-00002.safetensors")
+    refused(daemon, d, match="model-00002-of-00002.safetensors, which is not in")
+    write_sharded(d, state, shards=2)
+    for bad, match in [
+        ({**index, "weight_map": {**index["weight_map"], "fc1.weight": "../../etc/passwd"}}, "not a plain file name"),
+        ({**index, "weight_map": {**index["weight_map"], "fc1.weight": "model-00001-of-00002.safetensors"}},
+         "but the index says"),
+        ({"metadata": {}}, "no \"weight_map\""),
+        ({**index, "weight_map": {**index["weight_map"], "ghost": "model-00001-of-00002.safetensors"}},
+         "'ghost' is not in shard"),
+    ]:
+        (d / "model.safetensors.index.json").write_text(json.dumps(bad))
+        refused(daemon, d, match=match)
+    (d / "model.safetensors.index.json").write_text("{\"weight_map\": ")
+    refused(daemon, d, match="not valid JSON")
