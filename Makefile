@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test test-asan clean
+.PHONY: all deps build demo test test-asan fuzz fuzz-build clean
 
 all: build
 
@@ -22,17 +22,32 @@ build: deps $(BUILD)/Makefile
 demo: build
 	$(PYTHON) bench/demo.py --build $(BUILD)
 
-test: build
+test: build fuzz-build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_QUICK_SECONDS)
+
+# libFuzzer targets (clang, ASan+UBSan) in their own build directory:
+# `make test` runs each for FUZZ_QUICK_SECONDS, `make fuzz` for FUZZ_SECONDS.
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 300
+FUZZ_QUICK_SECONDS ?= 15
+
+fuzz-build: deps
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -DZEROCOPY_FUZZ=ON -DZEROCOPY_WITH_TORCH=OFF \
+	  -DBUILD_TESTING=OFF -DZEROCOPY_PYTHON=$(PYTHON)
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target zerocopy_fuzzers
+
+fuzz: fuzz-build
+	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 # The C++ suite under AddressSanitizer + UndefinedBehaviorSanitizer, in
 # its own build directory (the Python suite needs an uninstrumented
 # interpreter: it runs in `make test`).
 test-asan: deps
 	cmake -S . -B build-asan -DZEROCOPY_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug \
-	  -DZEROCOPY_PYTHON=$(PYTHON)
+	  -DZEROCOPY_WITH_TORCH=OFF -DZEROCOPY_PYTHON=$(PYTHON)
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --timeout 900 -E '^python_'
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)

@@ -19,6 +19,7 @@ debian_packages=(
   libabsl-dev libboost-dev libspdlog-dev libfmt-dev catch2 libtomlplusplus-dev
   libxxhash-dev libdlpack-dev libcli11-dev nlohmann-json3-dev pybind11-dev
   libsystemd-dev systemd util-linux
+  clang libclang-rt-dev   # libFuzzer targets (make fuzz)
   python3 python3-venv python3-dev
 )
 
