@@ -1,0 +1,178 @@
+// The checkpoint readers that need no LibTorch: format detection, the zip
+// directory, torch.save archives (the restricted unpickler) and shard
+// indexes. End-to-end round trips against torch itself are in
+// tests/python/test_formats.py.
+#include <fstream>
+#include <iterator>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+#include "zerocopy/checkpoint.h"
+#include "zerocopy/torch_save_file.h"
+#include "zerocopy/zip_directory.h"
+
+namespace zerocopy {
+namespace {
+
+using testing::TempDir;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  REQUIRE(f.good());
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+void Spit(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f << bytes;
+}
+
+const std::string kSeeds = ZEROCOPY_SOURCE_DIR "/tests/fuzz/corpus/";
+
+const uint8_t* U8(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+
+TEST_CASE("a torch.save archive flattens to dotted names, ties and metadata", "[checkpoint]") {
+  // {"model": {"w", "w_tied", "w_t", "row"}, "epoch": 3, "cfg": {...}, "none": None, "opt": {0: {"step"}}}
+  std::string bytes = Slurp(kSeeds + "torch_save/nested");
+  auto file = TorchSaveFile::Parse(U8(bytes), bytes.size());
+  REQUIRE(file.ok());
+  const auto& m = file->source().manifest;
+  CHECK(m.format() == "torch");
+  std::map<std::string, const v1::Tensor*> by_name;
+  for (const auto& t : m.tensors()) by_name[t.name()] = &t;
+  REQUIRE(by_name.size() == 5);
+  for (const char* n : {"model.w", "model.w_tied", "model.w_t", "model.row", "opt.0.step"}) {
+    INFO(n);
+    CHECK(by_name.count(n));
+  }
+  CHECK(m.storages_size() == 2);  // base (shared by four views) and step
+  CHECK(by_name["model.w"]->storage() == by_name["model.w_tied"]->storage());
+  CHECK(by_name["model.w_t"]->strides().size() == 2);
+  CHECK(by_name["model.w_t"]->strides(0) == 1);
+  CHECK(by_name["model.row"]->byte_offset() == 4 * sizeof(float));
+  auto meta = nlohmann::json::parse(m.metadata());
+  CHECK(meta["epoch"] == 3);
+  CHECK(meta["cfg"]["lr"] == 0.1);
+  CHECK(meta["none"].is_null());
+  // Storage pointers lie inside the input (zero-copy from the file).
+  for (int i = 0; i < m.storages_size(); ++i) {
+    auto* p = static_cast<const uint8_t*>(file->source().storage_data[i]);
+    CHECK(p >= U8(bytes));
+    CHECK(p + m.storages(i).size() <= U8(bytes) + bytes.size());
+  }
+}
+
+TEST_CASE("every truncation of a torch.save archive is refused", "[checkpoint]") {
+  std::string bytes = Slurp(kSeeds + "torch_save/state_dict");
+  REQUIRE(TorchSaveFile::Parse(U8(bytes), bytes.size()).ok());
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    std::string cut = bytes.substr(0, n);  // its own allocation: ASan sees reads past it
+    auto r = TorchSaveFile::Parse(U8(cut), cut.size());
+    INFO(n);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_CASE("every single-byte corruption of a torch.save archive is refused or still valid", "[checkpoint]") {
+  std::string bytes = Slurp(kSeeds + "torch_save/nested");
+  int refused = 0;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    std::string bad = bytes;
+    bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+    auto r = TorchSaveFile::Parse(U8(bad), bad.size());
+    if (!r.ok()) {
+      ++refused;
+      CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+    }
+  }
+  CHECK(refused > 0);
+}
+
+TEST_CASE("the zip directory: entries, spans and truncation", "[checkpoint]") {
+  std::string bytes = Slurp(kSeeds + "torch_save/parameters");
+  auto entries = ReadZipDirectory(U8(bytes), bytes.size());
+  REQUIRE(entries.ok());
+  bool pickle = false;
+  for (const auto& e : *entries) {
+    CHECK(e.method == 0);
+    CHECK(e.data_offset + e.size <= bytes.size());
+    pickle = pickle || e.name.find("/data.pkl") != std::string::npos;
+  }
+  CHECK(pickle);
+  CHECK_FALSE(ReadZipDirectory(U8(bytes), 10).ok());
+  std::string no_end = bytes.substr(0, bytes.size() - 22);
+  auto r = ReadZipDirectory(U8(no_end), no_end.size());
+  REQUIRE_FALSE(r.ok());
+  CHECK_THAT(std::string(r.status().message()), Catch::Contains("end-of-directory"));
+}
+
+TEST_CASE("formats are detected from the content", "[checkpoint]") {
+  TempDir dir;
+  const std::string d = dir.path();
+  Spit(d + "/a.pt", Slurp(kSeeds + "torch_save/state_dict"));
+  Spit(d + "/b.bin", Slurp(kSeeds + "safetensors/small"));  // a safetensors file with another suffix
+  Spit(d + "/legacy.pt", std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 14));
+  Spit(d + "/junk", "this is not a model at all");
+  CHECK(*DetectCheckpointFormat(d + "/a.pt") == CheckpointFormat::kTorch);
+  CHECK(*DetectCheckpointFormat(d + "/b.bin") == CheckpointFormat::kSafetensors);
+  auto legacy = DetectCheckpointFormat(d + "/legacy.pt");
+  REQUIRE_FALSE(legacy.ok());
+  CHECK_THAT(std::string(legacy.status().message()), Catch::Contains("legacy torch.save format"));
+  CHECK_FALSE(DetectCheckpointFormat(d + "/junk").ok());
+  CHECK(DetectCheckpointFormat(d + "/missing").status().code() == absl::StatusCode::kNotFound);
+  auto several = DetectCheckpointFormat(d);
+  REQUIRE_FALSE(several.ok());
+  CHECK_THAT(std::string(several.status().message()), Catch::Contains("several checkpoint files"));
+  TempDir empty;
+  CHECK_THAT(std::string(DetectCheckpointFormat(empty.path()).status().message()), Catch::Contains("holds no checkpoint"));
+  CHECK_FALSE(ParseCheckpointFormat("pickle").ok());
+  CHECK(*ParseCheckpointFormat("torchscript") == CheckpointFormat::kTorchScript);
+}
+
+TEST_CASE("shard indexes: names, traversal and shape", "[checkpoint]") {
+  auto ok = ParseShardIndex(R"({"metadata": {"total_size": 8},
+      "weight_map": {"b": "s2.safetensors", "a": "s1.safetensors", "c": "s1.safetensors"}})");
+  REQUIRE(ok.ok());
+  CHECK(ok->shards == std::vector<std::string>{"s1.safetensors", "s2.safetensors"});
+  CHECK(ok->weight_map.front().first == "a");
+  CHECK(ok->metadata_json == R"({"total_size":8})");
+  for (const char* bad : {R"({"weight_map": {"a": "../x"}})", R"({"weight_map": {"a": "/etc/passwd"}})",
+                          R"({"weight_map": {"a": ".."}})", R"({"weight_map": {"a": ""}})",
+                          R"({"weight_map": {"a": 3}})", R"({"weight_map": {}})", R"({"metadata": {}})",
+                          R"([1, 2])", R"({"weight_map": {"a": "x"}, "metadata": 5})", "{\"weight_map\": "}) {
+    INFO(bad);
+    CHECK(ParseShardIndex(bad).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+  std::string deep(100000, '[');
+  CHECK_THAT(std::string(ParseShardIndex(deep).status().message()), Catch::Contains("nested too deeply"));
+}
+
+TEST_CASE("a sharded checkpoint reads as one model, and a missing shard is named", "[checkpoint]") {
+  TempDir dir;
+  const std::string d = dir.path();
+  auto a = testing::MakeModel(2, 16, 1);
+  auto b = testing::MakeModel(1, 8, 2);
+  // Tensor names from MakeModel collide across models: rename b's.
+  b.source.manifest.mutable_tensors(0)->set_name("other.weight");
+  testing::WriteSafetensors(a, d + "/s1.safetensors");
+  testing::WriteSafetensors(b, d + "/s2.safetensors");
+  nlohmann::json index = {{"weight_map", nlohmann::json::object()}};
+  for (const auto& t : a.source.manifest.tensors()) index["weight_map"][t.name()] = "s1.safetensors";
+  index["weight_map"]["other.weight"] = "s2.safetensors";
+  Spit(d + "/model.safetensors.index.json", index.dump());
+  CHECK(*DetectCheckpointFormat(d) == CheckpointFormat::kShardedSafetensors);
+  auto ckpt = ReadNativeCheckpoint(d, CheckpointFormat::kShardedSafetensors);
+  REQUIRE(ckpt.ok());
+  CHECK(ckpt->source.manifest.tensors_size() == 3);
+  CHECK(ckpt->source.manifest.format() == "safetensors-sharded");
+  ::unlink((d + "/s2.safetensors").c_str());
+  auto missing = ReadNativeCheckpoint(d, CheckpointFormat::kShardedSafetensors);
+  REQUIRE(missing.status().code() == absl::StatusCode::kNotFound);
+  CHECK_THAT(std::string(missing.status().message()), Catch::Contains("s2.safetensors"));
+}
+
+}  // namespace
+}  // namespace zerocopy
