@@ -341,3 +341,26 @@ def test_bad_shard_indexes_are_refused(daemon, tmp_path):
         refused(daemon, d, match=match)
     (d / "model.safetensors.index.json").write_text("{\"weight_map\": ")
     refused(daemon, d, match="not valid JSON")
+
+
+def test_torch_save_newer_dtypes_round_trip_and_unsupported_tensors_are_refused(daemon, tmp_path):
+    # uint16/32/64 and float8 are pickled through _rebuild_tensor_v3 over an UntypedStorage.
+    state = {"u16": torch.tensor([1, 2, 60000]).to(torch.uint16), "u32": torch.tensor([7, 4000000000]).to(torch.uint32),
+             "u64": torch.tensor([1, 2**40]).to(torch.uint64), "f8": torch.randn(5).to(torch.float8_e4m3fn),
+             "f8b": torch.randn(5).to(torch.float8_e5m2), "f32": torch.randn(3)}
+    path = tmp_path / "newer.pt"
+    torch.save(state, path)
+    info = preload(daemon, path)
+    got = ray_zerocopy.load_state_dict(info["digest"])
+    want = torch.load(path, weights_only=True)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].view(torch.uint8).equal(want[k].view(torch.uint8)), k
+    for name, value, match in [
+        ("quantized", torch.quantize_per_tensor(torch.randn(4), 0.1, 0, torch.qint8), "dense tensors only"),
+        ("sparse", torch.randn(4, 4).to_sparse(), "dense tensors only"),
+        ("fnuz", torch.zeros(2).to(torch.float8_e4m3fnuz), "dtype torch.float8_e4m3fnuz"),
+    ]:
+        p = tmp_path / f"{name}.pt"
+        torch.save({"ok": torch.ones(2), name: value}, p)
+        refused(daemon, p, match=match)

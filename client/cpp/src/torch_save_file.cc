@@ -3,8 +3,10 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <cctype>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 #include <string_view>
 #include <unordered_map>
@@ -46,6 +48,20 @@ const std::map<std::string, DType, std::less<>>& StorageTypes() {
   return *types;
 }
 
+// torch.<dtype> globals (torch._utils._rebuild_tensor_v3 names the dtype of
+// tensors over an UntypedStorage this way).
+const std::map<std::string, DType, std::less<>>& DTypeGlobals() {
+  static const auto* types = new std::map<std::string, DType, std::less<>>{
+      {"torch.float64", v1::F64},   {"torch.float32", v1::F32},   {"torch.float16", v1::F16},
+      {"torch.bfloat16", v1::BF16}, {"torch.int64", v1::I64},     {"torch.int32", v1::I32},
+      {"torch.int16", v1::I16},     {"torch.int8", v1::I8},       {"torch.uint8", v1::U8},
+      {"torch.bool", v1::BOOL},     {"torch.complex64", v1::C64}, {"torch.complex128", v1::C128},
+      {"torch.uint16", v1::U16},    {"torch.uint32", v1::U32},    {"torch.uint64", v1::U64},
+      {"torch.float8_e4m3fn", v1::F8_E4M3}, {"torch.float8_e5m2", v1::F8_E5M2},
+  };
+  return *types;
+}
+
 enum class Kind { kNone, kBool, kInt, kFloat, kString, kBytes, kList, kTuple, kDict, kGlobal, kStorage, kTensor };
 
 const char* KindName(Kind k) {
@@ -76,10 +92,10 @@ struct Obj {
   std::string s;                             // str, bytes, global "module.name"
   std::vector<Obj*> items;                   // list, tuple
   std::vector<std::pair<Obj*, Obj*>> dict;   // dict, in insertion order
-  // storage
+  // storage: `bytes` bytes of `entry`; tensor: elements of `dtype`
   DType dtype = v1::DTYPE_UNSPECIFIED;
   const ZipEntry* entry = nullptr;
-  uint64_t numel = 0;
+  uint64_t bytes = 0;
   // tensor
   Obj* storage = nullptr;
   int64_t offset = 0;
@@ -198,10 +214,27 @@ class Unpickler {
         "torch._utils._rebuild_tensor",     "torch._utils._rebuild_parameter",
         "torch._utils._rebuild_parameter_with_state", "torch._tensor._rebuild_from_type_v2",
         "torch.Tensor",                    "torch.nn.parameter.Parameter",
+        "torch._utils._rebuild_tensor_v3", "torch.storage.UntypedStorage",
     };
-    bool ok = module == "torch" && StorageTypes().count(name);
+    static const char* const kNotDense[] = {"_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_sparse_csr",
+                                            "_rebuild_nested_tensor", "_rebuild_meta_tensor_no_storage",
+                                            "_rebuild_wrapper_subclass", "_rebuild_xla_tensor",
+                                            "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor"};
+    if (module == "torch._utils") {
+      for (const char* n : kNotDense) {
+        if (name == n) {
+          return Invalid(absl::StrCat("the file holds a tensor rebuilt by ", full,
+                                      " (quantized, sparse, nested or device-only), and zerocopy holds dense "
+                                      "tensors only: convert it (e.g. .dequantize(), .to_dense()) before saving"));
+        }
+      }
+    }
+    bool ok = (module == "torch" && StorageTypes().count(name)) || DTypeGlobals().count(full);
     for (const char* a : kAllowed) ok = ok || full == a;
     if (!ok) {
+      if (module == "torch" && !name.empty() && std::islower(static_cast<unsigned char>(name[0]))) {
+        return Invalid(absl::StrCat("the file holds a tensor of dtype ", full, ", which zerocopy cannot hold"));
+      }
       if (module == "torch" && absl::EndsWith(name, "Storage")) {
         return Invalid(absl::StrCat("torch.", name, " tensors (quantized or unknown dtype) cannot be held by zerocopy"));
       }
@@ -235,21 +268,25 @@ class Unpickler {
     }
     const std::string& type = pid->items[1]->s;
     auto dt = absl::StartsWith(type, "torch.") ? StorageTypes().find(type.substr(6)) : StorageTypes().end();
-    if (dt == StorageTypes().end()) return Invalid(absl::StrCat("persistent id names ", type, ", not a storage type"));
+    const bool untyped = type == "torch.storage.UntypedStorage";
+    if (dt == StorageTypes().end() && !untyped) {
+      return Invalid(absl::StrCat("persistent id names ", type, ", not a storage type"));
+    }
+    const DType storage_dtype = untyped ? v1::U8 : dt->second;
     const std::string& key = pid->items[2]->s;
     auto known = storages_.find(key);
     if (known != storages_.end()) {
-      if (known->second->dtype != dt->second) return Invalid(absl::StrCat("storage ", key, " is used with two dtypes"));
+      if (known->second->dtype != storage_dtype) return Invalid(absl::StrCat("storage ", key, " is used with two types"));
       Push(known->second);
       return absl::OkStatus();
     }
     Obj* s = New(Kind::kStorage);
-    s->dtype = dt->second;
-    s->numel = static_cast<uint64_t>(pid->items[4]->i);
+    s->dtype = storage_dtype;
+    const uint64_t numel = static_cast<uint64_t>(pid->items[4]->i);
     ZC_ASSIGN_OR_RETURN(s->entry, StorageEntry(key));
-    uint64_t bytes;
-    if (__builtin_mul_overflow(s->numel, static_cast<uint64_t>(DTypeSize(s->dtype)), &bytes) || bytes > s->entry->size) {
-      return Invalid(absl::StrCat("storage ", key, " declares ", s->numel, " elements of ", DTypeName(s->dtype),
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(s->dtype)), &s->bytes) ||
+        s->bytes > s->entry->size) {
+      return Invalid(absl::StrCat("storage ", key, " declares ", numel, " elements of ", DTypeName(s->dtype),
                                   " but its entry holds ", s->entry->size, " bytes"));
     }
     storages_.emplace(key, s);
@@ -266,12 +303,14 @@ class Unpickler {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<Obj*> RebuildTensor(const std::vector<Obj*>& args) {
+  // `dtype`: the tensor's, or nullopt for the storage's (typed storages).
+  absl::StatusOr<Obj*> RebuildTensor(const std::vector<Obj*>& args, std::optional<DType> dtype) {
     if (args.size() < 4) return Invalid("_rebuild_tensor needs (storage, offset, size, stride)");
     if (args[0]->kind != Kind::kStorage) return Invalid("_rebuild_tensor's first argument is not a storage");
     if (args[1]->kind != Kind::kInt || args[1]->i < 0) return Invalid("_rebuild_tensor's offset is not an integer");
     Obj* t = New(Kind::kTensor);
     t->storage = args[0];
+    t->dtype = dtype ? *dtype : args[0]->dtype;
     t->offset = args[1]->i;
     ZC_RETURN_IF_ERROR(Ints(args[2], "tensor size", &t->shape));
     ZC_RETURN_IF_ERROR(Ints(args[3], "tensor stride", &t->strides));
@@ -288,8 +327,12 @@ class Unpickler {
         return Invalid("tensor extent overflows");
       }
     }
-    if (!empty && last >= t->storage->numel) {
-      return Invalid(absl::StrCat("a tensor reaches element ", last, " of a storage of ", t->storage->numel));
+    const uint64_t itemsize = DTypeSize(t->dtype);
+    uint64_t end_byte;
+    if (!empty && (__builtin_add_overflow(last, uint64_t{1}, &end_byte) ||
+                   __builtin_mul_overflow(end_byte, itemsize, &end_byte) || end_byte > t->storage->bytes)) {
+      return Invalid(absl::StrCat("a tensor reaches element ", last, " of ", DTypeName(t->dtype),
+                                  " in a storage of ", t->storage->bytes, " bytes"));
     }
     return t;
   }
@@ -312,7 +355,18 @@ class Unpickler {
       }
       return d;
     }
-    if (f == "torch._utils._rebuild_tensor_v2" || f == "torch._utils._rebuild_tensor") return RebuildTensor(args);
+    if (f == "torch._utils._rebuild_tensor_v2" || f == "torch._utils._rebuild_tensor") {
+      return RebuildTensor(args, std::nullopt);
+    }
+    if (f == "torch._utils._rebuild_tensor_v3") {
+      // (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])
+      if (args.size() < 7 || args[6]->kind != Kind::kGlobal) return Invalid("_rebuild_tensor_v3 needs a dtype");
+      auto dt = DTypeGlobals().find(args[6]->s);
+      if (dt == DTypeGlobals().end()) {
+        return Invalid(absl::StrCat("a tensor has dtype ", args[6]->s, ", which zerocopy cannot hold"));
+      }
+      return RebuildTensor(args, dt->second);
+    }
     if (f == "torch._utils._rebuild_parameter" || f == "torch._utils._rebuild_parameter_with_state") {
       if (args.empty() || args[0]->kind != Kind::kTensor) return Invalid(absl::StrCat(f, " takes a tensor"));
       return args[0];
@@ -637,14 +691,14 @@ class Flattener {
     const Obj* s = t->storage;
     auto [it, fresh] = storage_index_.emplace(s, static_cast<uint32_t>(out_.manifest.storages_size()));
     if (fresh) {
-      out_.manifest.add_storages()->set_size(s->numel * DTypeSize(s->dtype));
+      out_.manifest.add_storages()->set_size(s->bytes);
       out_.storage_data.push_back(base_ + s->entry->data_offset);
     }
     auto* spec = out_.manifest.add_tensors();
     spec->set_name(name);
     spec->set_storage(it->second);
-    spec->set_byte_offset(static_cast<uint64_t>(t->offset) * DTypeSize(s->dtype));
-    spec->set_dtype(s->dtype);
+    spec->set_byte_offset(static_cast<uint64_t>(t->offset) * DTypeSize(t->dtype));
+    spec->set_dtype(t->dtype);
     bool contiguous = true;
     int64_t expected = 1;
     for (size_t d = t->shape.size(); d-- > 0;) {
