@@ -161,8 +161,7 @@ absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& input
   ssize_t n = ::pread(fd.get(), head, sizeof head, 0);
   if (n < 0) return ErrnoStatus(errno, absl::StrCat("read ", path));
   if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) {
-    ZC_ASSIGN_OR_RETURN(MappedRegion region,
-                        MappedRegion::Map(fd.get(), static_cast<size_t>(st.st_size), MappedRegion::Options{}));
+    ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::MapFile(path));
     auto entries = ReadZipDirectory(region.data(), region.size());
     if (!entries.ok()) return Annotate(entries.status(), path);
     return ZipKind(path, *entries);
@@ -269,13 +268,23 @@ absl::StatusOr<Checkpoint> ReadShardedSafetensors(const std::string& input) {
   return out;
 }
 
-absl::StatusOr<Checkpoint> ReadTorchSave(const std::string& path) {
-  ZC_ASSIGN_OR_RETURN(TorchSaveFile file, TorchSaveFile::Open(path));
-  auto shared = std::make_shared<TorchSaveFile>(std::move(file));
+namespace {
+
+// A checkpoint whose storages point into `file`, which it keeps alive.
+template <typename File, typename ToSource>
+Checkpoint Owning(File file, ToSource to_source) {
+  auto shared = std::make_shared<File>(std::move(file));
   Checkpoint out;
-  out.source = shared->source();
+  out.source = to_source(*shared);
   out.owners.push_back(std::move(shared));
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Checkpoint> ReadTorchSave(const std::string& path) {
+  ZC_ASSIGN_OR_RETURN(TorchSaveFile file, TorchSaveFile::Open(path));
+  return Owning(std::move(file), [](const TorchSaveFile& f) { return f.source(); });
 }
 
 absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& input, CheckpointFormat format) {
@@ -283,11 +292,7 @@ absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& input, Checkp
   switch (format) {
     case CheckpointFormat::kSafetensors: {
       ZC_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(path));
-      auto shared = std::make_shared<SafetensorsFile>(std::move(file));
-      Checkpoint out;
-      out.source = shared->ToModelSource();
-      out.owners.push_back(std::move(shared));
-      return out;
+      return Owning(std::move(file), [](const SafetensorsFile& f) { return f.ToModelSource(); });
     }
     case CheckpointFormat::kShardedSafetensors:
       return ReadShardedSafetensors(path);

@@ -1,10 +1,14 @@
 #include "zerocopy/mapped_region.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 
+#include "absl/strings/str_cat.h"
 #include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
 
 namespace zerocopy {
 
@@ -15,6 +19,15 @@ MappedRegion& MappedRegion::operator=(MappedRegion&& other) noexcept {
     size_ = std::exchange(other.size_, 0);
   }
   return *this;
+}
+
+absl::StatusOr<MappedRegion> MappedRegion::MapFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  return Map(fd.get(), static_cast<size_t>(st.st_size), Options{});
 }
 
 absl::StatusOr<MappedRegion> MappedRegion::Map(int fd, size_t size, const Options& options) {

@@ -721,13 +721,7 @@ class Flattener {
 }  // namespace
 
 absl::StatusOr<TorchSaveFile> TorchSaveFile::Open(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
-  if (!S_ISREG(st.st_mode)) return Invalid(absl::StrCat(path, " is not a regular file"));
-  ZC_ASSIGN_OR_RETURN(MappedRegion region,
-                      MappedRegion::Map(fd.get(), static_cast<size_t>(st.st_size), MappedRegion::Options{}));
+  ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::MapFile(path));
   auto shared = std::make_shared<MappedRegion>(std::move(region));
   auto parsed = Parse(shared->data(), shared->size());
   if (!parsed.ok()) return Annotate(parsed.status(), path);

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -35,6 +36,11 @@ class MappedRegion {
   // Maps `size` bytes of `fd` from offset 0. A zero size gives an empty
   // region (no mapping). Errors: INTERNAL / RESOURCE_EXHAUSTED from mmap.
   static absl::StatusOr<MappedRegion> Map(int fd, size_t size, const Options& options);
+
+  // Maps a whole regular file read-only (model files the caller parses).
+  // Errors: NOT_FOUND / PERMISSION_DENIED naming the path, INVALID_ARGUMENT
+  // when it is not a regular file.
+  static absl::StatusOr<MappedRegion> MapFile(const std::string& path);
 
   uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
