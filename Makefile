@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test test-asan fuzz fuzz-build clean
+.PHONY: all deps build demo test test-asan fuzz fuzz-build bench bench-quick clean
 
 all: build
 
@@ -21,6 +21,14 @@ build: deps $(BUILD)/Makefile
 
 demo: build
 	$(PYTHON) bench/demo.py --build $(BUILD)
+
+# Benchmarks against the alternatives (bench/bench.py): the full run writes
+# bench/results (README "Performance"), the quick one build/bench-quick.
+bench: build
+	$(PYTHON) bench/bench.py --build $(BUILD)
+
+bench-quick: build
+	$(PYTHON) bench/bench.py --quick --build $(BUILD)
 
 test: build fuzz-build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900

@@ -143,10 +143,12 @@ def load(ref: str, socket: str | None = None, read_only: bool = False):
     return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()
 
 
-def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False) -> dict:
+def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False) -> dict:
     """The model's tensors by name, as views of its mapping: zero-copy, tied
-    tensors sharing one storage. Works for every model, whoever published it."""
-    mapping = _native.client(socket).map(ref, read_only=read_only)
+    tensors sharing one storage. Works for every model, whoever published it.
+    populate=True faults every page in now (MAP_POPULATE) rather than on
+    first touch."""
+    mapping = _native.client(socket).map(ref, read_only=read_only, populate=populate)
     cache: dict = {}
     out = {}
     for spec in mapping.tensors():

@@ -1,0 +1,362 @@
+"""`make bench` / `make bench-quick`: zerocopy against the alternatives, side
+by side in one run, on the same weights (DESIGN.md's targets; README
+"Performance" shows a full run).
+
+Starts zerocopyd on a temporary socket and segment directory (and, where
+the machine allows, a second one on a huge-page tmpfs) and a local Ray
+instance (127.0.0.1, no dashboard, usage stats off), then measures:
+
+ 1. load time until the model is usable, in a fresh process and in a fresh
+    Ray actor: our ActorWrapper.load() and load_state_dict(), ray-zerocopy
+    0.2.0's ModelWrapper.load(), the model passed by value to an actor,
+    torch.load from page cache, and the C++ client's map alone;
+ 2. memory of N actors (a Ray Data actor pool running map_batches) holding
+    the model: sum of PSS and RSS, and Ray's object store;
+ 3. first forward pass after load against a warm one: 4 KiB pages,
+    MAP_POPULATE, huge-page segments;
+ 4. publish throughput: Python ModelWrapper.from_model, CLI preload, against
+    memcpy into fresh shared memory and XXH3 alone;
+ 5. GetModel round trip at 1, 16 and 64 concurrent clients;
+ 6. GPU attach (only where a GPU exists).
+
+Each number is the median of several runs, with min and max, and the ratio
+against ours. Writes results.json, results.md and PNG plots to --out.
+
+    bench.py [--quick] [--build build] [--out DIR]
+"""
+import argparse
+import json
+import os
+import pickle
+import platform
+import shutil
+import signal
+import socket as socketlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GiB, MiB = 2**30, 2**20
+
+
+_T0 = time.perf_counter()
+
+
+def log(*a):
+    print(f"[{time.perf_counter() - _T0:5.0f} s]", *a, file=sys.stderr, flush=True)
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def machine():
+    info = {"kernel": platform.release(), "cores": os.cpu_count(), "python": platform.python_version()}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(("MemTotal", "HugePages_Total", "Hugepagesize")):
+                k, v = line.split(":")
+                info[k] = v.strip()
+    for name in ("enabled", "shmem_enabled"):
+        p = Path("/sys/kernel/mm/transparent_hugepage") / name
+        info[f"thp_{name}"] = p.read_text().strip() if p.exists() else "absent"
+    import torch
+    import ray
+    info.update(torch=torch.__version__, ray=ray.__version__)
+    return info
+
+
+class Daemon:
+    def __init__(self, build, segment_dir, budget):
+        self.dir = Path(tempfile.mkdtemp(prefix="zc-bench-"))
+        self.socket = str(self.dir / "zerocopyd.sock")
+        self.log = open(self.dir / "zerocopyd.log", "w")
+        self.proc = subprocess.Popen([str(build / "daemon/zerocopyd"), "--socket", self.socket, "--segment-dir",
+                                      segment_dir, "--host-budget", budget, "--log-level", "warn"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.cli = str(build / "client/cli/zerocopy")
+        deadline = time.monotonic() + 20
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"zerocopyd did not start: {(self.dir / 'zerocopyd.log').read_text()}")
+            try:
+                with socketlib.socket(socketlib.AF_UNIX) as s:
+                    s.connect(self.socket)
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def run(self, *args):
+        r = subprocess.run([self.cli, "--socket", self.socket, "--json", *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"zerocopy {' '.join(args)}: {r.stderr.strip()}")
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.build = Path(args.build).resolve()
+        sys.path.insert(0, str(self.build / "python"))  # our package, as the build places it
+        self.python = sys.executable
+        self.tmp = Path(tempfile.mkdtemp(prefix="zc-bench-", dir=args.tmp))
+        self.shm = Path(tempfile.mkdtemp(prefix="zc-bench-", dir="/dev/shm"))
+        self.daemon = Daemon(self.build, str(self.shm / "segments"), "20G")
+        self.huge = None
+        self.huge_note = ""
+        self.baseline = Path(sys.executable).parent.parent / "baseline-ray-zerocopy"
+        self.env_ours = dict(os.environ, ZEROCOPY_SOCKET=self.daemon.socket, RAY_USAGE_STATS_ENABLED="0",
+                             PYTHONPATH=os.pathsep.join([str(self.build / "python"), str(HERE)]))
+        self.env_baseline = dict(self.env_ours, PYTHONPATH=os.pathsep.join([str(self.baseline), str(HERE)]))
+        os.environ.update(ZEROCOPY_SOCKET=self.daemon.socket)
+        self.results = {"quick": args.quick, "machine": machine(), "sizes_mib": args.sizes}
+        self.ray_started = False
+
+    # -- helpers -----------------------------------------------------------
+
+    def worker(self, *argv, env=None, script="bench_worker.py"):
+        r = subprocess.run([self.python, str(HERE / script), *map(str, argv)], env=env or self.env_ours,
+                           capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            raise RuntimeError(f"{script} {' '.join(map(str, argv))} failed:\n{r.stderr[-4000:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def start_ray(self):
+        """A local Ray instance owned by this process; the per-method drivers
+        (bench_ray.py) join it by its address."""
+        import ray
+        ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 configure_logging=False)
+        # "auto": the instance this process started (Ray finds it, and its
+        # auth token, through its session files).
+        for env in (self.env_ours, self.env_baseline):
+            env["RAY_ADDRESS"] = "auto"
+        self.ray_started = True
+
+    def stop(self):
+        if self.ray_started:
+            import ray
+            ray.shutdown()
+        self.daemon.stop()
+        if self.huge:
+            self.huge.stop()
+            subprocess.run(["umount", str(self.huge_mount)], capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.shm, ignore_errors=True)
+
+    def start_huge_daemon(self):
+        self.huge_mount = self.tmp / "huge"
+        self.huge_mount.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=8G", "tmpfs", str(self.huge_mount)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            self.huge_note = f"huge-page segments not measured: mounting a huge=always tmpfs failed ({r.stderr.strip()})"
+            return
+        self.huge = Daemon(self.build, str(self.huge_mount / "segments"), "6G")
+
+    # -- the model files ---------------------------------------------------
+
+    def prepare(self, mib):
+        import torch
+        from safetensors.torch import save_file
+        import bench_model
+        log(f"bench: building the {mib} MiB model")
+        model = bench_model.build(mib)
+        files = {"module": self.tmp / f"model-{mib}.module.pt", "state": self.tmp / f"model-{mib}.pt",
+                 "safetensors": self.tmp / f"model-{mib}.safetensors"}
+        torch.save(model, files["module"])
+        torch.save(model.state_dict(), files["state"])
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(files["safetensors"]))
+        import ray_zerocopy
+        t = time.perf_counter()
+        wrapper = ray_zerocopy.ActorWrapper(model)
+        publish = time.perf_counter() - t
+        files["wrapper"] = self.tmp / f"model-{mib}.wrapper.pkl"
+        files["wrapper"].write_bytes(pickle.dumps(wrapper))
+        info = next(iter(wrapper._model_info.values()))
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        return model, files, info["digest"], nbytes, publish
+
+    # -- 1. load time --------------------------------------------------------
+
+    def load_times(self, mib, files, digest):
+        r = self.args.repeats
+        out = {}
+        log(f"bench: load time, {mib} MiB, {r} runs each")
+        out["ours ActorWrapper.load()"] = [self.worker("ours-load", files["wrapper"])["seconds"] for _ in range(r)]
+        out["ours load_state_dict()"] = [self.worker("ours-state-dict", digest, mib)["seconds"] for _ in range(r)]
+        out["torch.load (page cache)"] = [self.worker("torch-load", files["state"], mib)["seconds"] for _ in range(r)]
+        cpp = []
+        for _ in range(r):
+            p = subprocess.run([str(self.build / "client/cpp/zerocopy_map_worker"), "--model", digest, "--socket",
+                                self.daemon.socket], capture_output=True, text=True, check=True)
+            cpp.append(json.loads(p.stdout)["load_ms"] / 1000)
+        out["ours C++ map alone"] = cpp
+        ray_runs = max(2, r - 1)
+        for method, label, env in (("ours", "ours ActorWrapper.load() in a Ray actor", self.env_ours),
+                                   ("baseline", "ray-zerocopy 0.2.0 load() in a Ray actor", self.env_baseline),
+                                   ("by-value", "model by value to a Ray actor", self.env_ours)):
+            if method == "by-value" and mib > self.args.by_value_max_mib:
+                continue
+            res = self.worker("actor-load", method, mib, ray_runs, files["module"], env=env, script="bench_ray.py")
+            out[label] = res["seconds"]
+        return {k: summary(v) for k, v in out.items()}
+
+    # -- 2. memory -------------------------------------------------------------
+
+    def memory(self, mib, files):
+        out = {}
+        for method, env in (("ours", self.env_ours), ("baseline", self.env_baseline), ("torch-load", self.env_ours)):
+            for n in self.args.actors:
+                log(f"bench: memory, {method}, {n} actors")
+                res = self.worker("memory", method, mib, n, files["module"], files["state"], env=env,
+                                  script="bench_ray.py")
+                out.setdefault(method, {})[n] = res
+        return out
+
+    # -- 3. first forward ------------------------------------------------------
+
+    def first_forward(self, mib, files, digest):
+        out = {}
+        r = self.args.repeats
+        for label, argv, env in (("4 KiB pages", [digest, mib], self.env_ours),
+                                 ("MAP_POPULATE", [digest, mib, "populate"], self.env_ours)):
+            out[label] = [self.worker("forward", *argv, env=env) for _ in range(r)]
+        if self.huge:
+            info = self.huge.run("preload", str(files["safetensors"]))
+            env = dict(self.env_ours, ZEROCOPY_SOCKET=self.huge.socket)
+            out["huge pages"] = [self.worker("forward", info["digest"], mib, env=env) for _ in range(r)]
+            out["huge pages + MAP_POPULATE"] = [self.worker("forward", info["digest"], mib, "populate", env=env)
+                                                for _ in range(r)]
+            self.huge.run("rm", info["digest"])
+        return {k: {f: summary([x[f] for x in v]) for f in ("load_seconds", "first_seconds", "warm_seconds")}
+                for k, v in out.items()}
+
+    # -- 4. publish --------------------------------------------------------------
+
+    def publish(self, mib, model, files, nbytes):
+        import ray_zerocopy
+        r = self.args.repeats
+        out = {"python ModelWrapper.from_model": [], "CLI preload (safetensors)": [], "CLI preload (torch.save)": []}
+        for _ in range(r):
+            t = time.perf_counter()
+            w = ray_zerocopy.ModelWrapper.from_model(model)
+            out["python ModelWrapper.from_model"].append(time.perf_counter() - t)
+            self.daemon.run("rm", "--force", next(iter(w._model_info.values()))["digest"])
+        for label, f in (("CLI preload (safetensors)", files["safetensors"]), ("CLI preload (torch.save)", files["state"])):
+            for _ in range(r):
+                t = time.perf_counter()
+                info = self.daemon.run("preload", str(f))
+                out[label].append(time.perf_counter() - t)
+                self.daemon.run("rm", "--force", info["digest"])
+        bench = str(self.build / "bench/zerocopy_bench")
+        for mode, label in (("memcpy", "memcpy into fresh shared memory"), ("xxh3", "XXH3 alone")):
+            p = subprocess.run([bench, mode, "--bytes", str(nbytes), "--repeats", str(r), "--dir", str(self.shm)],
+                               capture_output=True, text=True, check=True)
+            out[label] = json.loads(p.stdout)["seconds"]
+        res = {k: summary(v) for k, v in out.items()}
+        for v in res.values():
+            v["gib_per_s"] = nbytes / GiB / v["median"]
+        # Re-publish the model for later sections.
+        ray_zerocopy.ModelWrapper.from_model(model)
+        return res
+
+    # -- 5. GetModel --------------------------------------------------------------
+
+    def getmodel(self, digest):
+        out = {}
+        for c in (1, 16, 64):
+            p = subprocess.run([str(self.build / "bench/zerocopy_bench"), "getmodel", "--socket", self.daemon.socket,
+                                "--model", digest, "--clients", str(c), "--seconds", str(self.args.rpc_seconds)],
+                               capture_output=True, text=True)
+            out[c] = json.loads(p.stdout)
+        return out
+
+    # -- 6. GPU ---------------------------------------------------------------------
+
+    def gpu(self):
+        import torch
+        if not torch.cuda.is_available():
+            return {"skipped": "no GPU on this machine (torch.cuda.is_available() is False); "
+                               "GPU sharing is issue #5"}
+        return {"skipped": "GPU sharing (CUDA IPC) is not built yet (issue #5); nothing to compare"}
+
+    def run(self):
+        t0 = time.perf_counter()
+        self.start_ray()
+        self.start_huge_daemon()
+        res = self.results
+        res["load"], res["model"] = {}, {}
+        detail = self.args.detail_mib
+        for mib in self.args.sizes:
+            model, files, digest, nbytes, _ = self.prepare(mib)
+            res["model"][mib] = {"bytes": nbytes, "tensors": len(model.state_dict()), "digest": digest}
+            res["load"][mib] = self.load_times(mib, files, digest)
+            if mib == detail:
+                log("bench: first forward")
+                res["first_forward"] = {"mib": mib, "results": self.first_forward(mib, files, digest)}
+                if self.huge_note:
+                    res["first_forward"]["note"] = self.huge_note
+                log("bench: publish")
+                res["publish"] = {"mib": mib, "results": self.publish(mib, model, files, nbytes)}
+                log("bench: GetModel")
+                res["getmodel"] = self.getmodel(digest)
+                res["memory"] = {"mib": mib, "results": self.memory(mib, files)}
+            del model
+            for f in files.values():
+                f.unlink()
+        res["gpu"] = self.gpu()
+        res["wall_seconds"] = time.perf_counter() - t0
+        return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one small model, fewer runs: under 2 minutes")
+    ap.add_argument("--build", default=str(ROOT / "build"))
+    ap.add_argument("--out", default=None, help="results directory (default bench/results, build/bench-quick)")
+    ap.add_argument("--tmp", default="/tmp")
+    args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.detail_mib, args.repeats, args.actors, args.rpc_seconds = [256], 256, 2, [2], 1
+        args.by_value_max_mib = 256
+    else:
+        args.sizes, args.detail_mib, args.repeats, args.actors, args.rpc_seconds = [256, 1024, 4096], 1024, 5, [1, 2, 4, 8], 3
+        args.by_value_max_mib = 4096
+    out = Path(args.out or (ROOT / ("build/bench-quick" if args.quick else "bench/results")))
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    try:
+        results = bench.run()
+    finally:
+        bench.stop()
+    results = json.loads(json.dumps(results))  # the same keys (strings) as a reader of the file sees
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    import report
+    md = report.markdown(results)
+    (out / "results.md").write_text(md)
+    report.plots(results, out)
+    print(md)
+    log(f"bench: done in {results['wall_seconds']:.0f} s; results in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""One fresh process of the benchmark: measures one way of getting a
+usable model and prints one JSON line. Time counts from after the imports
+(interpreter and torch start-up are the same for every method).
+
+    bench_worker.py ours-load WRAPPER_PICKLE
+    bench_worker.py ours-state-dict REF MIB
+    bench_worker.py torch-load FILE MIB
+    bench_worker.py forward REF MIB [populate]
+"""
+import json
+import pickle
+import sys
+import time
+
+import torch
+
+import bench_model
+
+torch.set_num_threads(2)
+
+
+def usable_from_state_dict(state, mib):
+    model = bench_model.factory(mib)()
+    model.load_state_dict(state, assign=True, strict=True)
+    return model.eval()
+
+
+def main():
+    mode = sys.argv[1]
+    out = {"mode": mode}
+    if mode == "ours-load":
+        import ray_zerocopy  # noqa: F401
+        blob = open(sys.argv[2], "rb").read()
+        t = time.perf_counter()
+        model = pickle.loads(blob).load()
+        out["seconds"] = time.perf_counter() - t
+    elif mode == "ours-state-dict":
+        import ray_zerocopy
+        t = time.perf_counter()
+        model = usable_from_state_dict(ray_zerocopy.load_state_dict(sys.argv[2]), int(sys.argv[3]))
+        out["seconds"] = time.perf_counter() - t
+    elif mode == "torch-load":
+        t = time.perf_counter()
+        model = usable_from_state_dict(torch.load(sys.argv[2], weights_only=True, mmap=False), int(sys.argv[3]))
+        out["seconds"] = time.perf_counter() - t
+    elif mode == "forward":
+        from ray_zerocopy import _store
+        populate = len(sys.argv) > 4 and sys.argv[4] == "populate"
+        t = time.perf_counter()
+        model = usable_from_state_dict(_store.load_state_dict(sys.argv[2], populate=populate), int(sys.argv[3]))
+        out["load_seconds"] = time.perf_counter() - t
+        x = bench_model.example_input()
+        times = []
+        with torch.no_grad():
+            for _ in range(4):
+                t = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - t)
+        out["first_seconds"] = times[0]
+        out["warm_seconds"] = sorted(times[1:])[1]
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+    print(json.dumps(out), flush=True)
+
+
+main()

@@ -1,0 +1,167 @@
+// zerocopy_bench: the C++ measurements behind `make bench` (bench/bench.py
+// runs it and prints the tables). Every mode prints one JSON object.
+//
+//   zerocopy_bench getmodel --socket S --model NAME --clients N --seconds T
+//       N threads, each with its own client (its own gRPC channel), calling
+//       GetModel in a loop: calls/s and the latency percentiles.
+//   zerocopy_bench memcpy --bytes B [--threads K] [--dir /dev/shm] [--repeats R]
+//       copies B bytes into a fresh file in DIR, mapped shared (what a
+//       publish does, without hashing): page faults included.
+//   zerocopy_bench xxh3 --bytes B [--threads K] [--repeats R]
+//       the digest's leaf hashes (XXH3-128 per 4 MiB chunk) over B bytes.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "zerocopy/client.h"
+#include "zerocopy/digest.h"
+#include "zerocopy/parallel_for.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::map<std::string, std::string> Flags(int argc, char** argv) {
+  std::map<std::string, std::string> flags;
+  for (int i = 2; i + 1 < argc; i += 2) flags[argv[i]] = argv[i + 1];
+  return flags;
+}
+
+std::string Get(const std::map<std::string, std::string>& f, const std::string& k, const std::string& def = "") {
+  auto it = f.find(k);
+  return it == f.end() ? def : it->second;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::vector<uint8_t> Source(size_t bytes) {
+  std::vector<uint8_t> src(bytes);
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    std::memcpy(&src[i], &x, 8);
+  }
+  return src;
+}
+
+void PrintSeconds(const char* mode, size_t bytes, unsigned threads, const std::vector<double>& s) {
+  std::printf("{\"mode\": \"%s\", \"bytes\": %zu, \"threads\": %u, \"seconds\": [", mode, bytes, threads);
+  for (size_t i = 0; i < s.size(); ++i) std::printf("%s%.6f", i ? ", " : "", s[i]);
+  std::printf("]}\n");
+}
+
+int GetModel(const std::map<std::string, std::string>& f) {
+  const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+  const int clients = std::atoi(Get(f, "--clients", "1").c_str());
+  const double seconds = std::atof(Get(f, "--seconds", "2").c_str());
+  std::vector<std::vector<double>> latencies(clients);
+  std::atomic<int> errors{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      zerocopy::ClientOptions options;
+      options.socket = socket;
+      auto client = zerocopy::Client::Create(options);
+      if (!client->Get(model).ok()) ++errors;  // connect before the clock starts
+      while (!go.load()) std::this_thread::yield();
+      auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+      for (auto now = Clock::now(); now < end;) {
+        auto r = client->Get(model);
+        auto after = Clock::now();
+        if (!r.ok()) ++errors;
+        latencies[c].push_back(std::chrono::duration<double, std::micro>(after - now).count());
+        now = after;
+      }
+    });
+  }
+  go = true;
+  auto start = Clock::now();
+  for (auto& t : threads) t.join();
+  double elapsed = Seconds(Clock::now() - start);
+  std::vector<double> all;
+  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  auto pct = [&](double p) { return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p * all.size()))]; };
+  std::printf("{\"mode\": \"getmodel\", \"clients\": %d, \"calls\": %zu, \"errors\": %d, \"calls_per_s\": %.1f, "
+              "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f}\n",
+              clients, all.size(), errors.load(), all.size() / elapsed, pct(0.50), pct(0.99), all.empty() ? 0.0 : all.back());
+  return errors.load() ? 1 : 0;
+}
+
+int Memcpy(const std::map<std::string, std::string>& f) {
+  const size_t bytes = std::strtoull(Get(f, "--bytes").c_str(), nullptr, 10);
+  const unsigned threads = std::atoi(Get(f, "--threads", "0").c_str());
+  const int repeats = std::atoi(Get(f, "--repeats", "3").c_str());
+  const std::string dir = Get(f, "--dir", "/dev/shm");
+  std::vector<uint8_t> src = Source(bytes);
+  std::vector<double> times;
+  for (int r = 0; r < repeats; ++r) {
+    std::string path = dir + "/zerocopy-bench-memcpy-" + std::to_string(::getpid());
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+      std::perror(path.c_str());
+      return 1;
+    }
+    auto start = Clock::now();
+    void* dst = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (dst == MAP_FAILED) {
+      std::perror("mmap");
+      return 1;
+    }
+    constexpr size_t kChunk = 16u << 20;
+    zerocopy::ParallelFor((bytes + kChunk - 1) / kChunk, threads, [&](size_t i) {
+      size_t off = i * kChunk;
+      std::memcpy(static_cast<uint8_t*>(dst) + off, src.data() + off, std::min(kChunk, bytes - off));
+    });
+    times.push_back(Seconds(Clock::now() - start));
+    ::munmap(dst, bytes);
+    ::close(fd);
+    ::unlink(path.c_str());
+  }
+  PrintSeconds("memcpy", bytes, threads, times);
+  return 0;
+}
+
+int Xxh3(const std::map<std::string, std::string>& f) {
+  const size_t bytes = std::strtoull(Get(f, "--bytes").c_str(), nullptr, 10);
+  const unsigned threads = std::atoi(Get(f, "--threads", "0").c_str());
+  const int repeats = std::atoi(Get(f, "--repeats", "3").c_str());
+  std::vector<uint8_t> src = Source(bytes);
+  std::vector<double> times;
+  std::vector<zerocopy::Hash128> leaves(zerocopy::DigestLeafCount(bytes));
+  for (int r = 0; r < repeats; ++r) {
+    auto start = Clock::now();
+    zerocopy::ParallelFor(leaves.size(), threads, [&](size_t i) { leaves[i] = zerocopy::HashLeaf(src.data(), bytes, i); });
+    times.push_back(Seconds(Clock::now() - start));
+  }
+  PrintSeconds("xxh3", bytes, threads, times);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s getmodel|memcpy|xxh3 [--flag value ...]  (see the source's header)\n", argv[0]);
+    return 2;
+  }
+  std::string mode = argv[1];
+  auto flags = Flags(argc, argv);
+  if (mode == "getmodel") return GetModel(flags);
+  if (mode == "memcpy") return Memcpy(flags);
+  if (mode == "xxh3") return Xxh3(flags);
+  std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
+  return 2;
+}
