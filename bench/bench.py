@@ -282,12 +282,18 @@ class Bench:
     # -- 5. GetModel --------------------------------------------------------------
 
     def getmodel(self, digest):
+        """GetModel, and grpc.health.v1 Check beside it: the floor any unary
+        gRPC call over the unix socket costs here."""
         out = {}
         for c in (1, 16, 64):
-            p = subprocess.run([str(self.build / "bench/zerocopy_bench"), "getmodel", "--socket", self.daemon.socket,
-                                "--model", digest, "--clients", str(c), "--seconds", str(self.args.rpc_seconds)],
-                               capture_output=True, text=True)
-            out[c] = json.loads(p.stdout)
+            for mode in ("getmodel", "health"):
+                p = subprocess.run([str(self.build / "bench/zerocopy_bench"), mode, "--socket", self.daemon.socket,
+                                    "--model", digest, "--clients", str(c), "--seconds", str(self.args.rpc_seconds)],
+                                   capture_output=True, text=True)
+                if mode == "getmodel":
+                    out[c] = json.loads(p.stdout)
+                else:
+                    out[c]["health"] = json.loads(p.stdout)
         return out
 
     # -- 6. GPU ---------------------------------------------------------------------

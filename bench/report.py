@@ -110,10 +110,15 @@ def markdown(r):
 
     if "getmodel" in r:
         lines += ["## 5. GetModel round trip over the unix socket", "",
-                  "| concurrent clients | calls/s | p50 | p99 | errors |", "|---|---|---|---|---|"]
+                  "Each client its own channel, calling in a loop (C++ client). Beside it the gRPC health check on "
+                  "the same socket: what any unary gRPC call costs on this machine.", "",
+                  "| concurrent clients | GetModel calls/s | p50 | p99 | errors | health check calls/s | p50 | p99 |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c, v in r["getmodel"].items():
+            h = v.get("health", {})
             lines.append(f"| {c} | {v['calls_per_s']:,.0f} | {v['p50_us']:.0f} µs | {v['p99_us']:.0f} µs | "
-                         f"{v['errors']} |")
+                         f"{v['errors']} | {h.get('calls_per_s', 0):,.0f} | {h.get('p50_us', 0):.0f} µs | "
+                         f"{h.get('p99_us', 0):.0f} µs |")
         lines.append("")
     lines += ["## 6. GPU", "", r["gpu"].get("skipped", json.dumps(r["gpu"])), ""]
     lines += targets(r)
@@ -157,8 +162,12 @@ def targets(r):
                    f"({'met' if frac >= 0.5 else 'NOT met'}: a large fraction).")
     if "getmodel" in r:
         g = r["getmodel"]
-        out.append(f"- GetModel p50 {g['1']['p50_us'] if '1' in g else g[1]['p50_us']:.0f} µs alone, "
-                   f"p99 {list(g.values())[-1]['p99_us']:.0f} µs at 64 clients.")
+        one, many = list(g.values())[0], list(g.values())[-1]
+        met = one["p50_us"] < 100 and many["errors"] == 0
+        out.append(f"- GetModel p50 {one['p50_us']:.0f} µs with one client (a bare gRPC health check: "
+                   f"{one.get('health', {}).get('p50_us', 0):.0f} µs), p99 {many['p99_us']:.0f} µs and "
+                   f"{many['calls_per_s']:,.0f} calls/s at 64 clients, {many['errors']} errors "
+                   f"({'met' if met else 'NOT met'}: tens of microseconds, holding under 64 clients).")
     out.append("")
     return out
 

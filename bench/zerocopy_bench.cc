@@ -4,6 +4,9 @@
 //   zerocopy_bench getmodel --socket S --model NAME --clients N --seconds T
 //       N threads, each with its own client (its own gRPC channel), calling
 //       GetModel in a loop: calls/s and the latency percentiles.
+//   zerocopy_bench health --socket S --clients N --seconds T
+//       the same loop over grpc.health.v1.Health/Check: the floor a unary
+//       gRPC call over the unix socket costs on this machine.
 //   zerocopy_bench memcpy --bytes B [--threads K] [--dir /dev/shm] [--repeats R]
 //       copies B bytes into a fresh file in DIR, mapped shared (what a
 //       publish does, without hashing): page faults included.
@@ -19,10 +22,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include "zerocopy/client.h"
 #include "zerocopy/digest.h"
@@ -61,8 +69,11 @@ void PrintSeconds(const char* mode, size_t bytes, unsigned threads, const std::v
   std::printf("]}\n");
 }
 
-int GetModel(const std::map<std::string, std::string>& f) {
-  const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+// One unary call per invocation, returning whether it succeeded.
+using CallFn = std::function<bool()>;
+using MakeCall = std::function<CallFn()>;  // per client thread
+
+int RoundTrips(const char* mode, const std::map<std::string, std::string>& f, const MakeCall& make) {
   const int clients = std::atoi(Get(f, "--clients", "1").c_str());
   const double seconds = std::atof(Get(f, "--seconds", "2").c_str());
   std::vector<std::vector<double>> latencies(clients);
@@ -71,16 +82,14 @@ int GetModel(const std::map<std::string, std::string>& f) {
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
     threads.emplace_back([&, c] {
-      zerocopy::ClientOptions options;
-      options.socket = socket;
-      auto client = zerocopy::Client::Create(options);
-      if (!client->Get(model).ok()) ++errors;  // connect before the clock starts
+      CallFn call = make();
+      if (!call()) ++errors;  // connect before the clock starts
       while (!go.load()) std::this_thread::yield();
       auto end = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
       for (auto now = Clock::now(); now < end;) {
-        auto r = client->Get(model);
+        bool ok = call();
         auto after = Clock::now();
-        if (!r.ok()) ++errors;
+        if (!ok) ++errors;
         latencies[c].push_back(std::chrono::duration<double, std::micro>(after - now).count());
         now = after;
       }
@@ -94,10 +103,48 @@ int GetModel(const std::map<std::string, std::string>& f) {
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   std::sort(all.begin(), all.end());
   auto pct = [&](double p) { return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p * all.size()))]; };
-  std::printf("{\"mode\": \"getmodel\", \"clients\": %d, \"calls\": %zu, \"errors\": %d, \"calls_per_s\": %.1f, "
+  std::printf("{\"mode\": \"%s\", \"clients\": %d, \"calls\": %zu, \"errors\": %d, \"calls_per_s\": %.1f, "
               "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f}\n",
-              clients, all.size(), errors.load(), all.size() / elapsed, pct(0.50), pct(0.99), all.empty() ? 0.0 : all.back());
+              mode, clients, all.size(), errors.load(), all.size() / elapsed, pct(0.50), pct(0.99), all.empty() ? 0.0 : all.back());
   return errors.load() ? 1 : 0;
+}
+
+int GetModel(const std::map<std::string, std::string>& f) {
+  const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+  return RoundTrips("getmodel", f, [&]() -> CallFn {
+    zerocopy::ClientOptions options;
+    options.socket = socket;
+    auto client = zerocopy::Client::Create(options);
+    return [client, model] { return client->Get(model).ok(); };
+  });
+}
+
+int Health(const std::map<std::string, std::string>& f) {
+  const std::string socket = Get(f, "--socket");
+  return RoundTrips("health", f, [&]() -> CallFn {
+    auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+    auto stub = std::make_shared<grpc::GenericStub>(channel);
+    return [stub] {
+      grpc::ClientContext ctx;
+      grpc::CompletionQueue cq;
+      grpc::ByteBuffer request, response;  // an empty HealthCheckRequest is zero bytes
+      grpc::Slice empty;
+      request = grpc::ByteBuffer(&empty, 1);
+      auto call = stub->PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
+      call->StartCall();
+      grpc::Status status;
+      call->Finish(&response, &status, reinterpret_cast<void*>(1));
+      void* tag;
+      bool ok;
+      cq.Next(&tag, &ok);
+      cq.Shutdown();
+      void* drained;
+      bool more;
+      while (cq.Next(&drained, &more)) {
+      }
+      return ok && status.ok();
+    };
+  });
 }
 
 int Memcpy(const std::map<std::string, std::string>& f) {
@@ -154,12 +201,13 @@ int Xxh3(const std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s getmodel|memcpy|xxh3 [--flag value ...]  (see the source's header)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s getmodel|health|memcpy|xxh3 [--flag value ...]  (see the source's header)\n", argv[0]);
     return 2;
   }
   std::string mode = argv[1];
   auto flags = Flags(argc, argv);
   if (mode == "getmodel") return GetModel(flags);
+  if (mode == "health") return Health(flags);
   if (mode == "memcpy") return Memcpy(flags);
   if (mode == "xxh3") return Xxh3(flags);
   std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
