@@ -137,7 +137,10 @@ class Bench:
                            capture_output=True, text=True, timeout=1200)
         if r.returncode != 0:
             raise RuntimeError(f"{script} {' '.join(map(str, argv))} failed:\n{r.stderr[-4000:]}")
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]  # Ray Data logs to stdout too
+        if not lines:
+            raise RuntimeError(f"{script} {' '.join(map(str, argv))} printed no result:\n{r.stdout[-2000:]}")
+        return json.loads(lines[-1])
 
     def start_ray(self):
         """A local Ray instance owned by this process; the per-method drivers
@@ -227,8 +230,13 @@ class Bench:
         for method, env in (("ours", self.env_ours), ("baseline", self.env_baseline), ("torch-load", self.env_ours)):
             for n in self.args.actors:
                 log(f"bench: memory, {method}, {n} actors")
-                res = self.worker("memory", method, mib, n, files["module"], files["state"], env=env,
-                                  script="bench_ray.py")
+                try:
+                    res = self.worker("memory", method, mib, n, files["module"], files["state"], env=env,
+                                      script="bench_ray.py")
+                except Exception as e:
+                    log(f"bench: memory, {method}, {n} actors failed: {e}")
+                    self.results.setdefault("errors", {})[f"memory {method} {n}"] = str(e)[-2000:]
+                    continue
                 out.setdefault(method, {})[n] = res
         return out
 
@@ -317,15 +325,20 @@ class Bench:
             res["model"][mib] = {"bytes": nbytes, "tensors": len(model.state_dict()), "digest": digest}
             res["load"][mib] = self.load_times(mib, files, digest)
             if mib == detail:
-                log("bench: first forward")
-                res["first_forward"] = {"mib": mib, "results": self.first_forward(mib, files, digest)}
-                if self.huge_note:
+                for key, label, fn in (
+                        ("first_forward", "first forward",
+                         lambda: {"mib": mib, "results": self.first_forward(mib, files, digest)}),
+                        ("publish", "publish", lambda: {"mib": mib, "results": self.publish(mib, model, files, nbytes)}),
+                        ("getmodel", "GetModel", lambda: self.getmodel(digest)),
+                        ("memory", "memory", lambda: {"mib": mib, "results": self.memory(mib, files)})):
+                    log(f"bench: {label}")
+                    try:
+                        res[key] = fn()
+                    except Exception as e:  # one section failing keeps the others
+                        log(f"bench: {label} failed: {e}")
+                        res.setdefault("errors", {})[key] = str(e)[-2000:]
+                if self.huge_note and "first_forward" in res:
                     res["first_forward"]["note"] = self.huge_note
-                log("bench: publish")
-                res["publish"] = {"mib": mib, "results": self.publish(mib, model, files, nbytes)}
-                log("bench: GetModel")
-                res["getmodel"] = self.getmodel(digest)
-                res["memory"] = {"mib": mib, "results": self.memory(mib, files)}
             del model
             for f in files.values():
                 f.unlink()

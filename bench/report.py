@@ -121,6 +121,9 @@ def markdown(r):
                          f"{h.get('p99_us', 0):.0f} µs |")
         lines.append("")
     lines += ["## 6. GPU", "", r["gpu"].get("skipped", json.dumps(r["gpu"])), ""]
+    if r.get("errors"):
+        lines += ["## Failed measurements", ""] + [f"- {k}: `{v.strip().splitlines()[-1][:300]}`"
+                                                    for k, v in r["errors"].items()] + [""]
     lines += targets(r)
     return "\n".join(lines)
 
