@@ -219,8 +219,12 @@ class Bench:
                                    ("by-value", "model by value to a Ray actor", self.env_ours)):
             if method == "by-value" and mib > self.args.by_value_max_mib:
                 continue
-            res = self.worker("actor-load", method, mib, ray_runs, files["module"], env=env, script="bench_ray.py")
-            out[label] = res["seconds"]
+            try:
+                res = self.worker("actor-load", method, mib, ray_runs, files["module"], env=env, script="bench_ray.py")
+                out[label] = res["seconds"]
+            except Exception as e:  # reported; the other methods still run
+                log(f"bench: {label}, {mib} MiB failed: {str(e)[-500:]}")
+                self.results.setdefault("errors", {})[f"{label} {mib} MiB"] = str(e)[-2000:]
         return {k: summary(v) for k, v in out.items()}
 
     # -- 2. memory -------------------------------------------------------------
@@ -323,6 +327,8 @@ class Bench:
         for mib in self.args.sizes:
             model, files, digest, nbytes, _ = self.prepare(mib)
             res["model"][mib] = {"bytes": nbytes, "tensors": len(model.state_dict()), "digest": digest}
+            if mib != detail:
+                model = None  # leave the memory to the methods measured
             res["load"][mib] = self.load_times(mib, files, digest)
             if mib == detail:
                 for key, label, fn in (

@@ -78,6 +78,9 @@ def actor_load(method, mib, repeats, model_file):
             ray.kill(a)
         return {"seconds": seconds, "empty_actor_seconds": base}
     wrapper = wrap(method, model)
+    del model  # the wrapper holds what it needs; leave the memory to the actors
+    import gc
+    gc.collect()
     wrapper_ref = ray.put(wrapper)
     for _ in range(repeats):
         a = Loader.remote(None)
@@ -129,6 +132,8 @@ class Holder:
 
 def smaps(pid):
     values = {}
+    if not os.path.exists(f"/proc/{pid}/smaps_rollup"):
+        return None  # gone (an actor Ray Data replaced)
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             parts = line.split()
@@ -187,9 +192,9 @@ def memory(method, mib, n, model_file, state_file):
     while len(ray.get(barrier.registered.remote())) < n and not done.is_set() and time.monotonic() < deadline:
         time.sleep(0.2)
     pids = ray.get(barrier.registered.remote())
-    mem = [smaps(p) for p in pids]
-    node = [smaps(p) for p in node_processes()]
-    out = {"actors": len(pids), "pss": sum(m.get("Pss", 0) for m in mem), "rss": sum(m.get("Rss", 0) for m in mem),
+    mem = [m for m in (smaps(p) for p in pids) if m is not None]
+    node = [m for m in (smaps(p) for p in node_processes()) if m is not None]
+    out = {"actors": len(mem), "pss": sum(m.get("Pss", 0) for m in mem), "rss": sum(m.get("Rss", 0) for m in mem),
            "node_pss": sum(m.get("Pss", 0) for m in node), "object_store": object_store_bytes()}
     ray.get(barrier.release.remote())
     done.wait(600)
