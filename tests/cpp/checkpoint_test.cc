@@ -2,6 +2,7 @@
 // directory, torch.save archives (the restricted unpickler) and shard
 // indexes. End-to-end round trips against torch itself are in
 // tests/python/test_formats.py.
+#include <chrono>
 #include <fstream>
 #include <iterator>
 
@@ -89,6 +90,20 @@ TEST_CASE("every single-byte corruption of a torch.save archive is refused or st
     }
   }
   CHECK(refused > 0);
+}
+
+TEST_CASE("hostile pickles describing huge object graphs are refused quickly", "[checkpoint]") {
+  // tests/cpp/data/hostile/make.py writes them.
+  for (const char* name : {"dag_metadata.pt", "dag_tensors.pt", "many_objects.pt"}) {
+    INFO(name);
+    std::string bytes = Slurp(std::string(ZEROCOPY_SOURCE_DIR "/tests/cpp/data/hostile/") + name);
+    auto start = std::chrono::steady_clock::now();
+    auto r = TorchSaveFile::Parse(U8(bytes), bytes.size());
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));  // not exponential
+    INFO(r.status().message());
+  }
 }
 
 TEST_CASE("the zip directory: entries, spans and truncation", "[checkpoint]") {

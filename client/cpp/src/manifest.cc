@@ -51,6 +51,11 @@ absl::StatusOr<uint64_t> TensorExtent(const v1::Tensor& tensor) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name(), "': ", tensor.strides_size(),
                                                    " strides for rank ", rank));
   }
+  for (int i = 0; i < tensor.strides_size(); ++i) {
+    if (tensor.strides(i) < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name(), "': negative stride ", tensor.strides(i)));
+    }
+  }
   for (int i = 0; i < rank; ++i) {
     if (tensor.shape(i) < 0) {
       return absl::InvalidArgumentError(

@@ -74,6 +74,10 @@ class Collector {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is ", t.layout() != at::kStrided ? "sparse" : "quantized",
                                                      ", which zerocopy cannot hold: convert it to a dense tensor"));
     }
+    if (t.is_conj() || t.is_neg()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is a lazy conjugate or negative view: "
+                                                     "materialise it (.resolve_conj(), .resolve_neg()) before saving"));
+    }
     if (!t.device().is_cpu()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is on ", t.device().str()));
     }

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "zerocopy/dtype.h"
+#include "zerocopy/manifest.h"
 #include "zerocopy/status.h"
 #include "zerocopy/unique_fd.h"
 #include "zerocopy/zip_directory.h"
@@ -29,7 +30,13 @@ using json = nlohmann::json;
 
 absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
 
-constexpr size_t kMaxPickle = 256u << 20;
+// Budgets against hostile pickles (real state dicts stay far below): the
+// pickle's size, the objects the unpickler may create (each ~200 bytes), and
+// the objects flattening may visit (shared sub-objects are visited once per
+// reference, so a small pickle can describe an exponential tree).
+constexpr size_t kMaxPickle = 64u << 20;
+constexpr size_t kMaxObjects = 2u << 20;
+constexpr uint64_t kMaxVisits = 4u << 20;
 constexpr int kMaxDepth = 64;
 
 // torch.<Name>Storage -> dtype; these are the names torch.save writes.
@@ -110,6 +117,9 @@ class Unpickler {
   absl::StatusOr<Obj*> Run() {
     for (;;) {
       if (p_ >= end_) return Invalid("pickle ends without STOP (truncated?)");
+      if (arena_.size() + stack_.size() + marks_.size() + memo_.size() > kMaxObjects) {
+        return Invalid(absl::StrCat("data.pkl builds more than ", kMaxObjects, " objects"));
+      }
       uint8_t op = *p_++;
       if (op == '.') {
         ZC_ASSIGN_OR_RETURN(Obj * result, Pop());
@@ -167,7 +177,9 @@ class Unpickler {
     return out;
   }
   absl::StatusOr<Obj*> Top(Kind want, const char* op) {
-    if (stack_.empty()) return Invalid(absl::StrCat(op, " on an empty stack"));
+    if (stack_.empty() || (!marks_.empty() && marks_.back() == stack_.size())) {
+      return Invalid(absl::StrCat(op, " with no operand above the MARK"));
+    }
     if (stack_.back()->kind != want) {
       return Invalid(absl::StrCat(op, " on a ", KindName(stack_.back()->kind), ", expected a ", KindName(want)));
     }
@@ -191,7 +203,9 @@ class Unpickler {
     return absl::OkStatus();
   }
   absl::Status Memo(uint64_t index) {
-    if (stack_.empty()) return Invalid("memo store from an empty stack");
+    if (stack_.empty() || (!marks_.empty() && marks_.back() == stack_.size())) {
+      return Invalid("memo store with no operand above the MARK");
+    }
     memo_[index] = stack_.back();
     return absl::OkStatus();
   }
@@ -328,6 +342,10 @@ class Unpickler {
       }
     }
     const uint64_t itemsize = DTypeSize(t->dtype);
+    if (static_cast<uint64_t>(t->offset) > t->storage->bytes / itemsize) {
+      return Invalid(absl::StrCat("a tensor starts at element ", t->offset, ", past its storage of ",
+                                  t->storage->bytes, " bytes"));
+    }
     uint64_t end_byte;
     if (!empty && (__builtin_add_overflow(last, uint64_t{1}, &end_byte) ||
                    __builtin_mul_overflow(end_byte, itemsize, &end_byte) || end_byte > t->storage->bytes)) {
@@ -573,7 +591,8 @@ class Unpickler {
       case 'b': {  // BUILD: a dict's __dict__ (state_dict's _metadata) is dropped
         ZC_ASSIGN_OR_RETURN(Obj * state, Pop());
         (void)state;
-        if (stack_.empty() || (stack_.back()->kind != Kind::kDict && stack_.back()->kind != Kind::kTensor)) {
+        if (stack_.empty() || (!marks_.empty() && marks_.back() == stack_.size()) ||
+            (stack_.back()->kind != Kind::kDict && stack_.back()->kind != Kind::kTensor)) {
           return Invalid("BUILD on an object that is not a dict or tensor");
         }
         return absl::OkStatus();
@@ -597,59 +616,18 @@ class Unpickler {
   int depth_ = 0;
 };
 
-std::optional<json> ToJson(const Obj* o, int depth) {
-  if (depth > kMaxDepth) return std::nullopt;
-  switch (o->kind) {
-    case Kind::kNone: return json(nullptr);
-    case Kind::kBool: return json(o->b);
-    case Kind::kInt: return json(o->i);
-    case Kind::kFloat: return json(o->f);
-    case Kind::kString: return json(o->s);
-    case Kind::kList:
-    case Kind::kTuple: {
-      json arr = json::array();
-      for (const Obj* item : o->items) {
-        auto j = ToJson(item, depth + 1);
-        if (!j) return std::nullopt;
-        arr.push_back(std::move(*j));
-      }
-      return arr;
-    }
-    case Kind::kDict: {
-      json obj = json::object();
-      for (const auto& [k, v] : o->dict) {
-        if (k->kind != Kind::kString) return std::nullopt;
-        auto j = ToJson(v, depth + 1);
-        if (!j) return std::nullopt;
-        obj[k->s] = std::move(*j);
-      }
-      return obj;
-    }
-    default: return std::nullopt;
-  }
-}
-
-bool HoldsTensor(const Obj* o, int depth) {
-  if (depth > kMaxDepth) return true;  // Flatten reports the depth
-  if (o->kind == Kind::kTensor) return true;
-  for (const Obj* item : o->items) {
-    if (HoldsTensor(item, depth + 1)) return true;
-  }
-  for (const auto& kv : o->dict) {
-    if (HoldsTensor(kv.second, depth + 1)) return true;
-  }
-  return false;
-}
-
 class Flattener {
  public:
   Flattener(const uint8_t* base, ModelSource& out) : base_(base), out_(out) {}
 
   absl::Status Flatten(const Obj* o, const std::string& name, int depth) {
     if (depth > kMaxDepth) return Invalid(absl::StrCat("entry '", name, "' is nested deeper than ", kMaxDepth));
+    if (!Spend()) return OverBudget();
     if (o->kind == Kind::kTensor) return AddTensor(o, name);
     if (!HoldsTensor(o, depth)) {
+      if (visits_ > kMaxVisits) return OverBudget();
       auto j = ToJson(o, depth);
+      if (visits_ > kMaxVisits) return OverBudget();
       if (!j) {
         return Invalid(absl::StrCat("entry '", name, "' holds a ", KindName(o->kind),
                                     " that is not plain data (numbers, strings, lists, dicts with string keys)"));
@@ -686,8 +664,66 @@ class Flattener {
   }
 
  private:
+  bool Spend() { return ++visits_ <= kMaxVisits; }
+  static absl::Status OverBudget() {
+    return Invalid(absl::StrCat("the pickle's object graph takes more than ", kMaxVisits, " steps to flatten"));
+  }
+
+  std::optional<json> ToJson(const Obj* o, int depth) {
+      if (depth > kMaxDepth || !Spend()) return std::nullopt;
+    switch (o->kind) {
+      case Kind::kNone: return json(nullptr);
+      case Kind::kBool: return json(o->b);
+      case Kind::kInt: return json(o->i);
+      case Kind::kFloat: return json(o->f);
+      case Kind::kString: return json(o->s);
+      case Kind::kList:
+      case Kind::kTuple: {
+        json arr = json::array();
+        for (const Obj* item : o->items) {
+          auto j = ToJson(item, depth + 1);
+          if (!j) return std::nullopt;
+          arr.push_back(std::move(*j));
+        }
+        return arr;
+      }
+      case Kind::kDict: {
+        json obj = json::object();
+        for (const auto& [k, v] : o->dict) {
+          if (k->kind != Kind::kString) return std::nullopt;
+          auto j = ToJson(v, depth + 1);
+          if (!j) return std::nullopt;
+          obj[k->s] = std::move(*j);
+        }
+        return obj;
+      }
+      default: return std::nullopt;
+    }
+  }
+
+  // Memoized: shared sub-objects are walked once.
+  bool HoldsTensor(const Obj* o, int depth) {
+    if (depth > kMaxDepth || !Spend()) return true;  // Flatten reports depth and budget
+    if (o->kind == Kind::kTensor) return true;
+    auto known = holds_.find(o);
+    if (known != holds_.end()) return known->second;
+    bool holds = false;
+    for (const Obj* item : o->items) holds = holds || HoldsTensor(item, depth + 1);
+    for (const auto& kv : o->dict) holds = holds || HoldsTensor(kv.second, depth + 1);
+    holds_.emplace(o, holds);
+    return holds;
+  }
+
+
   absl::Status AddTensor(const Obj* t, const std::string& name) {
     if (name.empty()) return Invalid("the file holds a bare tensor: save a dict of tensors");
+    const ManifestLimits limits;
+    if (static_cast<uint64_t>(out_.manifest.tensors_size()) >= limits.max_tensors) {
+      return Invalid(absl::StrCat("the file holds more than ", limits.max_tensors, " tensors"));
+    }
+    if (name.size() > limits.max_tensor_name) {
+      return Invalid(absl::StrCat("a tensor name of ", name.size(), " bytes; the limit is ", limits.max_tensor_name));
+    }
     const Obj* s = t->storage;
     auto [it, fresh] = storage_index_.emplace(s, static_cast<uint32_t>(out_.manifest.storages_size()));
     if (fresh) {
@@ -703,7 +739,7 @@ class Flattener {
     int64_t expected = 1;
     for (size_t d = t->shape.size(); d-- > 0;) {
       if (t->shape[d] != 1 && t->strides[d] != expected) contiguous = false;
-      expected *= t->shape[d];
+      if (__builtin_mul_overflow(expected, t->shape[d], &expected)) contiguous = false;
     }
     for (int64_t d : t->shape) spec->add_shape(d);
     if (!contiguous) {
@@ -716,6 +752,8 @@ class Flattener {
   ModelSource& out_;
   json metadata_ = json::object();
   std::unordered_map<const Obj*, uint32_t> storage_index_;
+  std::unordered_map<const Obj*, bool> holds_;
+  uint64_t visits_ = 0;
 };
 
 }  // namespace
@@ -730,6 +768,14 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::Open(const std::string& path) {
 }
 
 absl::StatusOr<TorchSaveFile> TorchSaveFile::Parse(const uint8_t* data, size_t size) {
+  try {
+    return ParseUnchecked(data, size);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory parsing the torch.save archive");
+  }
+}
+
+absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data, size_t size) {
   if (size < 4 || std::memcmp(data, "PK\x03\x04", 4) != 0) {
     return Invalid("not a zip archive: torch.save files since torch 1.6 are zip archives");
   }
@@ -748,8 +794,8 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::Parse(const uint8_t* data, size_t s
   if (!pickle) return Invalid("archive has no <archive>/data.pkl: not a torch.save file");
   for (const auto& e : entries) {
     if (e.name == prefix + "constants.pkl") return Invalid("this is a TorchScript archive (torch.jit.save), not a torch.save file");
-    if (e.name == prefix + "byteorder" && e.method == 0 &&
-        std::string_view(reinterpret_cast<const char*>(data + e.data_offset), e.size) != "little") {
+    if (e.name == prefix + "byteorder" &&
+        (e.method != 0 || std::string_view(reinterpret_cast<const char*>(data + e.data_offset), e.size) != "little")) {
       return Invalid("archive was saved on a big-endian machine; re-save it on a little-endian one");
     }
   }

@@ -33,9 +33,11 @@ absl::StatusOr<std::vector<ZipEntry>> ReadZipDirectory(const uint8_t* data, size
   uint64_t count = Le16(data + end + 10);
   uint64_t dir_size = Le32(data + end + 12);
   uint64_t dir_offset = Le32(data + end + 16);
-  if (count == 0xffff || dir_size == 0xffffffff || dir_offset == 0xffffffff) {
+  const bool has_locator = end >= 20 && Le32(data + end - 20) == kZip64LocatorSig;
+  if (dir_size == 0xffffffff || dir_offset == 0xffffffff || (count == 0xffff && has_locator)) {
     // ZIP64: a locator right before the end record points at the real one.
-    if (end < 20 || Le32(data + end - 20) != kZip64LocatorSig) return Invalid("zip64 archive without its locator");
+    // (Exactly 65535 entries without one is a plain archive.)
+    if (!has_locator) return Invalid("zip64 archive without its locator");
     uint64_t z64 = Le64(data + end - 20 + 8);
     if (z64 > size || size - z64 < 56 || Le32(data + z64) != kZip64EndSig) {
       return Invalid("zip64 end-of-directory record lies outside the archive");

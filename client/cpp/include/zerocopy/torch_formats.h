@@ -8,6 +8,11 @@
 //               empty one: the same layout the Python package publishes
 //               (ray_zerocopy/_store.py, publish_jit), so both languages
 //               load what either published.
+//
+// Trust: loading a TorchScript archive runs its TorchScript code
+// (__setstate__ methods) inside LibTorch, whose deserializer is not built for
+// hostile input. Preload and load TorchScript only from sources you trust;
+// torch.save state dicts and safetensors are the formats for untrusted files.
 #pragma once
 
 #include <string>

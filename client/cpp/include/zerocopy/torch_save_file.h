@@ -19,7 +19,12 @@
 //
 // Errors are INVALID_ARGUMENT naming the rule broken: truncated archive,
 // bad zip directory, compressed entries, unknown opcodes or globals,
-// storages missing or smaller than their tensors, big-endian archives.
+// storages missing or smaller than their tensors, big-endian archives, and
+// pickles over budget (64 MiB, 2 M objects, 4 M steps to flatten: a small
+// pickle can describe an exponential tree of shared objects).
+//
+// The file must not shrink while its source is in use: a truncated mapping
+// faults (SIGBUS) on the bytes that went away, as with any mmap'd file.
 //
 // Thread safety: immutable after creation.
 #pragma once
@@ -48,6 +53,7 @@ class TorchSaveFile {
 
  private:
   TorchSaveFile() = default;
+  static absl::StatusOr<TorchSaveFile> ParseUnchecked(const uint8_t* data, size_t size);
   std::shared_ptr<MappedRegion> region_;
   ModelSource source_;
 };
