@@ -168,6 +168,39 @@ absl::Status LoadConfigFile(const std::string& path, Config* config) {
       auto v = node.value<int64_t>();
       if (!v || *v < 0 || *v > 256) s = absl::InvalidArgumentError(absl::StrCat("hash_threads (", Where(node), ") must be in [0, 256]"));
       else config->hash_threads = static_cast<uint32_t>(*v);
+    } else if (key == "gpu_backend") {
+      s = ReadString(node, key, &config->gpu_backend);
+      if (s.ok() && config->gpu_backend != "auto" && config->gpu_backend != "cuda" && config->gpu_backend != "off" &&
+          config->gpu_backend != "fake") {
+        s = absl::InvalidArgumentError(
+            absl::StrCat("gpu_backend (", Where(node), ") must be \"auto\", \"cuda\", \"off\" or \"fake\""));
+      }
+    } else if (key == "gpu_budget") {
+      auto text = node.value<std::string>();
+      if (text && !text->empty() && text->back() == '%') {
+        double pct;
+        if (!absl::SimpleAtod(text->substr(0, text->size() - 1), &pct) || pct <= 0 || pct > 100) {
+          s = absl::InvalidArgumentError(absl::StrCat("gpu_budget (", Where(node), "): a percentage must be in (0, 100]"));
+        } else {
+          config->gpu_budget_fraction = pct / 100;
+          config->gpu_budget_bytes = 0;
+        }
+      } else {
+        s = ReadSize(node, key, &config->gpu_budget_bytes);
+      }
+    } else if (key == "fake_gpus") {
+      const toml::array* arr = node.as_array();
+      if (!arr) s = absl::InvalidArgumentError(absl::StrCat("fake_gpus (", Where(node), ") must be an array of strings"));
+      config->fake_gpus.clear();
+      for (size_t i = 0; arr && s.ok() && i < arr->size(); ++i) {
+        auto v = (*arr)[i].value<std::string>();
+        if (!v) s = absl::InvalidArgumentError(absl::StrCat("fake_gpus (", Where(node), ") must be an array of strings"));
+        else config->fake_gpus.push_back(*v);
+      }
+    } else if (key == "fake_gpu_memory") {
+      s = ReadSize(node, key, &config->fake_gpu_memory);
+    } else if (key == "fake_gpu_dir") {
+      s = ReadString(node, key, &config->fake_gpu_dir);
     } else if (key == "shutdown_grace_seconds") {
       auto v = node.value<double>();
       if (!v || *v < 0) s = absl::InvalidArgumentError(absl::StrCat("shutdown_grace_seconds (", Where(node), ") must be a non-negative number"));
@@ -201,7 +234,12 @@ std::string ConfigToToml(const Config& c) {
       "max_message_bytes = ", c.max_message_bytes, "\n",
       "hash_threads = ", c.hash_threads, "\n",
       "shutdown_grace_seconds = ", absl::StrFormat("%g", c.shutdown_grace_seconds), "\n",
-      "log_level = ", quote(c.log_level), "\n");
+      "log_level = ", quote(c.log_level), "\n",
+      "gpu_backend = ", quote(c.gpu_backend), "\n",
+      "gpu_budget = ",
+      c.gpu_budget_bytes != 0 ? absl::StrCat(c.gpu_budget_bytes)
+                              : quote(absl::StrFormat("%g%%", c.gpu_budget_fraction * 100)),
+      "\n");
 }
 
 }  // namespace zerocopy::daemon

@@ -26,6 +26,13 @@ struct Config {
   uint32_t hash_threads = 0;    // 0: one per core
   double shutdown_grace_seconds = 5;
   std::string log_level = "info";
+  // GPU sharing (config/zerocopyd.toml documents each).
+  std::string gpu_backend = "auto";   // auto, cuda, off, fake (tests)
+  double gpu_budget_fraction = 0.9;   // of each GPU's memory, unless gpu_budget_bytes
+  uint64_t gpu_budget_bytes = 0;
+  std::vector<std::string> fake_gpus;  // gpu_backend = "fake": their UUIDs
+  uint64_t fake_gpu_memory = 1ull << 30;
+  std::string fake_gpu_dir;           // "": <segment_dir>.fake-gpu
 };
 
 // The embedded defaults for this user: as root, /run/zerocopy/zerocopyd.sock

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 #include "zerocopy/manifest.h"
+#include "zerocopy/mapped_region.h"
 #include "zerocopy/status.h"
 
 namespace zerocopy::daemon {
@@ -34,8 +35,12 @@ std::string RandomId() {
   return absl::StrFormat("%016x%016x", r[0], r[1]);
 }
 
-ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options)
-    : store_(std::move(store)), options_(std::move(options)), started_ms_(NowUnixMs()) {}
+ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options,
+                             std::unique_ptr<DevicePool> devices)
+    : store_(std::move(store)),
+      options_(std::move(options)),
+      devices_(devices ? std::move(devices) : std::make_unique<DevicePool>(MakeOffBackend(), DevicePoolOptions{})),
+      started_ms_(NowUnixMs()) {}
 
 void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
   absl::MutexLock lock(&mu_);
@@ -124,12 +129,14 @@ v1::ModelInfo ModelRegistry::Info(const Model& m) const {
   info.set_created_unix_ms(m.created_ms);
   info.set_last_used_unix_ms(m.last_used_ms);
   info.set_format(m.manifest->format());
+  for (auto& uuid : devices_->GpusOf(m.digest)) info.add_gpu_uuids(std::move(uuid));
   return info;
 }
 
 uint64_t ModelRegistry::UsedBytes() const { return committed_bytes_ + staging_bytes_; }
 
-void ModelRegistry::EraseModel(const std::string& digest) {
+void ModelRegistry::EraseModel(const std::string& digest_ref) {
+  const std::string digest = digest_ref;  // the caller's may live in the model erased below
   auto it = models_.find(digest);
   if (it == models_.end()) return;
   committed_bytes_ -= it->second.size;
@@ -138,6 +145,7 @@ void ModelRegistry::EraseModel(const std::string& digest) {
     t = t->second == digest ? tags_.erase(t) : std::next(t);
   }
   models_.erase(it);
+  devices_->DropModel(digest);
 }
 
 void ModelRegistry::SaveCatalog() {
@@ -382,23 +390,54 @@ absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Pe
 absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer) {
   std::shared_ptr<const v1::Manifest> manifest;
   v1::GetModelResponse response;
+  const bool gpu = !request.gpu_uuid().empty();
+  std::string digest, path;
+  uint64_t size = 0;
   {
     absl::MutexLock lock(&mu_);
     ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
-    if (request.lease()) {
+    if (request.lease() || gpu) {
       auto s = sessions_.find(request.session_id());
       if (s == sessions_.end()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("lease requested on unknown session ", request.session_id(), " (open a Session stream first)"));
+        return absl::FailedPreconditionError(absl::StrCat(gpu ? "GPU copy" : "lease", " requested on unknown session ",
+                                                          request.session_id(), " (open a Session stream first)"));
       }
       if (!SameOwner(s->second.peer, peer)) {
         return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
       }
-      if (s->second.leases[m->digest]++ == 0) ++m->leases;
+      if (request.lease() && s->second.leases[m->digest]++ == 0) ++m->leases;
     }
     m->last_used_ms = NowUnixMs();
-    *response.mutable_model() = Info(*m);
+    digest = m->digest;
+    path = m->path;
+    size = m->size;
     manifest = m->manifest;
+    *response.mutable_model() = Info(*m);
+  }
+  if (gpu) {
+    // Outside the registry's lock: the first request per GPU uploads.
+    auto host = [path, size]() -> absl::StatusOr<DevicePool::HostBytes> {
+      ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::MapFile(path));
+      if (region.size() != size) {
+        return absl::DataLossError(absl::StrCat(path, " is ", region.size(), " bytes, not ", size));
+      }
+      auto keep = std::make_shared<MappedRegion>(std::move(region));
+      return DevicePool::HostBytes{keep->data(), keep};
+    };
+    auto copy = devices_->Acquire(request.session_id(), digest, request.gpu_uuid(), size, host);
+    if (!copy.ok()) {
+      if (request.lease()) {
+        v1::ReleaseModelRequest undo;
+        undo.set_session_id(request.session_id());
+        undo.set_digest(digest);
+        (void)Release(undo, peer);
+      }
+      return copy.status();
+    }
+    *response.mutable_device() = *std::move(copy);
+    absl::MutexLock lock(&mu_);
+    auto m = models_.find(digest);
+    if (m != models_.end()) *response.mutable_model() = Info(m->second);  // now with this GPU
   }
   *response.mutable_manifest() = *manifest;  // outside the lock: can be large
   return response;
@@ -411,6 +450,7 @@ absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request, cons
   if (!SameOwner(s->second.peer, peer)) {
     return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
   }
+  if (!request.gpu_uuid().empty()) return devices_->Release(request.session_id(), request.digest(), request.gpu_uuid());
   auto lease = s->second.leases.find(request.digest());
   if (lease == s->second.leases.end()) {
     return absl::NotFoundError(absl::StrCat("session ", request.session_id(), " holds no lease on ", request.digest()));
@@ -506,6 +546,8 @@ v1::GetStatsResponse ModelRegistry::Stats() {
     info->set_leases(static_cast<uint32_t>(s->leases.size()));
     info->set_opened_unix_ms(s->opened_ms);
   }
+  stats.set_gpu_backend(devices_->backend_name());
+  for (auto& g : devices_->Stats()) *stats.add_gpus() = std::move(g);
   return stats;
 }
 
@@ -531,6 +573,7 @@ void ModelRegistry::CloseSession(uint64_t session_id) {
     if (m != models_.end() && m->second.leases > 0) --m->second.leases;
   }
   sessions_.erase(s);
+  devices_->CloseSession(session_id);
 }
 
 }  // namespace zerocopy::daemon

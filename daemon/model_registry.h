@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "device_pool.h"
 #include "segment_store.h"
 #include "zerocopy/v1/model_store.pb.h"
 
@@ -44,7 +45,9 @@ struct RegistryOptions {
 
 class ModelRegistry {
  public:
-  ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options);
+  // `devices`: the GPU copies (null: GPU sharing off).
+  ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options,
+                std::unique_ptr<DevicePool> devices = nullptr);
 
   // Re-adopts the segments SegmentStore::Recover accepted and the tags and
   // pins of the catalog (dropping those whose model is gone).
@@ -59,10 +62,13 @@ class ModelRegistry {
   absl::StatusOr<v1::CommitModelResponse> Commit(const v1::CommitModelRequest& request, const Peer& peer);
   // Errors: NOT_FOUND, PERMISSION_DENIED.
   absl::Status Abort(const v1::AbortModelRequest& request, const Peer& peer);
-  // Errors: INVALID_ARGUMENT (bad ref), NOT_FOUND, FAILED_PRECONDITION
-  // (lease on an unknown session).
+  // Errors: INVALID_ARGUMENT (bad ref, bad GPU UUID), NOT_FOUND,
+  // FAILED_PRECONDITION (lease or GPU on an unknown session; the daemon
+  // sees no such GPU), and for gpu_uuid those of DevicePool::Acquire:
+  // UNIMPLEMENTED (no GPU support), RESOURCE_EXHAUSTED (GPU budget).
   absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request, const Peer& peer);
-  // Errors: NOT_FOUND (no such session or lease).
+  // Errors: NOT_FOUND (no such session or lease). With gpu_uuid: the
+  // device lease.
   absl::Status Release(const v1::ReleaseModelRequest& request, const Peer& peer);
   v1::ListModelsResponse List();
   // Errors: NOT_FOUND, FAILED_PRECONDITION (pinned, without force),
@@ -120,6 +126,7 @@ class ModelRegistry {
 
   const std::unique_ptr<SegmentStore> store_;
   const RegistryOptions options_;
+  const std::unique_ptr<DevicePool> devices_;
   const int64_t started_ms_;
 
   mutable absl::Mutex mu_;

@@ -47,7 +47,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   options.hash_threads = config.hash_threads;
   options.admin_uids = config.admin_uids;
   options.admin_gids = config.admin_gids;
-  server->registry_ = std::make_unique<ModelRegistry>(std::move(store), options);
+  std::unique_ptr<DeviceBackend> backend;
+  if (config.gpu_backend == "off") {
+    backend = MakeOffBackend();
+  } else if (config.gpu_backend == "fake") {
+    std::string dir = config.fake_gpu_dir.empty() ? config.segment_dir + ".fake-gpu" : config.fake_gpu_dir;
+    backend = MakeFakeBackend(config.fake_gpus, config.fake_gpu_memory, dir);
+  } else {
+    backend = MakeCudaBackend();  // built without CUDA: answers UNIMPLEMENTED
+  }
+  DevicePoolOptions device_options;
+  device_options.budget_bytes = config.gpu_budget_bytes;
+  device_options.budget_fraction = config.gpu_budget_fraction;
+  log.info("gpu_backend={}", backend->name());
+  server->registry_ = std::make_unique<ModelRegistry>(
+      std::move(store), options, std::make_unique<DevicePool>(std::move(backend), device_options));
   server->registry_->Adopt(report);
   server->peers_ = std::make_unique<PeerTable>();
   server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get());

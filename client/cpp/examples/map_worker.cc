@@ -7,6 +7,11 @@
 //       maps the model through zerocopyd (copy-on-write)
 //   map_worker --file FILE.safetensors [--hold]
 //       reads the file into private memory instead (the baseline)
+//   map_worker --model NAME --gpu UUID [--socket PATH] [--scribble] [--hold]
+//       opens the model's shared device copy on that GPU (CUDA IPC, or a
+//       fake GPU of the tests) and checksums it copied back to the host;
+//       also prints gpu_ordinal and device_ptr. --scribble writes into the
+//       shared copy (every process on the GPU sees it: the tests show it).
 //
 // Prints one JSON line: mode, pid, load_ms, checksum_ms, checksum, tensors,
 // bytes (of tensor data), rss_kb, pss_kb. --scribble writes into the first weight after
@@ -29,6 +34,8 @@
 #include <vector>
 
 #include "zerocopy/client.h"
+#include "zerocopy/cuda_device.h"
+#include "zerocopy/manifest.h"
 #include "zerocopy/safetensors_file.h"
 
 namespace {
@@ -61,16 +68,17 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, file, socket;
+  std::string model, file, socket, gpu;
   bool hold = false, scribble = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--model" && i + 1 < argc) model = argv[++i];
     else if (a == "--file" && i + 1 < argc) file = argv[++i];
     else if (a == "--socket" && i + 1 < argc) socket = argv[++i];
+    else if (a == "--gpu" && i + 1 < argc) gpu = argv[++i];
     else if (a == "--hold") hold = true;
     else if (a == "--scribble") scribble = true;
-    else return Fail("usage: map_worker (--model NAME [--socket PATH] [--scribble] | --file FILE) [--hold]");
+    else return Fail("usage: map_worker (--model NAME [--gpu UUID] [--socket PATH] [--scribble] | --file FILE) [--hold]");
   }
   using clock = std::chrono::steady_clock;
   auto t0 = clock::now();
@@ -79,7 +87,38 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> buffer;
   std::optional<zerocopy::SafetensorsFile> parsed;
   uint64_t bytes = 0;
-  if (!model.empty()) {
+  std::shared_ptr<zerocopy::DeviceModel> on_device;
+  std::vector<std::vector<uint8_t>> copied_back;  // device tensors, on the host for the checksum
+  double copy_back_ms = 0;
+  if (!model.empty() && !gpu.empty()) {
+    zerocopy::ClientOptions options;
+    options.socket = socket;
+    auto client = zerocopy::Client::Create(options);
+    auto m = client->MapDevice(model, gpu);
+    if (!m.ok()) return Fail(m.status().ToString());
+    on_device = *m;
+    auto c0 = clock::now();
+    for (size_t i = 0; i < on_device->tensor_count(); ++i) {
+      auto view = on_device->tensor(i);
+      auto extent = zerocopy::TensorExtent(*view.spec);
+      if (!extent.ok()) return Fail(extent.status().ToString());
+      if (on_device->fake()) {
+        tensors[view.spec->name()] = {static_cast<const uint8_t*>(view.data), *extent};
+        continue;
+      }
+      copied_back.emplace_back(*extent);
+      auto s = zerocopy::cuda::CopyToHost(on_device->device_ordinal(), view.data, copied_back.back().data(), *extent);
+      if (!s.ok()) return Fail(s.ToString());
+      tensors[view.spec->name()] = {copied_back.back().data(), *extent};
+    }
+    copy_back_ms = std::chrono::duration<double, std::milli>(clock::now() - c0).count();
+    if (scribble && on_device->fake() && !tensors.empty()) {
+      // The shared copy itself (CUDA IPC memory is writable too).
+      auto& first = tensors.begin()->second;
+      std::memset(const_cast<uint8_t*>(first.first), 0xCD, std::min<uint64_t>(first.second, 4096));
+      scribble = false;
+    }
+  } else if (!model.empty()) {
     zerocopy::ClientOptions options;
     options.socket = socket;
     auto client = zerocopy::Client::Create(options);
@@ -110,7 +149,7 @@ int main(int argc, char** argv) {
   } else {
     return Fail("give --model NAME or --file FILE");
   }
-  auto t1 = clock::now();
+  auto t1 = clock::now() - std::chrono::duration_cast<clock::duration>(std::chrono::duration<double, std::milli>(copy_back_ms));
   for (const auto& [name, t] : tensors) bytes += t.second;
   if (scribble && !tensors.empty()) {
     auto& first = tensors.begin()->second;
@@ -120,11 +159,14 @@ int main(int argc, char** argv) {
   auto t2 = clock::now();
   std::printf(
       "{\"mode\": \"%s\", \"pid\": %d, \"load_ms\": %.3f, \"checksum_ms\": %.3f, \"checksum\": \"%s\", "
-      "\"tensors\": %zu, \"bytes\": %llu, \"rss_kb\": %ld, \"pss_kb\": %ld}\n",
-      model.empty() ? "read-file" : "zerocopy", getpid(),
+      "\"tensors\": %zu, \"bytes\": %llu, \"rss_kb\": %ld, \"pss_kb\": %ld, \"gpu_ordinal\": %d, "
+      "\"device_ptr\": %llu}\n",
+      model.empty() ? "read-file" : (gpu.empty() ? "zerocopy" : "zerocopy-gpu"), getpid(),
       std::chrono::duration<double, std::milli>(t1 - t0).count(),
       std::chrono::duration<double, std::milli>(t2 - t1).count(), checksum.c_str(), tensors.size(),
-      static_cast<unsigned long long>(bytes), SmapsRollupKb("Rss"), SmapsRollupKb("Pss"));
+      static_cast<unsigned long long>(bytes), SmapsRollupKb("Rss"), SmapsRollupKb("Pss"),
+      on_device ? on_device->device_ordinal() : -1,
+      static_cast<unsigned long long>(on_device ? reinterpret_cast<uintptr_t>(on_device->data()) : 0));
   std::fflush(stdout);
   if (hold) {
     char c;

@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/string_view.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "zerocopy/digest.h"
@@ -28,6 +29,11 @@ namespace {
 
 constexpr int kMaxMessage = 512 << 20;  // a manifest of 100,000+ tensors fits
 constexpr char kClientName[] = "libzerocopy/" ZEROCOPY_VERSION;
+
+// The daemon restarted and no longer knows our session.
+bool IsUnknownSession(const absl::Status& status) {
+  return absl::IsFailedPrecondition(status) && absl::StrContains(status.message(), "unknown session");
+}
 
 }  // namespace
 
@@ -268,7 +274,7 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
     grpc::ClientContext ctx;
     impl_->Prepare(&ctx);
     absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
-    if (absl::IsFailedPrecondition(status)) {
+    if (IsUnknownSession(status)) {
       // The daemon restarted and forgot our session: open a new one.
       absl::MutexLock lock(&impl_->mu);
       // Another thread may have reopened it already: close only the stale one.
@@ -300,6 +306,53 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
     // Deleted between GetModel and open: ask again (it may be gone for good).
     if (!absl::IsNotFound(mapped.status())) return mapped.status();
     last = mapped.status();
+  }
+  return last;
+}
+
+absl::StatusOr<std::shared_ptr<DeviceModel>> Client::MapDevice(const std::string& ref, const std::string& gpu_uuid) {
+  // This process must see the GPU before the daemon copies anything to it.
+  ZC_RETURN_IF_ERROR(GpuOrdinal(gpu_uuid).status());
+  absl::Status last;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    ZC_ASSIGN_OR_RETURN(uint64_t session_id, SessionId());
+    v1::GetModelRequest request;
+    request.mutable_model()->set_ref(ref);
+    request.set_session_id(session_id);
+    request.set_gpu_uuid(gpu_uuid);
+    v1::GetModelResponse response;
+    ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
+    grpc::ClientContext ctx;
+    // The first request per GPU waits for the upload: allow two minutes
+    // for it (100 GB at a pessimistic 1 GB/s) on top of the usual deadline.
+    impl_->Prepare(&ctx, impl_->options.timeout + std::chrono::minutes(2));
+    absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
+    if (IsUnknownSession(status)) {
+      absl::MutexLock lock(&impl_->mu);
+      if (impl_->session_id == session_id) impl_->CloseSession();
+      last = status;
+      continue;
+    }
+    ZC_RETURN_IF_ERROR(status);
+    std::shared_ptr<Client> self = shared_from_this();
+    auto release = [self, session_id, digest = response.model().digest(), gpu_uuid] {
+      if (!self->impl_->CheckProcess().ok()) return;
+      auto stub = self->impl_->Stub();
+      if (!stub.ok()) return;
+      v1::ReleaseModelRequest request;
+      request.set_session_id(session_id);
+      request.set_digest(digest);
+      request.set_gpu_uuid(gpu_uuid);
+      v1::ReleaseModelResponse response;
+      grpc::ClientContext ctx;
+      self->impl_->Prepare(&ctx, std::chrono::milliseconds(2000));
+      (*stub)->ReleaseModel(&ctx, request, &response);  // best effort: the session end releases it anyway
+    };
+    v1::DeviceCopy device = response.device();
+    auto opened = DeviceModel::Open(std::move(*response.mutable_model()), std::move(*response.mutable_manifest()),
+                                    device, release);
+    if (!opened.ok()) release();
+    return opened;
   }
   return last;
 }

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "absl/strings/str_cat.h"
+#include "dlpack_export.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/manifest.h"
 #include "zerocopy/status.h"
@@ -62,49 +63,10 @@ absl::StatusOr<TensorView> MappedModel::Find(const std::string& name) const {
   return tensor(it->second);
 }
 
-namespace {
-
-struct DLPackContext {
-  std::shared_ptr<MappedModel> model;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;
-};
-
-}  // namespace
-
 absl::StatusOr<DLManagedTensor*> MappedModel::ToDLPack(size_t index) {
   if (index >= tensor_count()) return absl::OutOfRangeError(absl::StrCat("tensor ", index, " of ", tensor_count()));
   TensorView view = tensor(index);
-  DLDataType dtype;
-  if (!ToDLDataType(view.spec->dtype(), &dtype)) {
-    return absl::UnimplementedError(absl::StrCat("tensor '", view.spec->name(), "' has dtype ",
-                                                 DTypeName(view.spec->dtype()), ", which DLPack cannot describe"));
-  }
-  auto* ctx = new DLPackContext{shared_from_this(), {view.spec->shape().begin(), view.spec->shape().end()}, {}};
-  if (view.spec->strides_size() != 0) {
-    ctx->strides.assign(view.spec->strides().begin(), view.spec->strides().end());
-  } else {
-    ctx->strides.resize(ctx->shape.size());
-    int64_t s = 1;
-    for (size_t i = ctx->shape.size(); i-- > 0;) {
-      ctx->strides[i] = s;
-      s *= ctx->shape[i];
-    }
-  }
-  auto* managed = new DLManagedTensor{};
-  managed->dl_tensor.data = view.data;
-  managed->dl_tensor.device = DLDevice{kDLCPU, 0};
-  managed->dl_tensor.ndim = static_cast<int32_t>(ctx->shape.size());
-  managed->dl_tensor.dtype = dtype;
-  managed->dl_tensor.shape = ctx->shape.data();
-  managed->dl_tensor.strides = ctx->strides.data();
-  managed->dl_tensor.byte_offset = 0;
-  managed->manager_ctx = ctx;
-  managed->deleter = [](DLManagedTensor* self) {
-    delete static_cast<DLPackContext*>(self->manager_ctx);
-    delete self;
-  };
-  return managed;
+  return internal::TensorToDLPack(shared_from_this(), view.data, DLDevice{kDLCPU, 0}, *view.spec);
 }
 
 absl::StatusOr<DLManagedTensor*> MappedModel::StorageToDLPack(size_t index) {
@@ -112,21 +74,8 @@ absl::StatusOr<DLManagedTensor*> MappedModel::StorageToDLPack(size_t index) {
     return absl::OutOfRangeError(absl::StrCat("storage ", index, " of ", manifest_.storages_size()));
   }
   const auto& storage = manifest_.storages(static_cast<int>(index));
-  auto* ctx = new DLPackContext{shared_from_this(), {static_cast<int64_t>(storage.size())}, {1}};
-  auto* managed = new DLManagedTensor{};
-  managed->dl_tensor.data = region_.data() + storage.offset();
-  managed->dl_tensor.device = DLDevice{kDLCPU, 0};
-  managed->dl_tensor.ndim = 1;
-  managed->dl_tensor.dtype = DLDataType{kDLUInt, 8, 1};
-  managed->dl_tensor.shape = ctx->shape.data();
-  managed->dl_tensor.strides = ctx->strides.data();
-  managed->dl_tensor.byte_offset = 0;
-  managed->manager_ctx = ctx;
-  managed->deleter = [](DLManagedTensor* self) {
-    delete static_cast<DLPackContext*>(self->manager_ctx);
-    delete self;
-  };
-  return managed;
+  return internal::BytesToDLPack(shared_from_this(), region_.data() + storage.offset(), DLDevice{kDLCPU, 0},
+                                 storage.size());
 }
 
 std::string MappedModel::ComputeDigest(unsigned threads) const {

@@ -6,7 +6,7 @@ copy-on-write by every process that loads them; see the project README.
 from . import errors
 from ._store import load_state_dict as _load_state_dict
 from .errors import (CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
-                     OutOfSpaceError, PermissionDeniedError, ZeroCopyError, ZerocopyError)
+                     OutOfSpaceError, PermissionDeniedError, ZeroCopyError, ZerocopyError, GpuSharingUnavailableError)
 from .model_wrappers import JITModelWrapper, ModelWrapper
 from .wrappers import ActorWrapper, JITActorWrapper, JITTaskWrapper, TaskWrapper
 
@@ -24,10 +24,11 @@ def connect(socket: str | None = None):
     return _native.client(socket).stats()
 
 
-def load_state_dict(name_or_digest: str) -> dict:
+def load_state_dict(name_or_digest: str, device=None) -> dict:
     """The model's tensors by name, zero-copy views of its mapping (tied
-    tensors share one storage). Works for every model in the store."""
-    return _load_state_dict(name_or_digest)
+    tensors share one storage). Works for every model in the store. A CUDA
+    `device`: views of the GPU's one shared copy (shared and writable)."""
+    return _load_state_dict(name_or_digest, device=device)
 
 
 def stats() -> dict:
@@ -39,4 +40,4 @@ def stats() -> dict:
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
            "connect", "load_state_dict", "stats", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
-           "CorruptModelError", "ZerocopyError"]
+           "CorruptModelError", "GpuSharingUnavailableError", "ZerocopyError"]

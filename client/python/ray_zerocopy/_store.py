@@ -11,6 +11,11 @@ lists, dicts, private attributes).
 
 The mapping is copy-on-write: a process that writes into a weight gets a
 private page; other processes keep the original.
+
+device="cuda:N": the tensors are views of the daemon's one device copy of
+the model on that GPU, opened through CUDA IPC (every process on the GPU
+shares it). That memory is shared and writable: a write changes the
+weights for every process on the GPU.
 """
 import io
 import pickle
@@ -119,10 +124,36 @@ def _storage(mapping, index: int) -> torch.UntypedStorage:
     return torch.utils.dlpack.from_dlpack(mapping.storage(index)).untyped_storage()
 
 
-def load(ref: str, socket: str | None = None, read_only: bool = False):
+def gpu_device(device) -> torch.device | None:
+    """The CUDA device `device` names (with its index), or None for the
+    host."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        raise InvalidModelError(f"device {device}: zerocopy shares weights on 'cpu' and 'cuda' devices",
+                                "INVALID_ARGUMENT")
+    if device.index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        device = torch.device("cuda", index)
+    return device
+
+
+def _map(ref: str, socket, read_only=False, populate=False, device=None):
+    """The host mapping, or the shared device copy on a CUDA `device`."""
+    gpu = gpu_device(device)
+    if gpu is None:
+        return _native.client(socket).map(ref, read_only=read_only, populate=populate)
+    return _native.client(socket).map_device(ref, gpu.index)
+
+
+def load(ref: str, socket: str | None = None, read_only: bool = False, device=None):
     """Maps model `ref` (name or digest) and rebuilds the object published
-    with publish(); its tensors are views of the mapping."""
-    mapping = _native.client(socket).map(ref, read_only=read_only)
+    with publish(); its tensors are views of the mapping (of the shared
+    device copy for a CUDA `device`)."""
+    mapping = _map(ref, socket, read_only=read_only, device=device)
     metadata = mapping.metadata
     if not metadata.startswith(MAGIC):
         raise InvalidModelError(
@@ -143,12 +174,13 @@ def load(ref: str, socket: str | None = None, read_only: bool = False):
     return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()
 
 
-def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False) -> dict:
+def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False,
+                    device=None) -> dict:
     """The model's tensors by name, as views of its mapping: zero-copy, tied
     tensors sharing one storage. Works for every model, whoever published it.
     populate=True faults every page in now (MAP_POPULATE) rather than on
-    first touch."""
-    mapping = _native.client(socket).map(ref, read_only=read_only, populate=populate)
+    first touch. A CUDA `device`: views of the shared device copy."""
+    mapping = _map(ref, socket, read_only=read_only, populate=populate, device=device)
     cache: dict = {}
     out = {}
     for spec in mapping.tensors():
@@ -162,7 +194,7 @@ def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False
         itemsize = torch.empty((), dtype=dtype).element_size()
         shape = spec["shape"]
         strides = spec["strides"] or torch.empty(shape, device="meta").stride()
-        t = torch.empty(0, dtype=dtype)
+        t = torch.empty(0, dtype=dtype, device=cache[s].device)
         t.set_(cache[s], spec["byte_offset"] // itemsize, shape, strides)
         out[spec["name"]] = t
     return out
@@ -207,16 +239,19 @@ def publish_jit(module, name: str = "", pin: bool = False, socket: str | None = 
     return _native.client(socket).publish(regions, tensors, JIT_MAGIC + archive.getvalue(), "torchscript", name, pin)
 
 
-def load_jit(ref: str, socket: str | None = None):
+def load_jit(ref: str, socket: str | None = None, device=None):
     """Loads a TorchScript model published with publish_jit(): the code from
-    the archive, every parameter and buffer a view of the mapping."""
+    the archive, every parameter and buffer a view of the mapping (of the
+    shared device copy for a CUDA `device`)."""
     mapping = _native.client(socket).map(ref)
     metadata = mapping.metadata
     if not metadata.startswith(JIT_MAGIC):
         raise InvalidModelError(f"model {mapping.digest} ({mapping.format}) is not a TorchScript model",
                                 "INVALID_ARGUMENT")
-    module = torch.jit.load(io.BytesIO(metadata[len(JIT_MAGIC):]), map_location="cpu")
-    for tname, t in load_state_dict(mapping.digest, socket).items():
+    gpu = gpu_device(device)
+    state = load_state_dict(mapping.digest, socket, device=gpu)
+    module = torch.jit.load(io.BytesIO(metadata[len(JIT_MAGIC):]), map_location=gpu or "cpu")
+    for tname, t in state.items():
         owner, leaf = _owner(module, tname)
         owner._c.setattr(leaf, t)
     return module

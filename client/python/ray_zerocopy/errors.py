@@ -6,7 +6,10 @@
     ├── InvalidModelError         (also ValueError) a bad manifest, name or file
     ├── OutOfSpaceError           (also MemoryError) budget or tmpfs full
     ├── PermissionDeniedError     (also PermissionError) an admin-only call
-    └── CorruptModelError         the bytes no longer match their digest
+    ├── CorruptModelError         the bytes no longer match their digest
+    └── GpuSharingUnavailableError  no shared device copy: the daemon has no
+                                  GPU support or does not see the GPU, or
+                                  this process does not
 """
 
 
@@ -45,6 +48,10 @@ class PermissionDeniedError(ZeroCopyError, PermissionError):
 
 
 class CorruptModelError(ZeroCopyError):
+    pass
+
+
+class GpuSharingUnavailableError(ZeroCopyError):
     pass
 
 

@@ -11,11 +11,12 @@ out.
 """
 import io
 import pickle
+import warnings
 
 import torch
 
 from . import _executor, _native, _store
-from .errors import ModelNotFoundError
+from .errors import GpuSharingUnavailableError, ModelNotFoundError
 
 
 def _find_models(pipeline, is_model, attr_names=None):
@@ -119,10 +120,24 @@ class _Base:
         tensors."""
         return {k: dict(v) for k, v in self._models.items()}
 
-    def _load_model(self, key: str, device, fast: bool):
+    def _fetch(self, key: str, device):
+        """Model `key`, its weights views of the host mapping (device None)
+        or of the shared copy on a CUDA device."""
+        return self._load_one(self._models[key]["digest"], device=device)
+
+    def _load_model(self, key: str, device, fast: bool, strict: bool = False):
         info = self._models[key]
+        gpu = _store.gpu_device(device)
         try:
-            model = self._load_one(info["digest"])
+            try:
+                model = self._fetch(key, gpu)
+            except GpuSharingUnavailableError as e:
+                if strict:
+                    raise
+                warnings.warn(f"no shared copy of model {info['digest'][:12]} on {device} ({e}); this process "
+                              "makes a copy of its own (strict=True raises instead)", RuntimeWarning, stacklevel=4)
+                gpu = None
+                model = self._fetch(key, None)
         except ModelNotFoundError:
             raise ModelNotFoundError(
                 f"model {info['digest']} ({'attribute ' + repr(key) if key else 'the model'}, {info['bytes']} bytes) "
@@ -135,27 +150,31 @@ class _Base:
                 p.requires_grad_(False)
             if fast:
                 _to_plain_tensors(model)
-        if device is not None and str(device) != "cpu":
+        if gpu is None and device is not None and str(device) != "cpu":
             model = model.to(device)
         return model
 
-    def load(self, _use_fast_load: bool = False, device=None):
+    def load(self, _use_fast_load: bool = False, device=None, strict: bool = False):
         """The model or pipeline, its weights mapped from zerocopyd (eval
-        mode, requires_grad False). In task mode: a callable that runs each
-        call as a task."""
+        mode, requires_grad False). On a CUDA device the weights are the
+        GPU's one shared copy (CUDA IPC; shared and writable: never write
+        into them); when the daemon cannot share one, a warning and a copy
+        of this process's own, or GpuSharingUnavailableError with
+        strict=True. In task mode: a callable that runs each call as a
+        task."""
         if self._mode == "task":
             from .wrappers import _TaskRunner
-            return _TaskRunner(self, device=device or "cpu", use_fast_load=_use_fast_load)
-        return self._load_local(_use_fast_load, device)
+            return _TaskRunner(self, device=device or "cpu", use_fast_load=_use_fast_load, strict=strict)
+        return self._load_local(_use_fast_load, device, strict)
 
-    def _load_local(self, fast: bool = False, device=None):
+    def _load_local(self, fast: bool = False, device=None, strict: bool = False):
         if self._skeleton is None:
-            return self._load_model("", device, fast)
+            return self._load_model("", device, fast, strict)
         loaded = {}
         by_digest = {}
         for key, info in self._models.items():
             if info["digest"] not in by_digest:
-                by_digest[info["digest"]] = self._load_model(key, device, fast)
+                by_digest[info["digest"]] = self._load_model(key, device, fast, strict)
             loaded[key] = by_digest[info["digest"]]
         wrapper = self
 
@@ -212,20 +231,13 @@ class ModelWrapper(_Base):
             wrapper._factory = model
         return wrapper
 
-    def _load_model(self, key, device, fast):
+    def _fetch(self, key, device):
         factory = getattr(self, "_factory", None)
         if factory is None:
-            return super()._load_model(key, device, fast)
+            return super()._fetch(key, device)
         module = factory()
-        state = _store.load_state_dict(self._models[key]["digest"])
+        state = _store.load_state_dict(self._models[key]["digest"], device=device)
         module.load_state_dict(state, assign=True, strict=True)
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        if fast:
-            _to_plain_tensors(module)
-        if device is not None and str(device) != "cpu":
-            module = module.to(device)
         return module
 
 

@@ -9,10 +9,10 @@ from . import _executor
 from .model_wrappers import JITModelWrapper, ModelWrapper
 
 
-def _run_call(wrapper, device, use_fast_load, method, args, kwargs):
+def _run_call(wrapper, device, use_fast_load, strict, method, args, kwargs):
     """The body of a task: load, call, return (module level so that it
     pickles by reference)."""
-    target = wrapper._load_local(use_fast_load, device)
+    target = wrapper._load_local(use_fast_load, device, strict)
     if method is not None:
         target = getattr(target, method)
     return target(*args, **kwargs)
@@ -21,15 +21,16 @@ def _run_call(wrapper, device, use_fast_load, method, args, kwargs):
 class _TaskRunner:
     """Runs calls of a wrapped model/pipeline as tasks."""
 
-    def __init__(self, wrapper, device="cpu", use_fast_load=False, executor=None):
+    def __init__(self, wrapper, device="cpu", use_fast_load=False, executor=None, strict=False):
         self._wrapper = wrapper
         self._device = device
         self._use_fast_load = use_fast_load
         self._executor = executor
+        self._strict = strict
 
     def _call(self, method, args, kwargs):
         return _executor.run(self._executor, self._device, _run_call, self._wrapper, self._device,
-                             self._use_fast_load, method, args, kwargs)
+                             self._use_fast_load, getattr(self, "_strict", False), method, args, kwargs)
 
     def __call__(self, *args, **kwargs):
         return self._call(None, args, kwargs)
@@ -60,13 +61,15 @@ class _TaskRunner:
 
 
 class TaskWrapper(_TaskRunner):
-    """Each call of the pipeline (or of a forwarded method) runs as a task."""
+    """Each call of the pipeline (or of a forwarded method) runs as a task.
+    On a CUDA device each task uses the GPU's shared copy of the weights
+    (strict: see ActorWrapper)."""
 
     _wrapper_class = ModelWrapper
 
-    def __init__(self, pipeline, device="cpu", use_fast_load=False, method_names=None, executor=None):
+    def __init__(self, pipeline, device="cpu", use_fast_load=False, method_names=None, executor=None, strict=False):
         super().__init__(self._wrapper_class.from_model(pipeline, mode="task", method_names=method_names),
-                         device, use_fast_load, executor)
+                         device, use_fast_load, executor, strict)
 
 
 class JITTaskWrapper(TaskWrapper):
@@ -76,19 +79,26 @@ class JITTaskWrapper(TaskWrapper):
 
 
 class ActorWrapper:
-    """Publishes the pipeline once; each actor calls .load() to map it."""
+    """Publishes the pipeline once; each actor calls .load() to map it.
+
+    device="cuda:N": every actor on that GPU uses the daemon's one device
+    copy of the weights (CUDA IPC), shared and writable: never write into
+    them. When the daemon cannot share one (built without CUDA, no GPU,
+    MPS restrictions), load() warns and makes the actor a copy of its own;
+    strict=True raises GpuSharingUnavailableError instead."""
 
     _wrapper_class = ModelWrapper
 
-    def __init__(self, pipeline, device="cpu", use_fast_load=False):
+    def __init__(self, pipeline, device="cpu", use_fast_load=False, strict=False):
         self._wrapper = self._wrapper_class.from_model(pipeline, mode="actor")
         self.device = device
         self.use_fast_load = use_fast_load
+        self.strict = strict
 
     def load(self, device=None):
         """The pipeline, its weights mapped zero-copy, on `device` (default:
         the wrapper's)."""
-        return self._wrapper._load_local(self.use_fast_load, device or self.device)
+        return self._wrapper._load_local(self.use_fast_load, device or self.device, getattr(self, "strict", False))
 
     @property
     def _model_info(self):

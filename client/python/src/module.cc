@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "zerocopy/client.h"
+#include "zerocopy/device_model.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/mapped_model.h"
 
@@ -31,6 +33,8 @@ namespace {
     case absl::StatusCode::kResourceExhausted: cls = "OutOfSpaceError"; break;
     case absl::StatusCode::kPermissionDenied: cls = "PermissionDeniedError"; break;
     case absl::StatusCode::kDataLoss: cls = "CorruptModelError"; break;
+    case absl::StatusCode::kUnimplemented:
+    case absl::StatusCode::kFailedPrecondition: cls = "GpuSharingUnavailableError"; break;
     default: cls = "ZeroCopyError";
   }
   py::object type = py::module_::import("ray_zerocopy.errors").attr(cls);
@@ -59,6 +63,7 @@ py::dict Info(const v1::ModelInfo& m) {
   d["format"] = m.format();
   d["created_unix_ms"] = m.created_unix_ms();
   d["last_used_unix_ms"] = m.last_used_unix_ms();
+  d["gpu_uuids"] = std::vector<std::string>(m.gpu_uuids().begin(), m.gpu_uuids().end());
   return d;
 }
 
@@ -86,14 +91,18 @@ py::capsule Capsule(DLManagedTensor* tensor) {
   });
 }
 
-class Mapping {
+// A model mapped into this process: MappedModel (host) or DeviceModel (a
+// GPU's shared copy).
+template <typename Model>
+class MappingOf {
  public:
-  explicit Mapping(std::shared_ptr<MappedModel> model) : model_(std::move(model)) {}
+  explicit MappingOf(std::shared_ptr<Model> model) : model_(std::move(model)) {}
 
   py::dict info() const { return Info(model_->info()); }
   std::string digest() const { return model_->digest(); }
   uint64_t size() const { return model_->size(); }
   uintptr_t address() const { return reinterpret_cast<uintptr_t>(model_->data()); }
+  const std::shared_ptr<Model>& model() const { return model_; }
   py::bytes metadata() const { return py::bytes(model_->manifest().metadata()); }
   std::string format() const { return model_->manifest().format(); }
   std::vector<uint64_t> storage_sizes() const {
@@ -111,14 +120,27 @@ class Mapping {
     if (index >= model_->tensor_count()) Raise(absl::OutOfRangeError("tensor index out of range"));
     return Capsule(Check(model_->ToDLPack(index)));
   }
-  std::string compute_digest() const {
-    py::gil_scoped_release unlocked;
-    return model_->ComputeDigest();
-  }
 
  private:
-  std::shared_ptr<MappedModel> model_;
+  std::shared_ptr<Model> model_;
 };
+using Mapping = MappingOf<MappedModel>;
+using DeviceMapping = MappingOf<DeviceModel>;
+
+template <typename M>
+py::class_<M, std::shared_ptr<M>> BindMapping(py::module_& m, const char* name) {
+  return py::class_<M, std::shared_ptr<M>>(m, name)
+      .def_property_readonly("info", &M::info)
+      .def_property_readonly("digest", &M::digest)
+      .def_property_readonly("size", &M::size)
+      .def_property_readonly("address", &M::address)
+      .def_property_readonly("metadata", &M::metadata)
+      .def_property_readonly("format", &M::format)
+      .def("storage_sizes", &M::storage_sizes)
+      .def("tensors", &M::tensors)
+      .def("storage", &M::storage, py::arg("index"), "storage `index` as a uint8 DLPack capsule")
+      .def("tensor", &M::tensor, py::arg("index"), "tensor `index` as a DLPack capsule");
+}
 
 // One Python-visible client; the C++ client refuses use after fork, and the
 // Python layer keeps one per process.
@@ -180,6 +202,22 @@ class PyClient {
       mapped = client_->Map(ref, options);
     }
     return std::make_shared<Mapping>(Check(std::move(mapped)));
+  }
+
+  // The model's shared copy on this process's GPU `ordinal` (CUDA, or the
+  // $ZEROCOPY_FAKE_GPUS of tests).
+  std::shared_ptr<DeviceMapping> MapDevice(const std::string& ref, int ordinal) {
+    absl::StatusOr<std::shared_ptr<DeviceModel>> mapped;
+    {
+      py::gil_scoped_release unlocked;
+      auto uuid = GpuUuid(ordinal);
+      if (!uuid.ok()) {
+        mapped = absl::FailedPreconditionError(absl::StrCat("GPU ", ordinal, ": ", uuid.status().message()));
+      } else {
+        mapped = client_->MapDevice(ref, *uuid);
+      }
+    }
+    return std::make_shared<DeviceMapping>(Check(std::move(mapped)));
   }
 
   py::dict Get(const std::string& ref) {
@@ -269,6 +307,21 @@ class PyClient {
       sessions.append(e);
     }
     d["sessions"] = sessions;
+    d["gpu_backend"] = s.gpu_backend();
+    py::list gpus;
+    for (const auto& g : s.gpus()) {
+      py::dict e;
+      e["uuid"] = g.uuid();
+      e["budget"] = g.budget();
+      e["bytes_used"] = g.bytes_used();
+      e["copies"] = g.copies();
+      e["leases"] = g.leases();
+      e["uploads"] = g.uploads();
+      e["evictions"] = g.evictions();
+      e["total_memory"] = g.total_memory();
+      gpus.append(e);
+    }
+    d["gpus"] = gpus;
     return d;
   }
 
@@ -292,18 +345,14 @@ PYBIND11_MODULE(_zerocopy, m) {
   m.attr("__version__") = ZEROCOPY_VERSION;
   m.def("default_socket", &DefaultSocketPath, "the socket a client uses when none is given");
 
-  py::class_<Mapping, std::shared_ptr<Mapping>>(m, "Mapping")
-      .def_property_readonly("info", &Mapping::info)
-      .def_property_readonly("digest", &Mapping::digest)
-      .def_property_readonly("size", &Mapping::size)
-      .def_property_readonly("address", &Mapping::address)
-      .def_property_readonly("metadata", &Mapping::metadata)
-      .def_property_readonly("format", &Mapping::format)
-      .def("storage_sizes", &Mapping::storage_sizes)
-      .def("tensors", &Mapping::tensors)
-      .def("storage", &Mapping::storage, py::arg("index"), "storage `index` as a uint8 DLPack capsule")
-      .def("tensor", &Mapping::tensor, py::arg("index"), "tensor `index` as a DLPack capsule")
-      .def("compute_digest", &Mapping::compute_digest);
+  BindMapping<Mapping>(m, "Mapping").def("compute_digest", [](const Mapping& self) {
+    py::gil_scoped_release unlocked;
+    return self.model()->ComputeDigest();
+  });
+  BindMapping<DeviceMapping>(m, "DeviceMapping")
+      .def_property_readonly("gpu_uuid", [](const DeviceMapping& self) { return self.model()->gpu_uuid(); })
+      .def_property_readonly("device_ordinal", [](const DeviceMapping& self) { return self.model()->device_ordinal(); })
+      .def_property_readonly("fake", [](const DeviceMapping& self) { return self.model()->fake(); });
 
   py::class_<PyClient, std::shared_ptr<PyClient>>(m, "Client")
       .def(py::init<const std::string&, double>(), py::arg("socket") = "", py::arg("timeout") = 30.0)
@@ -311,6 +360,7 @@ PYBIND11_MODULE(_zerocopy, m) {
       .def("publish", &PyClient::Publish, py::arg("storages"), py::arg("tensors"), py::arg("metadata") = py::bytes(),
            py::arg("format") = "torch", py::arg("name") = "", py::arg("pin") = false)
       .def("map", &PyClient::Map, py::arg("ref"), py::arg("read_only") = false, py::arg("populate") = false)
+      .def("map_device", &PyClient::MapDevice, py::arg("ref"), py::arg("ordinal"))
       .def("get", &PyClient::Get, py::arg("ref"))
       .def("list", &PyClient::List)
       .def("delete", &PyClient::Delete, py::arg("ref"), py::arg("force") = false)

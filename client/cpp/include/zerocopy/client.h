@@ -17,6 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "zerocopy/device_model.h"
 #include "zerocopy/mapped_model.h"
 #include "zerocopy/model_source.h"
 #include "zerocopy/v1/model_store.pb.h"
@@ -64,6 +65,14 @@ class Client : public std::enable_shared_from_this<Client> {
   // Maps a model by name or digest, holding a lease on it (against
   // eviction) for as long as the MappedModel lives.
   absl::StatusOr<std::shared_ptr<MappedModel>> Map(const std::string& ref, const MapOptions& options = {});
+
+  // Opens the model's shared device copy on GPU `gpu_uuid` (the daemon
+  // makes it on first use), leased for as long as the DeviceModel and its
+  // tensors live. See device_model.h. Errors: as Map, plus UNIMPLEMENTED
+  // (GPU sharing off in the daemon, or this build lacks CUDA),
+  // FAILED_PRECONDITION (the daemon sees no such GPU), RESOURCE_EXHAUSTED
+  // (the GPU's budget), NOT_FOUND (this process does not see the GPU).
+  absl::StatusOr<std::shared_ptr<DeviceModel>> MapDevice(const std::string& ref, const std::string& gpu_uuid);
 
   absl::StatusOr<v1::ListModelsResponse> List();
   absl::StatusOr<std::string> Delete(const std::string& ref, bool force = false);

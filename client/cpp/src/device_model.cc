@@ -1,0 +1,187 @@
+#include "zerocopy/device_model.h"
+
+#include <dlpack/dlpack.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "dlpack_export.h"
+#include "zerocopy/cuda_device.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/mapped_region.h"
+#include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
+
+namespace zerocopy {
+
+namespace {
+
+constexpr char kFakePrefix[] = "fake:";
+
+// $ZEROCOPY_FAKE_GPUS, split; empty when unset.
+std::vector<std::string> FakeGpus() {
+  const char* env = std::getenv("ZEROCOPY_FAKE_GPUS");
+  if (env == nullptr || *env == '\0') return {};
+  return absl::StrSplit(env, ',', absl::SkipEmpty());
+}
+
+}  // namespace
+
+absl::StatusOr<int> GpuOrdinal(const std::string& uuid) {
+  auto fake = FakeGpus();
+  if (!fake.empty()) {
+    for (size_t i = 0; i < fake.size(); ++i) {
+      if (fake[i] == uuid) return static_cast<int>(i);
+    }
+    return absl::NotFoundError(absl::StrCat("no GPU ", uuid, " among this process's fake GPUs ($ZEROCOPY_FAKE_GPUS)"));
+  }
+  return cuda::OrdinalOf(uuid);
+}
+
+absl::StatusOr<std::string> GpuUuid(int ordinal) {
+  auto fake = FakeGpus();
+  if (!fake.empty()) {
+    if (ordinal < 0 || static_cast<size_t>(ordinal) >= fake.size()) {
+      return absl::NotFoundError(absl::StrCat("no fake GPU ", ordinal, " ($ZEROCOPY_FAKE_GPUS has ", fake.size(), ")"));
+    }
+    return fake[ordinal];
+  }
+  ZC_ASSIGN_OR_RETURN(auto gpus, cuda::Gpus());
+  if (ordinal < 0 || static_cast<size_t>(ordinal) >= gpus.size()) {
+    return absl::NotFoundError(absl::StrCat("no GPU cuda:", ordinal, " in this process (it sees ", gpus.size(), ")"));
+  }
+  return gpus[ordinal].uuid;
+}
+
+// The opened handle: a CUDA IPC import, or a fake copy's shared mapping.
+class DeviceImport {
+ public:
+  static absl::StatusOr<std::shared_ptr<DeviceImport>> Get(const v1::DeviceCopy& device, int ordinal);
+  ~DeviceImport();
+  void* data() const { return cuda_ ? cuda_->data() : fake_.data(); }
+  bool fake() const { return !cuda_; }
+  int ordinal() const { return ordinal_; }
+
+ private:
+  static std::mutex mu_;
+  static std::map<std::string, std::weak_ptr<DeviceImport>>* cache_;  // by handle; leaked: outlives statics' teardown
+
+  std::string handle_;
+  int ordinal_ = 0;
+  std::unique_ptr<cuda::Import> cuda_;
+  MappedRegion fake_;
+};
+
+std::mutex DeviceImport::mu_;
+std::map<std::string, std::weak_ptr<DeviceImport>>* DeviceImport::cache_ =
+    new std::map<std::string, std::weak_ptr<DeviceImport>>();
+
+absl::StatusOr<std::shared_ptr<DeviceImport>> DeviceImport::Get(const v1::DeviceCopy& device, int ordinal) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& slot = (*cache_)[device.ipc_handle()];
+  if (auto existing = slot.lock()) return existing;
+  std::shared_ptr<DeviceImport> import(new DeviceImport());
+  import->handle_ = device.ipc_handle();
+  import->ordinal_ = ordinal;
+  if (device.backend() == "fake") {
+    if (!absl::StartsWith(device.ipc_handle(), kFakePrefix)) {
+      return absl::InvalidArgumentError("a fake device copy's handle must start with 'fake:'");
+    }
+    std::string path = device.ipc_handle().substr(sizeof kFakePrefix - 1);
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd) return ErrnoStatus(errno, absl::StrCat("open fake device copy ", path));
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != device.size()) {
+      return absl::DataLossError(absl::StrCat("fake device copy ", path, " is not ", device.size(), " bytes"));
+    }
+    MappedRegion::Options options;
+    options.access = MappedRegion::Access::kReadWrite;  // as CUDA IPC: shared and writable
+    ZC_ASSIGN_OR_RETURN(import->fake_, MappedRegion::Map(fd.get(), device.size(), options));
+  } else if (device.backend() == "cuda") {
+    ZC_ASSIGN_OR_RETURN(import->cuda_, cuda::OpenHandle(ordinal, device.ipc_handle()));
+  } else {
+    return absl::UnimplementedError(absl::StrCat("unknown device backend '", device.backend(), "'"));
+  }
+  slot = import;
+  return import;
+}
+
+DeviceImport::~DeviceImport() {
+  // Closed under the lock: a Get of the same handle waits, then opens anew
+  // (never two opens of one handle at once in this process).
+  std::lock_guard<std::mutex> lock(mu_);
+  cuda_.reset();
+  fake_.Reset();
+  auto it = cache_->find(handle_);
+  if (it != cache_->end() && it->second.expired()) cache_->erase(it);
+}
+
+absl::StatusOr<std::shared_ptr<DeviceModel>> DeviceModel::Open(v1::ModelInfo info, v1::Manifest manifest,
+                                                               const v1::DeviceCopy& device,
+                                                               std::function<void()> on_release) {
+  ZC_RETURN_IF_ERROR(Annotate(ValidateManifest(manifest), "manifest from the daemon"));
+  ZC_RETURN_IF_ERROR(Annotate(CheckLayout(manifest), "manifest from the daemon"));
+  if (device.size() != manifest.total_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("device copy of ", device.size(), " bytes for a model of ",
+                                                   manifest.total_size()));
+  }
+  ZC_ASSIGN_OR_RETURN(int ordinal, GpuOrdinal(device.gpu_uuid()));
+  std::shared_ptr<DeviceModel> model(new DeviceModel());
+  ZC_ASSIGN_OR_RETURN(model->import_, DeviceImport::Get(device, ordinal));
+  model->info_ = std::move(info);
+  model->manifest_ = std::move(manifest);
+  model->gpu_uuid_ = device.gpu_uuid();
+  model->on_release_ = std::move(on_release);
+  model->by_name_.reserve(model->manifest_.tensors_size());
+  for (int i = 0; i < model->manifest_.tensors_size(); ++i) model->by_name_[model->manifest_.tensors(i).name()] = i;
+  return model;
+}
+
+DeviceModel::~DeviceModel() {
+  import_.reset();  // closes the handle if this was its last user
+  if (on_release_) on_release_();
+}
+
+int DeviceModel::device_ordinal() const { return import_->ordinal(); }
+bool DeviceModel::fake() const { return import_->fake(); }
+void* DeviceModel::data() const { return import_->data(); }
+
+DeviceTensorView DeviceModel::tensor(size_t index) const {
+  const v1::Tensor& spec = manifest_.tensors(static_cast<int>(index));
+  const v1::Storage& storage = manifest_.storages(static_cast<int>(spec.storage()));
+  return DeviceTensorView{&spec, static_cast<uint8_t*>(data()) + storage.offset() + spec.byte_offset()};
+}
+
+absl::StatusOr<DeviceTensorView> DeviceModel::Find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) {
+    return absl::NotFoundError(absl::StrCat("model ", info_.digest(), " has no tensor '", name, "'"));
+  }
+  return tensor(it->second);
+}
+
+absl::StatusOr<DLManagedTensor*> DeviceModel::ToDLPack(size_t index) {
+  if (index >= tensor_count()) return absl::OutOfRangeError(absl::StrCat("tensor ", index, " of ", tensor_count()));
+  DeviceTensorView view = tensor(index);
+  DLDevice dev = fake() ? DLDevice{kDLCPU, 0} : DLDevice{kDLCUDA, device_ordinal()};
+  return internal::TensorToDLPack(shared_from_this(), view.data, dev, *view.spec);
+}
+
+absl::StatusOr<DLManagedTensor*> DeviceModel::StorageToDLPack(size_t index) {
+  if (index >= static_cast<size_t>(manifest_.storages_size())) {
+    return absl::OutOfRangeError(absl::StrCat("storage ", index, " of ", manifest_.storages_size()));
+  }
+  const auto& storage = manifest_.storages(static_cast<int>(index));
+  DLDevice dev = fake() ? DLDevice{kDLCPU, 0} : DLDevice{kDLCUDA, device_ordinal()};
+  return internal::BytesToDLPack(shared_from_this(), static_cast<uint8_t*>(data()) + storage.offset(), dev,
+                                 storage.size());
+}
+
+}  // namespace zerocopy

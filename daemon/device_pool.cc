@@ -1,0 +1,390 @@
+#include "device_pool.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "config.h"
+#include "log.h"
+#include "model_registry.h"
+#include "zerocopy/cuda_device.h"
+#include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
+
+namespace zerocopy::daemon {
+
+namespace {
+
+// ---- cuda --------------------------------------------------------------
+
+class CudaBuffer final : public DeviceBuffer {
+ public:
+  CudaBuffer(std::unique_ptr<cuda::Allocation> allocation, std::string handle)
+      : allocation_(std::move(allocation)), handle_(std::move(handle)) {}
+  const std::string& handle() const override { return handle_; }
+
+ private:
+  std::unique_ptr<cuda::Allocation> allocation_;
+  std::string handle_;
+};
+
+class CudaBackend final : public DeviceBackend {
+ public:
+  std::string name() const override { return "cuda"; }
+
+  absl::StatusOr<uint64_t> TotalMemory(const std::string& uuid) override {
+    ZC_ASSIGN_OR_RETURN(cuda::Gpu gpu, Find(uuid));
+    return gpu.total_memory;
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
+                                                       uint64_t size) override {
+    ZC_ASSIGN_OR_RETURN(cuda::Gpu gpu, Find(uuid));
+    double rate = 0;
+    ZC_ASSIGN_OR_RETURN(auto allocation, cuda::Upload(gpu.ordinal, host, size, &rate));
+    ZC_ASSIGN_OR_RETURN(std::string handle, allocation->ExportHandle());
+    Log().info("device copy on {} ({}): {} at {:.2f} GiB/s", uuid, gpu.name, FormatBytes(size), rate / (1 << 30));
+    return std::unique_ptr<DeviceBuffer>(new CudaBuffer(std::move(allocation), std::move(handle)));
+  }
+
+ private:
+  absl::StatusOr<cuda::Gpu> Find(const std::string& uuid) {
+    absl::MutexLock lock(&mu_);
+    if (gpus_.empty()) {
+      auto gpus = cuda::Gpus();
+      if (absl::IsUnavailable(gpus.status())) {
+        return absl::FailedPreconditionError(absl::StrCat("zerocopyd sees no GPU: ", gpus.status().message()));
+      }
+      if (!gpus.ok()) return gpus.status();
+      gpus_ = *std::move(gpus);
+    }
+    std::vector<std::string> known;
+    for (const auto& g : gpus_) {
+      if (g.uuid == uuid) return g;
+      known.push_back(g.uuid);
+    }
+    return absl::FailedPreconditionError(
+        absl::StrCat("zerocopyd sees no GPU ", uuid, " (it sees ", absl::StrJoin(known, ", "),
+                     "; run it without CUDA_VISIBLE_DEVICES so that it sees every GPU)"));
+  }
+
+  absl::Mutex mu_;
+  std::vector<cuda::Gpu> gpus_ ABSL_GUARDED_BY(mu_);  // the node's GPUs do not change while we run
+};
+
+// ---- off ---------------------------------------------------------------
+
+class OffBackend final : public DeviceBackend {
+ public:
+  std::string name() const override { return "off"; }
+  absl::StatusOr<uint64_t> TotalMemory(const std::string&) override { return Off(); }
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string&, const uint8_t*, uint64_t) override {
+    return Off();
+  }
+
+ private:
+  static absl::Status Off() {
+    return absl::UnimplementedError("GPU sharing is off in this zerocopyd (gpu_backend = \"off\" in its config)");
+  }
+};
+
+// ---- fake (tests) -------------------------------------------------------
+
+class FakeBuffer final : public DeviceBuffer {
+ public:
+  explicit FakeBuffer(std::string path) : path_(std::move(path)), handle_("fake:" + path_) {}
+  ~FakeBuffer() override { ::unlink(path_.c_str()); }
+  const std::string& handle() const override { return handle_; }
+
+ private:
+  std::string path_;
+  std::string handle_;
+};
+
+class FakeBackend final : public DeviceBackend {
+ public:
+  FakeBackend(std::vector<std::string> uuids, uint64_t memory, std::string dir)
+      : uuids_(std::move(uuids)), memory_(memory), dir_(std::move(dir)) {
+    ::mkdir(dir_.c_str(), 0755);
+  }
+  std::string name() const override { return "fake"; }
+
+  absl::StatusOr<uint64_t> TotalMemory(const std::string& uuid) override {
+    if (std::find(uuids_.begin(), uuids_.end(), uuid) == uuids_.end()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("zerocopyd sees no GPU ", uuid, " (fake GPUs: ", absl::StrJoin(uuids_, ", "), ")"));
+    }
+    return memory_;
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
+                                                       uint64_t size) override {
+    ZC_RETURN_IF_ERROR(TotalMemory(uuid).status());
+    std::string path = absl::StrCat(dir_, "/", RandomId());
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!fd) return ErrnoStatus(errno, absl::StrCat("fake GPU: create ", path));
+    auto buffer = std::make_unique<FakeBuffer>(path);  // unlinks on failure
+    if (size > 0) {
+      if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return ErrnoStatus(errno, "fake GPU: ftruncate");
+      void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+      if (p == MAP_FAILED) return ErrnoStatus(errno, "fake GPU: mmap");
+      std::memcpy(p, host, size);
+      ::munmap(p, size);
+    }
+    return std::unique_ptr<DeviceBuffer>(std::move(buffer));
+  }
+
+ private:
+  const std::vector<std::string> uuids_;
+  const uint64_t memory_;
+  const std::string dir_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceBackend> MakeCudaBackend() { return std::make_unique<CudaBackend>(); }
+std::unique_ptr<DeviceBackend> MakeOffBackend() { return std::make_unique<OffBackend>(); }
+std::unique_ptr<DeviceBackend> MakeFakeBackend(std::vector<std::string> uuids, uint64_t memory, std::string dir) {
+  return std::make_unique<FakeBackend>(std::move(uuids), memory, std::move(dir));
+}
+
+// ---- DevicePool ---------------------------------------------------------
+
+DevicePool::DevicePool(std::unique_ptr<DeviceBackend> backend, DevicePoolOptions options)
+    : backend_(std::move(backend)), backend_name_(backend_->name()), options_(options) {}
+
+DevicePool::~DevicePool() {
+  // Importers hold no lease past the daemon's life: their sessions ended.
+  absl::MutexLock lock(&mu_);
+  copies_.clear();
+}
+
+absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::string& digest,
+                                                   const std::string& uuid, uint64_t size, const HostSource& host) {
+  if (!cuda::IsGpuUuid(uuid)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", uuid,
+                                                   "' is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, as "
+                                                   "nvidia-smi -L prints it)"));
+  }
+  bool known;
+  {
+    absl::MutexLock lock(&mu_);
+    known = gpus_.count(uuid) != 0;
+  }
+  if (!known) {
+    // Outside the lock: the first CUDA call of the process creates a context.
+    ZC_ASSIGN_OR_RETURN(uint64_t total, backend_->TotalMemory(uuid));
+    absl::MutexLock lock(&mu_);
+    if (!gpus_.count(uuid)) {
+      Gpu& gpu = gpus_[uuid];
+      gpu.total_memory = total;
+      gpu.budget = options_.budget_bytes != 0 ? options_.budget_bytes
+                                              : static_cast<uint64_t>(static_cast<double>(total) * options_.budget_fraction);
+    }
+  }
+
+  const Key key{uuid, digest};
+  std::vector<std::unique_ptr<DeviceBuffer>> freed;  // destroyed after the lock is released
+  {
+    absl::MutexLock lock(&mu_);
+    auto settled = [this, &key]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto it = copies_.find(key);
+      return it == copies_.end() || !it->second.uploading;
+    };
+    mu_.Await(absl::Condition(&settled));  // another request is making it: share its result
+    auto it = copies_.find(key);
+    if (it != copies_.end()) {
+      // A copy whose model was dropped but is still leased serves the model
+      // again if it came back (same digest: same bytes).
+      it->second.dropped = false;
+      return Lease(session, key, &it->second);
+    }
+    Gpu& gpu = gpus_[uuid];
+    if (size > gpu.budget) {
+      return absl::ResourceExhaustedError(absl::StrCat("model of ", FormatBytes(size), " exceeds the budget of ",
+                                                       FormatBytes(gpu.budget), " on GPU ", uuid,
+                                                       " (gpu_budget in zerocopyd's config)"));
+    }
+    if (!MakeRoom(uuid, &gpu, size, false, &freed)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "model of ", FormatBytes(size), " does not fit on GPU ", uuid, ": ", FormatBytes(gpu.used), " of ",
+          FormatBytes(gpu.budget), " hold device copies leased by running processes"));
+    }
+    gpu.used += size;
+    Copy& copy = copies_[key];
+    copy.size = size;
+  }
+  freed.clear();
+
+  auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> buffer = absl::UnknownError("not uploaded");
+  {
+    auto bytes = host();
+    if (!bytes.ok()) {
+      buffer = bytes.status();
+    } else {
+      buffer = backend_->Upload(uuid, bytes->data, size);
+      if (absl::IsResourceExhausted(buffer.status())) {
+        // Other programs hold the GPU's memory: make room among our own
+        // unleased copies, then try once more.
+        {
+          absl::MutexLock lock(&mu_);
+          MakeRoom(uuid, &gpus_[uuid], 0, true, &freed);
+        }
+        if (!freed.empty()) {
+          freed.clear();
+          buffer = backend_->Upload(uuid, bytes->data, size);
+        }
+      }
+    }
+  }
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+
+  absl::MutexLock lock(&mu_);
+  auto it = copies_.find(key);  // only this call erases an uploading copy
+  Gpu& gpu = gpus_[uuid];
+  if (!buffer.ok()) {
+    gpu.used -= size;
+    copies_.erase(it);
+    return buffer.status();
+  }
+  it->second.buffer = *std::move(buffer);
+  it->second.uploading = false;
+  ++gpu.uploads;
+  Log().info("device copy digest={} gpu={} size={} ms={:.1f}", digest, uuid, FormatBytes(size), ms);
+  if (it->second.dropped) {
+    freed.push_back(Erase(it));
+    return absl::NotFoundError(absl::StrCat("model ", digest, " was removed while its device copy was made"));
+  }
+  return Lease(session, key, &it->second);
+}
+
+v1::DeviceCopy DevicePool::Lease(uint64_t session, const Key& key, Copy* copy) {
+  if (sessions_[session][key]++ == 0) ++copy->leases;
+  copy->last_used_ms = NowUnixMs();
+  v1::DeviceCopy out;
+  out.set_gpu_uuid(key.first);
+  out.set_backend(backend_name_);
+  out.set_ipc_handle(copy->buffer->handle());
+  out.set_size(copy->size);
+  return out;
+}
+
+std::unique_ptr<DeviceBuffer> DevicePool::Erase(std::map<Key, Copy>::iterator it) {
+  auto g = gpus_.find(it->first.first);
+  if (g != gpus_.end()) g->second.used -= it->second.size;
+  std::unique_ptr<DeviceBuffer> buffer = std::move(it->second.buffer);
+  copies_.erase(it);
+  return buffer;
+}
+
+bool DevicePool::MakeRoom(const std::string& uuid, Gpu* gpu, uint64_t needed, bool all,
+                          std::vector<std::unique_ptr<DeviceBuffer>>* freed) {
+  std::vector<std::map<Key, Copy>::iterator> candidates;
+  for (auto it = copies_.lower_bound(Key{uuid, ""}); it != copies_.end() && it->first.first == uuid; ++it) {
+    if (!it->second.uploading && it->second.leases == 0) candidates.push_back(it);
+  }
+  std::sort(candidates.begin(), candidates.end(),
+            [](const auto& a, const auto& b) { return a->second.last_used_ms < b->second.last_used_ms; });
+  uint64_t freeable = 0;
+  size_t n = 0;
+  while (n < candidates.size() && (all || gpu->used - freeable + needed > gpu->budget)) {
+    freeable += candidates[n++]->second.size;
+  }
+  if (!all && gpu->used - freeable + needed > gpu->budget) return false;
+  for (size_t i = 0; i < n; ++i) {
+    Log().info("evicted device copy digest={} gpu={} size={}", candidates[i]->first.second, uuid,
+               FormatBytes(candidates[i]->second.size));
+    ++gpu->evictions;
+    freed->push_back(Erase(candidates[i]));
+  }
+  return true;
+}
+
+void DevicePool::Unlease(const Key& key, uint32_t count, std::vector<std::unique_ptr<DeviceBuffer>>* freed) {
+  auto it = copies_.find(key);
+  if (it == copies_.end()) return;
+  if (it->second.leases > 0) --it->second.leases;
+  it->second.last_used_ms = NowUnixMs();
+  if (it->second.leases == 0 && it->second.dropped) freed->push_back(Erase(it));
+}
+
+absl::Status DevicePool::Release(uint64_t session, const std::string& digest, const std::string& uuid) {
+  std::vector<std::unique_ptr<DeviceBuffer>> freed;
+  absl::MutexLock lock(&mu_);
+  const Key key{uuid, digest};
+  auto s = sessions_.find(session);
+  auto lease = s == sessions_.end() ? std::map<Key, uint32_t>::iterator() : s->second.find(key);
+  if (s == sessions_.end() || lease == s->second.end()) {
+    return absl::NotFoundError(absl::StrCat("session ", session, " holds no lease on ", digest, " on GPU ", uuid));
+  }
+  if (--lease->second == 0) {
+    s->second.erase(lease);
+    if (s->second.empty()) sessions_.erase(s);
+    Unlease(key, 1, &freed);
+  }
+  return absl::OkStatus();
+}
+
+void DevicePool::CloseSession(uint64_t session) {
+  std::vector<std::unique_ptr<DeviceBuffer>> freed;
+  absl::MutexLock lock(&mu_);
+  auto s = sessions_.find(session);
+  if (s == sessions_.end()) return;
+  for (const auto& [key, count] : s->second) Unlease(key, count, &freed);
+  sessions_.erase(s);
+}
+
+void DevicePool::DropModel(const std::string& digest) {
+  std::vector<std::unique_ptr<DeviceBuffer>> freed;
+  absl::MutexLock lock(&mu_);
+  for (auto it = copies_.begin(); it != copies_.end();) {
+    auto next = std::next(it);
+    if (it->first.second == digest) {
+      if (it->second.leases == 0 && !it->second.uploading) freed.push_back(Erase(it));
+      else it->second.dropped = true;
+    }
+    it = next;
+  }
+}
+
+std::vector<v1::GpuStats> DevicePool::Stats() {
+  absl::MutexLock lock(&mu_);
+  std::vector<v1::GpuStats> out;
+  for (const auto& [uuid, gpu] : gpus_) {
+    v1::GpuStats s;
+    s.set_uuid(uuid);
+    s.set_budget(gpu.budget);
+    s.set_bytes_used(gpu.used);
+    s.set_total_memory(gpu.total_memory);
+    s.set_uploads(gpu.uploads);
+    s.set_evictions(gpu.evictions);
+    uint32_t copies = 0, leases = 0;
+    for (auto it = copies_.lower_bound(Key{uuid, ""}); it != copies_.end() && it->first.first == uuid; ++it) {
+      ++copies;
+      leases += it->second.leases;
+    }
+    s.set_copies(copies);
+    s.set_leases(leases);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<std::string> DevicePool::GpusOf(const std::string& digest) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (const auto& [key, copy] : copies_) {
+    if (key.second == digest && !copy.uploading && !copy.dropped) out.push_back(key.first);
+  }
+  return out;
+}
+
+}  // namespace zerocopy::daemon

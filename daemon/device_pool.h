@@ -1,0 +1,148 @@
+// DevicePool: the device copies of models, one per model per GPU, leased
+// by sessions, within a per-GPU budget (LRU eviction of unleased copies).
+//
+// A DeviceBackend makes and frees the copies: "cuda" (cudaMalloc, upload
+// through pinned buffers, cudaIpcGetMemHandle; zerocopy/cuda_device.h),
+// "fake" (tests: host memory in shared files behind the same interface, so
+// leases, budgets, eviction and concurrency run where there is no GPU), or
+// "off" (every request: UNIMPLEMENTED).
+//
+// Rules:
+// - Acquire makes the copy once: concurrent requests for the same model on
+//   the same GPU wait for the one upload in flight and share its result.
+// - A copy is freed only when no session leases it, and then only when it
+//   is evicted (to fit another within the budget) or its model is gone
+//   (deleted or evicted on the host). A leased copy of a deleted model is
+//   freed with its last lease: importers' pointers stay valid meanwhile.
+// - Device errors become statuses; nothing here aborts the daemon.
+//
+// Thread safety: all public methods may be called from any thread. One
+// mutex guards the maps; uploads and frees run outside it. Lock order:
+// ModelRegistry's mutex, then this one (never the reverse).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "zerocopy/v1/model_store.pb.h"
+
+namespace zerocopy::daemon {
+
+// Device memory holding one model; freed by the destructor.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  // What a client opens: a cudaIpcMemHandle_t for "cuda".
+  virtual const std::string& handle() const = 0;
+};
+
+class DeviceBackend {
+ public:
+  virtual ~DeviceBackend() = default;
+  virtual std::string name() const = 0;
+  // The memory of GPU `uuid`. Errors: NOT_FOUND (no such GPU here),
+  // UNIMPLEMENTED (no GPU support), UNAVAILABLE (no driver or GPU).
+  virtual absl::StatusOr<uint64_t> TotalMemory(const std::string& uuid) = 0;
+  // A new device allocation on GPU `uuid` holding `size` bytes from `host`.
+  // Errors: those of TotalMemory, RESOURCE_EXHAUSTED (device memory).
+  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
+                                                               uint64_t size) = 0;
+};
+
+// "cuda" (UNIMPLEMENTED per request when built without CUDA) and "off".
+std::unique_ptr<DeviceBackend> MakeCudaBackend();
+std::unique_ptr<DeviceBackend> MakeOffBackend();
+// Tests: GPUs `uuids` of `memory` bytes each; copies are files in `dir`
+// (created if missing) that clients map, named by the handle
+// ("fake:" + path).
+std::unique_ptr<DeviceBackend> MakeFakeBackend(std::vector<std::string> uuids, uint64_t memory, std::string dir);
+
+struct DevicePoolOptions {
+  uint64_t budget_bytes = 0;     // per GPU; 0: budget_fraction of its memory
+  double budget_fraction = 0.9;
+};
+
+class DevicePool {
+ public:
+  DevicePool(std::unique_ptr<DeviceBackend> backend, DevicePoolOptions options);
+  ~DevicePool();
+
+  const std::string& backend_name() const { return backend_name_; }
+
+  // The host bytes of a model, mapped for the upload (and unmapped after).
+  struct HostBytes {
+    const uint8_t* data = nullptr;
+    std::shared_ptr<void> keep;  // holds the mapping
+  };
+  using HostSource = std::function<absl::StatusOr<HostBytes>()>;
+
+  // Leases, for `session`, the copy of model `digest` (`size` bytes) on GPU
+  // `uuid`, making it from `host` if there is none. Errors: INVALID_ARGUMENT
+  // (not a GPU UUID), those of the backend, RESOURCE_EXHAUSTED (does not
+  // fit the GPU's budget even after evicting every unleased copy), NOT_FOUND
+  // (the model was removed while being copied).
+  absl::StatusOr<v1::DeviceCopy> Acquire(uint64_t session, const std::string& digest, const std::string& uuid,
+                                         uint64_t size, const HostSource& host);
+  // Errors: NOT_FOUND (the session holds no such lease).
+  absl::Status Release(uint64_t session, const std::string& digest, const std::string& uuid);
+  // Releases every device lease of the session.
+  void CloseSession(uint64_t session);
+  // The host model is gone: free its unleased copies now, the rest with
+  // their last lease.
+  void DropModel(const std::string& digest);
+
+  std::vector<v1::GpuStats> Stats();
+  // The GPUs holding a (ready) copy of `digest`.
+  std::vector<std::string> GpusOf(const std::string& digest);
+
+ private:
+  using Key = std::pair<std::string, std::string>;  // (uuid, digest)
+  struct Copy {
+    std::unique_ptr<DeviceBuffer> buffer;  // null while uploading
+    uint64_t size = 0;
+    uint32_t leases = 0;
+    int64_t last_used_ms = 0;
+    bool uploading = true;
+    bool dropped = false;  // model gone: free with the last lease
+  };
+  struct Gpu {
+    uint64_t budget = 0;
+    uint64_t total_memory = 0;
+    uint64_t used = 0;
+    uint64_t uploads = 0;
+    uint64_t evictions = 0;
+  };
+
+  // The GPU's entry, querying the backend the first time (outside the lock).
+  absl::StatusOr<Gpu*> FindGpu(const std::string& uuid, absl::MutexLock* lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Unleased ready copies on `uuid`, least recently used first, until
+  // `needed` bytes fit; moved into `freed` (destroyed outside the lock).
+  // Returns whether it fits.
+  bool MakeRoom(const std::string& uuid, Gpu* gpu, uint64_t needed, bool all,
+                std::vector<std::unique_ptr<DeviceBuffer>>* freed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Erases a copy and returns its buffer.
+  std::unique_ptr<DeviceBuffer> Erase(std::map<Key, Copy>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::DeviceCopy Lease(uint64_t session, const Key& key, Copy* copy) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // One lease less on `key`; a dropped copy's buffer goes to `freed`.
+  void Unlease(const Key& key, uint32_t count, std::vector<std::unique_ptr<DeviceBuffer>>* freed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const std::unique_ptr<DeviceBackend> backend_;
+  const std::string backend_name_;
+  const DevicePoolOptions options_;
+
+  absl::Mutex mu_;
+  std::map<Key, Copy> copies_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, Gpu> gpus_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, std::map<Key, uint32_t>> sessions_ ABSL_GUARDED_BY(mu_);  // session -> lease counts
+};
+
+}  // namespace zerocopy::daemon
