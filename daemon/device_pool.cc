@@ -47,10 +47,11 @@ class CudaBackend final : public DeviceBackend {
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
                                                        uint64_t size) override {
     ZC_ASSIGN_OR_RETURN(cuda::Gpu gpu, Find(uuid));
-    double rate = 0;
-    ZC_ASSIGN_OR_RETURN(auto allocation, cuda::Upload(gpu.ordinal, host, size, &rate));
+    cuda::UploadInfo info;
+    ZC_ASSIGN_OR_RETURN(auto allocation, cuda::Upload(gpu.ordinal, host, size, &info));
     ZC_ASSIGN_OR_RETURN(std::string handle, allocation->ExportHandle());
-    Log().info("device copy on {} ({}): {} at {:.2f} GiB/s", uuid, gpu.name, FormatBytes(size), rate / (1 << 30));
+    Log().info("device copy on {} ({}): {} at {:.2f} GiB/s ({})", uuid, gpu.name, FormatBytes(size),
+               info.bytes_per_second / (1 << 30), info.method);
     return std::unique_ptr<DeviceBuffer>(new CudaBuffer(std::move(allocation), std::move(handle)));
   }
 

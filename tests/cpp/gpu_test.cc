@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -243,11 +244,11 @@ TEST_CASE("four processes on one GPU attach to one device copy", "[.gpu]") {
 
   // What each process would pay for a copy of its own: the upload itself.
   auto t0 = std::chrono::steady_clock::now();
-  double rate = 0;
+  cuda::UploadInfo upload;
   {
     auto region = d.NewClient()->Map("shared");
     REQUIRE(region.ok());
-    auto own = cuda::Upload(0, (*region)->data(), (*region)->size(), &rate);
+    auto own = cuda::Upload(0, (*region)->data(), (*region)->size(), &upload);
     REQUIRE(own.ok());
   }
   double own_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -257,12 +258,13 @@ TEST_CASE("four processes on one GPU attach to one device copy", "[.gpu]") {
   auto argv = WorkerArgs(d, uuid);
   argv.push_back("--hold");
   std::vector<std::unique_ptr<Child>> workers;
-  std::vector<double> attach_ms;
+  std::vector<double> attach_ms, init_ms;
   for (int i = 0; i < 4; ++i) {
     workers.push_back(std::make_unique<Child>(argv));
     auto line = nlohmann::json::parse(workers.back()->ReadLine());  // one at a time: the first makes the copy
     CHECK(line["checksum"] == host_checksum);
     attach_ms.push_back(line["load_ms"]);
+    init_ms.push_back(line["gpu_init_ms"]);
   }
   auto after = cuda::MemoryInfo(0);
   REQUIRE(after.ok());
@@ -272,9 +274,16 @@ TEST_CASE("four processes on one GPU attach to one device copy", "[.gpu]") {
   std::printf(
       "GPU %s: model %.0f MiB; 4 processes attached; device memory used grew by %.0f MiB (%.2f model sizes, "
       "CUDA contexts included; 4 private copies would be >= 4.00)\n"
-      "attach ms: first (makes the copy) %.1f, then %.1f %.1f %.1f; a private upload takes %.1f ms (%.2f GiB/s)\n",
+      "attach ms: first (makes the copy) %.1f, then %.1f %.1f %.1f; a private upload takes %.1f ms (%.2f GiB/s, %s); "
+      "CUDA start per process (not counted) %.1f %.1f %.1f %.1f ms\n",
       uuid.c_str(), size / (1 << 20), growth / (1 << 20), growth / size, attach_ms[0], attach_ms[1], attach_ms[2],
-      attach_ms[3], own_ms, rate / (1 << 30));
+      attach_ms[3], own_ms, upload.bytes_per_second / (1 << 30), upload.method, init_ms[0], init_ms[1], init_ms[2], init_ms[3]);
+  {
+    std::istringstream log(d.log());
+    for (std::string line; std::getline(log, line);) {
+      if (line.find("device copy on") != std::string::npos) std::printf("zerocopyd: %s\n", line.c_str());
+    }
+  }
   CHECK(gpu.uploads() == 1);
   CHECK(gpu.copies() == 1);
   CHECK(gpu.leases() == 4);

@@ -24,9 +24,18 @@
 
 namespace zerocopy::testing {
 
-std::string DaemonBinary() { return ZEROCOPYD_BIN; }
-std::string CliBinary() { return ZEROCOPY_CLI_BIN; }
-std::string MapWorkerBinary() { return MAP_WORKER_BIN; }
+namespace {
+// The built path, unless the environment names another (a copy of the
+// build on another machine: tests/gpu/run.sh).
+std::string Program(const char* env, const char* built) {
+  const char* value = std::getenv(env);
+  return value != nullptr && *value != '\0' ? value : built;
+}
+}  // namespace
+
+std::string DaemonBinary() { return Program("ZEROCOPYD_BIN", ZEROCOPYD_BIN); }
+std::string CliBinary() { return Program("ZEROCOPY_CLI_BIN", ZEROCOPY_CLI_BIN); }
+std::string MapWorkerBinary() { return Program("ZEROCOPY_MAP_WORKER_BIN", MAP_WORKER_BIN); }
 
 TempDir::TempDir(const std::string& base) {
   std::string pattern = base + "/zc-test-XXXXXX";

@@ -27,15 +27,20 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 class Daemon:
-    def __init__(self, host_budget="2G"):
+    def __init__(self, host_budget="2G", config: str = ""):
+        """config: TOML text for --config (e.g. the fake GPU backend)."""
         self.dir = Path(tempfile.mkdtemp(prefix="zc-pytest-"))
         self.socket = str(self.dir / "zerocopyd.sock")
         self.segment_dir = tempfile.mkdtemp(prefix="zc-pytest-", dir="/dev/shm") + "/segments"
         self.cli = str(BUILD / "client/cli/zerocopy")
         self.log = open(self.dir / "zerocopyd.log", "w")
+        extra = []
+        if config:
+            (self.dir / "zerocopyd.toml").write_text(config)
+            extra = ["--config", str(self.dir / "zerocopyd.toml")]
         self.proc = subprocess.Popen(
             [str(BUILD / "daemon/zerocopyd"), "--socket", self.socket, "--segment-dir", self.segment_dir,
-             "--host-budget", host_budget, "--log-level", "debug"], stdout=self.log, stderr=subprocess.STDOUT)
+             "--host-budget", host_budget, "--log-level", "debug", *extra], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -78,6 +83,9 @@ def ray_local(daemon):
     ray.shutdown()
 
 
-def run_python(code: str, *args) -> subprocess.CompletedProcess:
-    """Runs code in a fresh interpreter (the venv's) with this environment."""
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+def run_python(code: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs code in a fresh interpreter (the venv's) with this environment
+    (plus `env`)."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env=full_env)

@@ -11,8 +11,13 @@
 #ifdef ZEROCOPY_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
+#include <mutex>
+
+#include "zerocopy/status.h"
 #endif
 
 namespace zerocopy::cuda {
@@ -44,7 +49,7 @@ absl::Status NotBuilt() {
 bool Compiled() { return false; }
 absl::StatusOr<std::vector<Gpu>> Gpus() { return NotBuilt(); }
 absl::StatusOr<int> OrdinalOf(const std::string&) { return NotBuilt(); }
-absl::StatusOr<std::unique_ptr<Allocation>> Upload(int, const uint8_t*, uint64_t, double*) { return NotBuilt(); }
+absl::StatusOr<std::unique_ptr<Allocation>> Upload(int, const uint8_t*, uint64_t, UploadInfo*) { return NotBuilt(); }
 absl::StatusOr<std::unique_ptr<Import>> OpenHandle(int, const std::string&) { return NotBuilt(); }
 absl::StatusOr<std::pair<uint64_t, uint64_t>> MemoryInfo(int) { return NotBuilt(); }
 absl::Status CopyToHost(int, const void*, void*, uint64_t) { return NotBuilt(); }
@@ -126,54 +131,10 @@ class CudaImport final : public Import {
   void* data_;
 };
 
-}  // namespace
-
-bool Compiled() { return true; }
-
-absl::StatusOr<std::vector<Gpu>> Gpus() {
-  int count = 0;
-  if (auto s = Check(cudaGetDeviceCount(&count), "cudaGetDeviceCount"); !s.ok()) {
-    return absl::UnavailableError(absl::StrCat("no usable GPU: ", s.message()));
-  }
-  std::vector<Gpu> gpus;
-  for (int i = 0; i < count; ++i) {
-    cudaDeviceProp prop;
-    if (auto s = Check(cudaGetDeviceProperties(&prop, i), "cudaGetDeviceProperties"); !s.ok()) return s;
-    gpus.push_back(Gpu{i, FormatUuid(prop.uuid), prop.name, prop.totalGlobalMem});
-  }
-  return gpus;
-}
-
-absl::StatusOr<int> OrdinalOf(const std::string& uuid) {
-  auto gpus = Gpus();
-  if (!gpus.ok()) return gpus.status();
-  for (const Gpu& g : *gpus) {
-    if (g.uuid == uuid) return g.ordinal;
-  }
-  return absl::NotFoundError(absl::StrCat("no GPU ", uuid, " among the ", gpus->size(),
-                                          " this process sees (CUDA_VISIBLE_DEVICES=",
-                                          getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset",
-                                          ")"));
-}
-
-absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* host, uint64_t size,
-                                                   double* bytes_per_second) {
-  DeviceScope scope(ordinal);
-  if (!scope.status().ok()) return scope.status();
-  auto t0 = std::chrono::steady_clock::now();
-  void* device = nullptr;
-  // At least one allocation granule, so that even an empty model has an
-  // address to export.
-  if (auto s = Check(cudaMalloc(&device, std::max<uint64_t>(size, 256)),
-                     absl::StrCat("cudaMalloc(", size, " bytes) on GPU ", ordinal));
-      !s.ok()) {
-    return s;
-  }
-  auto allocation = std::make_unique<CudaAllocation>(ordinal, device, size);
-
-  // Two pinned buffers: the CPU fills one while the copy engine drains the
-  // other. Pageable memory would make the driver stage it through its own
-  // small buffer, at a fraction of the link's speed.
+// Copies through two pinned buffers: the CPU fills one while the copy
+// engine drains the other. Pageable memory would otherwise be staged by the
+// driver through its own small buffer, at a fraction of the link's speed.
+absl::Status StagedCopy(uint8_t* device, const uint8_t* host, uint64_t size) {
   constexpr uint64_t kChunk = 64ull << 20;
   const uint64_t chunk = std::min<uint64_t>(kChunk, std::max<uint64_t>(size, 1));
   void* pinned[2] = {nullptr, nullptr};
@@ -191,8 +152,7 @@ absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* h
     if (used[b]) status = Check(cudaEventSynchronize(done[b]), "cudaEventSynchronize");
     if (!status.ok()) break;
     std::memcpy(pinned[b], host + offset, n);
-    status = Check(cudaMemcpyAsync(static_cast<uint8_t*>(device) + offset, pinned[b], n, cudaMemcpyHostToDevice, stream),
-                   "cudaMemcpyAsync");
+    status = Check(cudaMemcpyAsync(device + offset, pinned[b], n, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
     if (status.ok()) status = Check(cudaEventRecord(done[b], stream), "cudaEventRecord");
     used[b] = true;
   }
@@ -205,10 +165,87 @@ absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* h
     if (done[b] != nullptr) cudaEventDestroy(done[b]);
     if (pinned[b] != nullptr) cudaFreeHost(pinned[b]);
   }
+  return status;
+}
+
+}  // namespace
+
+bool Compiled() { return true; }
+
+absl::StatusOr<std::vector<Gpu>> QueryGpus() {
+  int count = 0;
+  if (auto s = Check(cudaGetDeviceCount(&count), "cudaGetDeviceCount"); !s.ok()) {
+    return absl::UnavailableError(absl::StrCat("no usable GPU: ", s.message()));
+  }
+  std::vector<Gpu> gpus;
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop;
+    if (auto s = Check(cudaGetDeviceProperties(&prop, i), "cudaGetDeviceProperties"); !s.ok()) return s;
+    gpus.push_back(Gpu{i, FormatUuid(prop.uuid), prop.name, prop.totalGlobalMem});
+  }
+  return gpus;
+}
+
+absl::StatusOr<std::vector<Gpu>> Gpus() {
+  // The GPUs a process sees do not change while it runs, and
+  // cudaGetDeviceProperties is slow: ask once per process (after fork, anew).
+  static std::mutex mu;
+  static pid_t owner = 0;
+  static std::vector<Gpu>* cached = nullptr;
+  std::lock_guard<std::mutex> lock(mu);
+  if (cached != nullptr && owner == ::getpid()) return *cached;
+  ZC_ASSIGN_OR_RETURN(auto gpus, QueryGpus());
+  delete cached;
+  cached = new std::vector<Gpu>(gpus);
+  owner = ::getpid();
+  return gpus;
+}
+
+absl::StatusOr<int> OrdinalOf(const std::string& uuid) {
+  auto gpus = Gpus();
+  if (!gpus.ok()) return gpus.status();
+  for (const Gpu& g : *gpus) {
+    if (g.uuid == uuid) return g.ordinal;
+  }
+  return absl::NotFoundError(absl::StrCat("no GPU ", uuid, " among the ", gpus->size(),
+                                          " this process sees (CUDA_VISIBLE_DEVICES=",
+                                          getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset",
+                                          ")"));
+}
+
+absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* host, uint64_t size,
+                                                   UploadInfo* info) {
+  DeviceScope scope(ordinal);
+  if (!scope.status().ok()) return scope.status();
+  auto t0 = std::chrono::steady_clock::now();
+  void* device = nullptr;
+  // At least one allocation granule, so that even an empty model has an
+  // address to export.
+  if (auto s = Check(cudaMalloc(&device, std::max<uint64_t>(size, 256)),
+                     absl::StrCat("cudaMalloc(", size, " bytes) on GPU ", ordinal));
+      !s.ok()) {
+    return s;
+  }
+  auto allocation = std::make_unique<CudaAllocation>(ordinal, device, size);
+
+  // Fastest: pin the host bytes where they are and let the copy engine read
+  // them directly. A mapping the driver will not pin (some file systems,
+  // old drivers) goes through pinned staging buffers instead.
+  absl::Status status;
+  bool registered = size > 0 && cudaHostRegister(const_cast<uint8_t*>(host), size,
+                                                 cudaHostRegisterPortable | cudaHostRegisterReadOnly) == cudaSuccess;
+  if (registered) {
+    status = Check(cudaMemcpy(device, host, size, cudaMemcpyHostToDevice), "cudaMemcpy (registered host memory)");
+    cudaHostUnregister(const_cast<uint8_t*>(host));
+  } else {
+    cudaGetLastError();  // the failed registration
+    status = StagedCopy(static_cast<uint8_t*>(device), host, size);
+  }
   if (!status.ok()) return status;  // `allocation` frees the device memory
-  if (bytes_per_second != nullptr) {
+  if (info != nullptr) {
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    *bytes_per_second = s > 0 ? static_cast<double>(size) / s : 0;
+    info->bytes_per_second = s > 0 ? static_cast<double>(size) / s : 0;
+    info->method = registered ? "registered" : "staged";
   }
   return std::unique_ptr<Allocation>(std::move(allocation));
 }

@@ -55,11 +55,17 @@ class Allocation {
   virtual absl::StatusOr<std::string> ExportHandle() const = 0;
 };
 
-// One cudaMalloc of `size` bytes on GPU `ordinal`, filled from `host`
-// through pinned staging buffers (pageable memory, e.g. a mapped segment,
-// is copied at full speed in chunks). `bytes_per_second` gets the rate.
+// How an upload went.
+struct UploadInfo {
+  double bytes_per_second = 0;
+  const char* method = "";  // "registered" (host bytes pinned in place) or "staged" (through pinned buffers)
+};
+
+// One cudaMalloc of `size` bytes on GPU `ordinal`, filled from `host`: the
+// host bytes pinned where they are (cudaHostRegister) when the driver
+// allows, else copied through pinned staging buffers.
 absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* host, uint64_t size,
-                                                   double* bytes_per_second = nullptr);
+                                                   UploadInfo* info = nullptr);
 
 // Another process's allocation, opened through its IPC handle on GPU
 // `ordinal` (cudaIpcOpenMemHandle); closed by the destructor. CUDA allows
