@@ -46,6 +46,12 @@ int Stats(Globals& g) {
                 static_cast<unsigned long long>(session.id()), session.pid(), session.uid(), session.gid(),
                 session.leases(), HumanTime(session.opened_unix_ms()).c_str());
   }
+  std::printf("gpus:       %s backend, %d with device copies\n", s.gpu_backend().c_str(), s.gpus_size());
+  for (const auto& gpu : s.gpus()) {
+    std::printf("  %s  %s used of %s budget, %u copies, %u leases, %llu uploads, %llu evictions\n", gpu.uuid().c_str(),
+                HumanBytes(gpu.bytes_used()).c_str(), HumanBytes(gpu.budget()).c_str(), gpu.copies(), gpu.leases(),
+                static_cast<unsigned long long>(gpu.uploads()), static_cast<unsigned long long>(gpu.evictions()));
+  }
   return 0;
 }
 

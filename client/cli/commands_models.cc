@@ -106,11 +106,12 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
   const auto& m = got->model();
   std::printf("digest:      %s\nnames:       %s\nsize:        %s (%llu bytes)\nformat:      %s\n"
               "tensors:     %u in %u storages\nsegment:     %s\npinned:      %s\nleases:      %u\n"
-              "huge pages:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n",
+              "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n",
               m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
               HumanBytes(m.size()).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
               m.tensor_count(), m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(),
-              m.huge_pages() ? "yes" : "no", HumanTime(m.created_unix_ms()).c_str(),
+              m.huge_pages() ? "yes" : "no", m.gpu_uuids().empty() ? "-" : absl::StrJoin(m.gpu_uuids(), ", ").c_str(),
+              HumanTime(m.created_unix_ms()).c_str(),
               HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size());
   std::printf("\n%-48s  %-6s  %-20s  %10s  %s\n", "TENSOR", "DTYPE", "SHAPE", "BYTES", "OFFSET");
   size_t shown = 0;
