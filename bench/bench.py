@@ -17,12 +17,15 @@ instance (127.0.0.1, no dashboard, usage stats off), then measures:
  4. publish throughput: Python ModelWrapper.from_model, CLI preload, against
     memcpy into fresh shared memory and XXH3 alone;
  5. GetModel round trip at 1, 16 and 64 concurrent clients;
- 6. GPU attach (only where a GPU exists).
+ 6. GPU (only where a GPU exists): attaching to the daemon's shared device
+    copy against .to("cuda") in a fresh process, and device memory with 1
+    and 4 processes holding the model.
 
 Each number is the median of several runs, with min and max, and the ratio
 against ours. Writes results.json, results.md and PNG plots to --out.
 
     bench.py [--quick] [--build build] [--out DIR]
+    bench.py --gpu-only [--build build] [--out DIR]   section 6 alone (no Ray needed)
 """
 import argparse
 import json
@@ -74,8 +77,15 @@ def machine():
         p = Path("/sys/kernel/mm/transparent_hugepage") / name
         info[f"thp_{name}"] = p.read_text().strip() if p.exists() else "absent"
     import torch
-    import ray
-    info.update(torch=torch.__version__, ray=ray.__version__)
+    info.update(torch=torch.__version__)
+    try:
+        import ray
+        info["ray"] = ray.__version__
+    except ImportError:
+        info["ray"] = "absent"
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / GiB, 1)
     return info
 
 
@@ -310,12 +320,43 @@ class Bench:
 
     # -- 6. GPU ---------------------------------------------------------------------
 
-    def gpu(self):
+    def gpu(self, mib, files):
+        """Fresh processes on cuda:0: ours attach to the daemon's one device
+        copy (the first makes it); the alternative copies the host-mapped
+        model to the GPU itself. Device memory: the drop in free memory while
+        1 and 4 such processes hold the model (CUDA contexts included; for
+        ours, also the daemon's copy and context)."""
         import torch
         if not torch.cuda.is_available():
-            return {"skipped": "no GPU on this machine (torch.cuda.is_available() is False); "
-                               "GPU sharing is issue #5"}
-        return {"skipped": "GPU sharing (CUDA IPC) is not built yet (issue #5); nothing to compare"}
+            return {"skipped": "no GPU on this machine (torch.cuda.is_available() is False): section 6 runs where "
+                               "one exists (bench/results-gpu holds a run on an H100)"}
+        r = self.args.repeats
+        out = {"mib": mib}
+        log(f"bench: GPU, {mib} MiB")
+        free_start = torch.cuda.mem_get_info(0)[0]  # before the daemon's copy exists: ours are charged for it
+        attach = [self.worker("gpu-attach", files["wrapper"])["seconds"] for _ in range(r + 1)]
+        out["first attach (makes the device copy)"] = attach[0]
+        out["load"] = {"ours: attach to the shared copy": summary(attach[1:]),
+                       '.to("cuda") of the host-mapped model': summary(
+                           [self.worker("gpu-to-cuda", files["wrapper"])["seconds"] for _ in range(r)])}
+        memory = {}
+        for mode, label in (("gpu-attach", "ours"), ("gpu-to-cuda", 'own copy (.to("cuda"))')):
+            for n in (1, 4):
+                free_before = free_start if label == "ours" else torch.cuda.mem_get_info(0)[0]
+                procs = []
+                for _ in range(n):
+                    p = subprocess.Popen([self.python, str(HERE / "bench_worker.py"), mode, str(files["wrapper"]), "hold"],
+                                         env=self.env_ours, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                    p.stdout.readline()
+                    procs.append(p)
+                used = free_before - torch.cuda.mem_get_info(0)[0]
+                for p in procs:
+                    p.stdin.close()
+                    p.wait(60)
+                memory.setdefault(label, {})[n] = {"device_bytes": used}
+                log(f"bench: GPU memory, {label}, {n} processes: {used / MiB:.0f} MiB")
+        out["memory"] = memory
+        return out
 
     def run(self):
         t0 = time.perf_counter()
@@ -336,6 +377,7 @@ class Bench:
                          lambda: {"mib": mib, "results": self.first_forward(mib, files, digest)}),
                         ("publish", "publish", lambda: {"mib": mib, "results": self.publish(mib, model, files, nbytes)}),
                         ("getmodel", "GetModel", lambda: self.getmodel(digest)),
+                        ("gpu", "GPU", lambda: self.gpu(mib, files)),
                         ("memory", "memory", lambda: {"mib": mib, "results": self.memory(mib, files)})):
                     log(f"bench: {label}")
                     try:
@@ -348,7 +390,19 @@ class Bench:
             del model
             for f in files.values():
                 f.unlink()
-        res["gpu"] = self.gpu()
+        res["wall_seconds"] = time.perf_counter() - t0
+        return res
+
+    def run_gpu_only(self):
+        t0 = time.perf_counter()
+        res = self.results
+        res["gpu_only"] = True
+        for mib in self.args.sizes:
+            model, files, digest, nbytes, _ = self.prepare(mib)
+            del model
+            res.setdefault("gpu_sizes", {})[mib] = self.gpu(mib, files)
+            for f in files.values():
+                f.unlink()
         res["wall_seconds"] = time.perf_counter() - t0
         return res
 
@@ -359,6 +413,7 @@ def main():
     ap.add_argument("--build", default=str(ROOT / "build"))
     ap.add_argument("--out", default=None, help="results directory (default bench/results, build/bench-quick)")
     ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--gpu-only", action="store_true", help="section 6 alone, 1 and 4 GiB (no Ray needed)")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.detail_mib, args.repeats, args.actors, args.rpc_seconds = [256], 256, 2, [2], 1
@@ -368,9 +423,13 @@ def main():
         args.by_value_max_mib = 4096
     out = Path(args.out or (ROOT / ("build/bench-quick" if args.quick else "bench/results")))
     out.mkdir(parents=True, exist_ok=True)
+    if args.gpu_only:
+        args.sizes, args.repeats = [1024, 4096], 5
+        out = Path(args.out or (ROOT / "bench/results-gpu"))
+        out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     try:
-        results = bench.run()
+        results = bench.run_gpu_only() if args.gpu_only else bench.run()
     finally:
         bench.stop()
     results = json.loads(json.dumps(results))  # the same keys (strings) as a reader of the file sees

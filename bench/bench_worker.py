@@ -6,6 +6,12 @@ usable model and prints one JSON line. Time counts from after the imports
     bench_worker.py ours-state-dict REF MIB
     bench_worker.py torch-load FILE MIB
     bench_worker.py forward REF MIB [populate]
+    bench_worker.py gpu-attach WRAPPER_PICKLE [hold]   ours: the GPU's shared copy
+    bench_worker.py gpu-to-cuda WRAPPER_PICKLE [hold]  host-mapped, then .to("cuda")
+
+GPU modes time from after torch's own CUDA start (which every GPU process
+pays); "hold" keeps the model until stdin closes (the parent measures device
+memory meanwhile).
 """
 import json
 import pickle
@@ -58,6 +64,23 @@ def main():
                 times.append(time.perf_counter() - t)
         out["first_seconds"] = times[0]
         out["warm_seconds"] = sorted(times[1:])[1]
+    elif mode in ("gpu-attach", "gpu-to-cuda"):
+        import ray_zerocopy  # noqa: F401
+        wrapper = pickle.loads(open(sys.argv[2], "rb").read())
+        torch.zeros(1, device="cuda")  # torch's CUDA start
+        t = time.perf_counter()
+        if mode == "gpu-attach":
+            wrapper.strict = True
+            model = wrapper.load(device="cuda:0")
+        else:
+            model = wrapper.load().to("cuda:0")
+        torch.cuda.synchronize()
+        out["seconds"] = time.perf_counter() - t
+        out["torch_allocated"] = torch.cuda.memory_allocated()
+        if len(sys.argv) > 3 and sys.argv[3] == "hold":
+            print(json.dumps(out), flush=True)
+            sys.stdin.read()
+            return
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(json.dumps(out), flush=True)

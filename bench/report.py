@@ -34,7 +34,41 @@ def cell(s, ref=None):
     return text
 
 
+def gpu_lines(g):
+    """Section 6 for one model size, or why it was skipped."""
+    if "skipped" in g:
+        return ["## 6. GPU", "", g["skipped"], ""]
+    ours = g["load"]["ours: attach to the shared copy"]
+    lines = [f"## 6. GPU ({size(g['mib'])} model on cuda:0)", "",
+             "Fresh processes, timed after torch's own CUDA start: ours attach to the daemon's one device copy; the "
+             "alternative copies the host-mapped model to the GPU itself. The first attach on a GPU makes the copy: "
+             f"{t(g['first attach (makes the device copy)'])}.", "",
+             "| method | time until the model is on the GPU |", "|---|---|"]
+    for k, v in g["load"].items():
+        lines.append(f"| {k} | {cell(v, None if v is ours else ours)} |")
+    lines += ["", "Device memory used while N processes hold the model (drop in free memory, CUDA contexts "
+              "included; for ours also zerocopyd's copy and its context):", "",
+              "| method | 1 process | 4 processes |", "|---|---|---|"]
+    for k, per_n in g["memory"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{per_n[str(n)]['device_bytes'] / MiB:,.0f} MiB" for n in (1, 4)) + " |")
+    return lines + [""]
+
+
+def markdown_gpu_only(r):
+    m = r["machine"]
+    lines = ["# zerocopy benchmarks: GPU", "",
+             f"Section 6 alone (`bench.py --gpu-only`) in {r['wall_seconds']:.0f} s on {m.get('gpu', '?')} "
+             f"({m.get('gpu_memory_gib', '?')} GiB), {m.get('cpu', '?')}, {m['cores']} cores, {m.get('MemTotal', '?')} "
+             f"memory, kernel {m['kernel']}; torch {m['torch']}. Each cell: median (min–max) of several runs; ×N is "
+             "the ratio against ours.", ""]
+    for mib, g in r["gpu_sizes"].items():
+        lines += gpu_lines(g)
+    return "\n".join(lines)
+
+
 def markdown(r):
+    if r.get("gpu_only"):
+        return markdown_gpu_only(r)
     m = r["machine"]
     lines = ["# zerocopy benchmarks", "",
              f"{'Quick run' if r['quick'] else 'Full run'} in {r['wall_seconds']:.0f} s on {m.get('cpu', '?')}, "
@@ -120,7 +154,7 @@ def markdown(r):
                          f"{v['errors']} | {h.get('calls_per_s', 0):,.0f} | {h.get('p50_us', 0):.0f} µs | "
                          f"{h.get('p99_us', 0):.0f} µs |")
         lines.append("")
-    lines += ["## 6. GPU", "", r["gpu"].get("skipped", json.dumps(r["gpu"])), ""]
+    lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
     if r.get("errors"):
         lines += ["## Failed measurements", ""] + [f"- {k}: `{v.strip().splitlines()[-1][:300]}`"
                                                     for k, v in r["errors"].items()] + [""]
@@ -176,6 +210,8 @@ def targets(r):
 
 
 def plots(r, out_dir):
+    if r.get("gpu_only"):
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

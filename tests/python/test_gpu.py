@@ -167,3 +167,25 @@ def test_a_killed_process_releases_its_device_lease(gpu_daemon, monkeypatch):
     while leases() != held - 1 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert leases() == held - 1
+
+
+def test_torchscript_and_state_dicts_load_onto_the_shared_copy(gpu_daemon, monkeypatch):
+    from ray_zerocopy import JITActorWrapper, _store
+    monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
+    monkeypatch.setattr(_native, "_clients", {})
+    torch.manual_seed(4)
+    model = models.MLP().eval()
+    x = torch.randn(3, 16)
+    scripted = torch.jit.trace(model, x)
+    loaded = JITActorWrapper(scripted, device="cuda:0", strict=True).load()
+    params = list(loaded.parameters())
+    assert all(p.device.type == "cuda" for p in params)
+    assert torch.allclose(loaded(x.cuda()).cpu(), model(x), rtol=1e-4, atol=1e-5)
+
+    info = _store.publish(model, name="mlp-state", socket=gpu_daemon.socket)
+    state = _store.load_state_dict("mlp-state", socket=gpu_daemon.socket, device="cuda:0")
+    assert all(t.is_cuda for t in state.values())
+    base = min(t.data_ptr() for t in state.values())
+    assert max(t.data_ptr() for t in state.values()) - base < info["size"]  # all in one allocation
+    for name, t in model.state_dict().items():
+        assert torch.equal(state[name].cpu(), t)
