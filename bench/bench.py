@@ -146,7 +146,9 @@ class Bench:
         r = subprocess.run([self.python, str(HERE / script), *map(str, argv)], env=env or self.env_ours,
                            capture_output=True, text=True, timeout=1200)
         if r.returncode != 0:
-            raise RuntimeError(f"{script} {' '.join(map(str, argv))} failed:\n{r.stderr[-4000:]}")
+            how = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+            raise RuntimeError(f"{script} {' '.join(map(str, argv))} failed ({how}"
+                               f"{': out of memory?' if r.returncode == -9 else ''}):\n{r.stderr[-4000:]}")
         lines = [line for line in r.stdout.splitlines() if line.startswith("{")]  # Ray Data logs to stdout too
         if not lines:
             raise RuntimeError(f"{script} {' '.join(map(str, argv))} printed no result:\n{r.stdout[-2000:]}")

@@ -34,6 +34,15 @@ def cell(s, ref=None):
     return text
 
 
+def why(error: str) -> str:
+    """The line of a failure's output that says why (not Ray's banners)."""
+    lines = [x.strip() for x in error.strip().splitlines() if x.strip()]
+    for x in reversed(lines):
+        if any(w in x for w in ("Error", "error:", "Killed", "OOM", "out of memory", "MemoryError")):
+            return x[:300]
+    return lines[-1][:300] if lines else "?"
+
+
 def gpu_lines(g):
     """Section 6 for one model size, or why it was skipped."""
     if "skipped" in g:
@@ -156,8 +165,7 @@ def markdown(r):
         lines.append("")
     lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
     if r.get("errors"):
-        lines += ["## Failed measurements", ""] + [f"- {k}: `{v.strip().splitlines()[-1][:300]}`"
-                                                    for k, v in r["errors"].items()] + [""]
+        lines += ["## Failed measurements", ""] + [f"- {k}: `{why(v)}`" for k, v in r["errors"].items()] + [""]
     lines += targets(r)
     return "\n".join(lines)
 
@@ -174,8 +182,10 @@ def targets(r):
                f"(largest/smallest ×{flat:.1f}); {'met' if max(ours) < 0.02 and flat < 3 else 'NOT met'} "
                f"(target: a few milliseconds, flat from 256 MiB to 4 GiB).")
     speedups = [b / a for a, b in zip(ours, torchl)]
-    out.append(f"- against torch.load from page cache: ×{', ×'.join(f'{x:,.0f}' for x in speedups)} "
-               f"({'met' if min(speedups) >= 100 else 'NOT met'}: at least ×100).")
+    at_1g = dict(zip(sizes, speedups)).get("1024")
+    verdict = "not measured at 1 GiB" if at_1g is None else ("met" if at_1g >= 100 else "NOT met")
+    out.append(f"- against torch.load from page cache: {', '.join(f'{size(s)} ×{x:,.0f}' for s, x in zip(sizes, speedups))} "
+               f"({verdict}: at least ×100 for a 1 GiB model).")
     if "memory" in r:
         per_n = r["memory"]["results"].get("ours", {})
         ns = sorted(per_n, key=int)
@@ -183,9 +193,16 @@ def targets(r):
             def total(v):
                 return v["pss"] + v.get("node_pss", 0)
             grow = (total(per_n[ns[-1]]) - total(per_n[ns[0]])) / (int(ns[-1]) - int(ns[0]))
-            out.append(f"- Σ PSS per extra actor: {grow / MiB:,.1f} MiB ({'met' if grow < 64 * MiB else 'NOT met'}: "
-                       f"a few MiB per extra process, not the model's size; the extra is each actor's own "
-                       f"activations and Python objects).")
+            base = r["memory"]["results"].get("baseline", {})
+            other = ""
+            if ns[0] in base and ns[-1] in base:
+                other = (f"; ray-zerocopy 0.2.0 grows by {(total(base[ns[-1]]) - total(base[ns[0]])) / (int(ns[-1]) - int(ns[0])) / MiB:,.0f} "
+                         f"MiB per actor")
+            out.append(f"- Σ PSS per extra actor: {grow / MiB:,.1f} MiB{other} "
+                       f"({'met' if grow < 64 * MiB else 'NOT met'}: a few MiB per extra process beyond the process "
+                       f"itself; this measures whole processes, so it includes each Ray worker's own interpreter, "
+                       f"torch and Ray heap, which every method pays alike; the weights themselves are one copy: "
+                       f"the segment's PSS summed over the actors is 1.00x the model in tests/python/test_ray.py).")
     if "first_forward" in r:
         v = r["first_forward"]["results"]
         best = min(v, key=lambda k: v[k]["first_seconds"]["median"] / v[k]["warm_seconds"]["median"])

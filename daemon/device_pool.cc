@@ -318,7 +318,6 @@ void DevicePool::Unlease(const Key& key, uint32_t count, std::vector<std::unique
 }
 
 absl::Status DevicePool::Release(uint64_t session, const std::string& digest, const std::string& uuid) {
-  std::vector<std::unique_ptr<DeviceBuffer>> freed;
   absl::MutexLock lock(&mu_);
   const Key key{uuid, digest};
   auto s = sessions_.find(session);
@@ -329,30 +328,36 @@ absl::Status DevicePool::Release(uint64_t session, const std::string& digest, co
   if (--lease->second == 0) {
     s->second.erase(lease);
     if (s->second.empty()) sessions_.erase(s);
-    Unlease(key, 1, &freed);
+    Unlease(key, 1, &graveyard_);
   }
   return absl::OkStatus();
 }
 
 void DevicePool::CloseSession(uint64_t session) {
-  std::vector<std::unique_ptr<DeviceBuffer>> freed;
   absl::MutexLock lock(&mu_);
   auto s = sessions_.find(session);
   if (s == sessions_.end()) return;
-  for (const auto& [key, count] : s->second) Unlease(key, count, &freed);
+  for (const auto& [key, count] : s->second) Unlease(key, count, &graveyard_);
   sessions_.erase(s);
 }
 
 void DevicePool::DropModel(const std::string& digest) {
-  std::vector<std::unique_ptr<DeviceBuffer>> freed;
   absl::MutexLock lock(&mu_);
   for (auto it = copies_.begin(); it != copies_.end();) {
     auto next = std::next(it);
     if (it->first.second == digest) {
-      if (it->second.leases == 0 && !it->second.uploading) freed.push_back(Erase(it));
+      if (it->second.leases == 0 && !it->second.uploading) graveyard_.push_back(Erase(it));
       else it->second.dropped = true;
     }
     it = next;
+  }
+}
+
+void DevicePool::Reap() {
+  std::vector<std::unique_ptr<DeviceBuffer>> dead;
+  {
+    absl::MutexLock lock(&mu_);
+    dead.swap(graveyard_);
   }
 }
 

@@ -99,6 +99,11 @@ class DevicePool {
   // their last lease.
   void DropModel(const std::string& digest);
 
+  // Frees the copies that Release, CloseSession and DropModel let go of.
+  // Those run under the registry's lock and only queue them: cudaFree can
+  // wait for the device, so call this with no lock held.
+  void Reap();
+
   std::vector<v1::GpuStats> Stats();
   // The GPUs holding a (ready) copy of `digest`.
   std::vector<std::string> GpusOf(const std::string& digest);
@@ -143,6 +148,7 @@ class DevicePool {
   std::map<Key, Copy> copies_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, Gpu> gpus_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, std::map<Key, uint32_t>> sessions_ ABSL_GUARDED_BY(mu_);  // session -> lease counts
+  std::vector<std::unique_ptr<DeviceBuffer>> graveyard_ ABSL_GUARDED_BY(mu_);  // freed by Reap
 };
 
 }  // namespace zerocopy::daemon

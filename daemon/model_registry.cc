@@ -35,6 +35,17 @@ std::string RandomId() {
   return absl::StrFormat("%016x%016x", r[0], r[1]);
 }
 
+namespace {
+
+// Frees the device copies let go of under the registry's lock once it is
+// released: declared before the lock, destroyed after it.
+struct ReapOnExit {
+  DevicePool* pool;
+  ~ReapOnExit() { pool->Reap(); }
+};
+
+}  // namespace
+
 ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options,
                              std::unique_ptr<DevicePool> devices)
     : store_(std::move(store)),
@@ -175,6 +186,7 @@ void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
 
 absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateModelRequest& request,
                                                               const Peer& peer) {
+  ReapOnExit reap{devices_.get()};
   v1::Manifest manifest = request.manifest();
   ZC_RETURN_IF_ERROR(ValidateManifest(manifest));
   ZC_RETURN_IF_ERROR(AssignOffsets(&manifest));
@@ -388,6 +400,7 @@ absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Pe
 }
 
 absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer) {
+  ReapOnExit reap{devices_.get()};
   std::shared_ptr<const v1::Manifest> manifest;
   v1::GetModelResponse response;
   const bool gpu = !request.gpu_uuid().empty();
@@ -436,14 +449,26 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
     }
     *response.mutable_device() = *std::move(copy);
     absl::MutexLock lock(&mu_);
+    if (!sessions_.count(request.session_id())) {
+      // The session ended while the copy was made: CloseSession ran before
+      // this lease existed, so it must not outlive the session.
+      (void)devices_->Release(request.session_id(), digest, request.gpu_uuid());
+      return absl::FailedPreconditionError(absl::StrCat("unknown session ", request.session_id(),
+                                                        " (it ended while the device copy was made)"));
+    }
     auto m = models_.find(digest);
-    if (m != models_.end()) *response.mutable_model() = Info(m->second);  // now with this GPU
+    if (m == models_.end()) {
+      devices_->DropModel(digest);  // removed meanwhile: its copy goes with its last lease
+    } else {
+      *response.mutable_model() = Info(m->second);  // now with this GPU
+    }
   }
   *response.mutable_manifest() = *manifest;  // outside the lock: can be large
   return response;
 }
 
 absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request, const Peer& peer) {
+  ReapOnExit reap{devices_.get()};
   absl::MutexLock lock(&mu_);
   auto s = sessions_.find(request.session_id());
   if (s == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", request.session_id()));
@@ -474,6 +499,7 @@ v1::ListModelsResponse ModelRegistry::List() {
 
 absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteModelRequest& request,
                                                               const Peer& peer) {
+  ReapOnExit reap{devices_.get()};
   ZC_RETURN_IF_ERROR(CheckAdmin(peer, "deleting models"));
   v1::DeleteModelResponse response;
   {
@@ -565,6 +591,7 @@ uint64_t ModelRegistry::OpenSession(const Peer& peer) {
 }
 
 void ModelRegistry::CloseSession(uint64_t session_id) {
+  ReapOnExit reap{devices_.get()};
   absl::MutexLock lock(&mu_);
   auto s = sessions_.find(session_id);
   if (s == sessions_.end()) return;

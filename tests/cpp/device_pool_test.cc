@@ -84,6 +84,9 @@ TEST_CASE("a device copy is made once and leased per session", "[device]") {
   f.pool->DropModel("m");
   CHECK(f.Gpu().copies() == 0);
   CHECK(f.Gpu().bytes_used() == 0);
+  // Freed by Reap, outside the registry's lock.
+  CHECK(::access(f.FakePath(*a).c_str(), F_OK) == 0);
+  f.pool->Reap();
   CHECK(::access(f.FakePath(*a).c_str(), F_OK) != 0);
 }
 
@@ -97,6 +100,7 @@ TEST_CASE("a dropped model's device copy lives until its last lease", "[device]"
   CHECK(::access(f.FakePath(*a).c_str(), F_OK) == 0);
   f.pool->CloseSession(1);
   CHECK(f.Gpu().copies() == 0);
+  f.pool->Reap();
   CHECK(::access(f.FakePath(*a).c_str(), F_OK) != 0);
 }
 

@@ -156,3 +156,15 @@ def test_task_wrapper_runs_tasks_on_the_shared_copy(fake_gpu_daemon, fake_gpus, 
         tasks = TaskWrapper(model, device="cuda:1", executor=pool, strict=True)
         assert torch.equal(tasks(x), model(x))
     assert gpu_stats(fake_gpu_daemon.socket, U0)["uploads"] >= 1
+
+
+def test_other_refusals_keep_their_own_classes(fake_gpu_daemon):
+    # GpuSharingUnavailableError is for device requests only: a pinned
+    # model's delete (FAILED_PRECONDITION too) stays a plain ZeroCopyError.
+    sock = fake_gpu_daemon.socket
+    info = _store.publish(models.MLP(), name="pinned-one", pin=True, socket=sock)
+    with pytest.raises(ray_zerocopy.ZeroCopyError) as e:
+        _native.client(sock).delete(info["digest"])
+    assert e.type is ray_zerocopy.ZeroCopyError
+    assert e.value.code == "FAILED_PRECONDITION"
+    _native.client(sock).delete(info["digest"], force=True)

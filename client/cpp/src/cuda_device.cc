@@ -63,17 +63,40 @@ absl::Status Check(cudaError_t e, absl::string_view what) {
   std::string message = absl::StrCat(what, ": ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
   cudaGetLastError();  // clear a sticky-free error so the next call starts clean
   if (e == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
+  if (e == cudaErrorDevicesUnavailable) {  // exclusive-process mode, or MPS refusing this process
+    return absl::FailedPreconditionError(message);
+  }
   if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice || e == cudaErrorInitializationError) {
     return absl::UnavailableError(message);
   }
   return absl::InternalError(message);
 }
 
-// Makes `ordinal` current for the scope, restoring the caller's device.
+// Whether the calling thread has a current CUDA context (the driver's
+// cuCtxGetCurrent, reached through the runtime: no link to libcuda).
+bool HasCurrentContext() {
+  using CtxGetCurrent = int (*)(void**);
+  static CtxGetCurrent get = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &fn, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<CtxGetCurrent>(nullptr);
+    }
+    return reinterpret_cast<CtxGetCurrent>(fn);
+  }();
+  void* ctx = nullptr;
+  return get != nullptr && get(&ctx) == 0 && ctx != nullptr;
+}
+
+// Makes `ordinal` current for the scope, then restores the caller's device
+// if the caller had one: a thread that had no context is not given one on
+// GPU 0 on the way out (cudaSetDevice creates the primary context).
 class DeviceScope {
  public:
   explicit DeviceScope(int ordinal) {
-    had_ = cudaGetDevice(&previous_) == cudaSuccess;
+    had_ = HasCurrentContext() && cudaGetDevice(&previous_) == cudaSuccess && previous_ != ordinal;
     status_ = Check(cudaSetDevice(ordinal), absl::StrCat("cudaSetDevice(", ordinal, ")"));
   }
   ~DeviceScope() {
@@ -263,7 +286,11 @@ absl::StatusOr<std::unique_ptr<Import>> OpenHandle(int ordinal, const std::strin
   if (auto s = Check(cudaIpcOpenMemHandle(&data, h, cudaIpcMemLazyEnablePeerAccess),
                      absl::StrCat("cudaIpcOpenMemHandle on GPU ", ordinal));
       !s.ok()) {
-    return s;
+    // CUDA refuses handles across MPS boundaries and IPC/PID namespaces: a
+    // condition of the deployment, on which callers fall back.
+    return absl::FailedPreconditionError(absl::StrCat(
+        s.message(), "; CUDA refused the daemon's handle (MPS servers differ, or the container lacks --ipc=host "
+                     "--pid=host)"));
   }
   return std::unique_ptr<Import>(new CudaImport(ordinal, data));
 }

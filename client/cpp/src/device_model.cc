@@ -6,12 +6,13 @@
 
 #include <cstdlib>
 #include <map>
-#include <mutex>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "dlpack_export.h"
 #include "zerocopy/cuda_device.h"
 #include "zerocopy/manifest.h"
@@ -61,34 +62,49 @@ absl::StatusOr<std::string> GpuUuid(int ordinal) {
 }
 
 // The opened handle: a CUDA IPC import, or a fake copy's shared mapping.
+// One per handle per process: Get hands out references counted under one
+// mutex, and the last reference closes the handle under that mutex, so a
+// handle is never open twice at once in this process.
 class DeviceImport {
  public:
   static absl::StatusOr<std::shared_ptr<DeviceImport>> Get(const v1::DeviceCopy& device, int ordinal);
-  ~DeviceImport();
   void* data() const { return cuda_ ? cuda_->data() : fake_.data(); }
   bool fake() const { return !cuda_; }
   int ordinal() const { return ordinal_; }
 
  private:
-  static std::mutex mu_;
-  static std::map<std::string, std::weak_ptr<DeviceImport>>* cache_;  // by handle; leaked: outlives statics' teardown
+  struct Entry {
+    std::unique_ptr<DeviceImport> import;
+    size_t references = 0;
+  };
+  static std::shared_ptr<DeviceImport> Reference(const std::string& handle, Entry* entry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::string handle_;
+  static absl::Mutex mu_;
+  static std::map<std::string, Entry>* cache_ ABSL_GUARDED_BY(mu_);  // by handle; leaked: outlives static teardown
+
   int ordinal_ = 0;
   std::unique_ptr<cuda::Import> cuda_;
   MappedRegion fake_;
 };
 
-std::mutex DeviceImport::mu_;
-std::map<std::string, std::weak_ptr<DeviceImport>>* DeviceImport::cache_ =
-    new std::map<std::string, std::weak_ptr<DeviceImport>>();
+absl::Mutex DeviceImport::mu_(absl::kConstInit);
+std::map<std::string, DeviceImport::Entry>* DeviceImport::cache_ = new std::map<std::string, DeviceImport::Entry>();
+
+std::shared_ptr<DeviceImport> DeviceImport::Reference(const std::string& handle, Entry* entry) {
+  ++entry->references;
+  return std::shared_ptr<DeviceImport>(entry->import.get(), [handle](DeviceImport*) {
+    absl::MutexLock lock(&mu_);
+    auto it = cache_->find(handle);
+    if (it != cache_->end() && --it->second.references == 0) cache_->erase(it);  // closes it
+  });
+}
 
 absl::StatusOr<std::shared_ptr<DeviceImport>> DeviceImport::Get(const v1::DeviceCopy& device, int ordinal) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto& slot = (*cache_)[device.ipc_handle()];
-  if (auto existing = slot.lock()) return existing;
-  std::shared_ptr<DeviceImport> import(new DeviceImport());
-  import->handle_ = device.ipc_handle();
+  absl::MutexLock lock(&mu_);
+  auto found = cache_->find(device.ipc_handle());
+  if (found != cache_->end()) return Reference(found->first, &found->second);
+  std::unique_ptr<DeviceImport> import(new DeviceImport());
   import->ordinal_ = ordinal;
   if (device.backend() == "fake") {
     if (!absl::StartsWith(device.ipc_handle(), kFakePrefix)) {
@@ -109,18 +125,8 @@ absl::StatusOr<std::shared_ptr<DeviceImport>> DeviceImport::Get(const v1::Device
   } else {
     return absl::UnimplementedError(absl::StrCat("unknown device backend '", device.backend(), "'"));
   }
-  slot = import;
-  return import;
-}
-
-DeviceImport::~DeviceImport() {
-  // Closed under the lock: a Get of the same handle waits, then opens anew
-  // (never two opens of one handle at once in this process).
-  std::lock_guard<std::mutex> lock(mu_);
-  cuda_.reset();
-  fake_.Reset();
-  auto it = cache_->find(handle_);
-  if (it != cache_->end() && it->second.expired()) cache_->erase(it);
+  auto inserted = cache_->emplace(device.ipc_handle(), Entry{std::move(import), 0}).first;
+  return Reference(inserted->first, &inserted->second);
 }
 
 absl::StatusOr<std::shared_ptr<DeviceModel>> DeviceModel::Open(v1::ModelInfo info, v1::Manifest manifest,

@@ -144,13 +144,18 @@ class _Base:
                 f"is not in the zerocopyd of this node (socket {_native.default_socket()}): it was published on "
                 "another node or removed; publish it here (ModelWrapper.from_model on this node, or "
                 "`zerocopy preload`)", "NOT_FOUND") from None
+        move = device is not None and str(device) != "cpu" and (gpu is None or _has_cuda_tensors(model))
         model.eval()
         if not self._jit:
             for p in model.parameters():
                 p.requires_grad_(False)
             if fast:
                 _to_plain_tensors(model)
-        if gpu is None and device is not None and str(device) != "cpu":
+        if move:
+            # Parameters and buffers already in the shared copy stay where
+            # they are; what the state does not hold (non-persistent
+            # buffers a factory made) moves to the device. (A test backend's
+            # fake copy is host memory: nothing to move.)
             model = model.to(device)
         return model
 
@@ -201,6 +206,10 @@ class _Base:
     def __repr__(self) -> str:
         models = ", ".join(f"{k or 'model'}={v['digest'][:12]}" for k, v in self._models.items())
         return f"{type(self).__name__}({models}, mode={self._mode!r})"
+
+
+def _has_cuda_tensors(model) -> bool:
+    return any(t.is_cuda for t in model.parameters()) or any(t.is_cuda for t in model.buffers())
 
 
 def _to_plain_tensors(model: torch.nn.Module) -> None:

@@ -23,6 +23,13 @@ namespace py = pybind11;
 namespace zerocopy::python {
 namespace {
 
+[[noreturn]] void RaiseAs(const absl::Status& status, const char* cls) {
+  py::object type = py::module_::import("ray_zerocopy.errors").attr(cls);
+  py::object error = type(std::string(status.message()), absl::StatusCodeToString(status.code()));
+  PyErr_SetObject(type.ptr(), error.ptr());
+  throw py::error_already_set();
+}
+
 [[noreturn]] void Raise(const absl::Status& status) {
   const char* cls;
   switch (status.code()) {
@@ -33,14 +40,9 @@ namespace {
     case absl::StatusCode::kResourceExhausted: cls = "OutOfSpaceError"; break;
     case absl::StatusCode::kPermissionDenied: cls = "PermissionDeniedError"; break;
     case absl::StatusCode::kDataLoss: cls = "CorruptModelError"; break;
-    case absl::StatusCode::kUnimplemented:
-    case absl::StatusCode::kFailedPrecondition: cls = "GpuSharingUnavailableError"; break;
     default: cls = "ZeroCopyError";
   }
-  py::object type = py::module_::import("ray_zerocopy.errors").attr(cls);
-  py::object error = type(std::string(status.message()), absl::StatusCodeToString(status.code()));
-  PyErr_SetObject(type.ptr(), error.ptr());
-  throw py::error_already_set();
+  RaiseAs(status, cls);
 }
 
 template <typename T>
@@ -216,6 +218,11 @@ class PyClient {
       } else {
         mapped = client_->MapDevice(ref, *uuid);
       }
+    }
+    // No shared copy to be had (GPU sharing off or not built, the daemon or
+    // CUDA refusing this GPU): the class the wrappers fall back on.
+    if (absl::IsUnimplemented(mapped.status()) || absl::IsFailedPrecondition(mapped.status())) {
+      RaiseAs(mapped.status(), "GpuSharingUnavailableError");
     }
     return std::make_shared<DeviceMapping>(Check(std::move(mapped)));
   }
