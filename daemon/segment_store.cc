@@ -128,8 +128,12 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
   }
   char real[PATH_MAX];
   std::string resolved = ::realpath(dir.c_str(), real) ? std::string(real) : dir;
-  return std::unique_ptr<SegmentStore>(
+  struct stat dir_stat;
+  if (::fstat(dir_fd.get(), &dir_stat) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", dir));
+  std::unique_ptr<SegmentStore> store(
       new SegmentStore(resolved, std::move(dir_fd), std::move(lock_fd), MountHasHugePages(resolved)));
+  store->gid_ = dir_stat.st_gid;
+  return store;
 }
 
 std::string SegmentStore::SegmentPath(const std::string& digest) const {
@@ -151,6 +155,16 @@ absl::Status SegmentStore::CreateStaging(const std::string& staging_id, uint64_t
   UniqueFd fd(::openat(dir_fd_.get(), name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0660));
   if (!fd) return ErrnoStatus(errno, absl::StrCat("create ", StagingPath(staging_id)));
   ::fchmod(fd.get(), 0660);  // the umask must not take the group's write bit
+  // New files take the daemon's group, not the directory's: give them the
+  // directory's (segment_group), whose members publish into and map them.
+  if (dir_gid_differs()) {
+    if (::fchown(fd.get(), static_cast<uid_t>(-1), gid_) != 0) {
+      absl::Status s = ErrnoStatus(errno, absl::StrCat("chown ", StagingPath(staging_id), " to gid ", gid_,
+                                                       " (the daemon must be a member of segment_group)"));
+      ::unlinkat(dir_fd_.get(), name.c_str(), 0);
+      return s;
+    }
+  }
   if (size > 0) {
     int err = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size));
     if (err != 0) {

@@ -15,6 +15,8 @@
 // the files it names (the catalog write is atomic through a rename).
 #pragma once
 
+#include <unistd.h>
+
 #include <sys/types.h>
 
 #include <cstdint>
@@ -91,6 +93,8 @@ class SegmentStore {
  private:
   SegmentStore(std::string dir, UniqueFd dir_fd, UniqueFd lock_fd, bool huge_pages)
       : dir_(std::move(dir)), dir_fd_(std::move(dir_fd)), lock_fd_(std::move(lock_fd)), huge_pages_(huge_pages) {}
+  bool dir_gid_differs() const { return gid_ != static_cast<gid_t>(-1) && gid_ != ::getegid(); }
+  gid_t gid_ = static_cast<gid_t>(-1);  // the directory's group: every segment file gets it
   void Quarantine(const std::string& name, const std::string& why, RecoveryReport* report);
 
   std::string dir_;

@@ -1,0 +1,138 @@
+// zerocopy_test_client: single requests and file operations for the
+// security tests, run as another user (setpriv). Prints "OK ..." or
+// "ERR CODE message" and exits 0 or 1.
+//
+//   test_client --socket S create [--hold]   CreateModel of a 4 KiB model: prints the staging id and path
+//   test_client --socket S commit ID         CommitModel (with a wrong digest: only the refusal matters)
+//   test_client --socket S abort ID
+//   test_client --socket S map REF           maps the model and reads every byte
+//   test_client --socket S delete REF | pin REF | tag NAME REF
+//   test_client open-write PATH              open(2) for writing
+//   test_client list-dir DIR                 opendir(3) + readdir(3)
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "zerocopy/client.h"
+#include "zerocopy/v1/model_store.grpc.pb.h"
+
+namespace {
+
+int Ok(const std::string& what) {
+  std::printf("OK %s\n", what.c_str());
+  return 0;
+}
+
+int Err(const std::string& code, const std::string& message) {
+  std::printf("ERR %s %s\n", code.c_str(), message.c_str());
+  return 1;
+}
+
+int Err(const absl::Status& s) { return Err(absl::StatusCodeToString(s.code()), std::string(s.message())); }
+
+int Err(const grpc::Status& s) {
+  return Err(absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())), s.error_message());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::string socket;
+  if (args.size() >= 2 && args[0] == "--socket") {
+    socket = args[1];
+    args.erase(args.begin(), args.begin() + 2);
+  }
+  if (args.empty()) return Err("INVALID_ARGUMENT", "usage: see the header of tests/cpp/test_client.cc");
+  const std::string& op = args[0];
+
+  if (op == "open-write") {
+    int fd = ::open(args.at(1).c_str(), O_WRONLY);
+    if (fd < 0) return Err(errno == EACCES ? "EACCES" : std::to_string(errno), std::strerror(errno));
+    ::close(fd);
+    return Ok("opened for writing");
+  }
+  if (op == "list-dir") {
+    DIR* d = ::opendir(args.at(1).c_str());
+    if (d == nullptr) return Err(errno == EACCES ? "EACCES" : std::to_string(errno), std::strerror(errno));
+    int n = 0;
+    while (::readdir(d) != nullptr) ++n;
+    ::closedir(d);
+    return Ok(std::to_string(n) + " entries");
+  }
+
+  zerocopy::ClientOptions options;
+  options.socket = socket;
+  options.timeout = std::chrono::seconds(10);
+  auto client = zerocopy::Client::Create(options);
+  if (op == "map") {
+    auto m = client->Map(args.at(1));
+    if (!m.ok()) return Err(m.status());
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < (*m)->size(); ++i) sum += (*m)->data()[i];
+    return Ok("mapped " + std::to_string((*m)->size()) + " bytes, sum " + std::to_string(sum));
+  }
+  if (op == "delete") {
+    auto d = client->Delete(args.at(1));
+    return d.ok() ? Ok("deleted " + *d) : Err(d.status());
+  }
+  if (op == "pin") {
+    auto p = client->Pin(args.at(1));
+    return p.ok() ? Ok("pinned") : Err(p.status());
+  }
+  if (op == "tag") {
+    auto t = client->Tag(args.at(1), args.at(2));
+    return t.ok() ? Ok("tagged") : Err(t.status());
+  }
+
+  // Raw requests: the C++ client never leaves a model staged.
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto channel = grpc::CreateCustomChannel("unix:" + client->socket(), grpc::InsecureChannelCredentials(), channel_args);
+  auto stub = zerocopy::v1::ModelStore::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  if (op == "create") {
+    zerocopy::v1::CreateModelRequest request;
+    request.mutable_manifest()->add_storages()->set_size(4096);
+    auto* t = request.mutable_manifest()->add_tensors();
+    t->set_name("w");
+    t->set_dtype(zerocopy::v1::U8);
+    t->add_shape(4096);
+    zerocopy::v1::CreateModelResponse response;
+    grpc::Status s = stub->CreateModel(&ctx, request, &response);
+    if (!s.ok()) return Err(s);
+    Ok(response.staging_id() + " " + response.segment_path());
+    std::fflush(stdout);
+    if (args.size() > 1 && args[1] == "--hold") {
+      char c;
+      while (::read(0, &c, 1) > 0) {
+      }
+    }
+    return 0;
+  }
+  if (op == "commit") {
+    zerocopy::v1::CommitModelRequest request;
+    request.set_staging_id(args.at(1));
+    request.set_digest(std::string(32, '0'));
+    zerocopy::v1::CommitModelResponse response;
+    grpc::Status s = stub->CommitModel(&ctx, request, &response);
+    return s.ok() ? Ok("committed") : Err(s);
+  }
+  if (op == "abort") {
+    zerocopy::v1::AbortModelRequest request;
+    request.set_staging_id(args.at(1));
+    zerocopy::v1::AbortModelResponse response;
+    grpc::Status s = stub->AbortModel(&ctx, request, &response);
+    return s.ok() ? Ok("aborted") : Err(s);
+  }
+  return Err("INVALID_ARGUMENT", "unknown operation " + op);
+}
