@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test test-asan fuzz fuzz-build bench bench-quick clean
+.PHONY: all deps build demo test test-asan fuzz fuzz-build bench bench-quick loadtest clean
 
 all: build
 
@@ -29,6 +29,13 @@ bench: build
 
 bench-quick: build
 	$(PYTHON) bench/bench.py --quick --build $(BUILD)
+
+# The load test at full length (make test runs it for 10 s): 64 clients,
+# mixed calls, then checks that nothing leaked. LOAD_SECONDS, LOAD_CLIENTS.
+LOAD_SECONDS ?= 60
+LOAD_CLIENTS ?= 64
+loadtest: build
+	ZEROCOPY_LOAD_SECONDS=$(LOAD_SECONDS) ZEROCOPY_LOAD_CLIENTS=$(LOAD_CLIENTS) $(BUILD)/tests/cpp/zerocopy_daemon_tests "[load]"
 
 test: build fuzz-build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
