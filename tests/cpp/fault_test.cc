@@ -97,7 +97,7 @@ TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed
 
     // Publishers (each model ~4 MiB: the budget evicts) and readers, until the kill.
     std::atomic<bool> stop{false};
-    std::atomic<uint64_t> ok{0}, errors{0}, corrupt{0};
+    std::atomic<uint64_t> ok{0}, errors{0}, corrupt{0}, published{0};
     std::vector<std::thread> threads;
     for (int w = 0; w < 3; ++w) {
       threads.emplace_back([&, w] {
@@ -106,6 +106,7 @@ TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed
           auto model = testing::MakeModel(4, 262144, static_cast<uint32_t>(round * 100000 + w * 1000 + n));
           auto r = c->Publish(model.source);
           (r.ok() ? ok : errors)++;
+          if (r.ok()) ++published;
         }
       });
       threads.emplace_back([&] {
@@ -122,7 +123,13 @@ TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed
         }
       });
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100 + rng() % 400));
+    // Past the budget (12 churn models fill it), so that evictions run,
+    // then a random moment.
+    auto full = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (published < 14 && std::chrono::steady_clock::now() < full) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 300));
     if (auto s = d.NewClient()->Stats(); s.ok()) evictions += s->evictions();
     REQUIRE(d.Stop(SIGKILL) == 128 + SIGKILL);
     stop = true;
