@@ -36,7 +36,7 @@ absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError
 // reference, so a small pickle can describe an exponential tree).
 constexpr size_t kMaxPickle = 64u << 20;
 constexpr size_t kMaxObjects = 2u << 20;
-constexpr uint64_t kMaxVisits = 4u << 20;
+constexpr uint64_t kMaxVisits = 1u << 20;
 constexpr int kMaxDepth = 64;
 
 // torch.<Name>Storage -> dtype; these are the names torch.save writes.

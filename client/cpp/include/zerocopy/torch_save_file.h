@@ -20,7 +20,7 @@
 // Errors are INVALID_ARGUMENT naming the rule broken: truncated archive,
 // bad zip directory, compressed entries, unknown opcodes or globals,
 // storages missing or smaller than their tensors, big-endian archives, and
-// pickles over budget (64 MiB, 2 M objects, 4 M steps to flatten: a small
+// pickles over budget (64 MiB, 2 M objects, 1 M steps to flatten: a small
 // pickle can describe an exponential tree of shared objects).
 //
 // The file must not shrink while its source is in use: a truncated mapping
