@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "config.h"
+#include "failpoint.h"
 #include "log.h"
 #include "zerocopy/manifest.h"
 #include "zerocopy/mapped_region.h"
@@ -226,6 +227,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
         evicted.push_back(digest);
       }
       if (!evicted.empty()) SaveCatalog();
+      if (!evicted.empty()) Failpoint("create:evicted");
     }
     Staging staging;
     staging.id = id;
@@ -313,6 +315,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     return absl::InvalidArgumentError(absl::StrCat("digest mismatch: the publisher computed '", request.digest(),
                                                    "' but the segment holds ", *digest, "; the model was dropped"));
   }
+  Failpoint("commit:hashed");
 
   v1::CommitModelResponse response;
   bool dedup = false;
@@ -351,6 +354,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
         tags_[name] = *digest;
         SaveCatalog();
       }
+      Failpoint("commit:tagged");
       absl::Status s = store_->CommitStaging(id, record);
       if (!s.ok()) {
         if (!name.empty()) {
@@ -361,6 +365,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
         store_->RemoveStaging(id);
         return s;
       }
+      Failpoint("commit:renamed");
       Model m;
       m.digest = *digest;
       m.manifest = std::make_shared<v1::Manifest>(std::move(manifest));
@@ -419,6 +424,7 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
         return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
       }
       if (request.lease() && s->second.leases[m->digest]++ == 0) ++m->leases;
+      if (request.lease()) Failpoint("get:leased");
     }
     m->last_used_ms = NowUnixMs();
     digest = m->digest;

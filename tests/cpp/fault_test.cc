@@ -251,3 +251,99 @@ TEST_CASE("a segment altered on disk is quarantined at restart and never served"
 }
 
 }  // namespace zerocopy
+
+namespace zerocopy {
+
+// Kills the daemon at exact steps through its failpoints (daemon/failpoint.h).
+TEST_CASE("killed at each step of a commit, a leased get and an eviction, it recovers exactly", "[faults]") {
+  struct Step {
+    const char* point;
+    bool committed;  // whether the interrupted publish must survive
+  };
+  for (const Step step : {Step{"commit:hashed", false}, Step{"commit:tagged", false}, Step{"commit:renamed", true}}) {
+    DYNAMIC_SECTION(step.point) {
+      DaemonProcess d;
+      d.Start();
+      auto kept = testing::MakeModel(2, 4096, 1);
+      PublishOptions named;
+      named.name = "kept";
+      REQUIRE(d.NewClient()->Publish(kept.source, named).ok());
+      auto held = d.NewClient()->Map("kept");
+      REQUIRE(held.ok());
+      d.Stop();
+      d.set_env({std::string("ZEROCOPYD_FAILPOINT=") + step.point});
+      d.Start();
+      auto fresh = testing::MakeModel(2, 4096, 2);
+      named.name = "fresh";
+      CHECK_FALSE(d.NewClient()->Publish(fresh.source, named).ok());  // the daemon died inside the call
+      CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
+      d.set_env({});
+      d.Start();
+      INFO(d.log());
+      CHECK(StagingFiles(d.segment_dir()).empty());
+      RequireEveryModelWhole(d);
+      auto got = d.NewClient()->Map("fresh");
+      if (step.committed) {
+        REQUIRE(got.ok());
+        CHECK(SameBytes(**got, fresh));
+      } else {
+        CHECK(absl::IsNotFound(got.status()));  // also no name left pointing at nothing
+      }
+      auto again = d.NewClient()->Map("kept");
+      REQUIRE(again.ok());
+      CHECK(SameBytes(**again, kept));
+      CHECK(SameBytes(**held, kept));  // the mapping taken before both crashes
+    }
+  }
+  SECTION("get:leased") {
+    DaemonProcess d;
+    d.set_env({"ZEROCOPYD_FAILPOINT=get:leased"});
+    d.Start();
+    auto model = testing::MakeModel(1, 4096, 3);
+    PublishOptions named;
+    named.name = "m";
+    REQUIRE(d.NewClient()->Publish(model.source, named).ok());
+    CHECK_FALSE(d.NewClient()->Map("m").ok());
+    CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
+    d.set_env({});
+    d.Start();
+    auto m = d.NewClient()->Map("m");
+    REQUIRE(m.ok());
+    CHECK(SameBytes(**m, model));
+    auto list = d.NewClient()->List();
+    REQUIRE(list.ok());
+    CHECK(list->models(0).leases() == 1);  // ours, taken just now: the dead session's is gone
+  }
+  SECTION("create:evicted") {
+    DaemonProcess::Options options;
+    options.host_budget = "12M";
+    DaemonProcess d(options);
+    d.Start();
+    auto old_model = testing::MakeModel(2, 1 << 20, 4);  // 8 MiB
+    PublishOptions named;
+    named.name = "old";
+    REQUIRE(d.NewClient()->Publish(old_model.source, named).ok());
+    auto pinned = testing::MakeModel(1, 1024, 5);
+    named.name = "pinned";
+    named.pin = true;
+    REQUIRE(d.NewClient()->Publish(pinned.source, named).ok());
+    d.Stop();
+    d.set_env({"ZEROCOPYD_FAILPOINT=create:evicted"});
+    d.Start();
+    auto big = testing::MakeModel(2, 1 << 20, 6);  // 8 MiB: "old" must go first
+    CHECK_FALSE(d.NewClient()->Publish(big.source).ok());
+    CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
+    d.set_env({});
+    d.Start();
+    INFO(d.log());
+    CHECK(StagingFiles(d.segment_dir()).empty());
+    RequireEveryModelWhole(d);
+    CHECK(absl::IsNotFound(d.NewClient()->Get("old").status()));  // evicted, and its name with it
+    auto p = d.NewClient()->Map("pinned");
+    REQUIRE(p.ok());
+    CHECK(SameBytes(**p, pinned));
+    CHECK(d.NewClient()->Publish(big.source).ok());  // the space came back
+  }
+}
+
+}  // namespace zerocopy

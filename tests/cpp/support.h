@@ -57,6 +57,8 @@ class DaemonProcess {
   std::string log() const;      // everything it printed
   std::vector<std::string> Args() const;  // its argv without the program
   std::shared_ptr<Client> NewClient() const;
+  // The environment of the next Start() ("NAME=value" entries).
+  void set_env(std::vector<std::string> env) { options_.env = std::move(env); }
 
  private:
   Options options_;
