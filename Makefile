@@ -56,13 +56,21 @@ fuzz: fuzz-build
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 # The C++ suite under AddressSanitizer + UndefinedBehaviorSanitizer, in
-# its own build directory (the Python suite needs an uninstrumented
-# interpreter: it runs in `make test`).
+# its own build directory, then the Python suite over the instrumented
+# extension.
 test-asan: deps
 	cmake -S . -B build-asan -DZEROCOPY_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug \
 	  -DZEROCOPY_WITH_TORCH=OFF -DZEROCOPY_PYTHON=$(PYTHON)
 	cmake --build build-asan -j$(JOBS)
 	cd build-asan && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --timeout 900 -E '^python_'
+	# The Python suite over the instrumented extension: libasan preloaded
+	# into the venv's interpreter (with libstdc++, whose exceptions ASan must
+	# intercept). Not the Ray tests (every Ray process would inherit the
+	# preload) nor the CLI's TorchScript preloads (this build has no LibTorch).
+	cd tests/python && LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ZEROCOPY_BUILD=$(CURDIR)/build-asan \
+	  RAY_USAGE_STATS_ENABLED=0 $(PYTHON) -m pytest -q -p no:cacheprovider test_model_wrapper.py test_gpu_fake.py \
+	  test_formats.py -k "not torchscript_archive_loads_in_python"
 
 clean:
 	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)
