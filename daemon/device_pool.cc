@@ -309,7 +309,7 @@ bool DevicePool::MakeRoom(const std::string& uuid, Gpu* gpu, uint64_t needed, bo
   return true;
 }
 
-void DevicePool::Unlease(const Key& key, uint32_t count, std::vector<std::unique_ptr<DeviceBuffer>>* freed) {
+void DevicePool::Unlease(const Key& key, std::vector<std::unique_ptr<DeviceBuffer>>* freed) {
   auto it = copies_.find(key);
   if (it == copies_.end()) return;
   if (it->second.leases > 0) --it->second.leases;
@@ -328,7 +328,7 @@ absl::Status DevicePool::Release(uint64_t session, const std::string& digest, co
   if (--lease->second == 0) {
     s->second.erase(lease);
     if (s->second.empty()) sessions_.erase(s);
-    Unlease(key, 1, &graveyard_);
+    Unlease(key, &graveyard_);
   }
   return absl::OkStatus();
 }
@@ -337,7 +337,7 @@ void DevicePool::CloseSession(uint64_t session) {
   absl::MutexLock lock(&mu_);
   auto s = sessions_.find(session);
   if (s == sessions_.end()) return;
-  for (const auto& [key, count] : s->second) Unlease(key, count, &graveyard_);
+  for (const auto& lease : s->second) Unlease(lease.first, &graveyard_);
   sessions_.erase(s);
 }
 

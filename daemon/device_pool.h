@@ -136,8 +136,8 @@ class DevicePool {
   // Erases a copy and returns its buffer.
   std::unique_ptr<DeviceBuffer> Erase(std::map<Key, Copy>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::DeviceCopy Lease(uint64_t session, const Key& key, Copy* copy) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // One lease less on `key`; a dropped copy's buffer goes to `freed`.
-  void Unlease(const Key& key, uint32_t count, std::vector<std::unique_ptr<DeviceBuffer>>* freed)
+  // A session let go of `key`; a dropped copy's buffer goes to `freed`.
+  void Unlease(const Key& key, std::vector<std::unique_ptr<DeviceBuffer>>* freed)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::unique_ptr<DeviceBackend> backend_;

@@ -56,6 +56,19 @@ void RequireEveryModelWhole(const DaemonProcess& d) {
   }
 }
 
+// Restarts `d` with failpoint `point` armed, runs `call`, which must fail
+// because the daemon killed itself inside it, then restarts it unarmed.
+template <typename Call>
+void CrashAt(DaemonProcess& d, const std::string& point, Call call) {
+  if (d.running()) d.Stop();
+  d.set_env({"ZEROCOPYD_FAILPOINT=" + point});
+  d.Start();
+  CHECK_FALSE(call().ok());
+  CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
+  d.set_env({});
+  d.Start();
+}
+
 }  // namespace
 
 TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed", "[faults]") {
@@ -250,10 +263,6 @@ TEST_CASE("a segment altered on disk is quarantined at restart and never served"
   RequireEveryModelWhole(d);
 }
 
-}  // namespace zerocopy
-
-namespace zerocopy {
-
 // Kills the daemon at exact steps through its failpoints (daemon/failpoint.h).
 TEST_CASE("killed at each step of a commit, a leased get and an eviction, it recovers exactly", "[faults]") {
   struct Step {
@@ -270,15 +279,9 @@ TEST_CASE("killed at each step of a commit, a leased get and an eviction, it rec
       REQUIRE(d.NewClient()->Publish(kept.source, named).ok());
       auto held = d.NewClient()->Map("kept");
       REQUIRE(held.ok());
-      d.Stop();
-      d.set_env({std::string("ZEROCOPYD_FAILPOINT=") + step.point});
-      d.Start();
       auto fresh = testing::MakeModel(2, 4096, 2);
       named.name = "fresh";
-      CHECK_FALSE(d.NewClient()->Publish(fresh.source, named).ok());  // the daemon died inside the call
-      CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
-      d.set_env({});
-      d.Start();
+      CrashAt(d, step.point, [&] { return d.NewClient()->Publish(fresh.source, named).status(); });
       INFO(d.log());
       CHECK(StagingFiles(d.segment_dir()).empty());
       RequireEveryModelWhole(d);
@@ -297,16 +300,12 @@ TEST_CASE("killed at each step of a commit, a leased get and an eviction, it rec
   }
   SECTION("get:leased") {
     DaemonProcess d;
-    d.set_env({"ZEROCOPYD_FAILPOINT=get:leased"});
     d.Start();
     auto model = testing::MakeModel(1, 4096, 3);
     PublishOptions named;
     named.name = "m";
     REQUIRE(d.NewClient()->Publish(model.source, named).ok());
-    CHECK_FALSE(d.NewClient()->Map("m").ok());
-    CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
-    d.set_env({});
-    d.Start();
+    CrashAt(d, "get:leased", [&] { return d.NewClient()->Map("m").status(); });
     auto m = d.NewClient()->Map("m");
     REQUIRE(m.ok());
     CHECK(SameBytes(**m, model));
@@ -327,14 +326,8 @@ TEST_CASE("killed at each step of a commit, a leased get and an eviction, it rec
     named.name = "pinned";
     named.pin = true;
     REQUIRE(d.NewClient()->Publish(pinned.source, named).ok());
-    d.Stop();
-    d.set_env({"ZEROCOPYD_FAILPOINT=create:evicted"});
-    d.Start();
     auto big = testing::MakeModel(2, 1 << 20, 6);  // 8 MiB: "old" must go first
-    CHECK_FALSE(d.NewClient()->Publish(big.source).ok());
-    CHECK(d.Stop(SIGKILL) == 128 + SIGKILL);
-    d.set_env({});
-    d.Start();
+    CrashAt(d, "create:evicted", [&] { return d.NewClient()->Publish(big.source).status(); });
     INFO(d.log());
     CHECK(StagingFiles(d.segment_dir()).empty());
     RequireEveryModelWhole(d);

@@ -261,45 +261,59 @@ absl::StatusOr<v1::GetModelResponse> Client::Get(const std::string& ref) {
   return response;
 }
 
+absl::StatusOr<v1::GetModelResponse> Client::GetOnSession(v1::GetModelRequest request,
+                                                          std::chrono::milliseconds timeout, uint64_t* session_id) {
+  ZC_ASSIGN_OR_RETURN(*session_id, SessionId());
+  request.set_session_id(*session_id);
+  v1::GetModelResponse response;
+  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx, timeout);
+  absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
+  if (IsUnknownSession(status)) {
+    // The daemon restarted and forgot our session: the next call opens a new one.
+    absl::MutexLock lock(&impl_->mu);
+    // Another thread may have reopened it already: close only the stale one.
+    if (impl_->session_id == *session_id) impl_->CloseSession();
+  }
+  ZC_RETURN_IF_ERROR(status);
+  return response;
+}
+
+std::function<void()> Client::Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid) {
+  // The mapping holds the client (and so its session and lease) alive.
+  std::shared_ptr<Client> self = shared_from_this();
+  return [self, session_id, digest = std::move(digest), gpu_uuid = std::move(gpu_uuid)] {
+    if (!self->impl_->CheckProcess().ok()) return;
+    auto stub = self->impl_->Stub();
+    if (!stub.ok()) return;
+    v1::ReleaseModelRequest request;
+    request.set_session_id(session_id);
+    request.set_digest(digest);
+    request.set_gpu_uuid(gpu_uuid);
+    v1::ReleaseModelResponse response;
+    grpc::ClientContext ctx;
+    self->impl_->Prepare(&ctx, std::chrono::milliseconds(2000));
+    (*stub)->ReleaseModel(&ctx, request, &response);  // best effort: the session end releases it anyway
+  };
+}
+
 absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref, const MapOptions& options) {
+  v1::GetModelRequest request;
+  request.mutable_model()->set_ref(ref);
+  request.set_lease(true);
   absl::Status last;
   for (int attempt = 0; attempt < 3; ++attempt) {
-    ZC_ASSIGN_OR_RETURN(uint64_t session_id, SessionId());
-    v1::GetModelRequest request;
-    request.mutable_model()->set_ref(ref);
-    request.set_session_id(session_id);
-    request.set_lease(true);
-    v1::GetModelResponse response;
-    ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
-    grpc::ClientContext ctx;
-    impl_->Prepare(&ctx);
-    absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
-    if (IsUnknownSession(status)) {
-      // The daemon restarted and forgot our session: open a new one.
-      absl::MutexLock lock(&impl_->mu);
-      // Another thread may have reopened it already: close only the stale one.
-      if (impl_->session_id == session_id) impl_->CloseSession();
-      last = status;
+    uint64_t session_id = 0;
+    auto response = GetOnSession(request, impl_->options.timeout, &session_id);
+    if (IsUnknownSession(response.status())) {
+      last = response.status();
       continue;
     }
-    ZC_RETURN_IF_ERROR(status);
-    std::string digest = response.model().digest();
-    std::string path = response.model().segment_path();
-    // The mapping holds the client (and so its session and lease) alive.
-    std::shared_ptr<Client> self = shared_from_this();
-    auto release = [self, session_id, digest] {
-      if (!self->impl_->CheckProcess().ok()) return;
-      auto stub = self->impl_->Stub();
-      if (!stub.ok()) return;
-      v1::ReleaseModelRequest request;
-      request.set_session_id(session_id);
-      request.set_digest(digest);
-      v1::ReleaseModelResponse response;
-      grpc::ClientContext ctx;
-      self->impl_->Prepare(&ctx, std::chrono::milliseconds(2000));
-      (*stub)->ReleaseModel(&ctx, request, &response);  // best effort: the session end releases it anyway
-    };
-    auto mapped = MappedModel::Open(path, std::move(*response.mutable_model()), std::move(*response.mutable_manifest()),
+    ZC_RETURN_IF_ERROR(response.status());
+    auto release = Releaser(session_id, response->model().digest(), "");
+    std::string path = response->model().segment_path();
+    auto mapped = MappedModel::Open(path, std::move(*response->mutable_model()), std::move(*response->mutable_manifest()),
                                     options, release);
     if (mapped.ok()) return mapped;
     release();
@@ -313,43 +327,24 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
 absl::StatusOr<std::shared_ptr<DeviceModel>> Client::MapDevice(const std::string& ref, const std::string& gpu_uuid) {
   // This process must see the GPU before the daemon copies anything to it.
   ZC_RETURN_IF_ERROR(GpuOrdinal(gpu_uuid).status());
+  v1::GetModelRequest request;
+  request.mutable_model()->set_ref(ref);
+  request.set_gpu_uuid(gpu_uuid);
+  // The first request per GPU waits for the upload: allow two minutes for
+  // it (100 GB at a pessimistic 1 GB/s) on top of the usual deadline.
+  const auto timeout = impl_->options.timeout + std::chrono::minutes(2);
   absl::Status last;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    ZC_ASSIGN_OR_RETURN(uint64_t session_id, SessionId());
-    v1::GetModelRequest request;
-    request.mutable_model()->set_ref(ref);
-    request.set_session_id(session_id);
-    request.set_gpu_uuid(gpu_uuid);
-    v1::GetModelResponse response;
-    ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
-    grpc::ClientContext ctx;
-    // The first request per GPU waits for the upload: allow two minutes
-    // for it (100 GB at a pessimistic 1 GB/s) on top of the usual deadline.
-    impl_->Prepare(&ctx, impl_->options.timeout + std::chrono::minutes(2));
-    absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
-    if (IsUnknownSession(status)) {
-      absl::MutexLock lock(&impl_->mu);
-      if (impl_->session_id == session_id) impl_->CloseSession();
-      last = status;
+    uint64_t session_id = 0;
+    auto response = GetOnSession(request, timeout, &session_id);
+    if (IsUnknownSession(response.status())) {
+      last = response.status();
       continue;
     }
-    ZC_RETURN_IF_ERROR(status);
-    std::shared_ptr<Client> self = shared_from_this();
-    auto release = [self, session_id, digest = response.model().digest(), gpu_uuid] {
-      if (!self->impl_->CheckProcess().ok()) return;
-      auto stub = self->impl_->Stub();
-      if (!stub.ok()) return;
-      v1::ReleaseModelRequest request;
-      request.set_session_id(session_id);
-      request.set_digest(digest);
-      request.set_gpu_uuid(gpu_uuid);
-      v1::ReleaseModelResponse response;
-      grpc::ClientContext ctx;
-      self->impl_->Prepare(&ctx, std::chrono::milliseconds(2000));
-      (*stub)->ReleaseModel(&ctx, request, &response);  // best effort: the session end releases it anyway
-    };
-    v1::DeviceCopy device = response.device();
-    auto opened = DeviceModel::Open(std::move(*response.mutable_model()), std::move(*response.mutable_manifest()),
+    ZC_RETURN_IF_ERROR(response.status());
+    auto release = Releaser(session_id, response->model().digest(), gpu_uuid);
+    v1::DeviceCopy device = response->device();
+    auto opened = DeviceModel::Open(std::move(*response->mutable_model()), std::move(*response->mutable_manifest()),
                                     device, release);
     if (!opened.ok()) release();
     return opened;

@@ -85,6 +85,15 @@ class Client : public std::enable_shared_from_this<Client> {
  private:
   struct Impl;
   explicit Client(ClientOptions options);
+  // GetModel with `request` on this process's session (its id goes into
+  // the request and `*session_id`). When the daemon no longer knows the
+  // session (it restarted), the stale one is closed so that a retry opens
+  // a new one, and that FAILED_PRECONDITION is returned.
+  absl::StatusOr<v1::GetModelResponse> GetOnSession(v1::GetModelRequest request, std::chrono::milliseconds timeout,
+                                                    uint64_t* session_id);
+  // Releases the session's lease on `digest` (its device copy on
+  // `gpu_uuid`, if given), best effort: the session's end releases it anyway.
+  std::function<void()> Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid);
   std::unique_ptr<Impl> impl_;
 };
 
