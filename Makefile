@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test test-asan fuzz fuzz-build bench bench-quick loadtest clean
+.PHONY: all deps build demo test test-asan test-tsan fuzz fuzz-build bench bench-quick loadtest clean
 
 all: build
 
@@ -72,5 +72,13 @@ test-asan: deps
 	  RAY_USAGE_STATS_ENABLED=0 $(PYTHON) -m pytest -q -p no:cacheprovider test_model_wrapper.py test_gpu_fake.py \
 	  test_formats.py -k "not torchscript_archive_loads_in_python"
 
+# The C++ suite under ThreadSanitizer, in its own build directory, over
+# Debian's Abseil and gRPC rebuilt with TSan (tests/tsan/run.sh says how).
+test-tsan: deps
+	cmake -S . -B build-tsan -DZEROCOPY_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DZEROCOPY_WITH_TORCH=OFF -DZEROCOPY_PYTHON=$(PYTHON)
+	cmake --build build-tsan -j$(JOBS)
+	tests/tsan/run.sh build-tsan
+
 clean:
-	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)
+	rm -rf $(BUILD) build-asan build-tsan $(FUZZ_BUILD)

@@ -122,10 +122,11 @@ TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed
           if (r.ok()) ++published;
         }
       });
-      threads.emplace_back([&] {
+      threads.emplace_back([&, w] {
         auto c = d.NewClient();
+        std::mt19937 pick(static_cast<uint32_t>(round * 10 + w));  // per thread: rng is the main thread's
         while (!stop) {
-          size_t i = static_cast<size_t>(rng() % kept.size());
+          size_t i = static_cast<size_t>(pick() % kept.size());
           auto r = c->Map(kept_digests[i]);
           if (!r.ok()) {
             ++errors;
