@@ -65,12 +65,18 @@ test-asan: deps
 	cd build-asan && UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure --timeout 900 -E '^python_'
 	# The Python suite over the instrumented extension: libasan preloaded
 	# into the venv's interpreter (with libstdc++, whose exceptions ASan must
-	# intercept). Not the Ray tests (every Ray process would inherit the
-	# preload) nor the CLI's TorchScript preloads (this build has no LibTorch).
+	# intercept) and into the Ray workers (tests/python/conftest.py), each
+	# process's reports in build-asan/asan-reports, any of them failing the
+	# run. Not the CLI's TorchScript preloads (this build has no LibTorch).
+	rm -rf build-asan/asan-reports && mkdir -p build-asan/asan-reports
 	cd tests/python && LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libstdc++.so)" \
-	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ZEROCOPY_BUILD=$(CURDIR)/build-asan \
-	  RAY_USAGE_STATS_ENABLED=0 $(PYTHON) -m pytest -q -p no:cacheprovider test_model_wrapper.py test_gpu_fake.py \
-	  test_formats.py -k "not torchscript_archive_loads_in_python"
+	  ASAN_OPTIONS=detect_leaks=0:log_path=$(CURDIR)/build-asan/asan-reports/asan \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(CURDIR)/build-asan/asan-reports/ubsan \
+	  ZEROCOPY_BUILD=$(CURDIR)/build-asan RAY_USAGE_STATS_ENABLED=0 $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  test_model_wrapper.py test_gpu_fake.py test_formats.py test_ray.py -k "not torchscript_archive_loads_in_python"
+	@if [ -n "$$(ls build-asan/asan-reports)" ]; then \
+	  echo "test-asan: sanitizer reports:"; head -50 build-asan/asan-reports/*; exit 1; \
+	else echo "test-asan: no sanitizer report from any Python process"; fi
 
 # The C++ suite under ThreadSanitizer, in its own build directory, over
 # Debian's Abseil and gRPC rebuilt with TSan (tests/tsan/run.sh says how).

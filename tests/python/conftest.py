@@ -77,8 +77,17 @@ def daemon():
 @pytest.fixture(scope="session")
 def ray_local(daemon):
     import ray  # never skipped: a Ray that cannot start fails the tests with its own error
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False)
+    # Under `make test-asan` this interpreter runs with libasan preloaded
+    # (LD_PRELOAD). Ray's own servers (GCS, raylet, agents) are started
+    # without it; its workers, which import our extension, get it back
+    # through the job's runtime environment.
+    preload = os.environ.pop("LD_PRELOAD", None)
+    try:
+        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 configure_logging=False, runtime_env={"env_vars": {"LD_PRELOAD": preload}} if preload else None)
+    finally:
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = preload
     yield ray
     ray.shutdown()
 
