@@ -168,6 +168,10 @@ absl::Status LoadConfigFile(const std::string& path, Config* config) {
       auto v = node.value<int64_t>();
       if (!v || *v < 0 || *v > 256) s = absl::InvalidArgumentError(absl::StrCat("hash_threads (", Where(node), ") must be in [0, 256]"));
       else config->hash_threads = static_cast<uint32_t>(*v);
+    } else if (key == "worker_threads") {
+      auto v = node.value<int64_t>();
+      if (!v || *v < 1 || *v > 256) s = absl::InvalidArgumentError(absl::StrCat("worker_threads (", Where(node), ") must be in [1, 256]"));
+      else config->worker_threads = static_cast<uint32_t>(*v);
     } else if (key == "gpu_backend") {
       s = ReadString(node, key, &config->gpu_backend);
       if (s.ok() && config->gpu_backend != "auto" && config->gpu_backend != "cuda" && config->gpu_backend != "off" &&
@@ -233,6 +237,7 @@ std::string ConfigToToml(const Config& c) {
       "admin_gids = ", ids(c.admin_gids), "\n",
       "max_message_bytes = ", c.max_message_bytes, "\n",
       "hash_threads = ", c.hash_threads, "\n",
+      "worker_threads = ", c.worker_threads, "\n",
       "shutdown_grace_seconds = ", absl::StrFormat("%g", c.shutdown_grace_seconds), "\n",
       "log_level = ", quote(c.log_level), "\n",
       "gpu_backend = ", quote(c.gpu_backend), "\n",

@@ -34,8 +34,9 @@ const char* ModelStoreService::MethodName(Method m) {
   return kNames[m];
 }
 
-grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext* ctx, Method method,
-                                                    const absl::Status& status, const std::string& context) {
+grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+                                                    Method method, const absl::Status& status,
+                                                    const std::string& context) {
   requests_[method].fetch_add(1, std::memory_order_relaxed);
   if (!status.ok()) {
     errors_.fetch_add(1, std::memory_order_relaxed);
@@ -44,8 +45,7 @@ grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext*
     Log().log(level, "method={} pid={} uid={} {} code={} error=\"{}\"", MethodName(method), peer.pid, peer.uid,
               context, absl::StatusCodeToString(status.code()), std::string(status.message()));
   }
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
+  reactor->Finish(ToGrpcStatus(status));  // last: then gRPC may end the call and free ctx
   return reactor;
 }
 
@@ -64,13 +64,18 @@ grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerCon
 grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerContext* ctx,
                                                          const v1::CommitModelRequest* req,
                                                          v1::CommitModelResponse* resp) {
-  auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
-  if (result.ok()) {
-    *resp = std::move(result).value();
-    Log().info("committed digest={} size={} names={} dedup={}", resp->model().digest(), resp->model().size(),
-               resp->model().names_size(), resp->deduplicated());
-  }
-  return Finish(ctx, kCommit, result.status(), absl::StrCat("staging=", req->staging_id()));
+  // Hashes the whole segment: on the pool, never on gRPC's threads.
+  auto* reactor = ctx->DefaultReactor();
+  slow_calls_.Run([this, ctx, req, resp, reactor] {
+    auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
+    if (result.ok()) {
+      *resp = std::move(result).value();
+      Log().info("committed digest={} size={} names={} dedup={}", resp->model().digest(), resp->model().size(),
+                 resp->model().names_size(), resp->deduplicated());
+    }
+    Finish(ctx, reactor, kCommit, result.status(), absl::StrCat("staging=", req->staging_id()));
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerContext* ctx,
@@ -81,7 +86,17 @@ grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
-  ZC_UNARY(kGet, registry_->Get(*req, peers_->Lookup(ctx->peer())), absl::StrCat("ref=", req->model().ref()));
+  if (req->gpu_uuid().empty()) {
+    ZC_UNARY(kGet, registry_->Get(*req, peers_->Lookup(ctx->peer())), absl::StrCat("ref=", req->model().ref()));
+  }
+  // A GPU request may upload the model's device copy: on the pool.
+  auto* reactor = ctx->DefaultReactor();
+  slow_calls_.Run([this, ctx, req, resp, reactor] {
+    auto result = registry_->Get(*req, peers_->Lookup(ctx->peer()));
+    if (result.ok()) *resp = std::move(result).value();
+    Finish(ctx, reactor, kGet, result.status(), absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()));
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerContext* ctx,

@@ -13,6 +13,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "model_registry.h"
+#include "work_queue.h"
 #include "zerocopy/v1/model_store.grpc.pb.h"
 
 namespace zerocopy::daemon {
@@ -32,7 +33,10 @@ class PeerTable {
 
 class ModelStoreService final : public v1::ModelStore::CallbackService {
  public:
-  ModelStoreService(ModelRegistry* registry, const PeerTable* peers) : registry_(registry), peers_(peers) {}
+  // worker_threads: the pool that runs commits and GPU requests
+  // (work_queue.h), apart from gRPC's own threads.
+  ModelStoreService(ModelRegistry* registry, const PeerTable* peers, unsigned worker_threads)
+      : registry_(registry), peers_(peers), slow_calls_(worker_threads) {}
 
   grpc::ServerUnaryReactor* CreateModel(grpc::CallbackServerContext* ctx, const v1::CreateModelRequest* req,
                                         v1::CreateModelResponse* resp) override;
@@ -64,12 +68,19 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   static const char* MethodName(Method m);
   // Counts the request, logs a failure once with its context, finishes.
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, Method method, const absl::Status& status,
-                                   const std::string& context);
+                                   const std::string& context) {
+    return Finish(ctx, ctx->DefaultReactor(), method, status, context);
+  }
+  // The same for a call answered later, from the pool: `reactor` is the
+  // one its handler took (ctx->DefaultReactor() builds it anew each call).
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor, Method method,
+                                   const absl::Status& status, const std::string& context);
 
   ModelRegistry* const registry_;
   const PeerTable* const peers_;
   std::array<std::atomic<uint64_t>, kCount> requests_{};
   std::atomic<uint64_t> errors_{0};
+  WorkQueue slow_calls_;  // last: its threads are joined first, while all the above still exist
 };
 
 }  // namespace zerocopy::daemon

@@ -64,7 +64,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
       std::move(store), options, std::make_unique<DevicePool>(std::move(backend), device_options));
   server->registry_->Adopt(report);
   server->peers_ = std::make_unique<PeerTable>();
-  server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get());
+  server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get(),
+                                                        config.worker_threads);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -50,6 +50,7 @@ admin_uids = [0, 1000]
 admin_gids = [27]
 max_message_bytes = "16M"
 hash_threads = 3
+worker_threads = 7
 shutdown_grace_seconds = 1.5
 log_level = "debug"
 )");
@@ -66,6 +67,7 @@ log_level = "debug"
   REQUIRE(c.admin_gids == std::vector<uint32_t>{27});
   REQUIRE(c.max_message_bytes == 16ull << 20);
   REQUIRE(c.hash_threads == 3);
+  REQUIRE(c.worker_threads == 7);
   REQUIRE(c.shutdown_grace_seconds == 1.5);
   REQUIRE(c.log_level == "debug");
 
@@ -91,6 +93,7 @@ TEST_CASE("config errors name the key and line", "[config]") {
            {"admin_uids = [-1]\n", "admin_uids"},
            {"verify_on_start = \"yes\"\n", "verify_on_start"},
            {"socket_mode = 0o7777\n", "socket_mode"},
+           {"worker_threads = 0\n", "worker_threads (line 1) must be in [1, 256]"},
            {"socket = \"unterminated\n", "zerocopyd.toml:1"},
        }) {
     INFO(bad.text);

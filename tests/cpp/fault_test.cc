@@ -341,3 +341,46 @@ TEST_CASE("killed at each step of a commit, a leased get and an eviction, it rec
 }
 
 }  // namespace zerocopy
+
+namespace zerocopy {
+
+// Commits hash whole segments and may wait on the disk: however many are
+// slow at once, the other calls (GetModel, sessions, stats) keep being
+// answered. The failpoint holds every commit after hashing until the test
+// lets them go.
+TEST_CASE("slow commits do not hold up the other calls", "[faults]") {
+  testing::DaemonProcess d;
+  const std::string hold = d.segment_dir() + ".hold";
+  { std::ofstream(hold) << "held"; }
+  d.set_env({"ZEROCOPYD_FAILPOINT=commit:hashed:hold=" + hold});
+  d.Start();
+  // Four times as many held commits as the daemon has worker threads, and
+  // more than gRPC has threads of its own here.
+  constexpr int kSlow = 16;
+  std::vector<std::thread> publishers;
+  std::atomic<int> published{0};
+  for (int i = 0; i < kSlow; ++i) {
+    publishers.emplace_back([&, i] {
+      auto model = testing::MakeModel(1, 4096, 100 + i);
+      if (d.NewClient()->Publish(model.source).ok()) ++published;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(1));  // time for them all to arrive
+  // Everything else is answered while they are held: stats (which see the
+  // staging models waiting), a list, a session opened.
+  auto client = d.NewClient();
+  auto stats = client->Stats();
+  CHECK(stats.ok());
+  if (stats.ok()) CHECK(stats->bytes_staging() >= kSlow * 4096u);
+  CHECK(client->List().ok());
+  CHECK(client->SessionId().ok());
+  CHECK(published == 0);
+  std::remove(hold.c_str());
+  for (auto& t : publishers) t.join();
+  CHECK(published == kSlow);
+  auto after = client->List();
+  REQUIRE(after.ok());
+  CHECK(after->models_size() == kSlow);
+}
+
+}  // namespace zerocopy
