@@ -66,7 +66,12 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
                                                          v1::CommitModelResponse* resp) {
   // Hashes the whole segment: on the pool, never on gRPC's threads.
   auto* reactor = ctx->DefaultReactor();
-  slow_calls_.Run([this, ctx, req, resp, reactor] {
+  commits_.Run([this, ctx, req, resp, reactor] {
+    if (ctx->IsCancelled()) {  // the client gave up (or the daemon is stopping) while it waited its turn
+      Finish(ctx, reactor, kCommit, absl::CancelledError("cancelled before it started"),
+             absl::StrCat("staging=", req->staging_id()));
+      return;
+    }
     auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
     if (result.ok()) {
       *resp = std::move(result).value();
@@ -91,7 +96,12 @@ grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContex
   }
   // A GPU request may upload the model's device copy: on the pool.
   auto* reactor = ctx->DefaultReactor();
-  slow_calls_.Run([this, ctx, req, resp, reactor] {
+  gpu_requests_.Run([this, ctx, req, resp, reactor] {
+    if (ctx->IsCancelled()) {  // no lease nor device copy for a caller that is gone
+      Finish(ctx, reactor, kGet, absl::CancelledError("cancelled before it started"),
+             absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()));
+      return;
+    }
     auto result = registry_->Get(*req, peers_->Lookup(ctx->peer()));
     if (result.ok()) *resp = std::move(result).value();
     Finish(ctx, reactor, kGet, result.status(), absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()));

@@ -33,10 +33,10 @@ class PeerTable {
 
 class ModelStoreService final : public v1::ModelStore::CallbackService {
  public:
-  // worker_threads: the pool that runs commits and GPU requests
-  // (work_queue.h), apart from gRPC's own threads.
+  // worker_threads: the size of each of the two pools that run commits
+  // and GPU requests (work_queue.h), apart from gRPC's own threads.
   ModelStoreService(ModelRegistry* registry, const PeerTable* peers, unsigned worker_threads)
-      : registry_(registry), peers_(peers), slow_calls_(worker_threads) {}
+      : registry_(registry), peers_(peers), commits_(worker_threads), gpu_requests_(worker_threads) {}
 
   grpc::ServerUnaryReactor* CreateModel(grpc::CallbackServerContext* ctx, const v1::CreateModelRequest* req,
                                         v1::CreateModelResponse* resp) override;
@@ -80,7 +80,11 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   const PeerTable* const peers_;
   std::array<std::atomic<uint64_t>, kCount> requests_{};
   std::atomic<uint64_t> errors_{0};
-  WorkQueue slow_calls_;  // last: its threads are joined first, while all the above still exist
+  // Last: their threads are joined first, while all the above still exist.
+  // Apart, so that GPU requests (most find their copy made) never wait
+  // behind long commits.
+  WorkQueue commits_;
+  WorkQueue gpu_requests_;
 };
 
 }  // namespace zerocopy::daemon

@@ -1,6 +1,7 @@
 #include "work_queue.h"
 
 #include <algorithm>
+#include <cassert>
 
 namespace zerocopy::daemon {
 
@@ -20,12 +21,8 @@ WorkQueue::~WorkQueue() {
 
 void WorkQueue::Run(std::function<void()> task) {
   absl::MutexLock lock(&mu_);
+  assert(!stopping_ && "Run() on a WorkQueue being destroyed");
   tasks_.push_back(std::move(task));
-}
-
-size_t WorkQueue::queued() const {
-  absl::MutexLock lock(&mu_);
-  return tasks_.size();
 }
 
 void WorkQueue::Loop() {

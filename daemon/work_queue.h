@@ -25,12 +25,11 @@ class WorkQueue {
   WorkQueue& operator=(const WorkQueue&) = delete;
 
   void Run(std::function<void()> task);
-  size_t queued() const;  // waiting for a thread (not counting running ones)
 
  private:
   void Loop();
 
-  mutable absl::Mutex mu_;
+  absl::Mutex mu_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;

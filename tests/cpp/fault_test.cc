@@ -347,36 +347,56 @@ namespace zerocopy {
 // Commits hash whole segments and may wait on the disk: however many are
 // slow at once, the other calls (GetModel, sessions, stats) keep being
 // answered. The failpoint holds every commit after hashing until the test
-// lets them go.
+// lets them go. (Before commits had their own threads, 16 held ones took
+// all of gRPC's and this test's Stats timed out.)
 TEST_CASE("slow commits do not hold up the other calls", "[faults]") {
   testing::DaemonProcess d;
   const std::string hold = d.segment_dir() + ".hold";
   { std::ofstream(hold) << "held"; }
   d.set_env({"ZEROCOPYD_FAILPOINT=commit:hashed:hold=" + hold});
   d.Start();
-  // Four times as many held commits as the daemon has worker threads, and
-  // more than gRPC has threads of its own here.
+  // Four times as many held commits as the daemon has threads for them,
+  // and more than gRPC has threads of its own here.
   constexpr int kSlow = 16;
-  std::vector<std::thread> publishers;
   std::atomic<int> published{0};
+  struct Publishers {  // lets the commits go and joins, however the test ends
+    std::string hold;
+    std::vector<std::thread> threads;
+    ~Publishers() {
+      std::remove(hold.c_str());
+      for (auto& t : threads) t.join();
+    }
+  } publishers{hold, {}};
   for (int i = 0; i < kSlow; ++i) {
-    publishers.emplace_back([&, i] {
+    publishers.threads.emplace_back([&, i] {
       auto model = testing::MakeModel(1, 4096, 100 + i);
       if (d.NewClient()->Publish(model.source).ok()) ++published;
     });
   }
-  std::this_thread::sleep_for(std::chrono::seconds(1));  // time for them all to arrive
-  // Everything else is answered while they are held: stats (which see the
-  // staging models waiting), a list, a session opened.
+  // Every model created, so every commit sent or about to be.
+  auto created = [](const v1::GetStatsResponse& s) {
+    auto it = s.requests().find("CreateModel");
+    return it == s.requests().end() ? uint64_t{0} : it->second;
+  };
   auto client = d.NewClient();
-  auto stats = client->Stats();
-  CHECK(stats.ok());
-  if (stats.ok()) CHECK(stats->bytes_staging() >= kSlow * 4096u);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  absl::StatusOr<v1::GetStatsResponse> stats;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    stats = client->Stats();
+  } while (stats.ok() && created(*stats) < kSlow && std::chrono::steady_clock::now() < deadline);
+  REQUIRE(stats.ok());
+  REQUIRE(created(*stats) == kSlow);
+  CHECK(stats->bytes_staging() > 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the commits reach the hold
+  // Everything else is answered while they are held.
+  CHECK(client->Stats().ok());
   CHECK(client->List().ok());
   CHECK(client->SessionId().ok());
   CHECK(published == 0);
   std::remove(hold.c_str());
-  for (auto& t : publishers) t.join();
+  for (auto& t : publishers.threads) t.join();
+  publishers.threads.clear();
   CHECK(published == kSlow);
   auto after = client->List();
   REQUIRE(after.ok());
