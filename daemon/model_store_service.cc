@@ -61,26 +61,32 @@ grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerCon
            absl::StrCat("name=", req->name(), " tensors=", req->manifest().tensors_size()));
 }
 
+template <typename Work>
+grpc::ServerUnaryReactor* ModelStoreService::Offload(WorkQueue& pool, grpc::CallbackServerContext* ctx, Method method,
+                                                     std::string context, Work work) {
+  auto* reactor = ctx->DefaultReactor();
+  pool.Run([this, ctx, reactor, method, context = std::move(context), work = std::move(work)] {
+    // A caller that is gone (or a daemon stopping) gets no commit, lease
+    // or device copy.
+    absl::Status status = ctx->IsCancelled() ? absl::CancelledError("cancelled before it started") : work();
+    Finish(ctx, reactor, method, status, context);
+  });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerContext* ctx,
                                                          const v1::CommitModelRequest* req,
                                                          v1::CommitModelResponse* resp) {
   // Hashes the whole segment: on the pool, never on gRPC's threads.
-  auto* reactor = ctx->DefaultReactor();
-  commits_.Run([this, ctx, req, resp, reactor] {
-    if (ctx->IsCancelled()) {  // the client gave up (or the daemon is stopping) while it waited its turn
-      Finish(ctx, reactor, kCommit, absl::CancelledError("cancelled before it started"),
-             absl::StrCat("staging=", req->staging_id()));
-      return;
-    }
+  return Offload(commits_, ctx, kCommit, absl::StrCat("staging=", req->staging_id()), [this, ctx, req, resp] {
     auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
     if (result.ok()) {
       *resp = std::move(result).value();
       Log().info("committed digest={} size={} names={} dedup={}", resp->model().digest(), resp->model().size(),
                  resp->model().names_size(), resp->deduplicated());
     }
-    Finish(ctx, reactor, kCommit, result.status(), absl::StrCat("staging=", req->staging_id()));
+    return result.status();
   });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerContext* ctx,
@@ -95,18 +101,12 @@ grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContex
     ZC_UNARY(kGet, registry_->Get(*req, peers_->Lookup(ctx->peer())), absl::StrCat("ref=", req->model().ref()));
   }
   // A GPU request may upload the model's device copy: on the pool.
-  auto* reactor = ctx->DefaultReactor();
-  gpu_requests_.Run([this, ctx, req, resp, reactor] {
-    if (ctx->IsCancelled()) {  // no lease nor device copy for a caller that is gone
-      Finish(ctx, reactor, kGet, absl::CancelledError("cancelled before it started"),
-             absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()));
-      return;
-    }
-    auto result = registry_->Get(*req, peers_->Lookup(ctx->peer()));
-    if (result.ok()) *resp = std::move(result).value();
-    Finish(ctx, reactor, kGet, result.status(), absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()));
-  });
-  return reactor;
+  return Offload(gpu_requests_, ctx, kGet, absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()),
+                 [this, ctx, req, resp] {
+                   auto result = registry_->Get(*req, peers_->Lookup(ctx->peer()));
+                   if (result.ok()) *resp = std::move(result).value();
+                   return result.status();
+                 });
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerContext* ctx,

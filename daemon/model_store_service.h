@@ -75,6 +75,12 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   // one its handler took (ctx->DefaultReactor() builds it anew each call).
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor, Method method,
                                    const absl::Status& status, const std::string& context);
+  // Runs `work` (returns the call's status, fills its response) on `pool`
+  // and finishes the call from there; a call cancelled while it waited its
+  // turn is answered CANCELLED without running it.
+  template <typename Work>
+  grpc::ServerUnaryReactor* Offload(WorkQueue& pool, grpc::CallbackServerContext* ctx, Method method,
+                                    std::string context, Work work);
 
   ModelRegistry* const registry_;
   const PeerTable* const peers_;

@@ -15,7 +15,7 @@
 # The sources come from Debian's repository (deb-src, through a private apt
 # configuration: the system's sources are not touched). The result is kept
 # outside the clone, like the venv, and rebuilt only when a version
-# changes: about 1 minute for Abseil and 30-40 for gRPC on 2 cores.
+# changes: about 1 minute for Abseil and 10 for gRPC on 2 cores.
 #
 #   deploy/build-tsan-deps.sh        -> prints the library directory
 #   ZEROCOPY_TSAN_DEPS=DIR   where builds are kept (default ~/.cache/zerocopy)

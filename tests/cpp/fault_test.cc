@@ -340,10 +340,6 @@ TEST_CASE("killed at each step of a commit, a leased get and an eviction, it rec
   }
 }
 
-}  // namespace zerocopy
-
-namespace zerocopy {
-
 // Commits hash whole segments and may wait on the disk: however many are
 // slow at once, the other calls (GetModel, sessions, stats) keep being
 // answered. The failpoint holds every commit after hashing until the test
@@ -362,10 +358,12 @@ TEST_CASE("slow commits do not hold up the other calls", "[faults]") {
   struct Publishers {  // lets the commits go and joins, however the test ends
     std::string hold;
     std::vector<std::thread> threads;
-    ~Publishers() {
+    void Release() {
       std::remove(hold.c_str());
       for (auto& t : threads) t.join();
+      threads.clear();
     }
+    ~Publishers() { Release(); }
   } publishers{hold, {}};
   for (int i = 0; i < kSlow; ++i) {
     publishers.threads.emplace_back([&, i] {
@@ -394,9 +392,7 @@ TEST_CASE("slow commits do not hold up the other calls", "[faults]") {
   CHECK(client->List().ok());
   CHECK(client->SessionId().ok());
   CHECK(published == 0);
-  std::remove(hold.c_str());
-  for (auto& t : publishers.threads) t.join();
-  publishers.threads.clear();
+  publishers.Release();
   CHECK(published == kSlow);
   auto after = client->List();
   REQUIRE(after.ok());
