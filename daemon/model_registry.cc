@@ -454,6 +454,7 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
       return copy.status();
     }
     *response.mutable_device() = *std::move(copy);
+    Failpoint("get:device");  // a slow upload, for the tests
     absl::MutexLock lock(&mu_);
     if (!sessions_.count(request.session_id())) {
       // The session ended while the copy was made: CloseSession ran before

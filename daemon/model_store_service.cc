@@ -97,16 +97,36 @@ grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
-  if (req->gpu_uuid().empty()) {
-    ZC_UNARY(kGet, registry_->Get(*req, peers_->Lookup(ctx->peer())), absl::StrCat("ref=", req->model().ref()));
-  }
+  std::string context = absl::StrCat("ref=", req->model().ref());
+  if (req->gpu_uuid().empty()) return Finish(ctx, kGet, Get(ctx, *req, resp), context);
   // A GPU request may upload the model's device copy: on the pool.
-  return Offload(gpu_requests_, ctx, kGet, absl::StrCat("ref=", req->model().ref(), " gpu=", req->gpu_uuid()),
-                 [this, ctx, req, resp] {
-                   auto result = registry_->Get(*req, peers_->Lookup(ctx->peer()));
-                   if (result.ok()) *resp = std::move(result).value();
-                   return result.status();
-                 });
+  absl::StrAppend(&context, " gpu=", req->gpu_uuid());
+  return Offload(gpu_requests_, ctx, kGet, std::move(context), [this, ctx, req, resp] { return Get(ctx, *req, resp); });
+}
+
+absl::Status ModelStoreService::Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req,
+                                    v1::GetModelResponse* resp) {
+  const Peer peer = peers_->Lookup(ctx->peer());
+  auto result = registry_->Get(req, peer);
+  if (!result.ok()) return result.status();
+  if ((req.lease() || !req.gpu_uuid().empty()) && ctx->IsCancelled()) {
+    // The caller gave up (its deadline passed while the device copy was
+    // made, or it exited) and will never release leases it does not know
+    // of: return them now, not at its session's end, which for a live
+    // process may be hours away.
+    // NOT_FOUND only if the session ended meanwhile, which released them.
+    v1::ReleaseModelRequest undo;
+    undo.set_session_id(req.session_id());
+    undo.set_digest(result->model().digest());
+    if (req.lease()) (void)registry_->Release(undo, peer);
+    if (!req.gpu_uuid().empty()) {
+      undo.set_gpu_uuid(req.gpu_uuid());
+      (void)registry_->Release(undo, peer);
+    }
+    return absl::CancelledError("the caller went away while the model was fetched; its leases are returned");
+  }
+  *resp = *std::move(result);
+  return absl::OkStatus();
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerContext* ctx,

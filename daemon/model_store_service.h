@@ -82,6 +82,10 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   grpc::ServerUnaryReactor* Offload(WorkQueue& pool, grpc::CallbackServerContext* ctx, Method method,
                                     std::string context, Work work);
 
+  // GetModel's work, on gRPC's thread or (GPU) the pool: the leases of a
+  // caller that went away meanwhile are returned, and it gets CANCELLED.
+  absl::Status Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req, v1::GetModelResponse* resp);
+
   ModelRegistry* const registry_;
   const PeerTable* const peers_;
   std::array<std::atomic<uint64_t>, kCount> requests_{};

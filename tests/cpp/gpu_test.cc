@@ -13,10 +13,12 @@
 #include <thread>
 
 #include <catch2/catch.hpp>
+#include <grpcpp/grpcpp.h>
 #include <nlohmann/json.hpp>
 
 #include "support.h"
 #include "zerocopy/cuda_device.h"
+#include "zerocopy/v1/model_store.grpc.pb.h"
 
 namespace zerocopy {
 namespace {
@@ -32,7 +34,8 @@ struct GpuDaemon {
   testing::TempDir dir;
   std::unique_ptr<DaemonProcess> d;
 
-  explicit GpuDaemon(const std::string& backend, const std::string& host_budget = "1G") {
+  explicit GpuDaemon(const std::string& backend, const std::string& host_budget = "1G",
+                     std::vector<std::string> env = {}) {
     std::string config = dir.path() + "/zerocopyd.toml";
     std::ofstream(config) << "gpu_backend = \"" << backend << "\"\n"
                           << "fake_gpus = [\"" << kU0 << "\", \"" << kU1 << "\"]\n"
@@ -41,6 +44,7 @@ struct GpuDaemon {
     DaemonProcess::Options options;
     options.host_budget = host_budget;
     options.extra_args = {"--config", config};
+    options.env = std::move(env);
     d = std::make_unique<DaemonProcess>(options);
     d->Start();
   }
@@ -152,6 +156,65 @@ TEST_CASE("processes on one fake GPU share one device copy, named by UUID, lease
   REQUIRE(g.d->NewClient()->Delete("shared").ok());
   CHECK(GpuStatsOf(*g.d, kU0).copies() == 0);
   CHECK(testing::ListDir(g.FakeDir()).empty());
+}
+
+// A caller that gives up (its deadline passes, it is cancelled) while its
+// device copy is made never learns of its leases: the daemon returns them
+// then, not when the caller's process (a long-lived actor) exits.
+TEST_CASE("a caller that gives up during the upload keeps no lease", "[gpu-fake]") {
+  testing::TempDir dir;
+  const std::string hold = dir.path() + "/hold";
+  { std::ofstream(hold) << "held"; }
+  GpuDaemon g("fake", "1G", {"ZEROCOPYD_FAILPOINT=get:device:hold=" + hold});
+  PublishModel(*g.d, 2, 1 << 14);
+  auto client = g.d->NewClient();
+  auto session = client->SessionId();
+  REQUIRE(session.ok());
+
+  auto stub = v1::ModelStore::NewStub(grpc::CreateChannel("unix:" + g.d->socket(), grpc::InsecureChannelCredentials()));
+  v1::GetModelRequest request;
+  request.mutable_model()->set_ref("shared");
+  request.set_session_id(*session);
+  request.set_lease(true);
+  request.set_gpu_uuid(kU0);
+  v1::GetModelResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  grpc::Status status;
+  std::thread caller([&] { status = stub->GetModel(&ctx, request, &response); });
+  // Held after the upload, with both leases taken, as they used to be kept.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (GpuStatsOf(*g.d, kU0).leases() != 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  CHECK(GpuStatsOf(*g.d, kU0).uploads() == 1);
+  CHECK(GpuStatsOf(*g.d, kU0).leases() == 1);
+  ctx.TryCancel();  // as a deadline passing or the caller exiting would
+  caller.join();
+  CHECK(status.error_code() == grpc::StatusCode::CANCELLED);
+
+  std::remove(hold.c_str());
+  CHECK(WaitForLeases(*g.d, kU0, 0) == 0);
+  auto list = client->List();
+  REQUIRE(list.ok());
+  REQUIRE(list->models_size() == 1);
+  CHECK(list->models(0).leases() == 0);  // the host lease too
+  auto stats = client->Stats();
+  REQUIRE(stats.ok());
+  bool found = false;
+  for (const auto& s : stats->sessions()) {
+    if (s.id() != *session) continue;
+    found = true;  // the session itself lives on, with no lease
+    CHECK(s.leases() == 0);
+  }
+  CHECK(found);
+
+  // The copy stays made for the next caller, which gets it without an upload.
+  ScopedEnv env("ZEROCOPY_FAKE_GPUS", kU0);
+  auto line = RunWorker(WorkerArgs(*g.d, kU0));
+  CHECK(line["mode"] == "zerocopy-gpu");
+  CHECK(GpuStatsOf(*g.d, kU0).uploads() == 1);
+  CHECK(g.d->log().find("went away") != std::string::npos);
 }
 
 TEST_CASE("a deleted model's device copy stays valid for the processes holding it", "[gpu-fake]") {
