@@ -24,7 +24,7 @@ struct Config {
   std::vector<uint32_t> admin_gids;
   uint64_t max_message_bytes = 512ull << 20;
   uint32_t hash_threads = 0;    // 0: one per core
-  uint32_t worker_threads = 4;  // for commits, and as many for GPU requests (work_queue.h)
+  uint32_t worker_threads = 4;  // for commits, and as many for GPU uploads (work_queue.h)
   double shutdown_grace_seconds = 5;
   std::string log_level = "info";
   // GPU sharing (config/zerocopyd.toml documents each).

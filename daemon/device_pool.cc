@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "config.h"
+#include "failpoint.h"
 #include "log.h"
 #include "model_registry.h"
 #include "zerocopy/cuda_device.h"
@@ -227,6 +228,7 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
   auto t0 = std::chrono::steady_clock::now();
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> buffer = absl::UnknownError("not uploaded");
   {
+    Failpoint("gpu:upload");  // a slow upload, for the tests
     auto bytes = host();
     if (!bytes.ok()) {
       buffer = bytes.status();
@@ -382,6 +384,12 @@ std::vector<v1::GpuStats> DevicePool::Stats() {
     out.push_back(std::move(s));
   }
   return out;
+}
+
+bool DevicePool::Ready(const std::string& digest, const std::string& uuid) {
+  absl::MutexLock lock(&mu_);
+  auto it = copies_.find(Key{uuid, digest});
+  return it != copies_.end() && !it->second.uploading;
 }
 
 std::vector<std::string> DevicePool::GpusOf(const std::string& digest) {

@@ -107,6 +107,9 @@ class DevicePool {
   std::vector<v1::GpuStats> Stats();
   // The GPUs holding a (ready) copy of `digest`.
   std::vector<std::string> GpusOf(const std::string& digest);
+  // Whether GPU `uuid` holds a ready copy of `digest`: Acquire would lease
+  // it without uploading (unless it is evicted meanwhile).
+  bool Ready(const std::string& digest, const std::string& uuid);
 
  private:
   using Key = std::pair<std::string, std::string>;  // (uuid, digest)

@@ -474,6 +474,12 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
   return response;
 }
 
+bool ModelRegistry::DeviceCopyReady(const std::string& ref, const std::string& uuid) {
+  absl::MutexLock lock(&mu_);  // then the pool's: the documented lock order
+  auto m = Resolve(ref);
+  return m.ok() && devices_->Ready((*m)->digest, uuid);
+}
+
 absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request, const Peer& peer) {
   ReapOnExit reap{devices_.get()};
   absl::MutexLock lock(&mu_);

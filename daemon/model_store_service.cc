@@ -98,9 +98,15 @@ grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
   std::string context = absl::StrCat("ref=", req->model().ref());
-  if (req->gpu_uuid().empty()) return Finish(ctx, kGet, Get(ctx, *req, resp), context);
-  // A GPU request may upload the model's device copy: on the pool.
-  absl::StrAppend(&context, " gpu=", req->gpu_uuid());
+  if (!req->gpu_uuid().empty()) absl::StrAppend(&context, " gpu=", req->gpu_uuid());
+  // Answered here when it cannot upload: a host request, or a GPU request
+  // whose copy is made (every request per model and GPU but the first).
+  // Should the copy be evicted in between, this one call uploads here.
+  if (req->gpu_uuid().empty() || registry_->DeviceCopyReady(req->model().ref(), req->gpu_uuid())) {
+    return Finish(ctx, kGet, Get(ctx, *req, resp), context);
+  }
+  // An upload, which may take seconds: on the pool, never on gRPC's threads
+  // and never behind the other uploads for the copies already made.
   return Offload(gpu_requests_, ctx, kGet, std::move(context), [this, ctx, req, resp] { return Get(ctx, *req, resp); });
 }
 

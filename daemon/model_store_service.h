@@ -34,7 +34,8 @@ class PeerTable {
 class ModelStoreService final : public v1::ModelStore::CallbackService {
  public:
   // worker_threads: the size of each of the two pools that run commits
-  // and GPU requests (work_queue.h), apart from gRPC's own threads.
+  // and the GPU requests that upload (work_queue.h), apart from gRPC's own
+  // threads.
   ModelStoreService(ModelRegistry* registry, const PeerTable* peers, unsigned worker_threads)
       : registry_(registry), peers_(peers), commits_(worker_threads), gpu_requests_(worker_threads) {}
 
@@ -91,8 +92,7 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   std::array<std::atomic<uint64_t>, kCount> requests_{};
   std::atomic<uint64_t> errors_{0};
   // Last: their threads are joined first, while all the above still exist.
-  // Apart, so that GPU requests (most find their copy made) never wait
-  // behind long commits.
+  // Apart, so that uploads never wait behind long commits.
   WorkQueue commits_;
   WorkQueue gpu_requests_;
 };

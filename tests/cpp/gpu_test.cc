@@ -35,12 +35,13 @@ struct GpuDaemon {
   std::unique_ptr<DaemonProcess> d;
 
   explicit GpuDaemon(const std::string& backend, const std::string& host_budget = "1G",
-                     std::vector<std::string> env = {}) {
+                     std::vector<std::string> env = {}, const std::string& extra_config = "") {
     std::string config = dir.path() + "/zerocopyd.toml";
     std::ofstream(config) << "gpu_backend = \"" << backend << "\"\n"
                           << "fake_gpus = [\"" << kU0 << "\", \"" << kU1 << "\"]\n"
                           << "fake_gpu_memory = \"256M\"\n"
-                          << "fake_gpu_dir = \"" << dir.path() << "/fake-gpu\"\n";
+                          << "fake_gpu_dir = \"" << dir.path() << "/fake-gpu\"\n"
+                          << extra_config;
     DaemonProcess::Options options;
     options.host_budget = host_budget;
     options.extra_args = {"--config", config};
@@ -103,6 +104,34 @@ uint32_t WaitForLeases(const DaemonProcess& d, const std::string& uuid, uint32_t
     leases = GpuStatsOf(d, uuid).leases();
   }
   return leases;
+}
+
+// GetModel for a device copy on `session`, straight through gRPC (a call
+// that can be cancelled, with a deadline of its own).
+struct RawGpuGet {
+  std::unique_ptr<v1::ModelStore::Stub> stub;
+  v1::GetModelRequest request;
+  v1::GetModelResponse response;
+  grpc::ClientContext ctx;
+
+  RawGpuGet(const DaemonProcess& d, const std::string& ref, uint64_t session, std::chrono::seconds timeout)
+      : stub(v1::ModelStore::NewStub(grpc::CreateChannel("unix:" + d.socket(), grpc::InsecureChannelCredentials()))) {
+    request.mutable_model()->set_ref(ref);
+    request.set_session_id(session);
+    request.set_lease(true);
+    request.set_gpu_uuid(kU0);
+    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  }
+  grpc::Status Call() { return stub->GetModel(&ctx, request, &response); }
+};
+
+// Polls until `done` holds (at most 20 s).
+template <typename Done>
+void WaitUntil(Done done) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 }  // namespace
@@ -171,25 +200,14 @@ TEST_CASE("a caller that gives up during the upload keeps no lease", "[gpu-fake]
   auto session = client->SessionId();
   REQUIRE(session.ok());
 
-  auto stub = v1::ModelStore::NewStub(grpc::CreateChannel("unix:" + g.d->socket(), grpc::InsecureChannelCredentials()));
-  v1::GetModelRequest request;
-  request.mutable_model()->set_ref("shared");
-  request.set_session_id(*session);
-  request.set_lease(true);
-  request.set_gpu_uuid(kU0);
-  v1::GetModelResponse response;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  RawGpuGet get(*g.d, "shared", *session, std::chrono::seconds(60));
   grpc::Status status;
-  std::thread caller([&] { status = stub->GetModel(&ctx, request, &response); });
+  std::thread caller([&] { status = get.Call(); });
   // Held after the upload, with both leases taken, as they used to be kept.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (GpuStatsOf(*g.d, kU0).leases() != 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  WaitUntil([&] { return GpuStatsOf(*g.d, kU0).leases() == 1; });
   CHECK(GpuStatsOf(*g.d, kU0).uploads() == 1);
   CHECK(GpuStatsOf(*g.d, kU0).leases() == 1);
-  ctx.TryCancel();  // as a deadline passing or the caller exiting would
+  get.ctx.TryCancel();  // as a deadline passing or the caller exiting would
   caller.join();
   CHECK(status.error_code() == grpc::StatusCode::CANCELLED);
 
@@ -215,6 +233,52 @@ TEST_CASE("a caller that gives up during the upload keeps no lease", "[gpu-fake]
   CHECK(line["mode"] == "zerocopy-gpu");
   CHECK(GpuStatsOf(*g.d, kU0).uploads() == 1);
   CHECK(g.d->log().find("went away") != std::string::npos);
+}
+
+// Only the first request per model and GPU uploads; the others lease the
+// copy made, answered at once even while uploads fill every worker thread.
+TEST_CASE("a GPU request for a copy already made never waits behind uploads", "[gpu-fake]") {
+  testing::TempDir dir;
+  const std::string hold = dir.path() + "/hold";
+  GpuDaemon g("fake", "1G", {"ZEROCOPYD_FAILPOINT=gpu:upload:hold=" + hold}, "worker_threads = 1\n");
+  auto made = PublishModel(*g.d, 2, 1 << 14);
+  auto slow = testing::MakeModel(3, 1 << 14, 78);
+  PublishOptions options;
+  options.name = "slow";
+  REQUIRE(g.d->NewClient()->Publish(slow.source, options).ok());
+  ScopedEnv env("ZEROCOPY_FAKE_GPUS", kU0);
+  CHECK(RunWorker(WorkerArgs(*g.d, kU0))["mode"] == "zerocopy-gpu");  // "shared" has its copy
+
+  auto client = g.d->NewClient();
+  auto session = client->SessionId();
+  REQUIRE(session.ok());
+  { std::ofstream(hold) << "held"; }
+  RawGpuGet upload(*g.d, "slow", *session, std::chrono::seconds(60));
+  grpc::Status upload_status;
+  struct Uploader {  // released and joined however the test ends
+    std::string hold;
+    std::thread thread;
+    void Release() {
+      std::remove(hold.c_str());
+      if (thread.joinable()) thread.join();
+    }
+    ~Uploader() { Release(); }
+  } uploader{hold, std::thread([&] { upload_status = upload.Call(); })};
+  WaitUntil([&] { return GpuStatsOf(*g.d, kU0).copies() == 2; });  // the only worker is held in the upload
+  REQUIRE(GpuStatsOf(*g.d, kU0).copies() == 2);
+
+  RawGpuGet attach(*g.d, "shared", *session, std::chrono::seconds(10));
+  grpc::Status attach_status = attach.Call();
+  CHECK(attach_status.error_message() == "");
+  CHECK(attach_status.ok());
+  CHECK(attach.response.device().gpu_uuid() == kU0);
+  CHECK(attach.response.model().digest() == made.digest());
+  auto line = RunWorker(WorkerArgs(*g.d, kU0));  // a whole process, through MapDevice
+  CHECK(line["checksum"] == RunWorker(WorkerArgs(*g.d, ""))["checksum"]);
+
+  uploader.Release();
+  CHECK(upload_status.ok());
+  CHECK(GpuStatsOf(*g.d, kU0).uploads() == 2);
 }
 
 TEST_CASE("a deleted model's device copy stays valid for the processes holding it", "[gpu-fake]") {
