@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "config.h"
@@ -168,8 +169,21 @@ DevicePool::~DevicePool() {
   copies_.clear();
 }
 
+namespace {
+constexpr char kWouldUpload[] = "zerocopy.daemon/would-upload";
+}  // namespace
+
+absl::Status DevicePool::WouldUpload(const std::string& digest, const std::string& uuid) {
+  absl::Status status = absl::UnavailableError(absl::StrCat("no device copy of ", digest, " ready on GPU ", uuid));
+  status.SetPayload(kWouldUpload, absl::Cord("1"));
+  return status;
+}
+
+bool DevicePool::IsWouldUpload(const absl::Status& status) { return status.GetPayload(kWouldUpload).has_value(); }
+
 absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::string& digest,
-                                                   const std::string& uuid, uint64_t size, const HostSource& host) {
+                                                   const std::string& uuid, uint64_t size, const HostSource& host,
+                                                   Mode mode) {
   if (!cuda::IsGpuUuid(uuid)) {
     return absl::InvalidArgumentError(absl::StrCat("'", uuid,
                                                    "' is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, as "
@@ -181,6 +195,7 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
     known = gpus_.count(uuid) != 0;
   }
   if (!known) {
+    if (mode == Mode::kLeaseOnly) return WouldUpload(digest, uuid);
     // Outside the lock: the first CUDA call of the process creates a context.
     ZC_ASSIGN_OR_RETURN(uint64_t total, backend_->TotalMemory(uuid));
     absl::MutexLock lock(&mu_);
@@ -200,6 +215,7 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
       auto it = copies_.find(key);
       return it == copies_.end() || !it->second.uploading;
     };
+    if (mode == Mode::kLeaseOnly && !settled()) return WouldUpload(digest, uuid);
     mu_.Await(absl::Condition(&settled));  // another request is making it: share its result
     auto it = copies_.find(key);
     if (it != copies_.end()) {
@@ -208,6 +224,7 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
       it->second.dropped = false;
       return Lease(session, key, &it->second);
     }
+    if (mode == Mode::kLeaseOnly) return WouldUpload(digest, uuid);
     Gpu& gpu = gpus_[uuid];
     if (size > gpu.budget) {
       return absl::ResourceExhaustedError(absl::StrCat("model of ", FormatBytes(size), " exceeds the budget of ",
@@ -384,12 +401,6 @@ std::vector<v1::GpuStats> DevicePool::Stats() {
     out.push_back(std::move(s));
   }
   return out;
-}
-
-bool DevicePool::Ready(const std::string& digest, const std::string& uuid) {
-  absl::MutexLock lock(&mu_);
-  auto it = copies_.find(Key{uuid, digest});
-  return it != copies_.end() && !it->second.uploading;
 }
 
 std::vector<std::string> DevicePool::GpusOf(const std::string& digest) {

@@ -84,13 +84,22 @@ class DevicePool {
   };
   using HostSource = std::function<absl::StatusOr<HostBytes>()>;
 
+  // kLeaseOnly: only lease a copy that is ready; what would upload (or
+  // wait for another request's upload, or meet the GPU for the first time)
+  // answers WouldUpload() instead, at once.
+  enum class Mode { kMayUpload, kLeaseOnly };
+
   // Leases, for `session`, the copy of model `digest` (`size` bytes) on GPU
   // `uuid`, making it from `host` if there is none. Errors: INVALID_ARGUMENT
   // (not a GPU UUID), those of the backend, RESOURCE_EXHAUSTED (does not
   // fit the GPU's budget even after evicting every unleased copy), NOT_FOUND
-  // (the model was removed while being copied).
+  // (the model was removed while being copied), WouldUpload() (kLeaseOnly).
   absl::StatusOr<v1::DeviceCopy> Acquire(uint64_t session, const std::string& digest, const std::string& uuid,
-                                         uint64_t size, const HostSource& host);
+                                         uint64_t size, const HostSource& host, Mode mode = Mode::kMayUpload);
+  // The answer of a kLeaseOnly Acquire that would have to upload: an
+  // UNAVAILABLE marked so that IsWouldUpload tells it from the backend's.
+  static absl::Status WouldUpload(const std::string& digest, const std::string& uuid);
+  static bool IsWouldUpload(const absl::Status& status);
   // Errors: NOT_FOUND (the session holds no such lease).
   absl::Status Release(uint64_t session, const std::string& digest, const std::string& uuid);
   // Releases every device lease of the session.
@@ -107,9 +116,6 @@ class DevicePool {
   std::vector<v1::GpuStats> Stats();
   // The GPUs holding a (ready) copy of `digest`.
   std::vector<std::string> GpusOf(const std::string& digest);
-  // Whether GPU `uuid` holds a ready copy of `digest`: Acquire would lease
-  // it without uploading (unless it is evicted meanwhile).
-  bool Ready(const std::string& digest, const std::string& uuid);
 
  private:
   using Key = std::pair<std::string, std::string>;  // (uuid, digest)

@@ -404,7 +404,8 @@ absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Pe
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer) {
+absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer,
+                                                        DevicePool::Mode mode) {
   ReapOnExit reap{devices_.get()};
   std::shared_ptr<const v1::Manifest> manifest;
   v1::GetModelResponse response;
@@ -443,7 +444,7 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
       auto keep = std::make_shared<MappedRegion>(std::move(region));
       return DevicePool::HostBytes{keep->data(), keep};
     };
-    auto copy = devices_->Acquire(request.session_id(), digest, request.gpu_uuid(), size, host);
+    auto copy = devices_->Acquire(request.session_id(), digest, request.gpu_uuid(), size, host, mode);
     if (!copy.ok()) {
       if (request.lease()) {
         v1::ReleaseModelRequest undo;
@@ -454,7 +455,7 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
       return copy.status();
     }
     *response.mutable_device() = *std::move(copy);
-    Failpoint("get:device");  // a slow upload, for the tests
+    Failpoint("get:device");  // the device copy leased, not yet answered (tests)
     absl::MutexLock lock(&mu_);
     if (!sessions_.count(request.session_id())) {
       // The session ended while the copy was made: CloseSession ran before
@@ -472,12 +473,6 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
   }
   *response.mutable_manifest() = *manifest;  // outside the lock: can be large
   return response;
-}
-
-bool ModelRegistry::DeviceCopyReady(const std::string& ref, const std::string& uuid) {
-  absl::MutexLock lock(&mu_);  // then the pool's: the documented lock order
-  auto m = Resolve(ref);
-  return m.ok() && devices_->Ready((*m)->digest, uuid);
 }
 
 absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request, const Peer& peer) {

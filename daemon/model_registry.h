@@ -66,10 +66,10 @@ class ModelRegistry {
   // FAILED_PRECONDITION (lease or GPU on an unknown session; the daemon
   // sees no such GPU), and for gpu_uuid those of DevicePool::Acquire:
   // UNIMPLEMENTED (no GPU support), RESOURCE_EXHAUSTED (GPU budget).
-  absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request, const Peer& peer);
-  // Whether GPU `uuid` holds a ready device copy of model `ref`: a Get for
-  // it is a lease, not an upload. False for unknown refs.
-  bool DeviceCopyReady(const std::string& ref, const std::string& uuid);
+  // `mode` applies to the device copy (DevicePool::Acquire): kLeaseOnly
+  // answers DevicePool::WouldUpload() rather than upload, taking no lease.
+  absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request, const Peer& peer,
+                                           DevicePool::Mode mode = DevicePool::Mode::kMayUpload);
   // Errors: NOT_FOUND (no such session or lease). With gpu_uuid: the
   // device lease.
   absl::Status Release(const v1::ReleaseModelRequest& request, const Peer& peer);

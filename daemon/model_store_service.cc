@@ -98,22 +98,22 @@ grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
   std::string context = absl::StrCat("ref=", req->model().ref());
-  if (!req->gpu_uuid().empty()) absl::StrAppend(&context, " gpu=", req->gpu_uuid());
-  // Answered here when it cannot upload: a host request, or a GPU request
-  // whose copy is made (every request per model and GPU but the first).
-  // Should the copy be evicted in between, this one call uploads here.
-  if (req->gpu_uuid().empty() || registry_->DeviceCopyReady(req->model().ref(), req->gpu_uuid())) {
-    return Finish(ctx, kGet, Get(ctx, *req, resp), context);
-  }
-  // An upload, which may take seconds: on the pool, never on gRPC's threads
-  // and never behind the other uploads for the copies already made.
-  return Offload(gpu_requests_, ctx, kGet, std::move(context), [this, ctx, req, resp] { return Get(ctx, *req, resp); });
+  if (req->gpu_uuid().empty()) return Finish(ctx, kGet, Get(ctx, *req, resp, DevicePool::Mode::kMayUpload), context);
+  absl::StrAppend(&context, " gpu=", req->gpu_uuid());
+  // Answered here unless it must upload (or wait for an upload): a GPU
+  // request whose copy is made (every one per model and GPU but the
+  // first), and every refusal, never wait behind uploads.
+  absl::Status status = Get(ctx, *req, resp, DevicePool::Mode::kLeaseOnly);
+  if (!DevicePool::IsWouldUpload(status)) return Finish(ctx, kGet, status, context);
+  // An upload, which may take seconds: on the pool, never on gRPC's threads.
+  return Offload(gpu_requests_, ctx, kGet, std::move(context),
+                 [this, ctx, req, resp] { return Get(ctx, *req, resp, DevicePool::Mode::kMayUpload); });
 }
 
 absl::Status ModelStoreService::Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req,
-                                    v1::GetModelResponse* resp) {
+                                    v1::GetModelResponse* resp, DevicePool::Mode mode) {
   const Peer peer = peers_->Lookup(ctx->peer());
-  auto result = registry_->Get(req, peer);
+  auto result = registry_->Get(req, peer, mode);
   if (!result.ok()) return result.status();
   if ((req.lease() || !req.gpu_uuid().empty()) && ctx->IsCancelled()) {
     // The caller gave up (its deadline passed while the device copy was

@@ -83,9 +83,11 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   grpc::ServerUnaryReactor* Offload(WorkQueue& pool, grpc::CallbackServerContext* ctx, Method method,
                                     std::string context, Work work);
 
-  // GetModel's work, on gRPC's thread or (GPU) the pool: the leases of a
-  // caller that went away meanwhile are returned, and it gets CANCELLED.
-  absl::Status Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req, v1::GetModelResponse* resp);
+  // GetModel's work, on gRPC's thread or (an upload) the pool: the leases
+  // of a caller that went away meanwhile are returned, and it gets
+  // CANCELLED.
+  absl::Status Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req, v1::GetModelResponse* resp,
+                   DevicePool::Mode mode);
 
   ModelRegistry* const registry_;
   const PeerTable* const peers_;

@@ -150,6 +150,46 @@ TEST_CASE("concurrent requests for one model on one GPU make one copy", "[device
   for (const auto& h : handles) CHECK(h == handles[0]);
 }
 
+TEST_CASE("a lease-only request leases a ready copy and never uploads or waits", "[device]") {
+  Fixture f;
+  auto lease_only = [&](uint64_t session) {
+    return f.pool->Acquire(session, "m", kGpu0, 1 << 20, f.Host(), DevicePool::Mode::kLeaseOnly);
+  };
+  // A GPU not met yet (its first contact creates a CUDA context), then no copy.
+  auto first = lease_only(1);
+  REQUIRE(DevicePool::IsWouldUpload(first.status()));
+  CHECK(absl::IsUnavailable(first.status()));
+  REQUIRE(f.Acquire(1, "other", 1024).ok());
+  REQUIRE(DevicePool::IsWouldUpload(lease_only(1).status()));
+  CHECK(f.host_reads == 1);
+  CHECK(f.Gpu().leases() == 1);
+
+  // While another request uploads it: the upload goes on until this one
+  // is answered, so an answer that waited for it would be a lease.
+  std::atomic<bool> answered{false};
+  std::thread uploader([&] {
+    (void)f.pool->Acquire(2, "m", kGpu0, 1 << 20, [&]() -> absl::StatusOr<DevicePool::HostBytes> {
+      ++f.host_reads;
+      for (int i = 0; i < 1000 && !answered; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      return DevicePool::HostBytes{f.bytes.data(), nullptr};
+    });
+  });
+  while (f.host_reads < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto during = lease_only(3);
+  answered = true;
+  uploader.join();
+  REQUIRE(DevicePool::IsWouldUpload(during.status()));
+
+  // Ready: leased like any request.
+  auto ready = lease_only(3);
+  REQUIRE(ready.ok());
+  CHECK(f.Gpu().leases() == 3);
+  CHECK(f.Gpu().uploads() == 2);
+  CHECK(f.host_reads == 2);
+  // Other statuses are never taken for the marker.
+  CHECK_FALSE(DevicePool::IsWouldUpload(absl::UnavailableError("no driver")));
+}
+
 TEST_CASE("device requests are checked: UUID spelling, unknown GPUs, off backend", "[device]") {
   Fixture f;
   auto ordinal = f.Acquire(1, "m", 1024, "cuda:0");
