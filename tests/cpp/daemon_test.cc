@@ -129,10 +129,7 @@ TEST_CASE("publish, get and map a model", "[daemon]") {
 
   by_name->reset();
   by_digest->reset();
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (client->List()->models(0).leases() != 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitUntil([&] { return client->List()->models(0).leases() == 0; }, std::chrono::seconds(5));
   REQUIRE(client->List()->models(0).leases() == 0);
 
   auto missing = client->Map("nope");

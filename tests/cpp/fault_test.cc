@@ -377,12 +377,13 @@ TEST_CASE("slow commits do not hold up the other calls", "[faults]") {
     return it == s.requests().end() ? uint64_t{0} : it->second;
   };
   auto client = d.NewClient();
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   absl::StatusOr<v1::GetStatsResponse> stats;
-  do {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    stats = client->Stats();
-  } while (stats.ok() && created(*stats) < kSlow && std::chrono::steady_clock::now() < deadline);
+  testing::WaitUntil(
+      [&] {
+        stats = client->Stats();
+        return !stats.ok() || created(*stats) >= kSlow;
+      },
+      std::chrono::seconds(60));
   REQUIRE(stats.ok());
   REQUIRE(created(*stats) == kSlow);
   CHECK(stats->bytes_staging() > 0);

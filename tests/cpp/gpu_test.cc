@@ -97,12 +97,8 @@ v1::GpuStats GpuStatsOf(const DaemonProcess& d, const std::string& uuid) {
 // Polls until the GPU's lease count is `want` (a dead client's session
 // ends asynchronously); returns the last count.
 uint32_t WaitForLeases(const DaemonProcess& d, const std::string& uuid, uint32_t want) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  uint32_t leases = GpuStatsOf(d, uuid).leases();
-  while (leases != want && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    leases = GpuStatsOf(d, uuid).leases();
-  }
+  uint32_t leases = 0;
+  testing::WaitUntil([&] { return (leases = GpuStatsOf(d, uuid).leases()) == want; }, std::chrono::seconds(5));
   return leases;
 }
 
@@ -145,15 +141,6 @@ struct HeldGpuGet {
   }
   ~HeldGpuGet() { Release(); }
 };
-
-// Polls until `done` holds (at most 20 s).
-template <typename Done>
-void WaitUntil(Done done) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (!done() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-}
 
 }  // namespace
 
@@ -222,7 +209,7 @@ TEST_CASE("a caller that gives up during the upload keeps no lease", "[gpu-fake]
 
   HeldGpuGet held(*g.d, hold, "shared", *session);
   // Held after the upload, with both leases taken, as they used to be kept.
-  WaitUntil([&] { return GpuStatsOf(*g.d, kU0).leases() == 1; });
+  testing::WaitUntil([&] { return GpuStatsOf(*g.d, kU0).leases() == 1; }, std::chrono::seconds(20));
   CHECK(GpuStatsOf(*g.d, kU0).uploads() == 1);
   CHECK(GpuStatsOf(*g.d, kU0).leases() == 1);
   held.get.ctx.TryCancel();  // as a deadline passing or the caller exiting would
@@ -272,7 +259,8 @@ TEST_CASE("a GPU request for a copy already made never waits behind uploads", "[
   auto session = client->SessionId();
   REQUIRE(session.ok());
   HeldGpuGet upload(*g.d, hold, "slow", *session);
-  WaitUntil([&] { return GpuStatsOf(*g.d, kU0).copies() == 2; });  // the only worker is held in the upload
+  // The only worker is held in the upload.
+  testing::WaitUntil([&] { return GpuStatsOf(*g.d, kU0).copies() == 2; }, std::chrono::seconds(20));
   REQUIRE(GpuStatsOf(*g.d, kU0).copies() == 2);
 
   RawGpuGet attach(*g.d, "shared", *session, std::chrono::seconds(10));
@@ -301,10 +289,7 @@ TEST_CASE("a deleted model's device copy stays valid for the processes holding i
   CHECK(GpuStatsOf(*g.d, kU0).copies() == 1);
   CHECK(testing::ListDir(g.FakeDir()).size() == 1);
   CHECK(holder.Finish() == 0);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (GpuStatsOf(*g.d, kU0).copies() != 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitUntil([&] { return GpuStatsOf(*g.d, kU0).copies() == 0; }, std::chrono::seconds(5));
   CHECK(GpuStatsOf(*g.d, kU0).copies() == 0);
   CHECK(testing::ListDir(g.FakeDir()).empty());
   CHECK_FALSE(checksum.empty());

@@ -161,16 +161,10 @@ TEST_CASE("a process killed with -9 gives its lease back", "[sharing]") {
   REQUIRE(Leases(d) == 2);
   ::kill(a.pid(), SIGKILL);
   REQUIRE(a.Finish() == 128 + SIGKILL);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-  while (Leases(d) != 1 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitUntil([&] { return Leases(d) == 1; }, std::chrono::seconds(1));
   REQUIRE(Leases(d) == 1);
   REQUIRE(b.Finish() == 0);
-  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-  while (Leases(d) != 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitUntil([&] { return Leases(d) == 0; }, std::chrono::seconds(1));
   REQUIRE(Leases(d) == 0);
 }
 

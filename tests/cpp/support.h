@@ -5,9 +5,11 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "zerocopy/client.h"
@@ -104,5 +106,18 @@ void WriteSafetensors(const TestModel& model, const std::string& path);
 
 // Names of files in a directory (not . and ..), sorted.
 std::vector<std::string> ListDir(const std::string& dir);
+
+// Polls `done` every 10 ms until it returns true or `timeout` has passed
+// (for what the daemon does asynchronously: a dead client's session ending,
+// a call reaching a failpoint). Returns its last answer.
+template <typename Done>
+bool WaitUntil(Done done, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
 
 }  // namespace zerocopy::testing
