@@ -64,6 +64,7 @@ void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
     m.size = m.manifest->total_size();
     m.created_ms = adopted.record.created_unix_ms();
     m.last_used_ms = m.created_ms;
+    m.origin = adopted.record.origin();
     committed_bytes_ += m.size;
     models_[m.digest] = std::move(m);
   }
@@ -141,6 +142,7 @@ v1::ModelInfo ModelRegistry::Info(const Model& m) const {
   info.set_created_unix_ms(m.created_ms);
   info.set_last_used_unix_ms(m.last_used_ms);
   info.set_format(m.manifest->format());
+  *info.mutable_origin() = m.origin;
   for (auto& uuid : devices_->GpusOf(m.digest)) info.add_gpu_uuids(std::move(uuid));
   return info;
 }
@@ -170,6 +172,20 @@ void ModelRegistry::SaveCatalog() {
   if (!s.ok()) Log().error("catalog not saved: {}", s.ToString());
 }
 
+absl::Status ModelRegistry::ClaimTransfer(const std::string& expected_digest) const {
+  if (expected_digest.empty()) return absl::OkStatus();
+  if (models_.count(expected_digest)) {
+    return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is already on this node"));
+  }
+  for (const auto& [id, s] : staging_) {
+    if (s.expected_digest == expected_digest) {
+      return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is being transferred to this node by pid ",
+                                                   s.peer.pid, " (staging ", id, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
   // A publisher that died mid-publish never commits or aborts: its
   // reservation returns as soon as its process is gone.
@@ -193,13 +209,33 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   ZC_RETURN_IF_ERROR(AssignOffsets(&manifest));
   if (!request.name().empty()) ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
   if (request.pin()) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "pinning"));
+  const std::string& expected = request.expected_digest();
+  if (!expected.empty() && !IsDigest(expected)) {
+    return absl::InvalidArgumentError("expected_digest must be 32 lowercase hex digits");
+  }
   const uint64_t size = manifest.total_size();
 
   std::string id = RandomId();
   std::vector<std::string> evicted, dead_staging;
+  absl::Status claimed;
   {
     absl::MutexLock lock(&mu_);
     ReclaimDeadStagings(&dead_staging);
+    claimed = ClaimTransfer(expected);
+  }
+  // Reclaimed files go even when this request is refused: a waiter's retry
+  // is what clears a transfer whose process died.
+  auto& log = Log();
+  for (const auto& d : dead_staging) {
+    store_->RemoveStaging(d);
+    log.info("reclaimed staging={} of a publisher that exited", d);
+  }
+  dead_staging.clear();
+  ZC_RETURN_IF_ERROR(claimed);
+  {
+    absl::MutexLock lock(&mu_);
+    // Checked again under this lock: another claim may have come between.
+    ZC_RETURN_IF_ERROR(ClaimTransfer(expected));
     if (UsedBytes() + size > options_.host_budget) {
       std::vector<Model*> candidates;
       for (auto& [digest, m] : models_) {
@@ -235,14 +271,11 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     staging.name = request.name();
     staging.pin = request.pin();
     staging.peer = peer;
+    staging.expected_digest = expected;
     staging_bytes_ += size;
     staging_.emplace(id, std::move(staging));
   }
-  auto& log = Log();
-  for (const auto& d : dead_staging) {
-    store_->RemoveStaging(d);
-    log.info("reclaimed staging={} of a publisher that exited", d);
-  }
+  if (!expected.empty()) log.info("transfer of digest={} ({}) begins: staging={} pid={}", expected, FormatBytes(size), id, peer.pid);
   for (const auto& digest : evicted) log.info("evicted digest={} to make room for {}", digest, FormatBytes(size));
   auto undo = [&] {
     absl::MutexLock lock(&mu_);
@@ -273,6 +306,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
                                                               const Peer& peer) {
   v1::Manifest manifest;
   std::string name;
+  std::string expected;
   bool pin;
   {
     absl::MutexLock lock(&mu_);
@@ -288,6 +322,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     manifest = it->second.manifest;
     name = it->second.name;
     pin = it->second.pin;
+    expected = it->second.expected_digest;
   }
   const std::string& id = request.staging_id();
   const uint64_t size = manifest.total_size();
@@ -300,6 +335,10 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     if (remove_file) store_->RemoveStaging(id);
   };
 
+  if (absl::Status origin = ValidateOrigin(request.origin()); !origin.ok()) {
+    finish_staging(true);
+    return origin;
+  }
   auto fd = store_->SealStaging(id, size);
   if (!fd.ok()) {
     finish_staging(true);
@@ -314,6 +353,11 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     finish_staging(true);
     return absl::InvalidArgumentError(absl::StrCat("digest mismatch: the publisher computed '", request.digest(),
                                                    "' but the segment holds ", *digest, "; the model was dropped"));
+  }
+  if (!expected.empty() && *digest != expected) {
+    finish_staging(true);
+    return absl::InvalidArgumentError(absl::StrCat("the transferred bytes hash to ", *digest, ", not to ", expected,
+                                                   " as expected; the model was dropped"));
   }
   Failpoint("commit:hashed");
 
@@ -345,6 +389,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       *record.mutable_manifest() = manifest;
       record.set_digest(*digest);
       record.set_created_unix_ms(NowUnixMs());
+      *record.mutable_origin() = request.origin();
       std::optional<std::string> previous;  // what the name pointed at
       if (!name.empty()) {
         // The tag is saved before the segment appears: a crash in between
@@ -373,7 +418,12 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       m.size = size;
       m.created_ms = record.created_unix_ms();
       m.last_used_ms = m.created_ms;
+      m.origin = request.origin();
       committed_bytes_ += size;
+      if (m.origin.kind() == "pulled") {
+        ++pulls_;
+        bytes_pulled_ += size;
+      }
       existing = models_.emplace(*digest, std::move(m)).first;
     }
     if (!name.empty()) tags_[name] = *digest;
@@ -564,6 +614,8 @@ v1::GetStatsResponse ModelRegistry::Stats() {
   absl::MutexLock lock(&mu_);
   stats.set_bytes_used(UsedBytes());
   stats.set_bytes_staging(staging_bytes_);
+  stats.set_pulls(pulls_);
+  stats.set_bytes_pulled(bytes_pulled_);
   stats.set_host_budget(options_.host_budget);
   stats.set_models(models_.size());
   stats.set_evictions(evictions_);

@@ -53,12 +53,15 @@ class ModelRegistry {
   // pins of the catalog (dropping those whose model is gone).
   void Adopt(const SegmentStore::RecoveryReport& report);
 
-  // Errors: INVALID_ARGUMENT (manifest, name), RESOURCE_EXHAUSTED (budget
-  // or file system full even after evicting what may be evicted).
+  // Errors: INVALID_ARGUMENT (manifest, name, expected digest),
+  // RESOURCE_EXHAUSTED (budget or file system full even after evicting what
+  // may be evicted), ALREADY_EXISTS (with expected_digest: the model is here
+  // already, or a live process is transferring it).
   absl::StatusOr<v1::CreateModelResponse> Create(const v1::CreateModelRequest& request, const Peer& peer);
   // Errors: NOT_FOUND (unknown staging id), PERMISSION_DENIED (another
-  // user's staging model), INVALID_ARGUMENT (digest mismatch; the staging
-  // file is dropped), FAILED_PRECONDITION (file size changed).
+  // user's staging model), INVALID_ARGUMENT (digest mismatch, or the bytes
+  // are not the expected digest of a transfer, or an oversized origin; the
+  // staging file is dropped), FAILED_PRECONDITION (file size changed).
   absl::StatusOr<v1::CommitModelResponse> Commit(const v1::CommitModelRequest& request, const Peer& peer);
   // Errors: NOT_FOUND, PERMISSION_DENIED.
   absl::Status Abort(const v1::AbortModelRequest& request, const Peer& peer);
@@ -97,6 +100,7 @@ class ModelRegistry {
     int64_t last_used_ms = 0;
     bool pinned = false;
     uint32_t leases = 0;
+    v1::Origin origin;
   };
   struct Staging {
     std::string id;
@@ -105,6 +109,7 @@ class ModelRegistry {
     bool pin = false;
     Peer peer;
     bool committing = false;
+    std::string expected_digest;  // a transfer: see CreateModelRequest
   };
   struct Session {
     uint64_t id = 0;
@@ -126,6 +131,9 @@ class ModelRegistry {
   void EraseModel(const std::string& digest) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveCatalog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReclaimDeadStagings(std::vector<std::string>* remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK unless `expected_digest` (of a transfer) is here already or is being
+  // transferred by a staging model: ALREADY_EXISTS then. "" is always OK.
+  absl::Status ClaimTransfer(const std::string& expected_digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::unique_ptr<SegmentStore> store_;
   const RegistryOptions options_;
@@ -141,6 +149,8 @@ class ModelRegistry {
   std::unordered_map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_evicted_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t pulls_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_pulled_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Milliseconds since the Unix epoch.

@@ -82,8 +82,10 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
     auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
     if (result.ok()) {
       *resp = std::move(result).value();
-      Log().info("committed digest={} size={} names={} dedup={}", resp->model().digest(), resp->model().size(),
-                 resp->model().names_size(), resp->deduplicated());
+      const v1::Origin& origin = req->origin();
+      Log().info("committed digest={} size={} names={} dedup={} origin={} source=\"{}\" duration_ms={}",
+                 resp->model().digest(), resp->model().size(), resp->model().names_size(), resp->deduplicated(),
+                 origin.kind().empty() ? "-" : origin.kind(), origin.source(), origin.duration_ms());
     }
     return result.status();
   });

@@ -33,5 +33,8 @@ int Fail(const Globals& globals, const absl::Status& status);
 void PrintJson(const google::protobuf::Message& message);
 std::string HumanBytes(uint64_t bytes);
 std::string HumanTime(int64_t unix_ms);
+// "pulled from node 5f3c... in 1.20 s", "preloaded /models/m.safetensors",
+// "published", or "-" for a model committed before origins were kept.
+std::string OriginText(const v1::Origin& origin);
 
 }  // namespace zerocopy::cli

@@ -33,9 +33,10 @@ int Stats(Globals& g) {
               HumanBytes(s.bytes_staging()).c_str());
   std::printf("segments:   %s, %s free, huge pages %s\n", s.segment_dir().c_str(),
               HumanBytes(s.segment_dir_free()).c_str(), s.huge_pages() ? "yes" : "no");
-  std::printf("models:     %llu\nevictions:  %llu (%s)\nerrors:     %llu\n",
+  std::printf("models:     %llu\nevictions:  %llu (%s)\npulled:     %llu from other nodes (%s)\nerrors:     %llu\n",
               static_cast<unsigned long long>(s.models()), static_cast<unsigned long long>(s.evictions()),
-              HumanBytes(s.bytes_evicted()).c_str(), static_cast<unsigned long long>(s.errors()));
+              HumanBytes(s.bytes_evicted()).c_str(), static_cast<unsigned long long>(s.pulls()),
+              HumanBytes(s.bytes_pulled()).c_str(), static_cast<unsigned long long>(s.errors()));
   std::printf("requests:  ");
   for (const auto& [method, count] : s.requests()) {
     if (count) std::printf(" %s=%llu", method.c_str(), static_cast<unsigned long long>(count));

@@ -1,3 +1,5 @@
+#include <limits.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -43,9 +45,9 @@ class Progress {
 };
 
 void PrintInfoLine(const v1::ModelInfo& m) {
-  std::printf("%-32s  %-24s  %10s  %7u  %-6s  %u\n", m.digest().c_str(),
+  std::printf("%-32s  %-24s  %10s  %7u  %-6s  %6u  %s\n", m.digest().c_str(),
               m.names().empty() ? "-" : absl::StrJoin(m.names(), ",").c_str(), HumanBytes(m.size()).c_str(),
-              m.tensor_count(), m.pinned() ? "yes" : "no", m.leases());
+              m.tensor_count(), m.pinned() ? "yes" : "no", m.leases(), OriginText(m.origin()).c_str());
 }
 
 absl::StatusOr<Checkpoint> ReadAny(const std::string& path, CheckpointFormat format) {
@@ -67,11 +69,15 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
   PublishOptions options;
   options.name = name;
   options.pin = pin;
+  options.origin.set_kind("preloaded");
+  char resolved[PATH_MAX];
+  options.origin.set_source(::realpath(path.c_str(), resolved) ? resolved : path);
   options.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
   auto start = std::chrono::steady_clock::now();
   auto info = g.client()->Publish(source, options);
   if (!info.ok()) return Fail(g, info.status());
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // (The recorded origin has no duration: it is known only after the commit.)
   if (g.json) {
     PrintJson(*info);
   } else {
@@ -91,7 +97,8 @@ int List(Globals& g) {
     PrintJson(*list);
     return 0;
   }
-  std::printf("%-32s  %-24s  %10s  %7s  %-6s  %s\n", "DIGEST", "NAMES", "SIZE", "TENSORS", "PINNED", "LEASES");
+  std::printf("%-32s  %-24s  %10s  %7s  %-6s  %6s  %s\n", "DIGEST", "NAMES", "SIZE", "TENSORS", "PINNED", "LEASES",
+              "ORIGIN");
   for (const auto& m : list->models()) PrintInfoLine(m);
   return 0;
 }
@@ -106,13 +113,15 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
   const auto& m = got->model();
   std::printf("digest:      %s\nnames:       %s\nsize:        %s (%llu bytes)\nformat:      %s\n"
               "tensors:     %u in %u storages\nsegment:     %s\npinned:      %s\nleases:      %u\n"
-              "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n",
+              "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n"
+              "origin:      %s\n",
               m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
               HumanBytes(m.size()).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
               m.tensor_count(), m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(),
               m.huge_pages() ? "yes" : "no", m.gpu_uuids().empty() ? "-" : absl::StrJoin(m.gpu_uuids(), ", ").c_str(),
               HumanTime(m.created_unix_ms()).c_str(),
-              HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size());
+              HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size(),
+              OriginText(m.origin()).c_str());
   std::printf("\n%-48s  %-6s  %-20s  %10s  %s\n", "TENSOR", "DTYPE", "SHAPE", "BYTES", "OFFSET");
   size_t shown = 0;
   for (const auto& t : got->manifest().tensors()) {

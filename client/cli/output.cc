@@ -56,4 +56,12 @@ std::string HumanTime(int64_t unix_ms) {
   return buf;
 }
 
+std::string OriginText(const v1::Origin& origin) {
+  if (origin.kind().empty()) return "-";
+  std::string text = origin.kind();
+  if (!origin.source().empty()) text += (origin.kind() == "pulled" ? " from " : " ") + origin.source();
+  if (origin.duration_ms() > 0) text += absl::StrFormat(" in %.2f s", origin.duration_ms() / 1000.0);
+  return text;
+}
+
 }  // namespace zerocopy::cli

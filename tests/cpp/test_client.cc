@@ -2,7 +2,9 @@
 // security tests, run as another user (setpriv). Prints "OK ..." or
 // "ERR CODE message" and exits 0 or 1.
 //
-//   test_client --socket S create [--hold]   CreateModel of a 4 KiB model: prints the staging id and path
+//   test_client --socket S create [--expect DIGEST] [--hold]
+//                                            CreateModel of a 4 KiB model (a transfer of DIGEST: claims it):
+//                                            prints the staging id and path; --hold: waits for stdin's EOF
 //   test_client --socket S commit ID         CommitModel (with a wrong digest: only the refusal matters)
 //   test_client --socket S abort ID
 //   test_client --socket S map REF           maps the model and reads every byte
@@ -107,12 +109,15 @@ int main(int argc, char** argv) {
     t->set_name("w");
     t->set_dtype(zerocopy::v1::U8);
     t->add_shape(4096);
+    for (size_t i = 1; i + 1 < args.size(); ++i) {
+      if (args[i] == "--expect") request.set_expected_digest(args[i + 1]);
+    }
     zerocopy::v1::CreateModelResponse response;
     grpc::Status s = stub->CreateModel(&ctx, request, &response);
     if (!s.ok()) return Err(s);
     Ok(response.staging_id() + " " + response.segment_path());
     std::fflush(stdout);
-    if (args.size() > 1 && args[1] == "--hold") {
+    if (args.back() == "--hold") {
       char c;
       while (::read(0, &c, 1) > 0) {
       }

@@ -187,14 +187,7 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
     ZC_CALL(CreateModel, create, created);
   }
   auto abort = [&](const absl::Status& why) {
-    v1::AbortModelRequest request;
-    request.set_staging_id(created.staging_id());
-    v1::AbortModelResponse response;
-    if (auto stub = impl_->Stub(); stub.ok()) {
-      grpc::ClientContext ctx;
-      impl_->Prepare(&ctx);
-      (*stub)->AbortModel(&ctx, request, &response);
-    }
+    AbortStaging(created.staging_id());
     return why;
   };
   const v1::Manifest& layout = created.manifest();
@@ -239,18 +232,70 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
       if (options.progress) options.progress(now, total);
     });
   }
+  v1::Origin origin = options.origin;
+  if (origin.kind().empty()) origin.set_kind("published");
+  auto committed = CommitStaging(created.staging_id(), CombineDigest(leaves, layout), total, origin);
+  if (!committed.ok()) return abort(committed.status());  // a failed commit already dropped it; abort is harmless
+  return committed;
+}
+
+absl::StatusOr<v1::ModelInfo> Client::CommitStaging(const std::string& staging_id, const std::string& digest,
+                                                    uint64_t size, const v1::Origin& origin) {
   v1::CommitModelRequest commit;
-  commit.set_staging_id(created.staging_id());
-  commit.set_digest(CombineDigest(leaves, layout));
+  commit.set_staging_id(staging_id);
+  commit.set_digest(digest);
+  *commit.mutable_origin() = origin;
   v1::CommitModelResponse committed;
   ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
   grpc::ClientContext ctx;
   // The daemon rehashes the whole segment before answering: allow for it
   // (at a pessimistic 256 MiB/s) on top of the usual deadline.
-  impl_->Prepare(&ctx, impl_->options.timeout + std::chrono::milliseconds(total / (256u << 10)));
-  absl::Status status = impl_->Convert(stub->CommitModel(&ctx, commit, &committed), "CommitModel");
-  if (!status.ok()) return abort(status);  // a failed commit already dropped it; abort is harmless
+  impl_->Prepare(&ctx, impl_->options.timeout + std::chrono::milliseconds(size / (256u << 10)));
+  ZC_RETURN_IF_ERROR(impl_->Convert(stub->CommitModel(&ctx, commit, &committed), "CommitModel"));
   return committed.model();
+}
+
+void Client::AbortStaging(const std::string& staging_id) {
+  if (!impl_->CheckProcess().ok()) return;
+  v1::AbortModelRequest request;
+  request.set_staging_id(staging_id);
+  v1::AbortModelResponse response;
+  if (auto stub = impl_->Stub(); stub.ok()) {
+    grpc::ClientContext ctx;
+    impl_->Prepare(&ctx);
+    (*stub)->AbortModel(&ctx, request, &response);  // best effort: the daemon reclaims it when this process exits
+  }
+}
+
+absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifest& manifest,
+                                                               const std::string& digest) {
+  if (!IsDigest(digest)) return absl::InvalidArgumentError(absl::StrCat("'", digest, "' is not a digest"));
+  ZC_RETURN_IF_ERROR(ValidateManifest(manifest));
+  v1::CreateModelRequest create;
+  *create.mutable_manifest() = manifest;
+  create.set_expected_digest(digest);
+  v1::CreateModelResponse created;
+  {
+    ZC_CALL(CreateModel, create, created);
+  }
+  const uint64_t total = created.manifest().total_size();
+  auto fail = [&](const absl::Status& why) {
+    AbortStaging(created.staging_id());
+    return why;
+  };
+  if (manifest.total_size() != 0 && manifest.total_size() != total) {
+    return fail(absl::InvalidArgumentError(absl::StrCat("the manifest says ", manifest.total_size(),
+                                                        " bytes but this daemon lays it out in ", total)));
+  }
+  UniqueFd fd(::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) return fail(ErrnoStatus(errno, absl::StrCat("open ", created.segment_path())));
+  MappedRegion::Options map_options;
+  map_options.access = MappedRegion::Access::kReadWrite;
+  map_options.huge_pages = true;
+  auto region = MappedRegion::Map(fd.get(), total, map_options);
+  if (!region.ok()) return fail(region.status());
+  return std::unique_ptr<IncomingModel>(new IncomingModel(shared_from_this(), digest, created.staging_id(),
+                                                          std::move(*created.mutable_manifest()), *std::move(region)));
 }
 
 absl::StatusOr<v1::GetModelResponse> Client::Get(const std::string& ref) {

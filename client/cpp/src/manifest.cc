@@ -1,5 +1,7 @@
 #include "zerocopy/manifest.h"
 
+#include <algorithm>
+
 #include <unordered_set>
 
 #include "absl/strings/string_view.h"
@@ -215,6 +217,20 @@ absl::Status ValidateModelName(absl::string_view name) {
   if (IsDigest(name)) {
     return absl::InvalidArgumentError("model name must not be 32 hex digits: those name digests");
   }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateOrigin(const v1::Origin& origin) {
+  auto printable = [](absl::string_view text) {
+    return std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+  };
+  if (origin.kind().size() > 32 || !printable(origin.kind())) {
+    return absl::InvalidArgumentError("origin kind must be at most 32 printable ASCII characters");
+  }
+  if (origin.source().size() > 1024 || !printable(origin.source())) {
+    return absl::InvalidArgumentError("origin source must be at most 1024 printable ASCII characters");
+  }
+  if (origin.duration_ms() < 0) return absl::InvalidArgumentError("origin duration_ms is negative");
   return absl::OkStatus();
 }
 

@@ -5,7 +5,7 @@ copy-on-write by every process that loads them; see the project README.
 """
 from . import errors
 from ._store import load_state_dict as _load_state_dict
-from .errors import (CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
+from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
                      OutOfSpaceError, PermissionDeniedError, ZeroCopyError, ZerocopyError, GpuSharingUnavailableError)
 from .model_wrappers import JITModelWrapper, ModelWrapper
 from .wrappers import ActorWrapper, JITActorWrapper, JITTaskWrapper, TaskWrapper
@@ -32,12 +32,17 @@ def load_state_dict(name_or_digest: str, device=None) -> dict:
 
 
 def stats() -> dict:
-    """zerocopyd's figures: bytes used and budget, models, sessions, ..."""
-    from . import _native
-    return _native.client().stats()
+    """zerocopyd's figures: bytes used and budget, models, sessions, ...;
+    "pulled": the models this node's daemon got from other nodes of a Ray
+    cluster (digest, names, bytes, source node, seconds the transfer took)."""
+    from . import _cluster, _native
+    client = _native.client()
+    figures = client.stats()
+    figures["pulled"] = _cluster.pulled(client.list())
+    return figures
 
 
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
            "connect", "load_state_dict", "stats", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
-           "CorruptModelError", "GpuSharingUnavailableError", "ZerocopyError"]
+           "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "ZerocopyError"]

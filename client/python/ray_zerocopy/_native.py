@@ -21,13 +21,15 @@ def client(socket: str | None = None) -> "_zerocopy.Client":
     """The connection of this process to zerocopyd at `socket` (default:
     $ZEROCOPY_SOCKET, then the daemon's default). A forked child gets its
     own: a connection never crosses fork()."""
-    key = (os.getpid(), socket or "")
+    # The default resolves now ($ZEROCOPY_SOCKET may have changed since).
+    socket = socket or _zerocopy.default_socket()
+    key = (os.getpid(), socket)
     with _lock:
         c = _clients.get(key)
         if c is None:
             if len(_clients) and next(iter(_clients))[0] != key[0]:
                 _clients.clear()  # inherited from the parent: never touch them
-            c = _zerocopy.Client(socket or "")
+            c = _zerocopy.Client(socket)
             _clients[key] = c
         return c
 

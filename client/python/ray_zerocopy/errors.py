@@ -7,6 +7,8 @@
     ├── OutOfSpaceError           (also MemoryError) budget or tmpfs full
     ├── PermissionDeniedError     (also PermissionError) an admin-only call
     ├── CorruptModelError         the bytes no longer match their digest
+    ├── AlreadyExistsError        the model is already here, or another process
+    │                             of this node is bringing it (cluster pulls)
     └── GpuSharingUnavailableError  no shared device copy: the daemon has no
                                   GPU support or does not see the GPU, or
                                   this process does not
@@ -52,6 +54,10 @@ class CorruptModelError(ZeroCopyError):
 
 
 class GpuSharingUnavailableError(ZeroCopyError):
+    pass
+
+
+class AlreadyExistsError(ZeroCopyError):
     pass
 
 

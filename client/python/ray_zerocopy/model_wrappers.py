@@ -12,11 +12,14 @@ out.
 import io
 import pickle
 import warnings
+from typing import Any, Generic, TypeVar
 
 import torch
 
-from . import _executor, _native, _store
-from .errors import GpuSharingUnavailableError, ModelNotFoundError
+from . import _cluster, _executor, _native, _store
+from .errors import DaemonUnavailableError, GpuSharingUnavailableError, ModelNotFoundError
+
+T = TypeVar("T")
 
 
 def _find_models(pipeline, is_model, attr_names=None):
@@ -50,7 +53,14 @@ def _public_methods(obj, method_names=None):
     return names
 
 
-class _Base:
+def _entry(info: dict, node) -> dict:
+    """A model of a wrapper: its digest, size, tensors, and the Ray node
+    that published it (where other nodes pull it from first; None outside
+    Ray)."""
+    return {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"], "node": node}
+
+
+class _Base(Generic[T]):
     _jit = False
     _publish = staticmethod(_store.publish)
     _load_one = staticmethod(_store.load)
@@ -75,9 +85,7 @@ class _Base:
         if mode not in ("actor", "task"):
             raise ValueError(f"mode must be 'actor' or 'task', not {mode!r}")
         if cls._is_model(model_or_pipeline):
-            info = cls._publish(model_or_pipeline)
-            models = {"": {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"]}}
-            return cls(models, None, mode, method_names)
+            return cls({"": cls._publish_here(model_or_pipeline)}, None, mode, method_names)
         found = _find_models(model_or_pipeline, cls._is_model, model_attr_names)
         if not found:
             kind = "TorchScript modules" if cls._jit else "torch.nn.Module"
@@ -85,11 +93,9 @@ class _Base:
         by_id, models = {}, {}
         for key, module in found.items():
             if id(module) not in by_id:
-                info = cls._publish(module)
-                by_id[id(module)] = {"digest": info["digest"], "bytes": info["size"],
-                                     "tensors": info["tensor_count"], "key": key}
+                by_id[id(module)] = dict(cls._publish_here(module), key=key)
             entry = by_id[id(module)]
-            models[key] = {k: entry[k] for k in ("digest", "bytes", "tensors")}
+            models[key] = {k: entry[k] for k in ("digest", "bytes", "tensors", "node")}
         pickler_base = _store._pickle_module().Pickler
 
         class Pickler(pickler_base):
@@ -104,11 +110,27 @@ class _Base:
         return wrapper
 
     @classmethod
+    def _publish_here(cls, module) -> dict:
+        """Publishes `module` to this node's daemon; a driver whose machine
+        runs none (ray://) publishes through a Ray task on a cluster node."""
+        try:
+            return _entry(cls._publish(module), _cluster.node_id())
+        except DaemonUnavailableError as e:
+            remote = _cluster.publish_remote(cls._publish, module)
+            if remote is None:
+                raise
+            info, node = remote
+            warnings.warn(f"no zerocopyd on this machine ({e}); published through a Ray task on node {node}",
+                          RuntimeWarning, stacklevel=4)
+            return _entry(info, node)
+
+    @classmethod
     def for_tasks(cls, pipeline, method_names=None):
-        """The pipeline as a callable whose calls (and forwarded methods) each
-        run as a Ray task that loads the models zero-copy."""
-        from .wrappers import _TaskRunner
-        return _TaskRunner(cls.from_model(pipeline, mode="task", method_names=method_names))
+        """The pipeline with each of its models replaced by a stand-in whose
+        calls run as tasks that load that model zero-copy (a standalone
+        model: a callable whose calls run as tasks), as from_model(pipeline,
+        mode="task").load() returns it."""
+        return cls.from_model(pipeline, mode="task", method_names=method_names).load()
 
     @property
     def _is_standalone_module(self) -> bool:
@@ -125,25 +147,38 @@ class _Base:
         or of the shared copy on a CUDA device."""
         return self._load_one(self._models[key]["digest"], device=device)
 
+    def _fetch_or_pull(self, key: str, device):
+        """_fetch, after pulling the model from another node of the Ray
+        cluster when this node's daemon lacks it."""
+        try:
+            return self._fetch(key, device)
+        except ModelNotFoundError:
+            info = self._models[key]
+            if not _cluster.pull(info["digest"], info.get("node")):
+                raise
+        return self._fetch(key, device)
+
     def _load_model(self, key: str, device, fast: bool, strict: bool = False):
         info = self._models[key]
         gpu = _store.gpu_device(device)
         try:
             try:
-                model = self._fetch(key, gpu)
+                model = self._fetch_or_pull(key, gpu)
             except GpuSharingUnavailableError as e:
                 if strict:
                     raise
                 warnings.warn(f"no shared copy of model {info['digest'][:12]} on {device} ({e}); this process "
                               "makes a copy of its own (strict=True raises instead)", RuntimeWarning, stacklevel=4)
                 gpu = None
-                model = self._fetch(key, None)
-        except ModelNotFoundError:
+                model = self._fetch_or_pull(key, None)
+        except ModelNotFoundError as e:
+            if _cluster.ray_module() is not None:
+                raise  # pull() said which nodes it tried
             raise ModelNotFoundError(
                 f"model {info['digest']} ({'attribute ' + repr(key) if key else 'the model'}, {info['bytes']} bytes) "
                 f"is not in the zerocopyd of this node (socket {_native.default_socket()}): it was published on "
-                "another node or removed; publish it here (ModelWrapper.from_model on this node, or "
-                "`zerocopy preload`)", "NOT_FOUND") from None
+                "another node or removed; outside Ray nothing can bring it here: publish it here "
+                "(ModelWrapper.from_model on this node, or `zerocopy preload`)", "NOT_FOUND") from e
         move = device is not None and str(device) != "cpu" and (gpu is None or _has_cuda_tensors(model))
         model.eval()
         if not self._jit:
@@ -168,9 +203,17 @@ class _Base:
         strict=True. In task mode: a callable that runs each call as a
         task."""
         if self._mode == "task":
-            from .wrappers import _TaskRunner
-            return _TaskRunner(self, device=device or "cpu", use_fast_load=_use_fast_load, strict=strict)
+            return self._load_for_tasks(device or "cpu", _use_fast_load, strict)
         return self._load_local(_use_fast_load, device, strict)
+
+    def _load_for_tasks(self, device="cpu", fast: bool = False, strict: bool = False, executor=None):
+        """The pipeline with each model a stand-in that runs its calls as
+        tasks (a standalone model: one such stand-in); no weight is loaded
+        here."""
+        from .wrappers import _RemoteModel, _TaskRunner
+        if self._skeleton is None:
+            return _TaskRunner(self, device=device, use_fast_load=fast, executor=executor, strict=strict)
+        return self._rebuild({key: _RemoteModel(self, key, device, fast, strict, executor) for key in self._models})
 
     def _load_local(self, fast: bool = False, device=None, strict: bool = False):
         if self._skeleton is None:
@@ -181,6 +224,11 @@ class _Base:
             if info["digest"] not in by_digest:
                 by_digest[info["digest"]] = self._load_model(key, device, fast, strict)
             loaded[key] = by_digest[info["digest"]]
+        return self._rebuild(loaded)
+
+    def _rebuild(self, loaded: dict):
+        """The pipeline from its skeleton, model `key` replaced by
+        loaded[key]."""
         wrapper = self
 
         class Unpickler(pickle.Unpickler):
@@ -192,15 +240,29 @@ class _Base:
 
         return Unpickler(io.BytesIO(self._skeleton)).load()
 
-    def serialize(self) -> bytes:
-        """The wrapper as bytes (small: digests and the pipeline's skeleton)."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+    def serialize(self) -> dict[str, Any]:
+        """The wrapper as a dict of plain values (the published library's
+        keys: skeleton, model_info, is_standalone_module, mode; here the
+        skeleton is the pipeline's pickle without its models and model_info
+        holds digests); `deserialize(**wrapper.serialize())` rebuilds it."""
+        return {"skeleton": self._skeleton, "model_info": self._model_info,
+                "is_standalone_module": self._is_standalone_module, "mode": self._mode,
+                "method_names": getattr(self, "_methods", None), "factory": getattr(self, "_factory", None)}
 
     @classmethod
-    def deserialize(cls, data: bytes):
-        wrapper = pickle.loads(data)
-        if not isinstance(wrapper, cls):
-            raise TypeError(f"the bytes hold a {type(wrapper).__name__}, not a {cls.__name__}")
+    def deserialize(cls, skeleton=None, model_info: dict | None = None, is_standalone_module: bool = False,
+                    mode: str = "actor", method_names=None, factory=None):
+        """The wrapper from serialize()'s dict (as keyword arguments)."""
+        if model_info is None:
+            raise TypeError(f"{cls.__name__}.deserialize takes the keys of serialize(): "
+                            f"{cls.__name__}.deserialize(**wrapper.serialize())")
+        if is_standalone_module != (skeleton is None):
+            raise ValueError("is_standalone_module must be True exactly when there is no skeleton")
+        wrapper = cls({k: dict(v) for k, v in model_info.items()}, skeleton, mode)
+        if method_names is not None:
+            wrapper._methods = list(method_names)
+        if factory is not None:
+            wrapper._factory = factory
         return wrapper
 
     def __repr__(self) -> str:
@@ -221,7 +283,7 @@ def _to_plain_tensors(model: torch.nn.Module) -> None:
                 setattr(module, name, p.detach())
 
 
-class ModelWrapper(_Base):
+class ModelWrapper(_Base[T]):
     """Zero-copy sharing of nn.Module models and pipelines of them."""
 
     @classmethod
@@ -231,8 +293,7 @@ class ModelWrapper(_Base):
         give `model`: a factory that builds the module (e.g. on the meta
         device); load() then assigns the mapped tensors to it."""
         info = _native.client().get(name)
-        wrapper = cls({"": {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"]}},
-                      None, mode)
+        wrapper = cls({"": _entry(info, _cluster.node_id())}, None, mode)
         if not info["metadata"].startswith(_store.MAGIC):
             if model is None:
                 raise ValueError(f"model {name!r} holds weights only ({info['format']}): pass model=factory "
@@ -245,12 +306,12 @@ class ModelWrapper(_Base):
         if factory is None:
             return super()._fetch(key, device)
         module = factory()
-        state = _store.load_state_dict(self._models[key]["digest"], device=device)
+        state = _store.load_state_dict(self._models[key]["digest"], device=device)  # _fetch_or_pull pulls first
         module.load_state_dict(state, assign=True, strict=True)
         return module
 
 
-class JITModelWrapper(_Base):
+class JITModelWrapper(_Base[T]):
     """Zero-copy sharing of TorchScript modules and pipelines of them: the
     code travels as a weight-free archive, the weights as views of the
     mapping."""
@@ -264,5 +325,4 @@ class JITModelWrapper(_Base):
         info = _native.client().get(name)
         if not info["metadata"].startswith(_store.JIT_MAGIC):
             raise ValueError(f"model {name!r} is not a TorchScript model ({info['format']})")
-        return cls({"": {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"]}},
-                   None, mode)
+        return cls({"": _entry(info, _cluster.node_id())}, None, mode)

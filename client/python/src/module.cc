@@ -40,6 +40,7 @@ namespace {
     case absl::StatusCode::kResourceExhausted: cls = "OutOfSpaceError"; break;
     case absl::StatusCode::kPermissionDenied: cls = "PermissionDeniedError"; break;
     case absl::StatusCode::kDataLoss: cls = "CorruptModelError"; break;
+    case absl::StatusCode::kAlreadyExists: cls = "AlreadyExistsError"; break;
     default: cls = "ZeroCopyError";
   }
   RaiseAs(status, cls);
@@ -66,6 +67,11 @@ py::dict Info(const v1::ModelInfo& m) {
   d["created_unix_ms"] = m.created_unix_ms();
   d["last_used_unix_ms"] = m.last_used_unix_ms();
   d["gpu_uuids"] = std::vector<std::string>(m.gpu_uuids().begin(), m.gpu_uuids().end());
+  py::dict origin;
+  origin["kind"] = m.origin().kind();
+  origin["source"] = m.origin().source();
+  origin["duration_ms"] = m.origin().duration_ms();
+  d["origin"] = origin;
   return d;
 }
 
@@ -106,6 +112,7 @@ class MappingOf {
   uintptr_t address() const { return reinterpret_cast<uintptr_t>(model_->data()); }
   const std::shared_ptr<Model>& model() const { return model_; }
   py::bytes metadata() const { return py::bytes(model_->manifest().metadata()); }
+  py::bytes manifest_bytes() const { return py::bytes(model_->manifest().SerializeAsString()); }
   std::string format() const { return model_->manifest().format(); }
   std::vector<uint64_t> storage_sizes() const {
     std::vector<uint64_t> sizes;
@@ -129,20 +136,59 @@ class MappingOf {
 using Mapping = MappingOf<MappedModel>;
 using DeviceMapping = MappingOf<DeviceModel>;
 
-template <typename M>
-py::class_<M, std::shared_ptr<M>> BindMapping(py::module_& m, const char* name) {
-  return py::class_<M, std::shared_ptr<M>>(m, name)
+template <typename M, typename... Extra>
+py::class_<M, std::shared_ptr<M>> BindMapping(py::module_& m, const char* name, const Extra&... extra) {
+  return py::class_<M, std::shared_ptr<M>>(m, name, extra...)
       .def_property_readonly("info", &M::info)
       .def_property_readonly("digest", &M::digest)
       .def_property_readonly("size", &M::size)
       .def_property_readonly("address", &M::address)
       .def_property_readonly("metadata", &M::metadata)
       .def_property_readonly("format", &M::format)
+      .def_property_readonly("manifest_bytes", &M::manifest_bytes, "the manifest, serialized (zerocopy.v1.Manifest)")
       .def("storage_sizes", &M::storage_sizes)
       .def("tensors", &M::tensors)
       .def("storage", &M::storage, py::arg("index"), "storage `index` as a uint8 DLPack capsule")
       .def("tensor", &M::tensor, py::arg("index"), "tensor `index` as a DLPack capsule");
 }
+
+// A model arriving from another node (see incoming_model.h): write the
+// segment's bytes from any buffer, then commit under the expected digest.
+class PyIncoming {
+ public:
+  explicit PyIncoming(std::unique_ptr<IncomingModel> model) : model_(std::move(model)) {}
+  uint64_t size() const { return model_->size(); }
+  std::string digest() const { return model_->digest(); }
+  void Write(uint64_t offset, const py::buffer& data) {
+    py::buffer_info buffer = data.request();
+    const uint64_t n = static_cast<uint64_t>(buffer.size) * static_cast<uint64_t>(buffer.itemsize);
+    absl::Status status;
+    {
+      py::gil_scoped_release unlocked;
+      status = model_->Write(offset, buffer.ptr, n);
+    }
+    if (!status.ok()) Raise(status);
+  }
+  py::dict Commit(const std::string& kind, const std::string& source, int64_t duration_ms) {
+    v1::Origin origin;
+    origin.set_kind(kind);
+    origin.set_source(source);
+    origin.set_duration_ms(duration_ms);
+    absl::StatusOr<v1::ModelInfo> info;
+    {
+      py::gil_scoped_release unlocked;
+      info = model_->Commit(origin);
+    }
+    return Info(Check(std::move(info)));
+  }
+  void Abort() {
+    py::gil_scoped_release unlocked;
+    model_->Abort();
+  }
+
+ private:
+  std::unique_ptr<IncomingModel> model_;
+};
 
 // One Python-visible client; the C++ client refuses use after fork, and the
 // Python layer keeps one per process.
@@ -227,6 +273,19 @@ class PyClient {
     return std::make_shared<DeviceMapping>(Check(std::move(mapped)));
   }
 
+  std::shared_ptr<PyIncoming> Receive(const py::bytes& manifest_bytes, const std::string& digest) {
+    v1::Manifest manifest;
+    if (!manifest.ParseFromString(std::string(manifest_bytes))) {
+      Raise(absl::InvalidArgumentError("the manifest bytes do not parse as a zerocopy.v1.Manifest"));
+    }
+    absl::StatusOr<std::unique_ptr<IncomingModel>> incoming;
+    {
+      py::gil_scoped_release unlocked;
+      incoming = client_->Receive(manifest, digest);
+    }
+    return std::make_shared<PyIncoming>(Check(std::move(incoming)));
+  }
+
   py::dict Get(const std::string& ref) {
     absl::StatusOr<v1::GetModelResponse> got;
     {
@@ -239,6 +298,7 @@ class PyClient {
     for (const auto& t : response.manifest().tensors()) tensors.append(TensorSpec(response.manifest(), t));
     d["tensors"] = tensors;
     d["metadata"] = py::bytes(response.manifest().metadata());
+    d["manifest"] = py::bytes(response.manifest().SerializeAsString());
     return d;
   }
 
@@ -300,6 +360,8 @@ class PyClient {
     d["huge_pages"] = s.huge_pages();
     d["version"] = s.version();
     d["pid"] = s.pid();
+    d["pulls"] = s.pulls();
+    d["bytes_pulled"] = s.bytes_pulled();
     py::dict requests;
     for (const auto& [method, count] : s.requests()) requests[py::str(method)] = count;
     d["requests"] = requests;
@@ -352,10 +414,25 @@ PYBIND11_MODULE(_zerocopy, m) {
   m.attr("__version__") = ZEROCOPY_VERSION;
   m.def("default_socket", &DefaultSocketPath, "the socket a client uses when none is given");
 
-  BindMapping<Mapping>(m, "Mapping").def("compute_digest", [](const Mapping& self) {
-    py::gil_scoped_release unlocked;
-    return self.model()->ComputeDigest();
-  });
+  // The host mapping exposes its bytes read-only through the buffer
+  // protocol (memoryview(mapping)); the view keeps the mapping alive.
+  BindMapping<Mapping>(m, "Mapping", py::buffer_protocol())
+      .def("compute_digest",
+           [](const Mapping& self) {
+             py::gil_scoped_release unlocked;
+             return self.model()->ComputeDigest();
+           })
+      .def_buffer([](const Mapping& self) {
+        const auto& model = self.model();
+        return py::buffer_info(const_cast<uint8_t*>(model->data()), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(model->size())}, {1}, /*readonly=*/true);
+      });
+  py::class_<PyIncoming, std::shared_ptr<PyIncoming>>(m, "Incoming")
+      .def_property_readonly("size", &PyIncoming::size)
+      .def_property_readonly("digest", &PyIncoming::digest)
+      .def("write", &PyIncoming::Write, py::arg("offset"), py::arg("data"))
+      .def("commit", &PyIncoming::Commit, py::arg("kind"), py::arg("source") = "", py::arg("duration_ms") = 0)
+      .def("abort", &PyIncoming::Abort);
   BindMapping<DeviceMapping>(m, "DeviceMapping")
       .def_property_readonly("gpu_uuid", [](const DeviceMapping& self) { return self.model()->gpu_uuid(); })
       .def_property_readonly("device_ordinal", [](const DeviceMapping& self) { return self.model()->device_ordinal(); })
@@ -369,6 +446,7 @@ PYBIND11_MODULE(_zerocopy, m) {
       .def("map", &PyClient::Map, py::arg("ref"), py::arg("read_only") = false, py::arg("populate") = false)
       .def("map_device", &PyClient::MapDevice, py::arg("ref"), py::arg("ordinal"))
       .def("get", &PyClient::Get, py::arg("ref"))
+      .def("receive", &PyClient::Receive, py::arg("manifest"), py::arg("digest"))
       .def("list", &PyClient::List)
       .def("delete", &PyClient::Delete, py::arg("ref"), py::arg("force") = false)
       .def("tag", &PyClient::Tag, py::arg("name"), py::arg("ref"))

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "zerocopy/device_model.h"
+#include "zerocopy/incoming_model.h"
 #include "zerocopy/mapped_model.h"
 #include "zerocopy/model_source.h"
 #include "zerocopy/v1/model_store.pb.h"
@@ -33,6 +34,8 @@ struct ClientOptions {
 struct PublishOptions {
   std::string name;  // tag to point at the model
   bool pin = false;
+  // How the model came here (zerocopy ls shows it); kind "published" if unset.
+  v1::Origin origin;
   // Called from the copying threads with (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -58,6 +61,14 @@ class Client : public std::enable_shared_from_this<Client> {
   // goes), commits, returns the model. Equal bytes give the same digest and
   // no second copy. On failure the staging segment is aborted.
   absl::StatusOr<v1::ModelInfo> Publish(const ModelSource& source, const PublishOptions& options = {});
+
+  // Reserves a staging segment for model `digest` laid out as `manifest`
+  // (a manifest as GetModel returns it on another node), to be written and
+  // committed through the IncomingModel. Errors: ALREADY_EXISTS (the model
+  // is here, or another live process of this node is transferring it: wait
+  // for it), INVALID_ARGUMENT (digest, manifest), RESOURCE_EXHAUSTED, and
+  // UNAVAILABLE.
+  absl::StatusOr<std::unique_ptr<IncomingModel>> Receive(const v1::Manifest& manifest, const std::string& digest);
 
   // The model's info and manifest, without mapping it.
   absl::StatusOr<v1::GetModelResponse> Get(const std::string& ref);
@@ -94,6 +105,12 @@ class Client : public std::enable_shared_from_this<Client> {
   // Releases the session's lease on `digest` (its device copy on
   // `gpu_uuid`, if given), best effort: the session's end releases it anyway.
   std::function<void()> Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid);
+  // CommitModel of a staging segment of `size` bytes (the deadline allows
+  // for the daemon's rehash), and AbortModel (best effort).
+  absl::StatusOr<v1::ModelInfo> CommitStaging(const std::string& staging_id, const std::string& digest, uint64_t size,
+                                              const v1::Origin& origin);
+  void AbortStaging(const std::string& staging_id);
+  friend class IncomingModel;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -59,4 +59,9 @@ absl::Status ValidateModelName(absl::string_view name);
 // True for 32 lowercase hex digits.
 bool IsDigest(absl::string_view s);
 
+// How a model arrived (kept with it, shown by `zerocopy ls`): kind at most
+// 32 and source at most 1024 printable characters, duration not negative.
+// Errors: INVALID_ARGUMENT saying which rule is broken.
+absl::Status ValidateOrigin(const ::zerocopy::v1::Origin& origin);
+
 }  // namespace zerocopy

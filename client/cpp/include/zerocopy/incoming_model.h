@@ -1,0 +1,73 @@
+// IncomingModel: a model whose digest and manifest are known, arriving in
+// pieces (a pull from another node's daemon). It owns a staging segment of
+// this node's daemon, reserved for that digest: while it lives no other
+// process of the node can start the same transfer (they get ALREADY_EXISTS
+// from Client::Receive and wait for the model to appear).
+//
+// Write the segment's bytes (the source segment's, padding included) in any
+// order, then Commit: the daemon hashes the file and keeps it only if it
+// is the expected digest, so a transfer that altered a byte commits
+// nothing. Destroying an uncommitted IncomingModel aborts it (the staging
+// file goes); if the process dies instead, the daemon reclaims it.
+//
+// Thread safety: Write may be called concurrently for disjoint ranges;
+// Commit and destruction must not race with Write.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "zerocopy/mapped_region.h"
+#include "zerocopy/v1/model_store.pb.h"
+
+namespace zerocopy {
+
+class Client;
+
+class IncomingModel {
+ public:
+  IncomingModel(const IncomingModel&) = delete;
+  IncomingModel& operator=(const IncomingModel&) = delete;
+  ~IncomingModel();
+
+  const std::string& digest() const { return digest_; }
+  const std::string& staging_id() const { return staging_id_; }
+  // Segment bytes to write (the manifest's total_size).
+  uint64_t size() const { return layout_.total_size(); }
+  // The manifest with the daemon's layout (storage offsets).
+  const v1::Manifest& layout() const { return layout_; }
+
+  // Copies `n` bytes to segment offset `offset`. Errors: OUT_OF_RANGE
+  // past the end, FAILED_PRECONDITION after Commit.
+  absl::Status Write(uint64_t offset, const void* data, uint64_t n);
+
+  // Seals the segment and commits it under the expected digest, recording
+  // `origin`. Errors: those of CommitModel (INVALID_ARGUMENT when the bytes
+  // are not the expected digest: nothing is committed), FAILED_PRECONDITION
+  // when already committed or aborted.
+  absl::StatusOr<v1::ModelInfo> Commit(const v1::Origin& origin);
+
+  // Gives the staging segment back now (the destructor does it otherwise).
+  void Abort();
+
+ private:
+  friend class Client;
+  IncomingModel(std::shared_ptr<Client> client, std::string digest, std::string staging_id, v1::Manifest layout,
+                MappedRegion region)
+      : client_(std::move(client)),
+        digest_(std::move(digest)),
+        staging_id_(std::move(staging_id)),
+        layout_(std::move(layout)),
+        region_(std::move(region)) {}
+
+  std::shared_ptr<Client> client_;
+  std::string digest_;
+  std::string staging_id_;
+  v1::Manifest layout_;
+  MappedRegion region_;
+  bool done_ = false;  // committed or aborted
+};
+
+}  // namespace zerocopy

@@ -1,0 +1,40 @@
+#include "zerocopy/incoming_model.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "zerocopy/client.h"
+
+namespace zerocopy {
+
+IncomingModel::~IncomingModel() { Abort(); }
+
+absl::Status IncomingModel::Write(uint64_t offset, const void* data, uint64_t n) {
+  if (done_) return absl::FailedPreconditionError("the incoming model was already committed or aborted");
+  if (offset > size() || n > size() - offset) {
+    return absl::OutOfRangeError(absl::StrCat("write of ", n, " bytes at offset ", offset, " is past the end of a ",
+                                              size(), "-byte model"));
+  }
+  if (n != 0) std::memcpy(region_.data() + offset, data, n);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::ModelInfo> IncomingModel::Commit(const v1::Origin& origin) {
+  if (done_) return absl::FailedPreconditionError("the incoming model was already committed or aborted");
+  done_ = true;
+  region_.Reset();  // the daemon seals the file: no writable mapping may outlive the commit
+  auto committed = client_->CommitStaging(staging_id_, digest_, size(), origin);
+  // A refused commit already dropped the staging file; the abort is
+  // harmless then and covers a commit that never reached the daemon.
+  if (!committed.ok()) client_->AbortStaging(staging_id_);
+  return committed;
+}
+
+void IncomingModel::Abort() {
+  if (done_) return;
+  done_ = true;
+  region_.Reset();
+  client_->AbortStaging(staging_id_);
+}
+
+}  // namespace zerocopy

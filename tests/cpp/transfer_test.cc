@@ -1,0 +1,197 @@
+// Transfers between nodes' daemons (Client::Receive, IncomingModel): the
+// bytes of a model known by digest written into a staging model claimed
+// for that digest, committed only if they hash to it. The Python package
+// drives these through Ray (tests/python/test_cluster.py); here two real
+// daemons stand for two nodes.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include <catch2/catch.hpp>
+
+#include "support.h"
+#include "zerocopy/client.h"
+
+namespace zerocopy {
+namespace {
+
+using testing::DaemonProcess;
+using testing::MakeModel;
+using testing::TestModel;
+
+std::vector<std::string> StagingFiles(const DaemonProcess& d) {
+  std::vector<std::string> found;
+  for (const auto& f : testing::ListDir(d.segment_dir())) {
+    if (f.rfind("staging-", 0) == 0) found.push_back(f);
+  }
+  return found;
+}
+
+// A model published on `source`, and its manifest as the source's daemon
+// lays it out.
+struct Published {
+  std::string digest;
+  v1::Manifest manifest;
+  std::shared_ptr<MappedModel> mapped;
+};
+
+Published PublishOn(const DaemonProcess& source, const TestModel& model) {
+  auto client = source.NewClient();
+  auto info = client->Publish(model.source);
+  REQUIRE(info.ok());
+  auto got = client->Get(info->digest());
+  REQUIRE(got.ok());
+  auto mapped = client->Map(info->digest());
+  REQUIRE(mapped.ok());
+  return {info->digest(), got->manifest(), *mapped};
+}
+
+// Writes the source's segment into `incoming` in chunks of `chunk` bytes,
+// last chunk first (order must not matter).
+void CopyInChunks(IncomingModel& incoming, const MappedModel& from, uint64_t chunk) {
+  REQUIRE(incoming.size() == from.size());
+  std::vector<uint64_t> offsets;
+  for (uint64_t o = 0; o < from.size(); o += chunk) offsets.push_back(o);
+  for (auto it = offsets.rbegin(); it != offsets.rend(); ++it) {
+    REQUIRE(incoming.Write(*it, from.data() + *it, std::min(chunk, from.size() - *it)).ok());
+  }
+}
+
+v1::Origin Pulled(const std::string& from) {
+  v1::Origin origin;
+  origin.set_kind("pulled");
+  origin.set_source(from);
+  origin.set_duration_ms(42);
+  return origin;
+}
+
+TEST_CASE("a model received by digest commits under that digest and says where it came from", "[transfer]") {
+  DaemonProcess a, b;
+  a.Start();
+  b.Start();
+  TestModel model = MakeModel(4, 300000, 11);  // ~4.6 MiB
+  Published p = PublishOn(a, model);
+  auto client = b.NewClient();
+  auto incoming = client->Receive(p.manifest, p.digest);
+  REQUIRE(incoming.ok());
+  REQUIRE(StagingFiles(b).size() == 1);
+  CopyInChunks(**incoming, *p.mapped, 1 << 20);
+  auto info = (*incoming)->Commit(Pulled("node A"));
+  REQUIRE(info.ok());
+  REQUIRE(info->digest() == p.digest);
+  REQUIRE(info->origin().kind() == "pulled");
+  REQUIRE(StagingFiles(b).empty());
+
+  auto mapped = client->Map(p.digest);
+  REQUIRE(mapped.ok());
+  REQUIRE((*mapped)->ComputeDigest() == p.digest);
+  REQUIRE(std::memcmp((*mapped)->data(), p.mapped->data(), p.mapped->size()) == 0);
+  auto stats = client->Stats();
+  REQUIRE(stats->pulls() == 1);
+  REQUIRE(stats->bytes_pulled() == p.mapped->size());
+
+  // Here already: a second transfer is refused before any byte moves.
+  auto again = client->Receive(p.manifest, p.digest);
+  REQUIRE(again.status().code() == absl::StatusCode::kAlreadyExists);
+  REQUIRE_THAT(std::string(again.status().message()), Catch::Contains("already on this node"));
+
+  // The origin is kept across a restart, and `zerocopy ls` shows it.
+  b.Stop(SIGKILL);
+  b.Start();
+  auto list = b.NewClient()->List();
+  REQUIRE(list.ok());
+  REQUIRE(list->models_size() == 1);
+  REQUIRE(list->models(0).origin().source() == "node A");
+  REQUIRE(list->models(0).origin().duration_ms() == 42);
+  std::string out;
+  REQUIRE(testing::Run({testing::CliBinary(), "--socket", b.socket(), "ls"}, &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("pulled from node A in 0.04 s"));
+}
+
+TEST_CASE("one transfer of a digest at a time; an abort or a dead claimant frees it", "[transfer]") {
+  DaemonProcess a, b;
+  a.Start();
+  b.Start();
+  Published p = PublishOn(a, MakeModel(2, 1000, 12));
+  auto client = b.NewClient();
+
+  SECTION("a second claim waits for the first to end") {
+    auto first = client->Receive(p.manifest, p.digest);
+    REQUIRE(first.ok());
+    auto second = b.NewClient()->Receive(p.manifest, p.digest);
+    REQUIRE(second.status().code() == absl::StatusCode::kAlreadyExists);
+    REQUIRE_THAT(std::string(second.status().message()), Catch::Contains("being transferred"));
+    first->reset();  // aborted: the staging file goes, the digest is free
+    REQUIRE(StagingFiles(b).empty());
+    auto third = client->Receive(p.manifest, p.digest);
+    REQUIRE(third.ok());
+  }
+  SECTION("the claim of a process that died is reclaimed by the next claimant") {
+    testing::Child holder({TEST_CLIENT_BIN, "--socket", b.socket(), "create", "--expect", p.digest, "--hold"});
+    REQUIRE_THAT(holder.ReadLine(), Catch::StartsWith("OK "));
+    auto refused = client->Receive(p.manifest, p.digest);
+    REQUIRE(refused.status().code() == absl::StatusCode::kAlreadyExists);
+    REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains(std::to_string(holder.pid())));
+    ::kill(holder.pid(), SIGKILL);
+    holder.Finish();  // reaped: the pid is gone
+    auto taken = client->Receive(p.manifest, p.digest);
+    REQUIRE(taken.ok());
+    REQUIRE(StagingFiles(b).size() == 1);  // ours; the dead one's file went
+    CopyInChunks(**taken, *p.mapped, 4096);
+    REQUIRE((*taken)->Commit(Pulled("node A")).ok());
+  }
+  REQUIRE(b.NewClient()->Stats()->bytes_staging() == 0);
+}
+
+TEST_CASE("a transfer whose bytes are not the expected digest commits nothing", "[transfer]") {
+  DaemonProcess a, b;
+  a.Start();
+  b.Start();
+  Published p = PublishOn(a, MakeModel(3, 5000, 13));
+  auto client = b.NewClient();
+  auto incoming = client->Receive(p.manifest, p.digest);
+  REQUIRE(incoming.ok());
+  CopyInChunks(**incoming, *p.mapped, 8192);
+  uint8_t flipped = p.mapped->data()[100] ^ 0xFF;
+  REQUIRE((*incoming)->Write(100, &flipped, 1).ok());
+  auto info = (*incoming)->Commit(Pulled("node A"));
+  REQUIRE(info.status().code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(client->List()->models_size() == 0);
+  REQUIRE(StagingFiles(b).empty());
+  REQUIRE(client->Stats()->bytes_staging() == 0);
+  // Used up: no write or commit after it.
+  REQUIRE((*incoming)->Write(0, &flipped, 1).code() == absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("bad transfers are refused precisely", "[transfer]") {
+  DaemonProcess a, b;
+  a.Start();
+  b.Start();
+  Published p = PublishOn(a, MakeModel(1, 1000, 14));
+  auto client = b.NewClient();
+  REQUIRE(client->Receive(p.manifest, "not-a-digest").status().code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(client->Receive(p.manifest, std::string(32, 'G')).status().code() == absl::StatusCode::kInvalidArgument);
+  v1::Manifest wrong_size = p.manifest;
+  wrong_size.set_total_size(p.manifest.total_size() + 64);
+  REQUIRE(client->Receive(wrong_size, p.digest).status().code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(StagingFiles(b).empty());
+
+  auto incoming = client->Receive(p.manifest, p.digest);
+  REQUIRE(incoming.ok());
+  uint8_t byte = 0;
+  REQUIRE((*incoming)->Write((*incoming)->size(), &byte, 1).code() == absl::StatusCode::kOutOfRange);
+  REQUIRE((*incoming)->Write(UINT64_MAX, &byte, 2).code() == absl::StatusCode::kOutOfRange);
+  v1::Origin huge;
+  huge.set_kind("pulled");
+  huge.set_source(std::string(2000, 'x'));
+  CopyInChunks(**incoming, *p.mapped, 4096);
+  REQUIRE((*incoming)->Commit(huge).status().code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(StagingFiles(b).empty());
+  REQUIRE(client->List()->models_size() == 0);
+}
+
+}  // namespace
+}  // namespace zerocopy
