@@ -19,7 +19,10 @@ instance (127.0.0.1, no dashboard, usage stats off), then measures:
  5. GetModel round trip at 1, 16 and 64 concurrent clients;
  6. GPU (only where a GPU exists): attaching to the daemon's shared device
     copy against .to("cuda") in a fresh process, and device memory with 1
-    and 4 processes holding the model.
+    and 4 processes holding the model;
+ 7. across nodes (bench_cluster.py, a two-node Ray cluster of its own): time
+    for a node that lacks the model to get it, against a plain ray.get of
+    the same bytes, and the object store's peak meanwhile.
 
 Each number is the median of several runs, with min and max, and the ratio
 against ours. Writes results.json, results.md and PNG plots to --out.
@@ -409,6 +412,20 @@ class Bench:
         return res
 
 
+def across_nodes(args):
+    """Section 7 in its own process (bench_cluster.py): it starts a Ray
+    cluster of its own, once this process's Ray instance is down."""
+    sizes = [256] if args.quick else [256, 1024]
+    log(f"bench: across nodes ({', '.join(map(str, sizes))} MiB)")
+    r = subprocess.run([sys.executable, str(HERE / "bench_cluster.py"), "--build", args.build, "--sizes",
+                        *map(str, sizes), "--repeats", "2" if args.quick else "3"],
+                       capture_output=True, text=True, timeout=1800)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        return {"error": (r.stderr or r.stdout)[-3000:]}
+    return json.loads(lines[-1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small model, fewer runs: under 2 minutes")
@@ -434,6 +451,8 @@ def main():
         results = bench.run_gpu_only() if args.gpu_only else bench.run()
     finally:
         bench.stop()
+    if not args.gpu_only:
+        results["across_nodes"] = across_nodes(args)
     results = json.loads(json.dumps(results))  # the same keys (strings) as a reader of the file sees
     (out / "results.json").write_text(json.dumps(results, indent=1))
     import report

@@ -1,6 +1,7 @@
 """Markdown tables and PNG plots from bench.py's results.json; also usable
 alone: `report.py RESULTS_DIR` rewrites results.md and the plots."""
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -164,6 +165,7 @@ def markdown(r):
                          f"{h.get('p99_us', 0):.0f} µs |")
         lines.append("")
     lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
+    lines += across_nodes_lines(r.get("across_nodes"))
     if r.get("errors"):
         lines += ["## Failed measurements", ""] + [f"- {k}: `{why(v)}`" for k, v in r["errors"].items()] + [""]
     lines += targets(r)
@@ -222,8 +224,39 @@ def targets(r):
                    f"{one.get('health', {}).get('p50_us', 0):.0f} µs), p99 {many['p99_us']:.0f} µs and "
                    f"{many['calls_per_s']:,.0f} calls/s at 64 clients, {many['errors']} errors "
                    f"({'met' if met else 'NOT met'}: tens of microseconds, holding under 64 clients).")
+    x = r.get("across_nodes") or {}
+    if x.get("sizes"):
+        ratios = {k: v["throughput_ratio"] for k, v in x["sizes"].items()}
+        peak = max(v["ours_store_peak"] for v in x["sizes"].values())
+        met = min(ratios.values()) >= 0.8 and peak <= 256 * MiB
+        out.append(f"- across nodes: a fresh node gets the model at "
+                   f"{', '.join(f'×{v:.2f} ({size(k)})' for k, v in ratios.items())} the throughput of a plain "
+                   f"ray.get of the same bytes, object store peak {peak / MiB:,.0f} MiB "
+                   f"({'met' if met else 'NOT met'}: ≥ ×0.8, peak ≤ 256 MiB whatever the size).")
     out.append("")
     return out
+
+
+def across_nodes_lines(x):
+    """Section 7 (bench_cluster.py)."""
+    if not x:
+        return []
+    if "error" in x:
+        return ["## 7. Across nodes", "", f"not measured: `{why(x['error'])}`", ""]
+    lines = ["## 7. Across nodes: a node that lacks the model", "",
+             "Two Ray nodes on this machine, a zerocopyd each. Ours: `ActorWrapper.load()` in a warm actor on "
+             "node B for a model published on node A (the pull through Ray, the digest check, the map). "
+             "ray.get: the same actor fetches as many bytes put into node A's object store. Object store: the "
+             "peak above its level before the run (ray.get: node B's copy).", "",
+             "| model | ours | ray.get | throughput ours / ray.get | object store peak, ours | ray.get |",
+             "|---|---|---|---|---|---|"]
+    for mib, v in x["sizes"].items():
+        ours, theirs = statistics.median(v["ours_s"]), statistics.median(v["ray_get_s"])
+        lines.append(f"| {size(mib)} | {t(ours)} ({v['ours_gib_s']:.2f} GiB/s) | {t(theirs)} "
+                     f"({v['ray_get_gib_s']:.2f} GiB/s) | ×{v['throughput_ratio']:.2f} | "
+                     f"{v['ours_store_peak'] / MiB:,.0f} MiB | {v['ray_get_store_peak'] / MiB:,.0f} MiB |")
+    lines.append("")
+    return lines
 
 
 def plots(r, out_dir):

@@ -14,8 +14,11 @@ import models
 from ray_zerocopy import JITModelWrapper, ModelWrapper, TaskWrapper
 
 PROBE = """
-import json, pickle, sys, torch, ray
-ray.init(address="auto", log_to_driver=False, configure_logging=False)
+import json, os, pickle, sys, torch, ray
+# This job's workers import this process's ray_zerocopy (the published
+# one or ours: same import name), not the one other jobs see.
+ray.init(address="auto", log_to_driver=False, configure_logging=False,
+         runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
 import ray_zerocopy
 from ray_zerocopy import ModelWrapper, JITModelWrapper
 import models
@@ -56,7 +59,7 @@ print(json.dumps(out))
 
 
 def probe(paths, data_file):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     done = subprocess.run([sys.executable, "-c", PROBE, str(data_file)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -4,11 +4,28 @@ Models are published to the node's zerocopyd daemon once and mapped
 copy-on-write by every process that loads them; see the project README.
 """
 from . import errors
-from ._store import load_state_dict as _load_state_dict
 from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
                      OutOfSpaceError, PermissionDeniedError, ZeroCopyError, ZerocopyError, GpuSharingUnavailableError)
-from .model_wrappers import JITModelWrapper, ModelWrapper
-from .wrappers import ActorWrapper, JITActorWrapper, JITTaskWrapper, TaskWrapper
+
+# The wrappers import torch: loaded on first use, so that a process that
+# only moves bytes (the cluster pull's tasks on a source node, a Ray worker
+# started for them) does not pay torch's import.
+_LAZY = {"ModelWrapper": "model_wrappers", "JITModelWrapper": "model_wrappers", "ActorWrapper": "wrappers",
+         "JITActorWrapper": "wrappers", "JITTaskWrapper": "wrappers", "TaskWrapper": "wrappers"}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ray_zerocopy' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 __version__ = "0.1.0"
 
@@ -28,7 +45,8 @@ def load_state_dict(name_or_digest: str, device=None) -> dict:
     """The model's tensors by name, zero-copy views of its mapping (tied
     tensors share one storage). Works for every model in the store. A CUDA
     `device`: views of the GPU's one shared copy (shared and writable)."""
-    return _load_state_dict(name_or_digest, device=device)
+    from ._store import load_state_dict as load
+    return load(name_or_digest, device=device)
 
 
 def stats() -> dict:

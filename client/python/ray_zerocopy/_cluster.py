@@ -39,8 +39,8 @@ from . import _native
 from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableError, InvalidModelError,
                      ModelNotFoundError, ZeroCopyError)
 
-CHUNK_BYTES = int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 64 << 20))
-IN_FLIGHT = 4
+CHUNK_BYTES = int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 32 << 20))
+IN_FLIGHT = 2
 # How long a process waits for another one of its node to finish a pull,
 # and for one chunk or probe to arrive.
 WAIT_TIMEOUT_S = float(os.environ.get("ZEROCOPY_PULL_TIMEOUT_S", 600))
@@ -161,10 +161,14 @@ def _copy(ray, incoming, digest: str, sources, tried: list) -> str:
         submitted = written
         try:
             while written < len(offsets):
-                while submitted < len(offsets) and len(pending) < IN_FLIGHT:
-                    offset = offsets[submitted]
-                    pending.append(read.remote(digest, offset, min(CHUNK_BYTES, size - offset)))
-                    submitted += 1
+                if submitted < len(offsets) and len(pending) < IN_FLIGHT:
+                    while submitted < len(offsets) and len(pending) < IN_FLIGHT:
+                        offset = offsets[submitted]
+                        pending.append(read.remote(digest, offset, min(CHUNK_BYTES, size - offset)))
+                        submitted += 1
+                    # Start moving every chunk in flight to this node now:
+                    # the next ones cross while this one is written.
+                    ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=True)
                 chunk = ray.get(pending.popleft(), timeout=CHUNK_TIMEOUT_S)
                 expected = min(CHUNK_BYTES, size - offsets[written])
                 if len(chunk) != expected:
