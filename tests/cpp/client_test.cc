@@ -164,5 +164,46 @@ TEST_CASE("the socket comes from ZEROCOPY_SOCKET, then the defaults", "[client]"
   if (saved) ::setenv("ZEROCOPY_SOCKET", restore.c_str(), 1);
 }
 
+TEST_CASE("a model made only of empty tensors is published and mapped and verifies", "[client]") {
+  // Size 0, tensors present (torch.empty(0), a zero-length dimension): what
+  // the request fuzzer found (issue 19), on the C++ client's path.
+  DaemonProcess d;
+  d.Start();
+  auto client = d.NewClient();
+  ModelSource source;
+  for (int i = 0; i < 2; ++i) source.manifest.add_storages()->set_size(0);
+  auto* a = source.manifest.add_tensors();
+  a->set_name("x");
+  a->set_storage(0);
+  a->set_dtype(v1::F32);
+  a->add_shape(0);
+  auto* b = source.manifest.add_tensors();
+  b->set_name("grid");
+  b->set_storage(1);
+  b->set_dtype(v1::F16);
+  b->add_shape(3);
+  b->add_shape(0);
+  b->add_shape(2);
+  source.storage_data = {nullptr, nullptr};
+  auto info = client->Publish(source);
+  REQUIRE(info.ok());
+  REQUIRE(info->size() == 0);
+  REQUIRE(info->tensor_count() == 2);
+  auto mapped = client->Map(info->digest());
+  REQUIRE(mapped.ok());
+  REQUIRE((*mapped)->size() == 0);
+  REQUIRE((*mapped)->ComputeDigest() == info->digest());
+  for (const char* name : {"x", "grid"}) {
+    auto view = (*mapped)->Find(name);
+    REQUIRE(view.ok());
+    REQUIRE(view->extent == 0);
+  }
+  auto dl = (*mapped)->ToDLPack(1);
+  REQUIRE(dl.ok());
+  REQUIRE((*dl)->dl_tensor.ndim == 3);
+  REQUIRE((*dl)->dl_tensor.shape[1] == 0);
+  (*dl)->deleter(*dl);
+}
+
 }  // namespace
 }  // namespace zerocopy
