@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "log.h"
+#include "own_directory.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/manifest.h"
 #include "zerocopy/parallel_for.h"
@@ -104,8 +105,17 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
   if (::mkdir(dir.c_str(), 0710) != 0 && errno != EEXIST) {
     return ErrnoStatus(errno, absl::StrCat("create segment directory ", dir));
   }
-  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir_fd) return ErrnoStatus(errno, absl::StrCat("open segment directory ", dir));
+  // Never through a symlink: its target would be re-moded and filled.
+  UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir_fd) {
+    if (errno == ELOOP || errno == ENOTDIR) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "segment directory ", dir, " is a symlink or not a directory; refusing to use it (remove it, or point "
+          "segment_dir at a directory of this daemon's own)"));
+    }
+    return ErrnoStatus(errno, absl::StrCat("open segment directory ", dir));
+  }
+  ZC_RETURN_IF_ERROR(CheckOwnDirectory(dir_fd.get(), "segment directory", dir));
   if (gid != static_cast<gid_t>(-1) && ::fchown(dir_fd.get(), static_cast<uid_t>(-1), gid) != 0) {
     return ErrnoStatus(errno, absl::StrCat("chown segment directory ", dir, " to gid ", gid));
   }

@@ -1,5 +1,6 @@
 #include "unix_listener.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -10,6 +11,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "failpoint.h"
+#include "own_directory.h"
 #include "zerocopy/status.h"
 
 namespace zerocopy::daemon {
@@ -45,8 +48,18 @@ absl::Status MakeParent(const std::string& path) {
 absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::string& path, mode_t mode, gid_t gid) {
   ZC_ASSIGN_OR_RETURN(sockaddr_un addr, Address(path));
   ZC_RETURN_IF_ERROR(MakeParent(path));
+  // Every step below goes through the socket's directory, opened once and
+  // checked to be this daemon's own: nobody else can swap the socket for a
+  // symlink between bind() and the ownership change (which would hand, say,
+  // /etc/shadow to the socket's group when the daemon runs as root).
+  const auto slash = path.rfind('/');
+  const std::string parent = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  UniqueFd dir(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir) return ErrnoStatus(errno, absl::StrCat("open socket directory ", parent));
+  ZC_RETURN_IF_ERROR(CheckOwnDirectory(dir.get(), "socket directory", parent));
   struct stat st;
-  if (::lstat(path.c_str(), &st) == 0) {
+  if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       return absl::FailedPreconditionError(absl::StrCat(path, " exists and is not a socket; refusing to replace it"));
     }
@@ -55,7 +68,7 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
       return absl::FailedPreconditionError(
           absl::StrCat("another zerocopyd is serving on ", path, " (stop it first, or use --socket)"));
     }
-    ::unlink(path.c_str());  // stale: left by a daemon that died
+    ::unlinkat(dir.get(), name.c_str(), 0);  // stale: left by a daemon that died
   }
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return ErrnoStatus(errno, "socket");
@@ -65,12 +78,23 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
   int err = errno;
   ::umask(old);
   if (rc != 0) return ErrnoStatus(err, absl::StrCat("bind ", path));
-  if (gid != static_cast<gid_t>(-1) && ::chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
+  Failpoint("listen:bound");
+  // The node bind() made, by an O_PATH descriptor that never follows a
+  // symlink; its owner and mode change through that descriptor only.
+  UniqueFd node(::openat(dir.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!node) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  if (::fstat(node.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(path, " was replaced by something else than our socket; refusing"));
+  }
+  if (gid != static_cast<gid_t>(-1) &&
+      ::fchownat(node.get(), "", static_cast<uid_t>(-1), gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
     return ErrnoStatus(errno, absl::StrCat("chown ", path, " to gid ", gid));
   }
-  if (::chmod(path.c_str(), mode) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", path));
+  // chmod has no AT_EMPTY_PATH: /proc/self/fd/N names the very inode opened.
+  const std::string by_fd = absl::StrCat("/proc/self/fd/", node.get());
+  if (::chmod(by_fd.c_str(), mode) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", path));
   if (::listen(fd.get(), 1024) != 0) return ErrnoStatus(errno, absl::StrCat("listen ", path));
-  if (::stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop) return ErrnoStatus(errno, "eventfd");
   return std::unique_ptr<UnixListener>(new UnixListener(path, std::move(fd), std::move(stop), st.st_ino));

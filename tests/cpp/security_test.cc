@@ -2,10 +2,15 @@
 // (the suite does) with its socket and segment directory in a test group;
 // clients run as unprivileged users through setpriv(1): outside the group,
 // in it, and two different users in it.
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include <catch2/catch.hpp>
 
@@ -129,6 +134,154 @@ TEST_CASE("admin calls are refused to users the config does not name", "[securit
   CHECK_THAT(s.Run(kUserA, kGroup, {"tag", "shared", info->digest()}), Catch::StartsWith("ERR PERMISSION_DENIED"));
   // Root (uid 0, listed) may.
   CHECK(s.d->NewClient()->Delete("shared").ok());
+}
+
+}  // namespace zerocopy
+
+namespace zerocopy {
+namespace {
+
+// zerocopyd started with `args` and `failpoint` in its environment, its
+// output in a log file; what a test needs of a daemon that may refuse to
+// start.
+struct Launch {
+  testing::TempDir logs;
+  pid_t pid = -1;
+  explicit Launch(std::vector<std::string> args, const std::string& failpoint = "") {
+    args.insert(args.begin(), testing::DaemonBinary());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string log = logs.path() + "/log";
+    pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      if (!failpoint.empty()) ::setenv("ZEROCOPYD_FAILPOINT", failpoint.c_str(), 1);
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::execv(argv[0], argv.data());
+      _exit(127);
+    }
+  }
+  ~Launch() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+  // The exit status once it exits within `timeout`, else -1 (still running).
+  int WaitExit(std::chrono::milliseconds timeout) {
+    int status = 0;
+    bool exited = testing::WaitUntil([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, timeout);
+    if (!exited) return -1;
+    pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  std::string log() const {
+    std::ifstream in(logs.path() + "/log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+};
+
+struct stat StatOf(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::lstat(path.c_str(), &st) == 0);
+  return st;
+}
+
+}  // namespace
+
+TEST_CASE("a socket directory a member owns is refused before the socket can be swapped for a symlink",
+          "[security]") {
+  // The attack: a member of the group creates the socket's directory first;
+  // between the daemon's bind() and its chown/chmod of the socket (a
+  // failpoint holds it there), they put a symlink to a root file in the
+  // socket's place; the root daemon then gave that file to the group, 0660.
+  testing::TempDir base;
+  ::chmod(base.path().c_str(), 0755);
+  const std::string dir = base.path() + "/run";
+  REQUIRE(::mkdir(dir.c_str(), 0755) == 0);
+  REQUIRE(::chown(dir.c_str(), kUserA, kGroup) == 0);
+  const std::string victim = base.path() + "/shadow";
+  std::ofstream(victim) << "root:secret\n";
+  REQUIRE(::chmod(victim.c_str(), 0600) == 0);
+  const std::string socket = dir + "/zerocopyd.sock", hold = base.path() + "/hold";
+  std::ofstream(hold) << "";
+  testing::TempDir shm("/dev/shm");
+  testing::TempDir conf;
+  std::ofstream(conf.path() + "/c.toml") << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup << "\"\n";
+  Launch daemon({"--socket", socket, "--segment-dir", shm.path() + "/segments", "--config", conf.path() + "/c.toml"},
+                "listen:bound:hold=" + hold);
+  struct stat st {};
+  bool bound = testing::WaitUntil([&] { return ::lstat(socket.c_str(), &st) == 0; }, std::chrono::seconds(5));
+  if (bound) {
+    // What the directory's owner can do: swap the socket for a symlink.
+    const std::string link = dir + "/.swap";
+    REQUIRE(::symlink(victim.c_str(), link.c_str()) == 0);
+    REQUIRE(::rename(link.c_str(), socket.c_str()) == 0);
+  }
+  ::unlink(hold.c_str());
+  const int status = daemon.WaitExit(std::chrono::seconds(10));
+  const struct stat after = StatOf(victim);
+  CHECK((after.st_mode & 07777) == 0600);
+  CHECK(after.st_gid == 0);
+  REQUIRE_FALSE(bound);
+  REQUIRE(status != 0);
+  REQUIRE(status != -1);
+  REQUIRE_THAT(daemon.log(), Catch::Contains("socket directory " + dir + " belongs to uid " + std::to_string(kUserA)));
+}
+
+TEST_CASE("a socket or segment directory others may write is refused", "[security]") {
+  testing::TempDir base;
+  ::chmod(base.path().c_str(), 0755);
+  testing::TempDir shm("/dev/shm");
+  const std::string sockdir = base.path() + "/run", segdir = shm.path() + "/segments";
+  SECTION("socket directory writable by the group") {
+    REQUIRE(::mkdir(sockdir.c_str(), 0775) == 0);
+    ::chmod(sockdir.c_str(), 0775);
+    Launch daemon({"--socket", sockdir + "/s.sock", "--segment-dir", segdir});
+    REQUIRE(daemon.WaitExit(std::chrono::seconds(10)) > 0);
+    REQUIRE_THAT(daemon.log(), Catch::Contains("is writable by its group"));
+  }
+  SECTION("segment directory writable by everyone") {
+    REQUIRE(::mkdir(sockdir.c_str(), 0755) == 0);
+    REQUIRE(::mkdir(segdir.c_str(), 0777) == 0);
+    ::chmod(segdir.c_str(), 0777);
+    Launch daemon({"--socket", sockdir + "/s.sock", "--segment-dir", segdir});
+    REQUIRE(daemon.WaitExit(std::chrono::seconds(10)) > 0);
+    REQUIRE_THAT(daemon.log(), Catch::Contains("is writable by everyone"));
+    REQUIRE((StatOf(segdir).st_mode & 07777) == 0777);  // left as found
+  }
+}
+
+TEST_CASE("a segment directory a member created first, or a symlink, is refused and left alone", "[security]") {
+  testing::TempDir base;
+  ::chmod(base.path().c_str(), 0755);
+  testing::TempDir shm("/dev/shm");
+  ::chmod(shm.path().c_str(), 01777);  // as /dev/shm is
+  const std::string segdir = shm.path() + "/zerocopy";
+  SECTION("created first by a member, who would list it and rename files over segments") {
+    REQUIRE(::mkdir(segdir.c_str(), 0777) == 0);
+    REQUIRE(::chown(segdir.c_str(), kUserA, kUserA) == 0);
+    ::chmod(segdir.c_str(), 0777);
+    Launch daemon({"--socket", base.path() + "/s.sock", "--segment-dir", segdir});
+    REQUIRE(daemon.WaitExit(std::chrono::seconds(10)) > 0);
+    REQUIRE_THAT(daemon.log(), Catch::Contains("segment directory " + segdir + " belongs to uid " + std::to_string(kUserA)));
+    REQUIRE(StatOf(segdir).st_uid == static_cast<uid_t>(kUserA));
+    REQUIRE(testing::ListDir(segdir).empty());
+  }
+  SECTION("a symlink to a directory of root's") {
+    const std::string target = base.path() + "/etc";
+    REQUIRE(::mkdir(target.c_str(), 0755) == 0);
+    ::chmod(target.c_str(), 0755);
+    REQUIRE(::symlink(target.c_str(), segdir.c_str()) == 0);
+    Launch daemon({"--socket", base.path() + "/s.sock", "--segment-dir", segdir});
+    REQUIRE(daemon.WaitExit(std::chrono::seconds(10)) > 0);
+    REQUIRE_THAT(daemon.log(), Catch::Contains("is a symlink or not a directory"));
+    REQUIRE((StatOf(target).st_mode & 07777) == 0755);
+    REQUIRE(testing::ListDir(target).empty());  // no .lock, nothing
+  }
 }
 
 }  // namespace zerocopy
