@@ -349,15 +349,15 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     finish_staging(true);
     return digest.status();
   }
-  if (*digest != request.digest()) {
-    finish_staging(true);
-    return absl::InvalidArgumentError(absl::StrCat("digest mismatch: the publisher computed '", request.digest(),
-                                                   "' but the segment holds ", *digest, "; the model was dropped"));
-  }
   if (!expected.empty() && *digest != expected) {
     finish_staging(true);
     return absl::InvalidArgumentError(absl::StrCat("the transferred bytes hash to ", *digest, ", not to ", expected,
                                                    " as expected; the model was dropped"));
+  }
+  if (*digest != request.digest()) {
+    finish_staging(true);
+    return absl::InvalidArgumentError(absl::StrCat("digest mismatch: the publisher computed '", request.digest(),
+                                                   "' but the segment holds ", *digest, "; the model was dropped"));
   }
   Failpoint("commit:hashed");
 
@@ -366,13 +366,15 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
   absl::Status denied;
   {
     absl::MutexLock lock(&mu_);
-    staging_bytes_ -= size;
-    staging_.erase(id);
     if (!name.empty()) {
       // Publishing under a name that points elsewhere moves it: an admin
       // call, as TagModel is.
       auto tag = tags_.find(name);
       if (tag != tags_.end() && tag->second != *digest) denied = CheckAdmin(peer, "moving a tag");
+    }
+    if (!denied.ok()) {
+      staging_bytes_ -= size;
+      staging_.erase(id);
     }
   }
   if (!denied.ok()) {
@@ -381,6 +383,14 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
   }
   {
     absl::MutexLock lock(&mu_);
+    // The staging entry (a transfer's claim) goes in the same step as the
+    // model appears: a claimant never finds neither.
+    staging_bytes_ -= size;
+    staging_.erase(id);
+    if (!expected.empty()) {
+      ++pulls_;
+      bytes_pulled_ += size;
+    }
     auto existing = models_.find(*digest);
     if (existing != models_.end()) {
       dedup = true;
@@ -420,10 +430,6 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       m.last_used_ms = m.created_ms;
       m.origin = request.origin();
       committed_bytes_ += size;
-      if (m.origin.kind() == "pulled") {
-        ++pulls_;
-        bytes_pulled_ += size;
-      }
       existing = models_.emplace(*digest, std::move(m)).first;
     }
     if (!name.empty()) tags_[name] = *digest;

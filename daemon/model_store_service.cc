@@ -38,10 +38,13 @@ grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext*
                                                     Method method, const absl::Status& status,
                                                     const std::string& context) {
   requests_[method].fetch_add(1, std::memory_order_relaxed);
+  // A transfer's claim refused because another process holds it (or the
+  // model is here) is how waiters wait: neither an error nor news.
+  const bool waiting = method == kCreate && absl::IsAlreadyExists(status);
   if (!status.ok()) {
-    errors_.fetch_add(1, std::memory_order_relaxed);
+    if (!waiting) errors_.fetch_add(1, std::memory_order_relaxed);
     Peer peer = peers_->Lookup(ctx->peer());
-    auto level = absl::IsNotFound(status) ? spdlog::level::debug : spdlog::level::warn;
+    auto level = absl::IsNotFound(status) || waiting ? spdlog::level::debug : spdlog::level::warn;
     Log().log(level, "method={} pid={} uid={} {} code={} error=\"{}\"", MethodName(method), peer.pid, peer.uid,
               context, absl::StatusCodeToString(status.code()), std::string(status.message()));
   }

@@ -71,7 +71,7 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
   options.pin = pin;
   options.origin.set_kind("preloaded");
   char resolved[PATH_MAX];
-  options.origin.set_source(::realpath(path.c_str(), resolved) ? resolved : path);
+  options.origin.set_source(OriginSource(::realpath(path.c_str(), resolved) ? resolved : path));
   options.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
   auto start = std::chrono::steady_clock::now();
   auto info = g.client()->Publish(source, options);

@@ -182,15 +182,51 @@ TEST_CASE("bad transfers are refused precisely", "[transfer]") {
   auto incoming = client->Receive(p.manifest, p.digest);
   REQUIRE(incoming.ok());
   uint8_t byte = 0;
-  REQUIRE((*incoming)->Write((*incoming)->size(), &byte, 1).code() == absl::StatusCode::kOutOfRange);
-  REQUIRE((*incoming)->Write(UINT64_MAX, &byte, 2).code() == absl::StatusCode::kOutOfRange);
+  REQUIRE((*incoming)->Write((*incoming)->size(), &byte, 1).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE((*incoming)->Write(UINT64_MAX, &byte, 2).code() == absl::StatusCode::kInvalidArgument);
   v1::Origin huge;
   huge.set_kind("pulled");
-  huge.set_source(std::string(2000, 'x'));
+  huge.set_source(std::string(5000, 'x'));
   CopyInChunks(**incoming, *p.mapped, 4096);
   REQUIRE((*incoming)->Commit(huge).status().code() == absl::StatusCode::kInvalidArgument);
   REQUIRE(StagingFiles(b).empty());
   REQUIRE(client->List()->models_size() == 0);
+}
+
+TEST_CASE("the daemon checks a transfer's expected digest itself", "[transfer]") {
+  // Raw requests (test_client), as a client other than ours would send them.
+  DaemonProcess d;
+  d.Start();
+  std::string out;
+  testing::Run({TEST_CLIENT_BIN, "--socket", d.socket(), "create", "--expect", "not-a-digest"}, &out);
+  REQUIRE_THAT(out, Catch::StartsWith("ERR INVALID_ARGUMENT") && Catch::Contains("expected_digest"));
+  // A claim for digest X whose bytes (all zeros) hash to something else:
+  // refused with the transfer's reason, nothing kept.
+  const std::string expected(32, 'a');
+  out.clear();
+  REQUIRE(testing::Run({TEST_CLIENT_BIN, "--socket", d.socket(), "create", "--expect", expected}, &out) == 0);
+  const std::string id = out.substr(3, 32);
+  out.clear();
+  testing::Run({TEST_CLIENT_BIN, "--socket", d.socket(), "commit", id}, &out);
+  REQUIRE_THAT(out, Catch::StartsWith("ERR INVALID_ARGUMENT") && Catch::Contains("not to " + expected + " as expected"));
+  REQUIRE(StagingFiles(d).empty());
+  REQUIRE(d.NewClient()->List()->models_size() == 0);
+  REQUIRE(d.NewClient()->Stats()->pulls() == 0);
+}
+
+TEST_CASE("a preload from a path of any characters records where it came from", "[transfer]") {
+  DaemonProcess d;
+  d.Start();
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/mod\xc3\xa8le \x01.safetensors";
+  testing::WriteSafetensors(MakeModel(1, 100, 15), path);
+  std::string out, err;
+  REQUIRE(testing::Run({testing::CliBinary(), "--socket", d.socket(), "preload", path}, &out, &err) == 0);
+  auto list = d.NewClient()->List();
+  REQUIRE(list->models_size() == 1);
+  const auto& origin = list->models(0).origin();
+  REQUIRE(origin.kind() == "preloaded");
+  REQUIRE(origin.source() == dir.path() + "/mod\xc3\xa8le ?.safetensors");  // UTF-8 kept, control character replaced
 }
 
 }  // namespace

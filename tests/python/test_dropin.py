@@ -111,10 +111,23 @@ def test_task_wrapper_forwards_values_models_and_methods(ray_local):
         assert torch.equal(wrapped.score(data), pipeline.score(data))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         wrapped.nope
-    restored = type(wrapped).__new__(type(wrapped))
     import pickle
     restored = pickle.loads(pickle.dumps(wrapped))
     assert restored.label == "two-stage"
+
+
+def test_a_stand_in_runs_the_models_methods_only(ray_local):
+    torch.manual_seed(33)
+    pipeline = models.TwoStage()
+    rewritten = ModelWrapper.for_tasks(pipeline)
+    data = torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.allclose(rewritten.encoder.forward(data), pipeline.encoder(data), atol=1e-6)
+    assert not hasattr(rewritten.encoder, "fc1")  # a submodule, not a method: stays with the model
+    with pytest.raises(AttributeError, match="no method 'nope'"):
+        rewritten.decoder.nope
+    restored = ModelWrapper.deserialize(**ModelWrapper.from_model(pipeline, mode="task").serialize()).load()
+    assert not hasattr(restored.encoder, "fc1")
 
 
 def test_deserialize_refuses_what_serialize_did_not_make():

@@ -174,6 +174,7 @@ absl::StatusOr<uint64_t> Client::SessionId() {
 
 absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const PublishOptions& options) {
   ZC_RETURN_IF_ERROR(ValidateManifest(source.manifest));
+  ZC_RETURN_IF_ERROR(ValidateOrigin(options.origin));  // before any byte moves
   if (source.storage_data.size() != static_cast<size_t>(source.manifest.storages_size())) {
     return absl::InvalidArgumentError(absl::StrCat(source.storage_data.size(), " storage pointers for ",
                                                    source.manifest.storages_size(), " storages"));
@@ -283,9 +284,16 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
     AbortStaging(created.staging_id());
     return why;
   };
-  if (manifest.total_size() != 0 && manifest.total_size() != total) {
-    return fail(absl::InvalidArgumentError(absl::StrCat("the manifest says ", manifest.total_size(),
-                                                        " bytes but this daemon lays it out in ", total)));
+  // The bytes arrive in the source daemon's layout: this daemon's must be
+  // the same (it is, unless the two versions lay models out differently).
+  bool same_layout = manifest.total_size() == total;
+  for (int i = 0; same_layout && i < manifest.storages_size(); ++i) {
+    same_layout = manifest.storages(i).offset() == created.manifest().storages(i).offset();
+  }
+  if (!same_layout) {
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "model ", digest, " is laid out differently here (", total, " bytes) than where it comes from (",
+        manifest.total_size(), " bytes): are the two nodes' zerocopyd versions different?")));
   }
   UniqueFd fd(::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC));
   if (!fd) return fail(ErrnoStatus(errno, absl::StrCat("open ", created.segment_path())));

@@ -12,8 +12,8 @@ IncomingModel::~IncomingModel() { Abort(); }
 absl::Status IncomingModel::Write(uint64_t offset, const void* data, uint64_t n) {
   if (done_) return absl::FailedPreconditionError("the incoming model was already committed or aborted");
   if (offset > size() || n > size() - offset) {
-    return absl::OutOfRangeError(absl::StrCat("write of ", n, " bytes at offset ", offset, " is past the end of a ",
-                                              size(), "-byte model"));
+    return absl::InvalidArgumentError(absl::StrCat("write of ", n, " bytes at offset ", offset,
+                                                   " is past the end of a ", size(), "-byte model"));
   }
   if (n != 0) std::memcpy(region_.data() + offset, data, n);
   return absl::OkStatus();

@@ -221,17 +221,32 @@ absl::Status ValidateModelName(absl::string_view name) {
 }
 
 absl::Status ValidateOrigin(const v1::Origin& origin) {
-  auto printable = [](absl::string_view text) {
-    return std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c < 0x7f; });
+  auto text = [](absl::string_view value) {
+    return IsUtf8(value) && std::none_of(value.begin(), value.end(), [](char c) {
+             return (static_cast<unsigned char>(c) < 0x20) || c == 0x7f;
+           });
   };
-  if (origin.kind().size() > 32 || !printable(origin.kind())) {
-    return absl::InvalidArgumentError("origin kind must be at most 32 printable ASCII characters");
+  if (origin.kind().size() > 32 || !text(origin.kind())) {
+    return absl::InvalidArgumentError("origin kind must be at most 32 bytes of UTF-8 text without control characters");
   }
-  if (origin.source().size() > 1024 || !printable(origin.source())) {
-    return absl::InvalidArgumentError("origin source must be at most 1024 printable ASCII characters");
+  if (origin.source().size() > kMaxOriginSource || !text(origin.source())) {
+    return absl::InvalidArgumentError(absl::StrCat("origin source must be at most ", kMaxOriginSource,
+                                                   " bytes of UTF-8 text without control characters"));
   }
   if (origin.duration_ms() < 0) return absl::InvalidArgumentError("origin duration_ms is negative");
   return absl::OkStatus();
+}
+
+std::string OriginSource(absl::string_view text) {
+  std::string out;
+  for (unsigned char c : text) out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
+  if (!IsUtf8(out)) {
+    for (auto& c : out) {
+      if (static_cast<unsigned char>(c) >= 0x80) c = '?';
+    }
+  }
+  if (out.size() > kMaxOriginSource) out = "..." + out.substr(out.size() - (kMaxOriginSource - 3));
+  return out;
 }
 
 bool IsDigest(absl::string_view s) {

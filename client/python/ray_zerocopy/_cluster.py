@@ -131,6 +131,7 @@ def _probe_all(ray, digest: str, nodes: list[str], tried: list):
         try:
             manifest = ray.get(ref, timeout=CHUNK_TIMEOUT_S)
         except Exception as e:  # a dead node, a worker that could not start
+            ray.cancel(ref)
             tried.append((node, f"probe failed: {type(e).__name__}"))
             continue
         if manifest is None:
@@ -147,9 +148,23 @@ def _not_found(digest: str, tried: list) -> ModelNotFoundError:
         "(`zerocopy preload FILE`) or publish it again (ModelWrapper.from_model)", "NOT_FOUND")
 
 
+class _SourceFailed(Exception):
+    """A source node could not deliver a chunk (it died, its daemon went,
+    its object store refused, a timeout): the next holder takes over."""
+
+
+def _unavailable(digest: str, tried: list) -> ZeroCopyError:
+    nodes = "; ".join(f"node {n[:12]}: {why}" for n, why in tried)
+    return ZeroCopyError(f"model {digest} could not be brought to this node: every node that holds it failed "
+                         f"to deliver it ({nodes}); retry, or preload it on this node (`zerocopy preload FILE`)",
+                         "UNAVAILABLE")
+
+
 def _copy(ray, incoming, digest: str, sources, tried: list) -> str:
     """Writes every chunk of the model into `incoming`, from the first source
-    and then the next whenever one fails. Returns the source that finished."""
+    and then the next whenever one fails (from the first chunk not yet
+    written). Returns the source that finished. Errors of this node (a
+    write) are not blamed on a source: they propagate."""
     size = incoming.size
     offsets = list(range(0, size, CHUNK_BYTES))
     corrupt = os.environ.get(_CORRUPT_ENV) == "1"
@@ -169,10 +184,13 @@ def _copy(ray, incoming, digest: str, sources, tried: list) -> str:
                     # Start moving every chunk in flight to this node now:
                     # the next ones cross while this one is written.
                     ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=True)
-                chunk = ray.get(pending.popleft(), timeout=CHUNK_TIMEOUT_S)
                 expected = min(CHUNK_BYTES, size - offsets[written])
+                try:
+                    chunk = ray.get(pending.popleft(), timeout=CHUNK_TIMEOUT_S)
+                except ray.exceptions.RayError as e:
+                    raise _SourceFailed(f"{type(e).__name__}: {e}") from e
                 if len(chunk) != expected:
-                    raise ZeroCopyError(f"chunk at {offsets[written]} has {len(chunk)} bytes, not {expected}")
+                    raise _SourceFailed(f"chunk at {offsets[written]} has {len(chunk)} bytes, not {expected}")
                 if corrupt and written == 0 and expected:
                     chunk = chunk.copy()
                     chunk[0] ^= 0xFF
@@ -182,57 +200,76 @@ def _copy(ray, incoming, digest: str, sources, tried: list) -> str:
                 if pause:
                     time.sleep(pause)
             return node
-        except (ray.exceptions.RayError, ZeroCopyError) as e:
-            tried.append((node, f"failed after {written} of {len(offsets)} chunks: {type(e).__name__}: {e}"[:300]))
+        except _SourceFailed as e:
+            tried.append((node, f"failed after {written} of {len(offsets)} chunks: {e}"[:300]))
+            for ref in pending:
+                ray.cancel(ref)
             pending.clear()  # dropping the refs frees their objects
-    raise _not_found(digest, tried)
+    raise _unavailable(digest, tried)
 
 
-def pull(digest: str, origin: str | None = None, socket: str | None = None) -> bool:
-    """Brings model `digest` into this node's daemon from another node of
-    the Ray cluster (see the module's comment). Returns False outside Ray
-    (nothing to pull from); True once the model is here, whoever brought
-    it. Raises ModelNotFoundError when no live node holds it (naming the
-    nodes tried), CorruptModelError when the bytes that arrived are not the
-    digest (nothing is committed)."""
+def pull(digest: str, origin: str | None = None, socket: str | None = None, size: int = 0) -> bool:
+    """Brings model `digest` (of `size` bytes, if known) into this node's
+    daemon from another node of the Ray cluster (see the module's comment).
+    Returns False outside Ray (nothing to pull from); True once the model is
+    here, whoever brought it. Raises ModelNotFoundError when no live node
+    holds it (naming the nodes tried), CorruptModelError when the bytes that
+    arrived are not the digest (nothing is committed), ZeroCopyError
+    (UNAVAILABLE) when every holder failed mid-way, (DEADLINE_EXCEEDED)
+    when another process of the node has been at it for longer than
+    ZEROCOPY_PULL_TIMEOUT_S plus a second per 8 MiB of the model.
+
+    A restart of this node's daemon meanwhile (its staging models are gone)
+    is waited out and the pull begins again."""
     ray = ray_module()
     if ray is None:
         return False
     client = _native.client(socket)
     here = node_id()
-    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    deadline = time.monotonic() + WAIT_TIMEOUT_S + size / (8 << 20)
     tried: list = []
     sources = None
     first = None
+    backoff = 0.05
+
+    def wait(why: str):
+        nonlocal backoff
+        if time.monotonic() > deadline:
+            raise ZeroCopyError(f"model {digest}: {why} for too long (ZEROCOPY_PULL_TIMEOUT_S, "
+                                f"{WAIT_TIMEOUT_S:.0f} s, plus a second per 8 MiB); see zerocopyd's log",
+                                "DEADLINE_EXCEEDED")
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 1.0)
+
     while True:
-        if _is_here(client, digest):
-            return True
-        if sources is None:
-            sources = _sources(ray, digest, origin, here, tried)
-            first = next(sources, None)
-            if first is None:
-                raise _not_found(digest, tried)
         try:
-            incoming = client.receive(first[1], digest)
-        except AlreadyExistsError:
-            # Another process of this node is bringing it (or just did).
-            if time.monotonic() > deadline:
-                raise ZeroCopyError(f"model {digest}: another process of this node has been transferring it for "
-                                    f"{WAIT_TIMEOUT_S:.0f} s (ZEROCOPY_PULL_TIMEOUT_S); see zerocopyd's log",
-                                    "DEADLINE_EXCEEDED") from None
-            time.sleep(0.05)
-            continue
-        try:
-            start = time.monotonic()
-            node = _copy(ray, incoming, digest, _chain(first, sources), tried)
+            if _is_here(client, digest):
+                return True
+            if sources is None:
+                sources = _sources(ray, digest, origin, here, tried)
+                first = next(sources, None)
+                if first is None:
+                    raise _not_found(digest, tried)
             try:
+                incoming = client.receive(first[1], digest)
+            except AlreadyExistsError:
+                wait("another process of this node has been transferring it")  # or just did
+                continue
+            try:
+                start = time.monotonic()
+                node = _copy(ray, incoming, digest, _chain(first, sources), tried)
                 incoming.commit("pulled", f"node {node}", int((time.monotonic() - start) * 1000))
+                return True
             except InvalidModelError as e:
-                raise CorruptModelError(f"model {digest} arrived from node {node} altered, and this node's "
-                                        f"zerocopyd refused it (nothing was committed): {e}", e.code) from None
-            return True
-        finally:
-            incoming.abort()  # no-op after a commit
+                raise CorruptModelError(f"model {digest} arrived altered, and this node's zerocopyd refused it "
+                                        f"(nothing was committed): {e}", e.code) from None
+            except ModelNotFoundError:
+                wait("this node's zerocopyd lost the transfer (it restarted?)")  # its staging model is gone
+                sources = None  # begin again
+            finally:
+                incoming.abort()  # no-op after a commit
+        except DaemonUnavailableError:
+            wait("this node's zerocopyd has been unreachable")
 
 
 def _chain(first, rest):

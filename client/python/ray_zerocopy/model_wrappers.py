@@ -97,6 +97,8 @@ class _Base(Generic[T]):
             entry = by_id[id(module)]
             models[key] = {k: entry[k] for k in ("digest", "bytes", "tensors", "node")}
         pickler_base = _store._pickle_module().Pickler
+        # The public methods of each model: what its task-mode stand-in runs.
+        model_methods = {key: _public_methods(module) for key, module in found.items()}
 
         class Pickler(pickler_base):
             def persistent_id(self, o):
@@ -107,6 +109,7 @@ class _Base(Generic[T]):
         Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(model_or_pipeline)
         wrapper = cls(models, buffer.getvalue(), mode, method_names)
         wrapper._methods = _public_methods(model_or_pipeline, method_names)
+        wrapper._model_methods = model_methods
         return wrapper
 
     @classmethod
@@ -154,7 +157,7 @@ class _Base(Generic[T]):
             return self._fetch(key, device)
         except ModelNotFoundError:
             info = self._models[key]
-            if not _cluster.pull(info["digest"], info.get("node")):
+            if not _cluster.pull(info["digest"], info.get("node"), size=info.get("bytes", 0)):
                 raise
         return self._fetch(key, device)
 
@@ -213,7 +216,9 @@ class _Base(Generic[T]):
         from .wrappers import _RemoteModel, _TaskRunner
         if self._skeleton is None:
             return _TaskRunner(self, device=device, use_fast_load=fast, executor=executor, strict=strict)
-        return self._rebuild({key: _RemoteModel(self, key, device, fast, strict, executor) for key in self._models})
+        methods = getattr(self, "_model_methods", {})
+        return self._rebuild({key: _RemoteModel(self, key, device, fast, strict, executor, methods.get(key))
+                              for key in self._models})
 
     def _load_local(self, fast: bool = False, device=None, strict: bool = False):
         if self._skeleton is None:
@@ -247,11 +252,12 @@ class _Base(Generic[T]):
         holds digests); `deserialize(**wrapper.serialize())` rebuilds it."""
         return {"skeleton": self._skeleton, "model_info": self._model_info,
                 "is_standalone_module": self._is_standalone_module, "mode": self._mode,
-                "method_names": getattr(self, "_methods", None), "factory": getattr(self, "_factory", None)}
+                "method_names": getattr(self, "_methods", None), "factory": getattr(self, "_factory", None),
+                "model_methods": getattr(self, "_model_methods", None)}
 
     @classmethod
     def deserialize(cls, skeleton=None, model_info: dict | None = None, is_standalone_module: bool = False,
-                    mode: str = "actor", method_names=None, factory=None):
+                    mode: str = "actor", method_names=None, factory=None, model_methods=None):
         """The wrapper from serialize()'s dict (as keyword arguments)."""
         if model_info is None:
             raise TypeError(f"{cls.__name__}.deserialize takes the keys of serialize(): "
@@ -263,6 +269,8 @@ class _Base(Generic[T]):
             wrapper._methods = list(method_names)
         if factory is not None:
             wrapper._factory = factory
+        if model_methods is not None:
+            wrapper._model_methods = {k: list(v) for k, v in model_methods.items()}
         return wrapper
 
     def __repr__(self) -> str:

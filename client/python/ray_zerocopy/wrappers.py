@@ -36,13 +36,14 @@ class _RemoteModel:
     each method call) runs as a task that loads the model zero-copy, as
     the published library's shims do."""
 
-    def __init__(self, wrapper, key, device="cpu", use_fast_load=False, strict=False, executor=None):
+    def __init__(self, wrapper, key, device="cpu", use_fast_load=False, strict=False, executor=None, methods=None):
         self._wrapper = wrapper
         self._key = key
         self._device = device
         self._use_fast_load = use_fast_load
         self._strict = strict
         self._executor = executor
+        self._methods = methods  # the model's public methods; None: unknown, any name is tried remotely
 
     def _call(self, method, args, kwargs):
         return _executor.run(self._executor, self._device, _run_model_call, self._wrapper, self._key, self._device,
@@ -54,6 +55,10 @@ class _RemoteModel:
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
+        methods = self.__dict__.get("_methods")
+        if methods is not None and name not in methods:
+            raise AttributeError(f"model {self._key!r} has no method {name!r} to run as a task (a stand-in runs "
+                                 "the model's calls and public methods; its other attributes stay with the model)")
 
         def method(*args, **kwargs):
             return self._call(name, args, kwargs)

@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -159,14 +160,20 @@ class PyIncoming {
   explicit PyIncoming(std::unique_ptr<IncomingModel> model) : model_(std::move(model)) {}
   uint64_t size() const { return model_->size(); }
   std::string digest() const { return model_->digest(); }
-  void Write(uint64_t offset, const py::buffer& data) {
-    py::buffer_info buffer = data.request();
-    const uint64_t n = static_cast<uint64_t>(buffer.size) * static_cast<uint64_t>(buffer.itemsize);
+  // `data`: any C-contiguous buffer (bytes, a numpy array from ray.get).
+  void Write(uint64_t offset, const py::object& data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
+      PyErr_Clear();
+      Raise(absl::InvalidArgumentError("write needs a C-contiguous buffer (bytes, a contiguous numpy array)"));
+    }
     absl::Status status;
     {
       py::gil_scoped_release unlocked;
-      status = model_->Write(offset, buffer.ptr, n);
+      std::lock_guard<std::mutex> lock(mu_);  // never beside Commit/Abort (IncomingModel is not thread-safe for that)
+      status = model_->Write(offset, view.buf, static_cast<uint64_t>(view.len));
     }
+    PyBuffer_Release(&view);
     if (!status.ok()) Raise(status);
   }
   py::dict Commit(const std::string& kind, const std::string& source, int64_t duration_ms) {
@@ -177,16 +184,19 @@ class PyIncoming {
     absl::StatusOr<v1::ModelInfo> info;
     {
       py::gil_scoped_release unlocked;
+      std::lock_guard<std::mutex> lock(mu_);
       info = model_->Commit(origin);
     }
     return Info(Check(std::move(info)));
   }
   void Abort() {
     py::gil_scoped_release unlocked;
+    std::lock_guard<std::mutex> lock(mu_);
     model_->Abort();
   }
 
  private:
+  std::mutex mu_;
   std::unique_ptr<IncomingModel> model_;
 };
 

@@ -34,7 +34,8 @@ struct ClientOptions {
 struct PublishOptions {
   std::string name;  // tag to point at the model
   bool pin = false;
-  // How the model came here (zerocopy ls shows it); kind "published" if unset.
+  // How the model came here (zerocopy ls shows it); kind "published" if
+  // unset. Checked before any byte moves (INVALID_ARGUMENT).
   v1::Origin origin;
   // Called from the copying threads with (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
@@ -66,8 +67,9 @@ class Client : public std::enable_shared_from_this<Client> {
   // (a manifest as GetModel returns it on another node), to be written and
   // committed through the IncomingModel. Errors: ALREADY_EXISTS (the model
   // is here, or another live process of this node is transferring it: wait
-  // for it), INVALID_ARGUMENT (digest, manifest), RESOURCE_EXHAUSTED, and
-  // UNAVAILABLE.
+  // for it), INVALID_ARGUMENT (digest, manifest, a layout that differs from
+  // the manifest's), RESOURCE_EXHAUSTED, UNAVAILABLE, and INTERNAL (the
+  // staging file could not be opened or mapped).
   absl::StatusOr<std::unique_ptr<IncomingModel>> Receive(const v1::Manifest& manifest, const std::string& digest);
 
   // The model's info and manifest, without mapping it.

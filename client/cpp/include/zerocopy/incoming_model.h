@@ -8,7 +8,8 @@
 // order, then Commit: the daemon hashes the file and keeps it only if it
 // is the expected digest, so a transfer that altered a byte commits
 // nothing. Destroying an uncommitted IncomingModel aborts it (the staging
-// file goes); if the process dies instead, the daemon reclaims it.
+// file goes); if the process dies instead, the daemon reclaims it at the
+// next CreateModel on the node (a waiter's retry is one).
 //
 // Thread safety: Write may be called concurrently for disjoint ranges;
 // Commit and destruction must not race with Write.
@@ -39,8 +40,8 @@ class IncomingModel {
   // The manifest with the daemon's layout (storage offsets).
   const v1::Manifest& layout() const { return layout_; }
 
-  // Copies `n` bytes to segment offset `offset`. Errors: OUT_OF_RANGE
-  // past the end, FAILED_PRECONDITION after Commit.
+  // Copies `n` bytes to segment offset `offset`. Errors: INVALID_ARGUMENT
+  // past the end, FAILED_PRECONDITION after Commit or Abort.
   absl::Status Write(uint64_t offset, const void* data, uint64_t n);
 
   // Seals the segment and commits it under the expected digest, recording

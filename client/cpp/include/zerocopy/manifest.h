@@ -2,7 +2,9 @@
 // (which build manifests): segment layout, validation, and names.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -60,8 +62,14 @@ absl::Status ValidateModelName(absl::string_view name);
 bool IsDigest(absl::string_view s);
 
 // How a model arrived (kept with it, shown by `zerocopy ls`): kind at most
-// 32 and source at most 1024 printable characters, duration not negative.
-// Errors: INVALID_ARGUMENT saying which rule is broken.
+// 32 and source at most kMaxOriginSource bytes of UTF-8 text without
+// control characters, duration not negative. Errors: INVALID_ARGUMENT
+// saying which rule is broken.
+inline constexpr size_t kMaxOriginSource = 4096;
 absl::Status ValidateOrigin(const ::zerocopy::v1::Origin& origin);
+
+// `text` (a file path, say) made a valid origin source: control characters
+// and invalid UTF-8 become '?', and a long one keeps its end.
+std::string OriginSource(absl::string_view text);
 
 }  // namespace zerocopy
