@@ -65,6 +65,8 @@ void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
     m.created_ms = adopted.record.created_unix_ms();
     m.last_used_ms = m.created_ms;
     m.origin = adopted.record.origin();
+    if (adopted.record.has_publisher_uid()) m.publisher_uid = adopted.record.publisher_uid();
+    if (adopted.record.has_publisher_gid()) m.publisher_gid = adopted.record.publisher_gid();
     committed_bytes_ += m.size;
     models_[m.digest] = std::move(m);
   }
@@ -77,8 +79,13 @@ void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
     if (!absl::IsNotFound(catalog.status())) SaveCatalog();
     return;
   }
+  // Names stay with their owners even when their model is gone (evicted,
+  // or lost in a crash): loading one says so, and nobody else can take it.
   for (const auto& [name, digest] : catalog->tags()) {
-    if (models_.count(digest) && ValidateModelName(name).ok()) tags_[name] = digest;
+    if (IsDigest(digest) && ValidateModelName(name).ok()) tags_[name] = digest;
+  }
+  for (const auto& [name, uid] : catalog->tag_owners()) {
+    if (tags_.count(name)) tag_owners_[name] = uid;
   }
   for (const auto& digest : catalog->pinned()) {
     auto it = models_.find(digest);
@@ -100,6 +107,26 @@ absl::Status ModelRegistry::CheckAdmin(const Peer& peer, absl::string_view what)
                                                   peer.uid, " gid ", peer.gid, " is not among them"));
 }
 
+absl::Status ModelRegistry::CheckNameOwner(const std::string& name, const Peer& peer) const {
+  if (!tags_.count(name)) return absl::OkStatus();
+  auto owner = tag_owners_.find(name);
+  if (owner != tag_owners_.end() && peer.known && peer.uid == owner->second) return absl::OkStatus();
+  const bool admins = !options_.admin_uids.empty() || !options_.admin_gids.empty();
+  if (peer.known && (peer.uid == 0 || (admins && CheckAdmin(peer, "").ok()))) return absl::OkStatus();
+  if (owner == tag_owners_.end()) {
+    if (!admins) return absl::OkStatus();
+    return CheckAdmin(peer, absl::StrCat("moving the name '", name, "' (created before names had owners)"));
+  }
+  return absl::PermissionDeniedError(absl::StrCat("the name '", name, "' belongs to uid ", owner->second,
+                                                  "; only that user, root or admin_uids/admin_gids may move or "
+                                                  "remove it (publish under another name)"));
+}
+
+void ModelRegistry::SetTag(const std::string& name, const std::string& digest, const Peer& peer) {
+  if (!tags_.count(name) && peer.known) tag_owners_[name] = peer.uid;
+  tags_[name] = digest;
+}
+
 bool ModelRegistry::SameOwner(const Peer& owner, const Peer& peer) {
   return owner.known && peer.known && (peer.uid == owner.uid || peer.uid == 0);
 }
@@ -117,7 +144,14 @@ absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& 
     return absl::NotFoundError(absl::StrCat("no model named '", ref,
                                             "' on this node ('zerocopy preload FILE --name ", ref, "' adds one)"));
   }
-  return &models_.at(tag->second);
+  auto it = models_.find(tag->second);
+  if (it == models_.end()) {
+    auto owner = tag_owners_.find(ref);
+    return absl::NotFoundError(absl::StrCat(
+        "model '", ref, "' (digest ", tag->second, ") is no longer on this node: evicted; republish or preload it",
+        owner == tag_owners_.end() ? "" : absl::StrCat(" (the name still belongs to uid ", owner->second, ")")));
+  }
+  return &it->second;
 }
 
 std::vector<std::string> ModelRegistry::NamesOf(const std::string& digest) const {
@@ -143,20 +177,27 @@ v1::ModelInfo ModelRegistry::Info(const Model& m) const {
   info.set_last_used_unix_ms(m.last_used_ms);
   info.set_format(m.manifest->format());
   *info.mutable_origin() = m.origin;
+  if (m.publisher_uid) info.set_publisher_uid(*m.publisher_uid);
+  if (m.publisher_gid) info.set_publisher_gid(*m.publisher_gid);
   for (auto& uuid : devices_->GpusOf(m.digest)) info.add_gpu_uuids(std::move(uuid));
   return info;
 }
 
 uint64_t ModelRegistry::UsedBytes() const { return committed_bytes_ + staging_bytes_; }
 
-void ModelRegistry::EraseModel(const std::string& digest_ref) {
+void ModelRegistry::EraseModel(const std::string& digest_ref, Names names) {
   const std::string digest = digest_ref;  // the caller's may live in the model erased below
   auto it = models_.find(digest);
   if (it == models_.end()) return;
   committed_bytes_ -= it->second.size;
   for (auto& [id, session] : sessions_) session.leases.erase(digest);
-  for (auto t = tags_.begin(); t != tags_.end();) {
-    t = t->second == digest ? tags_.erase(t) : std::next(t);
+  for (auto t = tags_.begin(); names == Names::kRemove && t != tags_.end();) {
+    if (t->second == digest) {
+      tag_owners_.erase(t->first);
+      t = tags_.erase(t);
+    } else {
+      ++t;
+    }
   }
   models_.erase(it);
   devices_->DropModel(digest);
@@ -165,6 +206,7 @@ void ModelRegistry::EraseModel(const std::string& digest_ref) {
 void ModelRegistry::SaveCatalog() {
   v1::CatalogFile catalog;
   for (const auto& [name, digest] : tags_) (*catalog.mutable_tags())[name] = digest;
+  for (const auto& [name, uid] : tag_owners_) (*catalog.mutable_tag_owners())[name] = uid;
   for (const auto& [digest, m] : models_) {
     if (m.pinned) catalog.add_pinned(digest);
   }
@@ -258,7 +300,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
         std::string digest = candidates[i]->digest;
         ++evictions_;
         bytes_evicted_ += candidates[i]->size;
-        EraseModel(digest);
+        EraseModel(digest, Names::kKeep);
         store_->RemoveModel(digest);  // under the lock, as in Delete
         evicted.push_back(digest);
       }
@@ -367,10 +409,10 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
   {
     absl::MutexLock lock(&mu_);
     if (!name.empty()) {
-      // Publishing under a name that points elsewhere moves it: an admin
-      // call, as TagModel is.
+      // Publishing under a name that points elsewhere moves it: its
+      // owner's call (or an admin's), as TagModel is.
       auto tag = tags_.find(name);
-      if (tag != tags_.end() && tag->second != *digest) denied = CheckAdmin(peer, "moving a tag");
+      if (tag != tags_.end() && tag->second != *digest) denied = CheckNameOwner(name, peer);
     }
     if (!denied.ok()) {
       staging_bytes_ -= size;
@@ -400,21 +442,30 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       record.set_digest(*digest);
       record.set_created_unix_ms(NowUnixMs());
       *record.mutable_origin() = request.origin();
+      if (peer.known) {
+        record.set_publisher_uid(peer.uid);
+        record.set_publisher_gid(peer.gid);
+      }
       std::optional<std::string> previous;  // what the name pointed at
       if (!name.empty()) {
         // The tag is saved before the segment appears: a crash in between
-        // leaves a tag to a missing model, which recovery drops.
+        // leaves a name to a missing model, which recovery keeps for its
+        // owner (loading it says the model is gone).
         auto tag = tags_.find(name);
         if (tag != tags_.end()) previous = tag->second;
-        tags_[name] = *digest;
+        SetTag(name, *digest, peer);
         SaveCatalog();
       }
       Failpoint("commit:tagged");
       absl::Status s = store_->CommitStaging(id, record);
       if (!s.ok()) {
         if (!name.empty()) {
-          if (previous) tags_[name] = *previous;
-          else tags_.erase(name);
+          if (previous) {
+            tags_[name] = *previous;
+          } else {
+            tags_.erase(name);
+            tag_owners_.erase(name);
+          }
           SaveCatalog();
         }
         store_->RemoveStaging(id);
@@ -429,10 +480,12 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       m.created_ms = record.created_unix_ms();
       m.last_used_ms = m.created_ms;
       m.origin = request.origin();
+      if (record.has_publisher_uid()) m.publisher_uid = record.publisher_uid();
+      if (record.has_publisher_gid()) m.publisher_gid = record.publisher_gid();
       committed_bytes_ += size;
       existing = models_.emplace(*digest, std::move(m)).first;
     }
-    if (!name.empty()) tags_[name] = *digest;
+    if (!name.empty()) SetTag(name, *digest, peer);
     if (pin) existing->second.pinned = true;
     if (dedup || pin) SaveCatalog();
     existing->second.last_used_ms = NowUnixMs();
@@ -564,8 +617,22 @@ v1::ListModelsResponse ModelRegistry::List() {
 absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteModelRequest& request,
                                                               const Peer& peer) {
   ReapOnExit reap{devices_.get()};
-  ZC_RETURN_IF_ERROR(CheckAdmin(peer, "deleting models"));
   v1::DeleteModelResponse response;
+  {
+    // A name whose model is gone (evicted) is removed by its owner: the
+    // only way to free it for someone else, short of an admin.
+    absl::MutexLock lock(&mu_);
+    auto tag = tags_.find(request.model().ref());
+    if (tag != tags_.end() && !models_.count(tag->second)) {
+      ZC_RETURN_IF_ERROR(CheckNameOwner(tag->first, peer));
+      response.set_digest(tag->second);
+      tag_owners_.erase(tag->first);
+      tags_.erase(tag);
+      SaveCatalog();
+      return response;
+    }
+  }
+  ZC_RETURN_IF_ERROR(CheckAdmin(peer, "deleting models"));
   {
     absl::MutexLock lock(&mu_);
     ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
@@ -574,7 +641,7 @@ absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteMo
           absl::StrCat("model ", m->digest, " is pinned: unpin it first or delete with force"));
     }
     response.set_digest(m->digest);
-    EraseModel(m->digest);
+    EraseModel(m->digest, Names::kRemove);
     SaveCatalog();
     // Under the lock: a commit of the same bytes must not rename its new
     // file into place before this unlink. Processes that mapped it keep
@@ -589,8 +656,8 @@ absl::StatusOr<v1::TagModelResponse> ModelRegistry::Tag(const v1::TagModelReques
   absl::MutexLock lock(&mu_);
   ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
   auto tag = tags_.find(request.name());
-  if (tag != tags_.end() && tag->second != m->digest) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "moving a tag"));
-  tags_[request.name()] = m->digest;
+  if (tag != tags_.end() && tag->second != m->digest) ZC_RETURN_IF_ERROR(CheckNameOwner(request.name(), peer));
+  SetTag(request.name(), m->digest, peer);
   SaveCatalog();
   v1::TagModelResponse response;
   *response.mutable_model() = Info(*m);

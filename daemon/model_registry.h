@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -101,6 +102,8 @@ class ModelRegistry {
     bool pinned = false;
     uint32_t leases = 0;
     v1::Origin origin;
+    std::optional<uint32_t> publisher_uid;  // unset: committed before the daemon recorded it
+    std::optional<uint32_t> publisher_gid;
   };
   struct Staging {
     std::string id;
@@ -119,6 +122,13 @@ class ModelRegistry {
   };
 
   absl::Status CheckAdmin(const Peer& peer, absl::string_view what) const;
+  // Whether `peer` may move or remove the name: the uid that created it,
+  // root, or a configured admin (a name created before owners were kept,
+  // with no admins configured: anyone, as before). PERMISSION_DENIED
+  // naming the owner otherwise. OK for a name that does not exist.
+  absl::Status CheckNameOwner(const std::string& name, const Peer& peer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Points `name` at `digest`; a new name belongs to `peer`.
+  void SetTag(const std::string& name, const std::string& digest, const Peer& peer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether `peer` may act on what `owner` made (a staging model, a
   // session): the same uid, or root. Fails closed when either is unknown.
   static bool SameOwner(const Peer& owner, const Peer& peer);
@@ -126,9 +136,12 @@ class ModelRegistry {
   v1::ModelInfo Info(const Model& model) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> NamesOf(const std::string& digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t UsedBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Removes a model and its tags from the maps; returns its digest for
-  // the caller to unlink outside the lock.
-  void EraseModel(const std::string& digest) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a model from the maps (the caller unlinks its file). An
+  // eviction keeps its names (they still point at its digest and belong to
+  // their owners, so nobody else can take them over); a deletion removes
+  // them.
+  enum class Names { kKeep, kRemove };
+  void EraseModel(const std::string& digest, Names names) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveCatalog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReclaimDeadStagings(std::vector<std::string>* remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless `expected_digest` (of a transfer) is here already or is being
@@ -142,7 +155,8 @@ class ModelRegistry {
 
   mutable absl::Mutex mu_;
   std::unordered_map<std::string, Model> models_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> tags_ ABSL_GUARDED_BY(mu_);  // name -> digest
+  std::map<std::string, std::string> tags_ ABSL_GUARDED_BY(mu_);  // name -> digest (possibly evicted)
+  std::map<std::string, uint32_t> tag_owners_ ABSL_GUARDED_BY(mu_);  // name -> uid that created it
   std::unordered_map<std::string, Staging> staging_ ABSL_GUARDED_BY(mu_);
   uint64_t staging_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_bytes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -45,9 +45,10 @@ class Progress {
 };
 
 void PrintInfoLine(const v1::ModelInfo& m) {
-  std::printf("%-32s  %-24s  %10s  %7u  %-6s  %6u  %s\n", m.digest().c_str(),
+  std::printf("%-32s  %-24s  %10s  %7u  %-6s  %6u  %6s  %s\n", m.digest().c_str(),
               m.names().empty() ? "-" : absl::StrJoin(m.names(), ",").c_str(), HumanBytes(m.size()).c_str(),
-              m.tensor_count(), m.pinned() ? "yes" : "no", m.leases(), OriginText(m.origin()).c_str());
+              m.tensor_count(), m.pinned() ? "yes" : "no", m.leases(),
+              m.has_publisher_uid() ? std::to_string(m.publisher_uid()).c_str() : "-", OriginText(m.origin()).c_str());
 }
 
 absl::StatusOr<Checkpoint> ReadAny(const std::string& path, CheckpointFormat format) {
@@ -97,8 +98,8 @@ int List(Globals& g) {
     PrintJson(*list);
     return 0;
   }
-  std::printf("%-32s  %-24s  %10s  %7s  %-6s  %6s  %s\n", "DIGEST", "NAMES", "SIZE", "TENSORS", "PINNED", "LEASES",
-              "ORIGIN");
+  std::printf("%-32s  %-24s  %10s  %7s  %-6s  %6s  %6s  %s\n", "DIGEST", "NAMES", "SIZE", "TENSORS", "PINNED", "LEASES",
+              "UID", "ORIGIN");
   for (const auto& m : list->models()) PrintInfoLine(m);
   return 0;
 }
@@ -114,14 +115,16 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
   std::printf("digest:      %s\nnames:       %s\nsize:        %s (%llu bytes)\nformat:      %s\n"
               "tensors:     %u in %u storages\nsegment:     %s\npinned:      %s\nleases:      %u\n"
               "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n"
-              "origin:      %s\n",
+              "origin:      %s\npublisher:   %s\n",
               m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
               HumanBytes(m.size()).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
               m.tensor_count(), m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(),
               m.huge_pages() ? "yes" : "no", m.gpu_uuids().empty() ? "-" : absl::StrJoin(m.gpu_uuids(), ", ").c_str(),
               HumanTime(m.created_unix_ms()).c_str(),
               HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size(),
-              OriginText(m.origin()).c_str());
+              OriginText(m.origin()).c_str(),
+              m.has_publisher_uid() ? absl::StrCat("uid ", m.publisher_uid(), " gid ", m.publisher_gid()).c_str()
+                                    : "unknown (committed before publishers were recorded)");
   std::printf("\n%-48s  %-6s  %-20s  %10s  %s\n", "TENSOR", "DTYPE", "SHAPE", "BYTES", "OFFSET");
   size_t shown = 0;
   for (const auto& t : got->manifest().tensors()) {

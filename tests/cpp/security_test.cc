@@ -285,3 +285,60 @@ TEST_CASE("a segment directory a member created first, or a symlink, is refused 
 }
 
 }  // namespace zerocopy
+
+namespace zerocopy {
+
+TEST_CASE("a name stays with the user who made it, even after its model is evicted", "[security]") {
+  // The attack: wait until the victim's unpinned model is evicted (its
+  // names used to vanish with it), then publish under the freed name.
+  testing::TempDir config_dir;
+  std::string config = config_dir.path() + "/zerocopyd.toml";
+  std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
+                        << "\"\nadmin_uids = [0]\ntmpfs_reserve = 0\n";
+  DaemonProcess::Options options;
+  options.extra_args = {"--config", config};
+  options.host_budget = "12K";  // three 4 KiB models
+  DaemonProcess d(options);
+  d.Start();
+  ::chmod(std::filesystem::path(d.socket()).parent_path().c_str(), 0755);
+  ::chmod(std::filesystem::path(d.segment_dir()).parent_path().c_str(), 0755);
+  Programs programs;
+  auto as = [&](int uid, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
+                                     "--regid=" + std::to_string(kGroup), "--clear-groups", "--",
+                                     programs.client, "--socket", d.socket()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::string out, err;
+    testing::Run(argv, &out, &err);
+    return out.empty() ? "(no output) " + err : out;
+  };
+  const std::string victim = as(kUserA, {"publish", "llama", "1"});
+  REQUIRE_THAT(victim, Catch::StartsWith("OK "));
+  auto listed = d.NewClient()->List();
+  REQUIRE(listed->models(0).publisher_uid() == static_cast<uint32_t>(kUserA));
+  // While it is there, another member cannot move the name ...
+  REQUIRE_THAT(as(kUserB, {"publish", "llama", "2"}),
+               Catch::Contains("PERMISSION_DENIED") && Catch::Contains("belongs to uid " + std::to_string(kUserA)));
+  // ... nor once three publishes of theirs have evicted the victim's model.
+  for (const char* seed : {"3", "4", "5"}) REQUIRE_THAT(as(kUserB, {"publish", "", seed}), Catch::StartsWith("OK "));
+  REQUIRE(d.NewClient()->Stats()->evictions() >= 1);
+  auto gone = d.NewClient()->Get("llama");
+  REQUIRE(gone.status().code() == absl::StatusCode::kNotFound);
+  REQUIRE_THAT(std::string(gone.status().message()),
+               Catch::Contains("no longer on this node: evicted; republish or preload it") &&
+                   Catch::Contains("belongs to uid " + std::to_string(kUserA)));
+  REQUIRE_THAT(as(kUserB, {"publish", "llama", "6"}), Catch::Contains("PERMISSION_DENIED"));
+  REQUIRE_THAT(as(kUserB, {"tag", "llama", victim.substr(3, 32)}), Catch::StartsWith("ERR "));
+  REQUIRE_THAT(as(kUserB, {"delete", "llama"}), Catch::Contains("PERMISSION_DENIED"));
+  // The name survives a restart, still the victim's.
+  d.Stop(SIGKILL);
+  d.Start();
+  REQUIRE_THAT(as(kUserB, {"publish", "llama", "7"}), Catch::Contains("PERMISSION_DENIED"));
+  // Its owner may republish under it (or remove it); an admin may move it.
+  REQUIRE_THAT(as(kUserA, {"publish", "llama", "8"}), Catch::StartsWith("OK "));
+  auto back = d.NewClient()->Get("llama");
+  REQUIRE(back.ok());
+  REQUIRE(back->model().publisher_uid() == static_cast<uint32_t>(kUserA));
+}
+
+}  // namespace zerocopy

@@ -5,6 +5,9 @@
 //   test_client --socket S create [--expect DIGEST] [--hold]
 //                                            CreateModel of a 4 KiB model (a transfer of DIGEST: claims it):
 //                                            prints the staging id and path; --hold: waits for stdin's EOF
+//   test_client --socket S publish NAME SEED [METADATA_FILE]
+//                                            publishes a 4 KiB model (bytes from SEED) under NAME, its metadata
+//                                            the file's bytes (format "torch"): prints the digest
 //   test_client --socket S commit ID         CommitModel (with a wrong digest: only the refusal matters)
 //   test_client --socket S abort ID
 //   test_client --socket S map REF           maps the model and reads every byte
@@ -18,6 +21,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -81,6 +86,25 @@ int main(int argc, char** argv) {
     uint64_t sum = 0;
     for (uint64_t i = 0; i < (*m)->size(); ++i) sum += (*m)->data()[i];
     return Ok("mapped " + std::to_string((*m)->size()) + " bytes, sum " + std::to_string(sum));
+  }
+  if (op == "publish") {
+    std::vector<uint8_t> bytes(4096, static_cast<uint8_t>(std::stoi(args.at(2))));
+    zerocopy::ModelSource source;
+    source.manifest.add_storages()->set_size(bytes.size());
+    auto* t = source.manifest.add_tensors();
+    t->set_name("w");
+    t->set_dtype(zerocopy::v1::U8);
+    t->add_shape(static_cast<int64_t>(bytes.size()));
+    source.storage_data = {bytes.data()};
+    if (args.size() > 3) {
+      std::ifstream in(args[3], std::ios::binary);
+      source.manifest.set_metadata(std::string(std::istreambuf_iterator<char>(in), {}));
+      source.manifest.set_format("torch");
+    }
+    zerocopy::PublishOptions publish;
+    publish.name = args.at(1);
+    auto info = client->Publish(source, publish);
+    return info.ok() ? Ok(info->digest()) : Err(info.status());
   }
   if (op == "delete") {
     auto d = client->Delete(args.at(1));

@@ -22,8 +22,11 @@ import pickle
 
 import torch
 
+import os
+import re
+
 from . import _native
-from .errors import InvalidModelError
+from .errors import InvalidModelError, PermissionDeniedError
 
 MAGIC = b"zerocopy-torch-pickle/1\n"
 
@@ -149,12 +152,48 @@ def _map(ref: str, socket, read_only=False, populate=False, device=None):
     return _native.client(socket).map_device(ref, gpu.index)
 
 
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+def _trusted_ids(variable: str) -> set[int]:
+    try:
+        return {int(x) for x in os.environ.get(variable, "").replace(",", " ").split()}
+    except ValueError:
+        raise InvalidModelError(f"${variable} must list numeric ids separated by commas or spaces", "INVALID_ARGUMENT")
+
+
+def check_publisher(ref: str, info: dict, what: str) -> None:
+    """A model's metadata (a pickled skeleton, a TorchScript archive) is code
+    of whoever published it. Loaded by name (which any member of the
+    socket's group may have taken), it runs only if its publisher is this
+    process's own uid, root, or listed in $ZEROCOPY_TRUST_UIDS (or their
+    group in $ZEROCOPY_TRUST_GIDS). By digest it always runs: a digest covers
+    the metadata, and whoever holds one (a wrapper made by from_model) chose
+    those exact bytes. Raises PermissionDeniedError saying who published it
+    and how to trust them or load only the weights."""
+    if _DIGEST.fullmatch(ref):
+        return
+    uid, gid = info.get("publisher_uid"), info.get("publisher_gid")
+    if uid is not None and (uid in (os.geteuid(), 0) or uid in _trusted_ids("ZEROCOPY_TRUST_UIDS")):
+        return
+    if gid is not None and gid in _trusted_ids("ZEROCOPY_TRUST_GIDS"):
+        return
+    who = f"uid {uid} (gid {gid})" if uid is not None else "an unknown user (published before zerocopyd recorded publishers)"
+    raise PermissionDeniedError(
+        f"model '{ref}' ({info.get('digest', '?')}) was published by {who}, and its {what} would run code of "
+        f"theirs in this process (uid {os.geteuid()}); load only its weights (ray_zerocopy.load_state_dict, "
+        f"or from_store(name, model=factory)), load it by digest if you trust those bytes, or trust its publisher: "
+        f"ZEROCOPY_TRUST_UIDS={uid if uid is not None else 'UID'}", "PERMISSION_DENIED")
+
+
 def load(ref: str, socket: str | None = None, read_only: bool = False, device=None):
     """Maps model `ref` (name or digest) and rebuilds the object published
     with publish(); its tensors are views of the mapping (of the shared
     device copy for a CUDA `device`)."""
     mapping = _map(ref, socket, read_only=read_only, device=device)
     metadata = mapping.metadata
+    if metadata.startswith(MAGIC):
+        check_publisher(ref, mapping.info, "pickled skeleton")
     if not metadata.startswith(MAGIC):
         raise InvalidModelError(
             f"model {mapping.digest} ({mapping.format}) holds weights only, no Python object: load it with "
@@ -245,6 +284,7 @@ def load_jit(ref: str, socket: str | None = None, device=None):
     shared device copy for a CUDA `device`)."""
     mapping = _native.client(socket).map(ref)
     metadata = mapping.metadata
+    check_publisher(ref, mapping.info, "TorchScript archive")
     if not metadata.startswith(JIT_MAGIC):
         raise InvalidModelError(f"model {mapping.digest} ({mapping.format}) is not a TorchScript model",
                                 "INVALID_ARGUMENT")

@@ -302,11 +302,13 @@ class ModelWrapper(_Base[T]):
         device); load() then assigns the mapped tensors to it."""
         info = _native.client().get(name)
         wrapper = cls({"": _entry(info, _cluster.node_id())}, None, mode)
-        if not info["metadata"].startswith(_store.MAGIC):
-            if model is None:
-                raise ValueError(f"model {name!r} holds weights only ({info['format']}): pass model=factory "
-                                 "that builds the module")
-            wrapper._factory = model
+        if model is None and info["metadata"].startswith(_store.MAGIC):
+            _store.check_publisher(name, info, "pickled skeleton")  # the wrapper loads it by digest from now on
+        elif model is None:
+            raise ValueError(f"model {name!r} holds weights only ({info['format']}): pass model=factory "
+                             "that builds the module")
+        else:
+            wrapper._factory = model  # reads only tensors: open to every publisher
         return wrapper
 
     def _fetch(self, key, device):
@@ -333,4 +335,5 @@ class JITModelWrapper(_Base[T]):
         info = _native.client().get(name)
         if not info["metadata"].startswith(_store.JIT_MAGIC):
             raise ValueError(f"model {name!r} is not a TorchScript model ({info['format']})")
+        _store.check_publisher(name, info, "TorchScript archive")
         return cls({"": _entry(info, _cluster.node_id())}, None, mode)

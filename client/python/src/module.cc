@@ -73,6 +73,8 @@ py::dict Info(const v1::ModelInfo& m) {
   origin["source"] = m.origin().source();
   origin["duration_ms"] = m.origin().duration_ms();
   d["origin"] = origin;
+  d["publisher_uid"] = m.has_publisher_uid() ? py::object(py::int_(m.publisher_uid())) : py::object(py::none());
+  d["publisher_gid"] = m.has_publisher_gid() ? py::object(py::int_(m.publisher_gid())) : py::object(py::none());
   return d;
 }
 
