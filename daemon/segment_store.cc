@@ -262,7 +262,16 @@ absl::Status SegmentStore::CommitStaging(const std::string& staging_id, const v1
 }
 
 void SegmentStore::RemoveStaging(const std::string& staging_id) {
-  ::unlinkat(dir_fd_.get(), absl::StrCat(kStagingPrefix, staging_id).c_str(), 0);
+  const std::string name = absl::StrCat(kStagingPrefix, staging_id);
+  // Emptied before it is unlinked: a hard link its publisher made elsewhere
+  // would otherwise keep the bytes on the tmpfs, outside every budget. (A
+  // sealed file, 0440, refused other links at sealing already.)
+  struct stat st;
+  if (::fstatat(dir_fd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) && st.st_nlink > 1) {
+    UniqueFd fd(::openat(dir_fd_.get(), name.c_str(), O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (fd) ::ftruncate(fd.get(), 0);
+  }
+  ::unlinkat(dir_fd_.get(), name.c_str(), 0);
 }
 
 void SegmentStore::RemoveModel(const std::string& digest) {

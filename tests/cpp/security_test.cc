@@ -40,6 +40,12 @@ struct Programs {
   }
 };
 
+struct stat StatOf(const std::string& path) {
+  struct stat st {};
+  REQUIRE(::lstat(path.c_str(), &st) == 0);
+  return st;
+}
+
 struct SecureDaemon {
   testing::TempDir config_dir;
   std::unique_ptr<DaemonProcess> d;
@@ -122,6 +128,29 @@ TEST_CASE("a staging model belongs to the user who created it", "[security]") {
   CHECK(::access(path.c_str(), F_OK) != 0);
 }
 
+TEST_CASE("a staging file linked out of the segment directory keeps no bytes once aborted", "[security]") {
+  // The attack: a member hard-links their staging file to a directory of
+  // theirs and aborts; the bytes used to stay on the tmpfs, outside every
+  // budget.
+  SecureDaemon s;
+  testing::TempDir elsewhere("/dev/shm");
+  ::chmod(elsewhere.path().c_str(), 01777);
+  Child creator(s.As(kUserA, kGroup, {"create", "--hold"}));
+  std::string line = creator.ReadLine();
+  REQUIRE_THAT(line, Catch::StartsWith("OK "));
+  std::string id = line.substr(3, 32);
+  std::string path = line.substr(36);
+  while (!path.empty() && path.back() == '\n') path.pop_back();
+  const std::string stolen = elsewhere.path() + "/stolen";
+  REQUIRE_THAT(s.Run(kUserA, kGroup, {"link", path, stolen}), Catch::StartsWith("OK linked"));
+  REQUIRE(StatOf(stolen).st_size == 4096);
+  REQUIRE_THAT(s.Run(kUserA, kGroup, {"abort", id}), Catch::StartsWith("OK aborted"));
+  CHECK(creator.Finish() == 0);
+  const struct stat after = StatOf(stolen);
+  REQUIRE(after.st_size == 0);
+  REQUIRE(after.st_blocks == 0);
+}
+
 TEST_CASE("admin calls are refused to users the config does not name", "[security]") {
   SecureDaemon s;
   CHECK_THAT(s.Run(kUserA, kGroup, {"delete", "shared"}), Catch::StartsWith("ERR PERMISSION_DENIED"));
@@ -183,12 +212,6 @@ struct Launch {
     return std::string(std::istreambuf_iterator<char>(in), {});
   }
 };
-
-struct stat StatOf(const std::string& path) {
-  struct stat st {};
-  REQUIRE(::lstat(path.c_str(), &st) == 0);
-  return st;
-}
 
 }  // namespace
 

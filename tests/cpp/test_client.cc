@@ -14,6 +14,7 @@
 //   test_client --socket S delete REF | pin REF | tag NAME REF
 //   test_client open-write PATH              open(2) for writing
 //   test_client list-dir DIR                 opendir(3) + readdir(3)
+//   test_client link FROM TO                 link(2): a hard link to FROM
 #include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
     if (fd < 0) return Err(errno == EACCES ? "EACCES" : std::to_string(errno), std::strerror(errno));
     ::close(fd);
     return Ok("opened for writing");
+  }
+  if (op == "link") {
+    if (::link(args.at(1).c_str(), args.at(2).c_str()) != 0) return Err(std::to_string(errno), std::strerror(errno));
+    return Ok("linked");
   }
   if (op == "list-dir") {
     DIR* d = ::opendir(args.at(1).c_str());
