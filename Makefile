@@ -73,7 +73,7 @@ test-asan: deps
 	  ASAN_OPTIONS=detect_leaks=0:log_path=$(CURDIR)/build-asan/asan-reports/asan \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$(CURDIR)/build-asan/asan-reports/ubsan \
 	  ZEROCOPY_BUILD=$(CURDIR)/build-asan RAY_USAGE_STATS_ENABLED=0 $(PYTHON) -m pytest -q -p no:cacheprovider \
-	  test_model_wrapper.py test_gpu_fake.py test_formats.py test_ray.py -k "not torchscript_archive_loads_in_python"
+	  test_model_wrapper.py test_gpu_fake.py test_formats.py test_ray.py test_empty_tensors.py -k "not torchscript_archive_loads_in_python"
 	@if [ -n "$$(ls build-asan/asan-reports)" ]; then \
 	  echo "test-asan: sanitizer reports:"; head -50 build-asan/asan-reports/*; exit 1; \
 	else echo "test-asan: no sanitizer report from any Python process"; fi

@@ -230,10 +230,18 @@ absl::Status ModelRegistry::ClaimTransfer(const std::string& expected_digest) co
 
 void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
   // A publisher that died mid-publish never commits or aborts: its
-  // reservation returns as soon as its process is gone.
+  // reservation returns as soon as its process is gone. One that lives on
+  // without writing (or a file nobody writes) keeps it staging_idle_ms.
+  const int64_t now = NowUnixMs();
+  auto idle = [&](const Staging& s) {
+    if (now - s.created_ms < options_.staging_idle_ms) return false;
+    auto written = store_->StagingWrittenMs(s.id);
+    return !written.ok() || now - *written >= options_.staging_idle_ms;
+  };
   for (auto it = staging_.begin(); it != staging_.end();) {
     const Staging& s = it->second;
-    if (!s.committing && s.peer.known && s.peer.pid > 0 && ::kill(s.peer.pid, 0) != 0 && errno == ESRCH) {
+    const bool dead = s.peer.known && s.peer.pid > 0 && ::kill(s.peer.pid, 0) != 0 && errno == ESRCH;
+    if (!s.committing && (dead || idle(s))) {
       staging_bytes_ -= s.manifest.total_size();
       remove->push_back(s.id);
       it = staging_.erase(it);
@@ -243,9 +251,39 @@ void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
   }
 }
 
+absl::Status ModelRegistry::CheckStagingQuota(const Peer& peer, uint64_t size) const {
+  uint32_t count = 0;
+  uint64_t bytes = 0;
+  for (const auto& [id, s] : staging_) {
+    if (s.peer.known == peer.known && s.peer.uid == peer.uid) {
+      ++count;
+      bytes += s.manifest.total_size();
+    }
+  }
+  if (count >= options_.max_staging_per_uid) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", peer.uid, " already holds ", count, " uncommitted models (max_staging_per_uid): commit or abort "
+        "some first"));
+  }
+  if (bytes + size > options_.max_staging_bytes_per_uid) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", peer.uid, "'s uncommitted models would reserve ", FormatBytes(bytes + size), ", over the ",
+        FormatBytes(options_.max_staging_bytes_per_uid), " one user may (max_staging_bytes_per_uid)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateModelRequest& request,
                                                               const Peer& peer) {
   ReapOnExit reap{devices_.get()};
+  if (request.manifest().tensors_size() == 0 && request.manifest().metadata().empty()) {
+    return absl::InvalidArgumentError("the manifest is empty: a model needs tensors or metadata");
+  }
+  if (static_cast<uint64_t>(request.manifest().tensors_size()) > options_.max_tensors) {
+    return absl::InvalidArgumentError(absl::StrCat("the model has ", request.manifest().tensors_size(),
+                                                   " tensors; this daemon takes at most ", options_.max_tensors,
+                                                   " per model (max_tensors)"));
+  }
   v1::Manifest manifest = request.manifest();
   ZC_RETURN_IF_ERROR(ValidateManifest(manifest));
   ZC_RETURN_IF_ERROR(AssignOffsets(&manifest));
@@ -270,7 +308,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   auto& log = Log();
   for (const auto& d : dead_staging) {
     store_->RemoveStaging(d);
-    log.info("reclaimed staging={} of a publisher that exited", d);
+    log.info("reclaimed staging={} (its publisher exited, or left it unwritten for staging_idle_seconds)", d);
   }
   dead_staging.clear();
   ZC_RETURN_IF_ERROR(claimed);
@@ -278,6 +316,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     absl::MutexLock lock(&mu_);
     // Checked again under this lock: another claim may have come between.
     ZC_RETURN_IF_ERROR(ClaimTransfer(expected));
+    ZC_RETURN_IF_ERROR(CheckStagingQuota(peer, size));
     if (UsedBytes() + size > options_.host_budget) {
       std::vector<Model*> candidates;
       for (auto& [digest, m] : models_) {
@@ -314,6 +353,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     staging.pin = request.pin();
     staging.peer = peer;
     staging.expected_digest = expected;
+    staging.created_ms = NowUnixMs();
     staging_bytes_ += size;
     staging_.emplace(id, std::move(staging));
   }

@@ -42,6 +42,11 @@ struct RegistryOptions {
   unsigned hash_threads = 0;
   std::vector<uint32_t> admin_uids;  // empty and admin_gids empty: anyone
   std::vector<uint32_t> admin_gids;
+  // Per uid, before anything is committed (config.h).
+  uint32_t max_tensors = 262144;
+  uint32_t max_staging_per_uid = 16;
+  uint64_t max_staging_bytes_per_uid = UINT64_MAX;
+  int64_t staging_idle_ms = 600000;
 };
 
 class ModelRegistry {
@@ -54,9 +59,11 @@ class ModelRegistry {
   // pins of the catalog (dropping those whose model is gone).
   void Adopt(const SegmentStore::RecoveryReport& report);
 
-  // Errors: INVALID_ARGUMENT (manifest, name, expected digest),
+  // Errors: INVALID_ARGUMENT (manifest, name, expected digest; a manifest
+  // with neither tensors nor metadata; more than max_tensors tensors),
   // RESOURCE_EXHAUSTED (budget or file system full even after evicting what
-  // may be evicted), ALREADY_EXISTS (with expected_digest: the model is here
+  // may be evicted; the caller's uid already holds max_staging_per_uid
+  // staging models or max_staging_bytes_per_uid bytes of them), ALREADY_EXISTS (with expected_digest: the model is here
   // already, or a live process is transferring it).
   absl::StatusOr<v1::CreateModelResponse> Create(const v1::CreateModelRequest& request, const Peer& peer);
   // Errors: NOT_FOUND (unknown staging id), PERMISSION_DENIED (another
@@ -113,6 +120,7 @@ class ModelRegistry {
     Peer peer;
     bool committing = false;
     std::string expected_digest;  // a transfer: see CreateModelRequest
+    int64_t created_ms = 0;
   };
   struct Session {
     uint64_t id = 0;
@@ -143,7 +151,12 @@ class ModelRegistry {
   enum class Names { kKeep, kRemove };
   void EraseModel(const std::string& digest, Names names) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveCatalog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops the staging models of publishers that exited, and those not
+  // written for staging_idle_ms; their files go to `remove`.
   void ReclaimDeadStagings(std::vector<std::string>* remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // RESOURCE_EXHAUSTED when `peer` may not reserve one more staging model
+  // of `size` bytes.
+  absl::Status CheckStagingQuota(const Peer& peer, uint64_t size) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless `expected_digest` (of a transfer) is here already or is being
   // transferred by a staging model: ALREADY_EXISTS then. "" is always OK.
   absl::Status ClaimTransfer(const std::string& expected_digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

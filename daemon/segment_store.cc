@@ -261,6 +261,14 @@ absl::Status SegmentStore::CommitStaging(const std::string& staging_id, const v1
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> SegmentStore::StagingWrittenMs(const std::string& staging_id) const {
+  struct stat st;
+  if (::fstatat(dir_fd_.get(), absl::StrCat(kStagingPrefix, staging_id).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("stat ", StagingPath(staging_id)));
+  }
+  return int64_t{st.st_mtim.tv_sec} * 1000 + st.st_mtim.tv_nsec / 1000000;
+}
+
 void SegmentStore::RemoveStaging(const std::string& staging_id) {
   const std::string name = absl::StrCat(kStagingPrefix, staging_id);
   // Emptied before it is unlinked: a hard link its publisher made elsewhere

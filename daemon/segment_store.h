@@ -52,6 +52,9 @@ class SegmentStore {
   const std::string& dir() const { return dir_; }
   std::string SegmentPath(const std::string& digest) const;
   std::string StagingPath(const std::string& staging_id) const;
+  // When the staging file was last written (its mtime), in Unix ms.
+  // Errors: NOT_FOUND, INTERNAL.
+  absl::StatusOr<int64_t> StagingWrittenMs(const std::string& staging_id) const;
 
   // Bytes available on the segment file system (statvfs f_bavail).
   absl::StatusOr<uint64_t> FreeBytes() const;

@@ -47,6 +47,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   options.hash_threads = config.hash_threads;
   options.admin_uids = config.admin_uids;
   options.admin_gids = config.admin_gids;
+  options.max_tensors = config.max_tensors;
+  options.max_staging_per_uid = config.max_staging_per_uid;
+  options.max_staging_bytes_per_uid =
+      config.max_staging_bytes_per_uid != 0 ? config.max_staging_bytes_per_uid : config.host_budget;
+  options.staging_idle_ms = static_cast<int64_t>(config.staging_idle_seconds * 1000);
   std::unique_ptr<DeviceBackend> backend;
   if (config.gpu_backend == "off") {
     backend = MakeOffBackend();

@@ -364,4 +364,74 @@ TEST_CASE("a name stays with the user who made it, even after its model is evict
   REQUIRE(back->model().publisher_uid() == static_cast<uint32_t>(kUserA));
 }
 
+TEST_CASE("what one member may cost the daemon before committing anything is bounded", "[security]") {
+  // The attacks: empty CreateModel requests by the thousand (a file each),
+  // uncommitted models held for ever, manifests of a million tensors.
+  testing::TempDir config_dir;
+  std::string config = config_dir.path() + "/zerocopyd.toml";
+  std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
+                        << "\"\nadmin_uids = [0]\nmax_staging_per_uid = 3\nmax_tensors = 8\n"
+                        << "staging_idle_seconds = 1.0\n";
+  DaemonProcess::Options options;
+  options.extra_args = {"--config", config};
+  DaemonProcess d(options);
+  d.Start();
+  ::chmod(std::filesystem::path(d.socket()).parent_path().c_str(), 0755);
+  ::chmod(std::filesystem::path(d.segment_dir()).parent_path().c_str(), 0755);
+  Programs programs;
+  auto as = [&](int uid, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
+                                     "--regid=" + std::to_string(kGroup), "--clear-groups", "--",
+                                     programs.client, "--socket", d.socket()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  };
+  auto run = [&](int uid, std::vector<std::string> args) {
+    std::string out, err;
+    testing::Run(as(uid, std::move(args)), &out, &err);
+    return out.empty() ? "(no output) " + err : out;
+  };
+  auto staging = [&] {
+    size_t n = 0;
+    for (const auto& f : testing::ListDir(d.segment_dir())) n += f.rfind("staging-", 0) == 0;
+    return n;
+  };
+
+  SECTION("an empty manifest is refused, and leaves no file") {
+    REQUIRE_THAT(run(kUserA, {"create", "--empty"}), Catch::StartsWith("ERR INVALID_ARGUMENT") &&
+                                                        Catch::Contains("the manifest is empty"));
+    REQUIRE(staging() == 0);
+  }
+  SECTION("a uid holds at most max_staging_per_uid uncommitted models; others are still served") {
+    std::vector<std::unique_ptr<Child>> held;
+    for (int i = 0; i < 3; ++i) {
+      held.push_back(std::make_unique<Child>(as(kUserA, {"create", "--hold"})));
+      REQUIRE_THAT(held.back()->ReadLine(), Catch::StartsWith("OK "));
+    }
+    REQUIRE_THAT(run(kUserA, {"create"}), Catch::StartsWith("ERR RESOURCE_EXHAUSTED") &&
+                                            Catch::Contains("max_staging_per_uid"));
+    Child other(as(kUserB, {"create", "--hold"}));
+    REQUIRE_THAT(other.ReadLine(), Catch::StartsWith("OK "));
+    REQUIRE(staging() == 4);
+  }
+  SECTION("an uncommitted model nobody writes is dropped after staging_idle_seconds") {
+    Child idle(as(kUserA, {"create", "--hold"}));
+    std::string line = idle.ReadLine();
+    REQUIRE_THAT(line, Catch::StartsWith("OK "));
+    const std::string id = line.substr(3, 32);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+    Child next(as(kUserB, {"create", "--hold"}));  // any CreateModel reclaims what expired
+    REQUIRE_THAT(next.ReadLine(), Catch::StartsWith("OK "));
+    REQUIRE(staging() == 1);
+    REQUIRE_THAT(run(kUserA, {"abort", id}), Catch::StartsWith("ERR NOT_FOUND"));
+  }
+  SECTION("a manifest of more than max_tensors tensors is refused") {
+    auto model = testing::MakeModel(9, 16, 1);
+    auto refused = d.NewClient()->Publish(model.source);
+    REQUIRE(refused.status().code() == absl::StatusCode::kInvalidArgument);
+    REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains("max_tensors"));
+    REQUIRE(d.NewClient()->Publish(testing::MakeModel(8, 16, 1).source).ok());
+  }
+}
+
 }  // namespace zerocopy

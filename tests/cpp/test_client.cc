@@ -2,7 +2,7 @@
 // security tests, run as another user (setpriv). Prints "OK ..." or
 // "ERR CODE message" and exits 0 or 1.
 //
-//   test_client --socket S create [--expect DIGEST] [--hold]
+//   test_client --socket S create [--expect DIGEST] [--empty] [--hold]
 //                                            CreateModel of a 4 KiB model (a transfer of DIGEST: claims it):
 //                                            prints the staging id and path; --hold: waits for stdin's EOF
 //   test_client --socket S publish NAME SEED [METADATA_FILE]
@@ -138,8 +138,9 @@ int main(int argc, char** argv) {
     t->set_name("w");
     t->set_dtype(zerocopy::v1::U8);
     t->add_shape(4096);
-    for (size_t i = 1; i + 1 < args.size(); ++i) {
-      if (args[i] == "--expect") request.set_expected_digest(args[i + 1]);
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--expect" && i + 1 < args.size()) request.set_expected_digest(args[i + 1]);
+      if (args[i] == "--empty") request.clear_manifest();
     }
     zerocopy::v1::CreateModelResponse response;
     grpc::Status s = stub->CreateModel(&ctx, request, &response);
