@@ -312,12 +312,19 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   }
   dead_staging.clear();
   ZC_RETURN_IF_ERROR(claimed);
+  const auto free_before = store_->FreeBytes();
   {
     absl::MutexLock lock(&mu_);
     // Checked again under this lock: another claim may have come between.
     ZC_RETURN_IF_ERROR(ClaimTransfer(expected));
     ZC_RETURN_IF_ERROR(CheckStagingQuota(peer, size));
-    if (UsedBytes() + size > options_.host_budget) {
+    // Room: within the host budget, and on the tmpfs (beside its reserve),
+    // made by evicting least-recently-used models neither pinned nor leased.
+    const uint64_t budget_short = UsedBytes() + size > options_.host_budget ? UsedBytes() + size - options_.host_budget : 0;
+    const uint64_t tmpfs_short = free_before.ok() && *free_before < size + options_.tmpfs_reserve
+                                     ? size + options_.tmpfs_reserve - *free_before
+                                     : 0;
+    if (budget_short > 0 || tmpfs_short > 0) {
       std::vector<Model*> candidates;
       for (auto& [digest, m] : models_) {
         if (!m.pinned && m.leases == 0) candidates.push_back(&m);
@@ -326,14 +333,20 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
                 [](const Model* a, const Model* b) { return a->last_used_ms < b->last_used_ms; });
       uint64_t freeable = 0;
       size_t needed = 0;
-      while (UsedBytes() - freeable + size > options_.host_budget && needed < candidates.size()) {
+      while (freeable < std::max(budget_short, tmpfs_short) && needed < candidates.size()) {
         freeable += candidates[needed++]->size;
       }
-      if (UsedBytes() - freeable + size > options_.host_budget) {
+      if (freeable < budget_short) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "model of ", FormatBytes(size), " does not fit the host budget of ", FormatBytes(options_.host_budget),
             ": ", FormatBytes(UsedBytes()), " in use, of which only ", FormatBytes(freeable),
             " is neither pinned, leased nor being published (raise host_budget, or unpin or remove models)"));
+      }
+      if (freeable < tmpfs_short) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "model of ", FormatBytes(size), " does not fit in ", store_->dir(), ": ", FormatBytes(*free_before),
+            " free, ", FormatBytes(options_.tmpfs_reserve), " kept in reserve, and only ", FormatBytes(freeable),
+            " could be evicted (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
       }
       for (size_t i = 0; i < needed; ++i) {
         std::string digest = candidates[i]->digest;

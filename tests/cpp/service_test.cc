@@ -153,7 +153,8 @@ class Tmpfs {
   testing::TempDir dir_;
 };
 
-TEST_CASE("a tmpfs too small for the model is a clear error, not a SIGBUS", "[service]") {
+TEST_CASE("a full tmpfs evicts as the budget does, and a model it cannot hold is a clear error, not a SIGBUS",
+          "[service]") {
   Tmpfs small("8m");
   testing::TempDir conf;
   std::string config = conf.path() + "/zerocopyd.toml";
@@ -165,13 +166,26 @@ TEST_CASE("a tmpfs too small for the model is a clear error, not a SIGBUS", "[se
   d.Start();
   auto client = d.NewClient();
   auto fits = MakeModel(1, (4u << 20) / 4, 56);
-  REQUIRE(client->Publish(fits.source).ok());
-  auto too_big = MakeModel(1, (6u << 20) / 4, 57);
+  auto first = client->Publish(fits.source);
+  REQUIRE(first.ok());
+  // The budget (1G) has room, the tmpfs has not: the least recently used
+  // model that is neither pinned nor leased makes way, as for the budget.
+  auto second = client->Publish(MakeModel(1, (6u << 20) / 4, 57).source);
+  REQUIRE(second.ok());
+  REQUIRE(client->List()->models_size() == 1);
+  REQUIRE(client->Stats()->evictions() == 1);
+  // More than the tmpfs holds at all: refused, and nothing evicted for it.
+  auto too_big = MakeModel(1, (10u << 20) / 4, 58);
   auto refused = client->Publish(too_big.source);
   REQUIRE(refused.status().code() == absl::StatusCode::kResourceExhausted);
   REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains("does not fit in " + small.path()));
-  REQUIRE(client->Stats()->bytes_staging() == 0);
   REQUIRE(client->List()->models_size() == 1);
+  // A pinned model is never evicted for room.
+  REQUIRE(client->Pin(second->digest()).ok());
+  auto no_room = client->Publish(fits.source);
+  REQUIRE(no_room.status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE(client->List()->models(0).digest() == second->digest());
+  REQUIRE(client->Stats()->bytes_staging() == 0);
   REQUIRE(client->Stats()->huge_pages() == false);
 }
 
