@@ -29,6 +29,7 @@ struct Config {
   uint32_t max_staging_per_uid = 16;        // uncommitted models held at once
   uint64_t max_staging_bytes_per_uid = 0;   // their bytes; 0: the host budget
   double staging_idle_seconds = 600;        // an uncommitted model not written for this long is dropped
+  uint32_t max_connections_per_uid = 256;   // open connections of one uid (root: no limit)
   uint32_t hash_threads = 0;    // 0: one per core
   uint32_t worker_threads = 4;  // for commits, and as many for GPU uploads (work_queue.h)
   double shutdown_grace_seconds = 5;

@@ -1,6 +1,9 @@
 #include "model_store_service.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "log.h"
@@ -8,24 +11,54 @@
 
 namespace zerocopy::daemon {
 
-void PeerTable::Record(int fd) {
-  Peer peer;
+void PeerTable::Prune() {
+  for (auto it = peers_.begin(); it != peers_.end();) {
+    struct stat st;
+    const int fd = std::atoi(it->first.c_str() + 3);  // "fd:N"
+    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != it->second.inode) {
+      it = peers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+absl::Status PeerTable::Admit(int fd) {
+  Entry entry;
   ucred cred{};
   socklen_t len = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-    peer.pid = cred.pid;
-    peer.uid = cred.uid;
-    peer.gid = cred.gid;
-    peer.known = true;
+    entry.peer.pid = cred.pid;
+    entry.peer.uid = cred.uid;
+    entry.peer.gid = cred.gid;
+    entry.peer.known = true;
   }
+  struct stat st;
+  if (::fstat(fd, &st) == 0) entry.inode = st.st_ino;
+  const std::string key = absl::StrCat("fd:", fd);
   absl::MutexLock lock(&mu_);
-  peers_[absl::StrCat("fd:", fd)] = peer;
+  peers_.erase(key);  // a descriptor gRPC closed and the kernel gave us again
+  Prune();
+  if (entry.peer.known && entry.peer.uid != 0) {
+    uint32_t mine = 0;
+    for (const auto& [k, e] : peers_) mine += e.peer.known && e.peer.uid == entry.peer.uid;
+    if (mine >= limits_.per_uid) {
+      return absl::ResourceExhaustedError(absl::StrCat("uid ", entry.peer.uid, " already has ", mine,
+                                                       " connections (max_connections_per_uid)"));
+    }
+    if (peers_.size() >= limits_.total && mine >= kReserved) {
+      return absl::ResourceExhaustedError(absl::StrCat("the daemon holds ", peers_.size(),
+                                                       " connections, its limit; uid ", entry.peer.uid, " has ", mine));
+    }
+  }
+  peers_[key] = entry;
+  return absl::OkStatus();
 }
 
 Peer PeerTable::Lookup(const std::string& grpc_peer) const {
   absl::MutexLock lock(&mu_);
   auto it = peers_.find(grpc_peer);
-  return it == peers_.end() ? Peer{} : it->second;
+  return it == peers_.end() ? Peer{} : it->second.peer;
 }
 
 const char* ModelStoreService::MethodName(Method m) {

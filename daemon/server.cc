@@ -1,5 +1,7 @@
 #include "server.h"
 
+#include <sys/resource.h>
+
 #include <grp.h>
 
 #include <chrono>
@@ -68,7 +70,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   server->registry_ = std::make_unique<ModelRegistry>(
       std::move(store), options, std::make_unique<DevicePool>(std::move(backend), device_options));
   server->registry_->Adopt(report);
-  server->peers_ = std::make_unique<PeerTable>();
+  // Descriptors: every connection and every open segment file is one. The
+  // connections get all but a reserve of the daemon's limit.
+  PeerTable::Limits limits;
+  limits.per_uid = config.max_connections_per_uid;
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
+    limits.total = static_cast<uint32_t>(std::min<rlim_t>(nofile.rlim_cur > 256 ? nofile.rlim_cur - 256 : 16, UINT32_MAX));
+  }
+  server->peers_ = std::make_unique<PeerTable>(limits);
   server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get(),
                                                         config.worker_threads);
 
@@ -95,7 +105,16 @@ void Server::AcceptLoop() {
       if (!absl::IsCancelled(fd.status())) Log().error("accept failed, no new connections: {}", fd.status().ToString());
       return;
     }
-    peers_->Record(fd->get());
+    absl::Status admitted = peers_->Admit(fd->get());
+    if (!admitted.ok()) {
+      // Closed at once (the fd goes with it); logged at most once a second.
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_refusal_log_ > std::chrono::seconds(1)) {
+        Log().warn("connection refused: {}", std::string(admitted.message()));
+        last_refusal_log_ = now;
+      }
+      continue;
+    }
     grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd->release());
   }
 }

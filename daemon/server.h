@@ -6,6 +6,7 @@
 // Thread safety: Shutdown may be called from any thread, once.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <thread>
 
@@ -40,6 +41,7 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<UnixListener> listener_;
   std::thread accept_thread_;
+  std::chrono::steady_clock::time_point last_refusal_log_;  // accept thread only
   bool shut_down_ = false;
 };
 

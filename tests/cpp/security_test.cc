@@ -434,4 +434,43 @@ TEST_CASE("what one member may cost the daemon before committing anything is bou
   }
 }
 
+TEST_CASE("a member opening connections without end cannot lock others out", "[security]") {
+  // The attack: thousands of connections that send half an HTTP/2 preface
+  // and stay, until the daemon runs out of descriptors and every other
+  // user's calls fail.
+  testing::TempDir config_dir;
+  std::string config = config_dir.path() + "/zerocopyd.toml";
+  std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
+                        << "\"\nmax_connections_per_uid = 8\n";
+  DaemonProcess::Options options;
+  options.extra_args = {"--config", config};
+  DaemonProcess d(options);
+  d.Start();
+  ::chmod(std::filesystem::path(d.socket()).parent_path().c_str(), 0755);
+  ::chmod(std::filesystem::path(d.segment_dir()).parent_path().c_str(), 0755);
+  auto info = d.NewClient()->Publish(testing::MakeModel(1, 1024, 9).source, PublishOptions{"shared"});
+  REQUIRE(info.ok());
+  Programs programs;
+  auto as = [&](int uid, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
+                                     "--regid=" + std::to_string(kGroup), "--clear-groups", "--",
+                                     programs.client, "--socket", d.socket()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  };
+  Child flood(as(kUserA, {"connections", "40"}));
+  REQUIRE_THAT(flood.ReadLine(), Catch::StartsWith("OK 8 open of 40"));
+  // Another member is served meanwhile; so is root.
+  std::string out, err;
+  testing::Run(as(kUserB, {"map", "shared"}), &out, &err);
+  REQUIRE_THAT(out, Catch::StartsWith("OK mapped"));
+  REQUIRE(d.NewClient()->Stats().ok());
+  REQUIRE_THAT(d.log(), Catch::Contains("connection refused: uid " + std::to_string(kUserA)));
+  // Closed connections no longer count: once the flood ends, that member is served again.
+  REQUIRE(flood.Finish() == 0);
+  out.clear();
+  testing::Run(as(kUserA, {"map", "shared"}), &out, &err);
+  REQUIRE_THAT(out, Catch::StartsWith("OK mapped"));
+}
+
 }  // namespace zerocopy

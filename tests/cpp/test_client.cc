@@ -15,8 +15,12 @@
 //   test_client open-write PATH              open(2) for writing
 //   test_client list-dir DIR                 opendir(3) + readdir(3)
 //   test_client link FROM TO                 link(2): a hard link to FROM
+//   test_client --socket S connections N     opens N connections that send half an HTTP/2 preface, prints how
+//                                            many the daemon kept open a moment later, holds them until stdin's EOF
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -71,6 +75,35 @@ int main(int argc, char** argv) {
   if (op == "link") {
     if (::link(args.at(1).c_str(), args.at(2).c_str()) != 0) return Err(std::to_string(errno), std::strerror(errno));
     return Ok("linked");
+  }
+  if (op == "connections") {
+    const int n = std::stoi(args.at(1));
+    std::vector<int> fds;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket.c_str());
+    for (int i = 0; i < n; ++i) {
+      int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        return Err(std::to_string(errno), std::strerror(errno));
+      }
+      static const char kHalfPreface[] = "PRI * HTTP/2.0\r\n";
+      (void)!::write(fd, kHalfPreface, sizeof kHalfPreface - 1);
+      fds.push_back(fd);
+    }
+    ::usleep(500000);
+    int open = 0;
+    for (int fd : fds) {
+      char c;
+      ssize_t r = ::recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+      open += !(r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK));
+    }
+    Ok(std::to_string(open) + " open of " + std::to_string(n));
+    std::fflush(stdout);
+    char c;
+    while (::read(0, &c, 1) > 0) {
+    }
+    return 0;
   }
   if (op == "list-dir") {
     DIR* d = ::opendir(args.at(1).c_str());
