@@ -458,7 +458,7 @@ TEST_CASE("a member opening connections without end cannot lock others out", "[s
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
   };
-  Child flood(as(kUserA, {"connections", "40"}));
+  Child flood(as(kUserA, {"connections", "40", "8"}));
   REQUIRE_THAT(flood.ReadLine(), Catch::StartsWith("OK 8 open of 40"));
   // Another member is served meanwhile; so is root.
   std::string out, err;

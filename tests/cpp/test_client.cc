@@ -15,8 +15,10 @@
 //   test_client open-write PATH              open(2) for writing
 //   test_client list-dir DIR                 opendir(3) + readdir(3)
 //   test_client link FROM TO                 link(2): a hard link to FROM
-//   test_client --socket S connections N     opens N connections that send half an HTTP/2 preface, prints how
-//                                            many the daemon kept open a moment later, holds them until stdin's EOF
+//   test_client --socket S connections N [EXPECT]
+//                                            opens N connections that send half an HTTP/2 preface, prints how
+//                                            many the daemon kept open (once at most EXPECT are, or after 20 s),
+//                                            holds them until stdin's EOF
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -91,12 +93,19 @@ int main(int argc, char** argv) {
       (void)!::write(fd, kHalfPreface, sizeof kHalfPreface - 1);
       fds.push_back(fd);
     }
-    ::usleep(500000);
-    int open = 0;
-    for (int fd : fds) {
-      char c;
-      ssize_t r = ::recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
-      open += !(r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK));
+    // The daemon accepts them in its own time: wait (up to 20 s) until at
+    // most EXPECT are still open, if given, else half a second.
+    const int expect = args.size() > 2 ? std::stoi(args[2]) : -1;
+    int open = n;
+    for (int waited = 0; waited < (expect < 0 ? 5 : 200); ++waited) {
+      ::usleep(100000);
+      open = 0;
+      for (int fd : fds) {
+        char c;
+        ssize_t r = ::recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+        open += !(r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK));
+      }
+      if (expect >= 0 && open <= expect) break;
     }
     Ok(std::to_string(open) + " open of " + std::to_string(n));
     std::fflush(stdout);
