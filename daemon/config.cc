@@ -155,6 +155,7 @@ absl::Status LoadConfigFile(const std::string& path, Config* config) {
     else if (key == "tmpfs_reserve") s = ReadSize(node, key, &config->tmpfs_reserve);
     else if (key == "max_message_bytes") s = ReadSize(node, key, &config->max_message_bytes);
     else if (key == "max_staging_bytes_per_uid") s = ReadSize(node, key, &config->max_staging_bytes_per_uid);
+    else if (key == "max_staging_manifest_bytes_per_uid") s = ReadSize(node, key, &config->max_staging_manifest_bytes_per_uid);
     else if (key == "max_tensors" || key == "max_staging_per_uid" || key == "max_connections_per_uid") {
       auto v = node.value<int64_t>();
       if (!v || *v < 1 || *v > (int64_t{1} << 24)) {
@@ -254,6 +255,7 @@ std::string ConfigToToml(const Config& c) {
       "max_tensors = ", c.max_tensors, "\n",
       "max_staging_per_uid = ", c.max_staging_per_uid, "\n",
       "max_staging_bytes_per_uid = ", c.max_staging_bytes_per_uid, "\n",
+      "max_staging_manifest_bytes_per_uid = ", c.max_staging_manifest_bytes_per_uid, "\n",
       "staging_idle_seconds = ", absl::StrFormat("%g", c.staging_idle_seconds), "\n",
       "max_connections_per_uid = ", c.max_connections_per_uid, "\n",
       "hash_threads = ", c.hash_threads, "\n",

@@ -28,6 +28,7 @@ struct Config {
   uint32_t max_tensors = 262144;            // per model
   uint32_t max_staging_per_uid = 16;        // uncommitted models held at once
   uint64_t max_staging_bytes_per_uid = 0;   // their bytes; 0: the host budget
+  uint64_t max_staging_manifest_bytes_per_uid = 64ull << 20;  // their manifests, kept in the daemon's memory
   double staging_idle_seconds = 600;        // an uncommitted model not written for this long is dropped
   uint32_t max_connections_per_uid = 256;   // open connections of one uid (root: no limit)
   uint32_t hash_threads = 0;    // 0: one per core

@@ -251,14 +251,21 @@ void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
   }
 }
 
-absl::Status ModelRegistry::CheckStagingQuota(const Peer& peer, uint64_t size) const {
+absl::Status ModelRegistry::CheckStagingQuota(const Peer& peer, uint64_t size, uint64_t manifest_bytes) const {
   uint32_t count = 0;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0, held = 0;
   for (const auto& [id, s] : staging_) {
     if (s.peer.known == peer.known && s.peer.uid == peer.uid) {
       ++count;
       bytes += s.manifest.total_size();
+      held += s.manifest_bytes;
     }
+  }
+  if (held + manifest_bytes > options_.max_staging_manifest_bytes_per_uid) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "uid ", peer.uid, "'s uncommitted manifests would take ", FormatBytes(held + manifest_bytes),
+        " of the daemon's memory, over the ", FormatBytes(options_.max_staging_manifest_bytes_per_uid),
+        " one user may (max_staging_manifest_bytes_per_uid)"));
   }
   if (count >= options_.max_staging_per_uid) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -294,6 +301,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     return absl::InvalidArgumentError("expected_digest must be 32 lowercase hex digits");
   }
   const uint64_t size = manifest.total_size();
+  const uint64_t manifest_bytes = manifest.ByteSizeLong();
 
   std::string id = RandomId();
   std::vector<std::string> evicted, dead_staging;
@@ -317,7 +325,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     absl::MutexLock lock(&mu_);
     // Checked again under this lock: another claim may have come between.
     ZC_RETURN_IF_ERROR(ClaimTransfer(expected));
-    ZC_RETURN_IF_ERROR(CheckStagingQuota(peer, size));
+    ZC_RETURN_IF_ERROR(CheckStagingQuota(peer, size, manifest_bytes));
     // Room: within the host budget, and on the tmpfs (beside its reserve),
     // made by evicting least-recently-used models neither pinned nor leased.
     const uint64_t budget_short = UsedBytes() + size > options_.host_budget ? UsedBytes() + size - options_.host_budget : 0;
@@ -367,6 +375,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     staging.peer = peer;
     staging.expected_digest = expected;
     staging.created_ms = NowUnixMs();
+    staging.manifest_bytes = manifest_bytes;
     staging_bytes_ += size;
     staging_.emplace(id, std::move(staging));
   }

@@ -46,6 +46,7 @@ struct RegistryOptions {
   uint32_t max_tensors = 262144;
   uint32_t max_staging_per_uid = 16;
   uint64_t max_staging_bytes_per_uid = UINT64_MAX;
+  uint64_t max_staging_manifest_bytes_per_uid = 64ull << 20;
   int64_t staging_idle_ms = 600000;
 };
 
@@ -105,6 +106,7 @@ class ModelRegistry {
     std::string path;
     uint64_t size = 0;
     int64_t created_ms = 0;
+    uint64_t manifest_bytes = 0;  // what its manifest costs the daemon to keep
     int64_t last_used_ms = 0;
     bool pinned = false;
     uint32_t leases = 0;
@@ -121,6 +123,7 @@ class ModelRegistry {
     bool committing = false;
     std::string expected_digest;  // a transfer: see CreateModelRequest
     int64_t created_ms = 0;
+    uint64_t manifest_bytes = 0;  // what its manifest costs the daemon to keep
   };
   struct Session {
     uint64_t id = 0;
@@ -155,8 +158,9 @@ class ModelRegistry {
   // written for staging_idle_ms; their files go to `remove`.
   void ReclaimDeadStagings(std::vector<std::string>* remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // RESOURCE_EXHAUSTED when `peer` may not reserve one more staging model
-  // of `size` bytes.
-  absl::Status CheckStagingQuota(const Peer& peer, uint64_t size) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // of `size` bytes whose manifest takes `manifest_bytes` of memory.
+  absl::Status CheckStagingQuota(const Peer& peer, uint64_t size, uint64_t manifest_bytes) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless `expected_digest` (of a transfer) is here already or is being
   // transferred by a staging model: ALREADY_EXISTS then. "" is always OK.
   absl::Status ClaimTransfer(const std::string& expected_digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

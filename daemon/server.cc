@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   options.max_staging_bytes_per_uid =
       config.max_staging_bytes_per_uid != 0 ? config.max_staging_bytes_per_uid : config.host_budget;
   options.staging_idle_ms = static_cast<int64_t>(config.staging_idle_seconds * 1000);
+  options.max_staging_manifest_bytes_per_uid = config.max_staging_manifest_bytes_per_uid;
   std::unique_ptr<DeviceBackend> backend;
   if (config.gpu_backend == "off") {
     backend = MakeOffBackend();

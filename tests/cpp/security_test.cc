@@ -371,7 +371,7 @@ TEST_CASE("what one member may cost the daemon before committing anything is bou
   std::string config = config_dir.path() + "/zerocopyd.toml";
   std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
                         << "\"\nadmin_uids = [0]\nmax_staging_per_uid = 3\nmax_tensors = 8\n"
-                        << "staging_idle_seconds = 1.0\n";
+                        << "staging_idle_seconds = 1.0\nmax_staging_manifest_bytes_per_uid = \"4K\"\n";
   DaemonProcess::Options options;
   options.extra_args = {"--config", config};
   DaemonProcess d(options);
@@ -431,6 +431,15 @@ TEST_CASE("what one member may cost the daemon before committing anything is bou
     REQUIRE(refused.status().code() == absl::StatusCode::kInvalidArgument);
     REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains("max_tensors"));
     REQUIRE(d.NewClient()->Publish(testing::MakeModel(8, 16, 1).source).ok());
+  }
+  SECTION("the manifests one uid keeps staged are bounded in bytes") {
+    auto model = testing::MakeModel(1, 16, 2);
+    model.source.manifest.set_metadata(std::string(5000, 'm'));  // a manifest of 5 KB
+    auto refused = d.NewClient()->Publish(model.source);
+    REQUIRE(refused.status().code() == absl::StatusCode::kResourceExhausted);
+    REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains("max_staging_manifest_bytes_per_uid"));
+    model.source.manifest.set_metadata(std::string(1000, 'm'));
+    REQUIRE(d.NewClient()->Publish(model.source).ok());
   }
 }
 
