@@ -3,7 +3,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
-#include <cstdlib>
+#include <unistd.h>
+
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "log.h"
@@ -12,14 +14,16 @@
 namespace zerocopy::daemon {
 
 void PeerTable::Prune() {
+  // Through /proc, never through the descriptors themselves: they belong
+  // to gRPC, which may be closing one (and the kernel reusing its number)
+  // right now. A live connection's descriptor still names its socket.
   for (auto it = peers_.begin(); it != peers_.end();) {
-    struct stat st;
-    const int fd = std::atoi(it->first.c_str() + 3);  // "fd:N"
-    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != it->second.inode) {
-      it = peers_.erase(it);
-    } else {
-      ++it;
-    }
+    char target[64];
+    const std::string link = absl::StrCat("/proc/self/fd/", it->first.substr(3));  // key "fd:N"
+    const ssize_t n = ::readlink(link.c_str(), target, sizeof target);
+    const bool alive = n > 0 && std::string(target, static_cast<size_t>(n)) ==
+                                    absl::StrCat("socket:[", it->second.inode, "]");
+    it = alive ? std::next(it) : peers_.erase(it);
   }
 }
 
@@ -38,10 +42,18 @@ absl::Status PeerTable::Admit(int fd) {
   const std::string key = absl::StrCat("fd:", fd);
   absl::MutexLock lock(&mu_);
   peers_.erase(key);  // a descriptor gRPC closed and the kernel gave us again
-  Prune();
   if (entry.peer.known && entry.peer.uid != 0) {
-    uint32_t mine = 0;
-    for (const auto& [k, e] : peers_) mine += e.peer.known && e.peer.uid == entry.peer.uid;
+    auto count = [&] {
+      uint32_t mine = 0;
+      for (const auto& [k, e] : peers_) mine += e.peer.known && e.peer.uid == entry.peer.uid;
+      return mine;
+    };
+    uint32_t mine = count();
+    auto over = [&] { return mine >= limits_.per_uid || (peers_.size() >= limits_.total && mine >= kReserved); };
+    if (over()) {
+      Prune();  // only now: the table may still hold connections gRPC has closed
+      mine = count();
+    }
     if (mine >= limits_.per_uid) {
       return absl::ResourceExhaustedError(absl::StrCat("uid ", entry.peer.uid, " already has ", mine,
                                                        " connections (max_connections_per_uid)"));
@@ -50,6 +62,8 @@ absl::Status PeerTable::Admit(int fd) {
       return absl::ResourceExhaustedError(absl::StrCat("the daemon holds ", peers_.size(),
                                                        " connections, its limit; uid ", entry.peer.uid, " has ", mine));
     }
+  } else if (peers_.size() >= limits_.total) {
+    Prune();  // keeps the table bounded by the live connections
   }
   peers_[key] = entry;
   return absl::OkStatus();

@@ -47,7 +47,8 @@ class PeerTable {
     Peer peer;
     ino_t inode = 0;  // of the socket: tells a closed (or reused) descriptor from a live one
   };
-  // Drops the entries whose descriptor gRPC has closed since.
+  // Drops the entries whose descriptor gRPC has closed since (read from
+  // /proc/self/fd, never by touching the descriptors, which gRPC owns).
   void Prune() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const Limits limits_{};
