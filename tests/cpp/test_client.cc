@@ -90,7 +90,8 @@ int main(int argc, char** argv) {
         return Err(std::to_string(errno), std::strerror(errno));
       }
       static const char kHalfPreface[] = "PRI * HTTP/2.0\r\n";
-      (void)!::write(fd, kHalfPreface, sizeof kHalfPreface - 1);
+      // The daemon may have refused (closed) it already: no SIGPIPE for that.
+      (void)!::send(fd, kHalfPreface, sizeof kHalfPreface - 1, MSG_NOSIGNAL);
       fds.push_back(fd);
     }
     // The daemon accepts them in its own time: wait (up to 20 s) until at

@@ -111,7 +111,7 @@ TEST_CASE("a model received by digest commits under that digest and says where i
   REQUIRE_THAT(out, Catch::Contains("pulled from node A in 0.04 s"));
 }
 
-TEST_CASE("one transfer of a digest at a time; an abort or a dead claimant frees it", "[transfer]") {
+TEST_CASE("one transfer of a digest at a time, and an abort or a dead claimant frees it", "[transfer]") {
   DaemonProcess a, b;
   a.Start();
   b.Start();
