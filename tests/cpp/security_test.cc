@@ -40,6 +40,14 @@ struct Programs {
   }
 };
 
+// The staging id and path of test_client create's "OK ID PATH" line.
+std::pair<std::string, std::string> Created(const std::string& line) {
+  REQUIRE_THAT(line, Catch::StartsWith("OK "));
+  std::string path = line.substr(36);
+  while (!path.empty() && path.back() == '\n') path.pop_back();
+  return {line.substr(3, 32), path};
+}
+
 struct stat StatOf(const std::string& path) {
   struct stat st {};
   REQUIRE(::lstat(path.c_str(), &st) == 0);
@@ -52,18 +60,22 @@ struct SecureDaemon {
   Programs programs;
   std::string model_digest;
 
-  SecureDaemon() {
+  // `extra_config`: more TOML keys; `shared`: publish the model "shared".
+  explicit SecureDaemon(const std::string& extra_config = "", const std::string& host_budget = "1G",
+                        bool shared = true) {
     std::string config = config_dir.path() + "/zerocopyd.toml";
     std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
-                          << "\"\nadmin_uids = [0]\n";
+                          << "\"\nadmin_uids = [0]\n" << extra_config;
     DaemonProcess::Options options;
     options.extra_args = {"--config", config};
+    options.host_budget = host_budget;
     d = std::make_unique<DaemonProcess>(options);
     d->Start();
     // The temporary directories holding the socket and the segment
     // directory: traversable by everyone, as /run and /dev/shm are.
     ::chmod(std::filesystem::path(d->socket()).parent_path().c_str(), 0755);
     ::chmod(std::filesystem::path(d->segment_dir()).parent_path().c_str(), 0755);
+    if (!shared) return;
     auto model = testing::MakeModel(2, 1024, 3);
     PublishOptions publish;
     publish.name = "shared";
@@ -112,11 +124,7 @@ TEST_CASE("members read committed segments but cannot write them or list the dir
 TEST_CASE("a staging model belongs to the user who created it", "[security]") {
   SecureDaemon s;
   Child creator(s.As(kUserA, kGroup, {"create", "--hold"}));
-  std::string line = creator.ReadLine();
-  REQUIRE_THAT(line, Catch::StartsWith("OK "));
-  std::string id = line.substr(3, 32);
-  std::string path = line.substr(36);
-  while (!path.empty() && path.back() == '\n') path.pop_back();
+  auto [id, path] = Created(creator.ReadLine());
   struct stat st;
   REQUIRE(::stat(path.c_str(), &st) == 0);
   CHECK(st.st_gid == static_cast<gid_t>(kGroup));  // the publisher, a member, can write it
@@ -136,11 +144,7 @@ TEST_CASE("a staging file linked out of the segment directory keeps no bytes onc
   testing::TempDir elsewhere("/dev/shm");
   ::chmod(elsewhere.path().c_str(), 01777);
   Child creator(s.As(kUserA, kGroup, {"create", "--hold"}));
-  std::string line = creator.ReadLine();
-  REQUIRE_THAT(line, Catch::StartsWith("OK "));
-  std::string id = line.substr(3, 32);
-  std::string path = line.substr(36);
-  while (!path.empty() && path.back() == '\n') path.pop_back();
+  auto [id, path] = Created(creator.ReadLine());
   const std::string stolen = elsewhere.path() + "/stolen";
   REQUIRE_THAT(s.Run(kUserA, kGroup, {"link", path, stolen}), Catch::StartsWith("OK linked"));
   REQUIRE(StatOf(stolen).st_size == 4096);
@@ -314,27 +318,9 @@ namespace zerocopy {
 TEST_CASE("a name stays with the user who made it, even after its model is evicted", "[security]") {
   // The attack: wait until the victim's unpinned model is evicted (its
   // names used to vanish with it), then publish under the freed name.
-  testing::TempDir config_dir;
-  std::string config = config_dir.path() + "/zerocopyd.toml";
-  std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
-                        << "\"\nadmin_uids = [0]\ntmpfs_reserve = 0\n";
-  DaemonProcess::Options options;
-  options.extra_args = {"--config", config};
-  options.host_budget = "12K";  // three 4 KiB models
-  DaemonProcess d(options);
-  d.Start();
-  ::chmod(std::filesystem::path(d.socket()).parent_path().c_str(), 0755);
-  ::chmod(std::filesystem::path(d.segment_dir()).parent_path().c_str(), 0755);
-  Programs programs;
-  auto as = [&](int uid, std::vector<std::string> args) {
-    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
-                                     "--regid=" + std::to_string(kGroup), "--clear-groups", "--",
-                                     programs.client, "--socket", d.socket()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    std::string out, err;
-    testing::Run(argv, &out, &err);
-    return out.empty() ? "(no output) " + err : out;
-  };
+  SecureDaemon s("tmpfs_reserve = 0\n", "12K", /*shared=*/false);  // room for three 4 KiB models
+  DaemonProcess& d = *s.d;
+  auto as = [&](int uid, std::vector<std::string> args) { return s.Run(uid, kGroup, std::move(args)); };
   const std::string victim = as(kUserA, {"publish", "llama", "1"});
   REQUIRE_THAT(victim, Catch::StartsWith("OK "));
   auto listed = d.NewClient()->List();
@@ -367,30 +353,11 @@ TEST_CASE("a name stays with the user who made it, even after its model is evict
 TEST_CASE("what one member may cost the daemon before committing anything is bounded", "[security]") {
   // The attacks: empty CreateModel requests by the thousand (a file each),
   // uncommitted models held for ever, manifests of a million tensors.
-  testing::TempDir config_dir;
-  std::string config = config_dir.path() + "/zerocopyd.toml";
-  std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
-                        << "\"\nadmin_uids = [0]\nmax_staging_per_uid = 3\nmax_tensors = 8\n"
-                        << "staging_idle_seconds = 1.0\nmax_staging_manifest_bytes_per_uid = \"4K\"\n";
-  DaemonProcess::Options options;
-  options.extra_args = {"--config", config};
-  DaemonProcess d(options);
-  d.Start();
-  ::chmod(std::filesystem::path(d.socket()).parent_path().c_str(), 0755);
-  ::chmod(std::filesystem::path(d.segment_dir()).parent_path().c_str(), 0755);
-  Programs programs;
-  auto as = [&](int uid, std::vector<std::string> args) {
-    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
-                                     "--regid=" + std::to_string(kGroup), "--clear-groups", "--",
-                                     programs.client, "--socket", d.socket()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return argv;
-  };
-  auto run = [&](int uid, std::vector<std::string> args) {
-    std::string out, err;
-    testing::Run(as(uid, std::move(args)), &out, &err);
-    return out.empty() ? "(no output) " + err : out;
-  };
+  SecureDaemon s("max_staging_per_uid = 3\nmax_tensors = 8\nstaging_idle_seconds = 1.0\n"
+                 "max_staging_manifest_bytes_per_uid = \"4K\"\n", "1G", /*shared=*/false);
+  DaemonProcess& d = *s.d;
+  auto as = [&](int uid, std::vector<std::string> args) { return s.As(uid, kGroup, std::move(args)); };
+  auto run = [&](int uid, std::vector<std::string> args) { return s.Run(uid, kGroup, std::move(args)); };
   auto staging = [&] {
     size_t n = 0;
     for (const auto& f : testing::ListDir(d.segment_dir())) n += f.rfind("staging-", 0) == 0;
@@ -447,26 +414,9 @@ TEST_CASE("a member opening connections without end cannot lock others out", "[s
   // The attack: thousands of connections that send half an HTTP/2 preface
   // and stay, until the daemon runs out of descriptors and every other
   // user's calls fail.
-  testing::TempDir config_dir;
-  std::string config = config_dir.path() + "/zerocopyd.toml";
-  std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
-                        << "\"\nmax_connections_per_uid = 8\n";
-  DaemonProcess::Options options;
-  options.extra_args = {"--config", config};
-  DaemonProcess d(options);
-  d.Start();
-  ::chmod(std::filesystem::path(d.socket()).parent_path().c_str(), 0755);
-  ::chmod(std::filesystem::path(d.segment_dir()).parent_path().c_str(), 0755);
-  auto info = d.NewClient()->Publish(testing::MakeModel(1, 1024, 9).source, PublishOptions{"shared"});
-  REQUIRE(info.ok());
-  Programs programs;
-  auto as = [&](int uid, std::vector<std::string> args) {
-    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid),
-                                     "--regid=" + std::to_string(kGroup), "--clear-groups", "--",
-                                     programs.client, "--socket", d.socket()};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return argv;
-  };
+  SecureDaemon s("max_connections_per_uid = 8\n");
+  DaemonProcess& d = *s.d;
+  auto as = [&](int uid, std::vector<std::string> args) { return s.As(uid, kGroup, std::move(args)); };
   Child flood(as(kUserA, {"connections", "40", "8"}));
   REQUIRE_THAT(flood.ReadLine(), Catch::StartsWith("OK 8 open of 40"));
   // Another member is served meanwhile; so is root.
