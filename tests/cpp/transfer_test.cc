@@ -60,6 +60,17 @@ void CopyInChunks(IncomingModel& incoming, const MappedModel& from, uint64_t chu
   }
 }
 
+// Two nodes' daemons: `a` holds the model published on it, `b` receives.
+struct TwoNodes {
+  DaemonProcess a, b;
+  Published p;
+  explicit TwoNodes(const TestModel& model) {
+    a.Start();
+    b.Start();
+    p = PublishOn(a, model);
+  }
+};
+
 v1::Origin Pulled(const std::string& from) {
   v1::Origin origin;
   origin.set_kind("pulled");
@@ -69,11 +80,9 @@ v1::Origin Pulled(const std::string& from) {
 }
 
 TEST_CASE("a model received by digest commits under that digest and says where it came from", "[transfer]") {
-  DaemonProcess a, b;
-  a.Start();
-  b.Start();
-  TestModel model = MakeModel(4, 300000, 11);  // ~4.6 MiB
-  Published p = PublishOn(a, model);
+  TwoNodes nodes(MakeModel(4, 300000, 11));  // ~4.6 MiB
+  DaemonProcess& b = nodes.b;
+  const Published& p = nodes.p;
   auto client = b.NewClient();
   auto incoming = client->Receive(p.manifest, p.digest);
   REQUIRE(incoming.ok());
@@ -112,10 +121,9 @@ TEST_CASE("a model received by digest commits under that digest and says where i
 }
 
 TEST_CASE("one transfer of a digest at a time, and an abort or a dead claimant frees it", "[transfer]") {
-  DaemonProcess a, b;
-  a.Start();
-  b.Start();
-  Published p = PublishOn(a, MakeModel(2, 1000, 12));
+  TwoNodes nodes(MakeModel(2, 1000, 12));
+  DaemonProcess& b = nodes.b;
+  const Published& p = nodes.p;
   auto client = b.NewClient();
 
   SECTION("a second claim waits for the first to end") {
@@ -147,10 +155,9 @@ TEST_CASE("one transfer of a digest at a time, and an abort or a dead claimant f
 }
 
 TEST_CASE("a transfer whose bytes are not the expected digest commits nothing", "[transfer]") {
-  DaemonProcess a, b;
-  a.Start();
-  b.Start();
-  Published p = PublishOn(a, MakeModel(3, 5000, 13));
+  TwoNodes nodes(MakeModel(3, 5000, 13));
+  DaemonProcess& b = nodes.b;
+  const Published& p = nodes.p;
   auto client = b.NewClient();
   auto incoming = client->Receive(p.manifest, p.digest);
   REQUIRE(incoming.ok());
@@ -167,10 +174,9 @@ TEST_CASE("a transfer whose bytes are not the expected digest commits nothing", 
 }
 
 TEST_CASE("bad transfers are refused precisely", "[transfer]") {
-  DaemonProcess a, b;
-  a.Start();
-  b.Start();
-  Published p = PublishOn(a, MakeModel(1, 1000, 14));
+  TwoNodes nodes(MakeModel(1, 1000, 14));
+  DaemonProcess& b = nodes.b;
+  const Published& p = nodes.p;
   auto client = b.NewClient();
   REQUIRE(client->Receive(p.manifest, "not-a-digest").status().code() == absl::StatusCode::kInvalidArgument);
   REQUIRE(client->Receive(p.manifest, std::string(32, 'G')).status().code() == absl::StatusCode::kInvalidArgument);

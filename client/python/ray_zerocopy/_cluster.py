@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import os
 import sys
 import time
@@ -141,8 +142,13 @@ def _probe_all(ray, digest: str, nodes: list[str], tried: list):
     return found
 
 
+def _tried_text(tried: list) -> str:
+    """The nodes tried and why each failed, for an error message."""
+    return "; ".join(f"node {n[:12]}: {why}" for n, why in tried)
+
+
 def _not_found(digest: str, tried: list) -> ModelNotFoundError:
-    nodes = "; ".join(f"node {n[:12]}: {why}" for n, why in tried) or "no other live node"
+    nodes = _tried_text(tried) or "no other live node"
     return ModelNotFoundError(
         f"model {digest} is on no live node of this Ray cluster ({nodes}); preload it on a node "
         "(`zerocopy preload FILE`) or publish it again (ModelWrapper.from_model)", "NOT_FOUND")
@@ -154,7 +160,7 @@ class _SourceFailed(Exception):
 
 
 def _unavailable(digest: str, tried: list) -> ZeroCopyError:
-    nodes = "; ".join(f"node {n[:12]}: {why}" for n, why in tried)
+    nodes = _tried_text(tried)
     return ZeroCopyError(f"model {digest} could not be brought to this node: every node that holds it failed "
                          f"to deliver it ({nodes}); retry, or preload it on this node (`zerocopy preload FILE`)",
                          "UNAVAILABLE")
@@ -257,7 +263,7 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
                 continue
             try:
                 start = time.monotonic()
-                node = _copy(ray, incoming, digest, _chain(first, sources), tried)
+                node = _copy(ray, incoming, digest, itertools.chain([first], sources), tried)
                 incoming.commit("pulled", f"node {node}", int((time.monotonic() - start) * 1000))
                 return True
             except InvalidModelError as e:
@@ -270,11 +276,6 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
                 incoming.abort()  # no-op after a commit
         except DaemonUnavailableError:
             wait("this node's zerocopyd has been unreachable")
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _is_here(client, digest: str) -> bool:
