@@ -165,10 +165,16 @@ absl::Status LoadConfigFile(const std::string& path, Config* config) {
          : key == "max_staging_per_uid" ? config->max_staging_per_uid
                                         : config->max_connections_per_uid) = static_cast<uint32_t>(*v);
       }
-    } else if (key == "staging_idle_seconds") {
+    } else if (key == "staging_idle_seconds" || key == "handshake_timeout_seconds" || key == "connection_idle_seconds") {
       auto v = node.value<double>();
-      if (!v || *v <= 0) s = absl::InvalidArgumentError(absl::StrCat("staging_idle_seconds (", Where(node), ") must be a positive number"));
-      else config->staging_idle_seconds = *v;
+      // At most a year: kept as milliseconds in an int by gRPC.
+      if (!v || !(*v > 0) || *v > 365 * 86400.0) {
+        s = absl::InvalidArgumentError(absl::StrCat(key, " (", Where(node), ") must be a positive number of seconds, at most a year"));
+      } else {
+        (key == "staging_idle_seconds"        ? config->staging_idle_seconds
+         : key == "handshake_timeout_seconds" ? config->handshake_timeout_seconds
+                                              : config->connection_idle_seconds) = *v;
+      }
     }
     else if (key == "admin_uids") s = ReadIdList(node, key, &config->admin_uids);
     else if (key == "admin_gids") s = ReadIdList(node, key, &config->admin_gids);
@@ -257,6 +263,8 @@ std::string ConfigToToml(const Config& c) {
       "max_staging_bytes_per_uid = ", c.max_staging_bytes_per_uid, "\n",
       "max_staging_manifest_bytes_per_uid = ", c.max_staging_manifest_bytes_per_uid, "\n",
       "staging_idle_seconds = ", absl::StrFormat("%g", c.staging_idle_seconds), "\n",
+      "handshake_timeout_seconds = ", absl::StrFormat("%g", c.handshake_timeout_seconds), "\n",
+      "connection_idle_seconds = ", absl::StrFormat("%g", c.connection_idle_seconds), "\n",
       "max_connections_per_uid = ", c.max_connections_per_uid, "\n",
       "hash_threads = ", c.hash_threads, "\n",
       "worker_threads = ", c.worker_threads, "\n",

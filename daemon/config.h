@@ -31,6 +31,8 @@ struct Config {
   uint64_t max_staging_manifest_bytes_per_uid = 64ull << 20;  // their manifests, kept in the daemon's memory
   double staging_idle_seconds = 600;        // an uncommitted model not written for this long is dropped
   uint32_t max_connections_per_uid = 256;   // open connections of one uid (root: no limit)
+  double handshake_timeout_seconds = 10;    // a new connection must send the HTTP/2 preface within this
+  double connection_idle_seconds = 600;     // a connection with no call for this long is closed
   uint32_t hash_threads = 0;    // 0: one per core
   uint32_t worker_threads = 4;  // for commits, and as many for GPU uploads (work_queue.h)
   double shutdown_grace_seconds = 5;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "config.h"
+#include "eviction.h"
 #include "failpoint.h"
 #include "log.h"
 #include "zerocopy/manifest.h"
@@ -51,6 +52,9 @@ ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOption
                              std::unique_ptr<DevicePool> devices)
     : store_(std::move(store)),
       options_(std::move(options)),
+      admins_(options_.admin_uids, options_.admin_gids),
+      staging_limits_{options_.max_staging_per_uid, options_.max_staging_bytes_per_uid,
+                      options_.max_staging_manifest_bytes_per_uid},
       devices_(devices ? std::move(devices) : std::make_unique<DevicePool>(MakeOffBackend(), DevicePoolOptions{})),
       started_ms_(NowUnixMs()) {}
 
@@ -81,54 +85,12 @@ void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
   }
   // Names stay with their owners even when their model is gone (evicted,
   // or lost in a crash): loading one says so, and nobody else can take it.
-  for (const auto& [name, digest] : catalog->tags()) {
-    if (IsDigest(digest) && ValidateModelName(name).ok()) tags_[name] = digest;
-  }
-  for (const auto& [name, uid] : catalog->tag_owners()) {
-    if (tags_.count(name)) tag_owners_[name] = uid;
-  }
+  names_.Load(*catalog);
   for (const auto& digest : catalog->pinned()) {
     auto it = models_.find(digest);
     if (it != models_.end()) it->second.pinned = true;
   }
   SaveCatalog();
-}
-
-absl::Status ModelRegistry::CheckAdmin(const Peer& peer, absl::string_view what) const {
-  if (options_.admin_uids.empty() && options_.admin_gids.empty()) return absl::OkStatus();
-  if (peer.known && peer.uid == 0) return absl::OkStatus();
-  if (peer.known) {
-    if (std::find(options_.admin_uids.begin(), options_.admin_uids.end(), peer.uid) != options_.admin_uids.end() ||
-        std::find(options_.admin_gids.begin(), options_.admin_gids.end(), peer.gid) != options_.admin_gids.end()) {
-      return absl::OkStatus();
-    }
-  }
-  return absl::PermissionDeniedError(absl::StrCat(what, " is limited to admin_uids/admin_gids in the daemon's config; uid ",
-                                                  peer.uid, " gid ", peer.gid, " is not among them"));
-}
-
-absl::Status ModelRegistry::CheckNameOwner(const std::string& name, const Peer& peer) const {
-  if (!tags_.count(name)) return absl::OkStatus();
-  auto owner = tag_owners_.find(name);
-  if (owner != tag_owners_.end() && peer.known && peer.uid == owner->second) return absl::OkStatus();
-  const bool admins = !options_.admin_uids.empty() || !options_.admin_gids.empty();
-  if (peer.known && (peer.uid == 0 || (admins && CheckAdmin(peer, "").ok()))) return absl::OkStatus();
-  if (owner == tag_owners_.end()) {
-    if (!admins) return absl::OkStatus();
-    return CheckAdmin(peer, absl::StrCat("moving the name '", name, "' (created before names had owners)"));
-  }
-  return absl::PermissionDeniedError(absl::StrCat("the name '", name, "' belongs to uid ", owner->second,
-                                                  "; only that user, root or admin_uids/admin_gids may move or "
-                                                  "remove it (publish under another name)"));
-}
-
-void ModelRegistry::SetTag(const std::string& name, const std::string& digest, const Peer& peer) {
-  if (!tags_.count(name) && peer.known) tag_owners_[name] = peer.uid;
-  tags_[name] = digest;
-}
-
-bool ModelRegistry::SameOwner(const Peer& owner, const Peer& peer) {
-  return owner.known && peer.known && (peer.uid == owner.uid || peer.uid == 0);
 }
 
 absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& ref) {
@@ -139,33 +101,25 @@ absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& 
     return &it->second;
   }
   ZC_RETURN_IF_ERROR(ValidateModelName(ref));
-  auto tag = tags_.find(ref);
-  if (tag == tags_.end()) {
+  const std::string* digest = names_.Find(ref);
+  if (digest == nullptr) {
     return absl::NotFoundError(absl::StrCat("no model named '", ref,
                                             "' on this node ('zerocopy preload FILE --name ", ref, "' adds one)"));
   }
-  auto it = models_.find(tag->second);
+  auto it = models_.find(*digest);
   if (it == models_.end()) {
-    auto owner = tag_owners_.find(ref);
+    const std::optional<uint32_t> owner = names_.Owner(ref);
     return absl::NotFoundError(absl::StrCat(
-        "model '", ref, "' (digest ", tag->second, ") is no longer on this node: evicted; republish or preload it",
-        owner == tag_owners_.end() ? "" : absl::StrCat(" (the name still belongs to uid ", owner->second, ")")));
+        "model '", ref, "' (digest ", *digest, ") is no longer on this node: evicted; republish or preload it",
+        owner ? absl::StrCat(" (the name still belongs to uid ", *owner, ")") : ""));
   }
   return &it->second;
-}
-
-std::vector<std::string> ModelRegistry::NamesOf(const std::string& digest) const {
-  std::vector<std::string> names;
-  for (const auto& [name, d] : tags_) {
-    if (d == digest) names.push_back(name);
-  }
-  return names;
 }
 
 v1::ModelInfo ModelRegistry::Info(const Model& m) const {
   v1::ModelInfo info;
   info.set_digest(m.digest);
-  for (auto& n : NamesOf(m.digest)) info.add_names(n);
+  for (auto& n : names_.NamesOf(m.digest)) info.add_names(n);
   info.set_size(m.size);
   info.set_tensor_count(static_cast<uint32_t>(m.manifest->tensors_size()));
   info.set_storage_count(static_cast<uint32_t>(m.manifest->storages_size()));
@@ -183,30 +137,22 @@ v1::ModelInfo ModelRegistry::Info(const Model& m) const {
   return info;
 }
 
-uint64_t ModelRegistry::UsedBytes() const { return committed_bytes_ + staging_bytes_; }
+uint64_t ModelRegistry::UsedBytes() const { return committed_bytes_ + staging_.bytes(); }
 
 void ModelRegistry::EraseModel(const std::string& digest_ref, Names names) {
   const std::string digest = digest_ref;  // the caller's may live in the model erased below
   auto it = models_.find(digest);
   if (it == models_.end()) return;
   committed_bytes_ -= it->second.size;
-  for (auto& [id, session] : sessions_) session.leases.erase(digest);
-  for (auto t = tags_.begin(); names == Names::kRemove && t != tags_.end();) {
-    if (t->second == digest) {
-      tag_owners_.erase(t->first);
-      t = tags_.erase(t);
-    } else {
-      ++t;
-    }
-  }
+  sessions_.ForgetModel(digest);
+  if (names == Names::kRemove) names_.RemoveNamesOf(digest);
   models_.erase(it);
   devices_->DropModel(digest);
 }
 
 void ModelRegistry::SaveCatalog() {
   v1::CatalogFile catalog;
-  for (const auto& [name, digest] : tags_) (*catalog.mutable_tags())[name] = digest;
-  for (const auto& [name, uid] : tag_owners_) (*catalog.mutable_tag_owners())[name] = uid;
+  names_.Save(&catalog);
   for (const auto& [digest, m] : models_) {
     if (m.pinned) catalog.add_pinned(digest);
   }
@@ -219,63 +165,60 @@ absl::Status ModelRegistry::ClaimTransfer(const std::string& expected_digest) co
   if (models_.count(expected_digest)) {
     return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is already on this node"));
   }
-  for (const auto& [id, s] : staging_) {
-    if (s.expected_digest == expected_digest) {
-      return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is being transferred to this node by pid ",
-                                                   s.peer.pid, " (staging ", id, ")"));
-    }
+  if (const Staging* s = staging_.TransferOf(expected_digest)) {
+    return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is being transferred to this node by pid ",
+                                                 s->peer.pid, " (staging ", s->id, ")"));
   }
   return absl::OkStatus();
 }
 
-void ModelRegistry::ReclaimDeadStagings(std::vector<std::string>* remove) {
+std::vector<std::string> ModelRegistry::ReclaimDeadStagings() {
   // A publisher that died mid-publish never commits or aborts: its
   // reservation returns as soon as its process is gone. One that lives on
   // without writing (or a file nobody writes) keeps it staging_idle_ms.
   const int64_t now = NowUnixMs();
-  auto idle = [&](const Staging& s) {
+  return staging_.RemoveIf([&](const Staging& s) {
+    const bool dead = s.peer.known && s.peer.pid > 0 && ::kill(s.peer.pid, 0) != 0 && errno == ESRCH;
+    if (dead) return true;
     if (now - s.created_ms < options_.staging_idle_ms) return false;
     auto written = store_->StagingWrittenMs(s.id);
     return !written.ok() || now - *written >= options_.staging_idle_ms;
-  };
-  for (auto it = staging_.begin(); it != staging_.end();) {
-    const Staging& s = it->second;
-    const bool dead = s.peer.known && s.peer.pid > 0 && ::kill(s.peer.pid, 0) != 0 && errno == ESRCH;
-    if (!s.committing && (dead || idle(s))) {
-      staging_bytes_ -= s.manifest.total_size();
-      remove->push_back(s.id);
-      it = staging_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  });
 }
 
-absl::Status ModelRegistry::CheckStagingQuota(const Peer& peer, uint64_t size, uint64_t manifest_bytes) const {
-  uint32_t count = 0;
-  uint64_t bytes = 0, held = 0;
-  for (const auto& [id, s] : staging_) {
-    if (s.peer.known == peer.known && s.peer.uid == peer.uid) {
-      ++count;
-      bytes += s.manifest.total_size();
-      held += s.manifest_bytes;
-    }
+absl::Status ModelRegistry::MakeRoom(uint64_t size, const absl::StatusOr<uint64_t>& free_bytes,
+                                     std::vector<std::string>* evicted) {
+  const uint64_t budget_short = UsedBytes() + size > options_.host_budget ? UsedBytes() + size - options_.host_budget : 0;
+  const uint64_t tmpfs_short =
+      free_bytes.ok() && *free_bytes < size + options_.tmpfs_reserve ? size + options_.tmpfs_reserve - *free_bytes : 0;
+  if (budget_short == 0 && tmpfs_short == 0) return absl::OkStatus();
+  std::vector<EvictionCandidate> candidates;
+  for (const auto& [digest, m] : models_) {
+    if (!m.pinned && m.leases == 0) candidates.push_back({digest, m.size, m.last_used_ms});
   }
-  if (held + manifest_bytes > options_.max_staging_manifest_bytes_per_uid) {
+  EvictionPlan plan = PlanEviction(std::move(candidates), std::max(budget_short, tmpfs_short));
+  if (plan.freeable < budget_short) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", peer.uid, "'s uncommitted manifests would take ", FormatBytes(held + manifest_bytes),
-        " of the daemon's memory, over the ", FormatBytes(options_.max_staging_manifest_bytes_per_uid),
-        " one user may (max_staging_manifest_bytes_per_uid)"));
+        "model of ", FormatBytes(size), " does not fit the host budget of ", FormatBytes(options_.host_budget), ": ",
+        FormatBytes(UsedBytes()), " in use, of which only ", FormatBytes(plan.freeable),
+        " is neither pinned, leased nor being published (raise host_budget, or unpin or remove models)"));
   }
-  if (count >= options_.max_staging_per_uid) {
+  if (plan.freeable < tmpfs_short) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", peer.uid, " already holds ", count, " uncommitted models (max_staging_per_uid): commit or abort "
-        "some first"));
+        "model of ", FormatBytes(size), " does not fit in ", store_->dir(), ": ", FormatBytes(*free_bytes), " free, ",
+        FormatBytes(options_.tmpfs_reserve), " kept in reserve, and only ", FormatBytes(plan.freeable),
+        " could be evicted (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
   }
-  if (bytes + size > options_.max_staging_bytes_per_uid) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", peer.uid, "'s uncommitted models would reserve ", FormatBytes(bytes + size), ", over the ",
-        FormatBytes(options_.max_staging_bytes_per_uid), " one user may (max_staging_bytes_per_uid)"));
+  for (const std::string& digest : plan.victims) {
+    ++evictions_;
+    bytes_evicted_ += models_.at(digest).size;
+    EraseModel(digest, Names::kKeep);
+    store_->RemoveModel(digest);  // under the lock, as in Delete
+    evicted->push_back(digest);
+  }
+  if (!evicted->empty()) {
+    SaveCatalog();
+    Failpoint("create:evicted");
   }
   return absl::OkStatus();
 }
@@ -295,7 +238,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   ZC_RETURN_IF_ERROR(ValidateManifest(manifest));
   ZC_RETURN_IF_ERROR(AssignOffsets(&manifest));
   if (!request.name().empty()) ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
-  if (request.pin()) ZC_RETURN_IF_ERROR(CheckAdmin(peer, "pinning"));
+  if (request.pin()) ZC_RETURN_IF_ERROR(admins_.Check(peer, "pinning"));
   const std::string& expected = request.expected_digest();
   if (!expected.empty() && !IsDigest(expected)) {
     return absl::InvalidArgumentError("expected_digest must be 32 lowercase hex digits");
@@ -308,7 +251,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   absl::Status claimed;
   {
     absl::MutexLock lock(&mu_);
-    ReclaimDeadStagings(&dead_staging);
+    dead_staging = ReclaimDeadStagings();
     claimed = ClaimTransfer(expected);
   }
   // Reclaimed files go even when this request is refused: a waiter's retry
@@ -318,55 +261,14 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     store_->RemoveStaging(d);
     log.info("reclaimed staging={} (its publisher exited, or left it unwritten for staging_idle_seconds)", d);
   }
-  dead_staging.clear();
   ZC_RETURN_IF_ERROR(claimed);
   const auto free_before = store_->FreeBytes();
   {
     absl::MutexLock lock(&mu_);
     // Checked again under this lock: another claim may have come between.
     ZC_RETURN_IF_ERROR(ClaimTransfer(expected));
-    ZC_RETURN_IF_ERROR(CheckStagingQuota(peer, size, manifest_bytes));
-    // Room: within the host budget, and on the tmpfs (beside its reserve),
-    // made by evicting least-recently-used models neither pinned nor leased.
-    const uint64_t budget_short = UsedBytes() + size > options_.host_budget ? UsedBytes() + size - options_.host_budget : 0;
-    const uint64_t tmpfs_short = free_before.ok() && *free_before < size + options_.tmpfs_reserve
-                                     ? size + options_.tmpfs_reserve - *free_before
-                                     : 0;
-    if (budget_short > 0 || tmpfs_short > 0) {
-      std::vector<Model*> candidates;
-      for (auto& [digest, m] : models_) {
-        if (!m.pinned && m.leases == 0) candidates.push_back(&m);
-      }
-      std::sort(candidates.begin(), candidates.end(),
-                [](const Model* a, const Model* b) { return a->last_used_ms < b->last_used_ms; });
-      uint64_t freeable = 0;
-      size_t needed = 0;
-      while (freeable < std::max(budget_short, tmpfs_short) && needed < candidates.size()) {
-        freeable += candidates[needed++]->size;
-      }
-      if (freeable < budget_short) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "model of ", FormatBytes(size), " does not fit the host budget of ", FormatBytes(options_.host_budget),
-            ": ", FormatBytes(UsedBytes()), " in use, of which only ", FormatBytes(freeable),
-            " is neither pinned, leased nor being published (raise host_budget, or unpin or remove models)"));
-      }
-      if (freeable < tmpfs_short) {
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "model of ", FormatBytes(size), " does not fit in ", store_->dir(), ": ", FormatBytes(*free_before),
-            " free, ", FormatBytes(options_.tmpfs_reserve), " kept in reserve, and only ", FormatBytes(freeable),
-            " could be evicted (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
-      }
-      for (size_t i = 0; i < needed; ++i) {
-        std::string digest = candidates[i]->digest;
-        ++evictions_;
-        bytes_evicted_ += candidates[i]->size;
-        EraseModel(digest, Names::kKeep);
-        store_->RemoveModel(digest);  // under the lock, as in Delete
-        evicted.push_back(digest);
-      }
-      if (!evicted.empty()) SaveCatalog();
-      if (!evicted.empty()) Failpoint("create:evicted");
-    }
+    ZC_RETURN_IF_ERROR(staging_.CheckQuota(peer, size, manifest_bytes, staging_limits_));
+    ZC_RETURN_IF_ERROR(MakeRoom(size, free_before, &evicted));
     Staging staging;
     staging.id = id;
     staging.manifest = manifest;
@@ -376,15 +278,13 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     staging.expected_digest = expected;
     staging.created_ms = NowUnixMs();
     staging.manifest_bytes = manifest_bytes;
-    staging_bytes_ += size;
-    staging_.emplace(id, std::move(staging));
+    staging_.Add(std::move(staging));
   }
   if (!expected.empty()) log.info("transfer of digest={} ({}) begins: staging={} pid={}", expected, FormatBytes(size), id, peer.pid);
   for (const auto& digest : evicted) log.info("evicted digest={} to make room for {}", digest, FormatBytes(size));
   auto undo = [&] {
     absl::MutexLock lock(&mu_);
-    staging_bytes_ -= size;
-    staging_.erase(id);
+    staging_.Remove(id);
   };
   auto free_bytes = store_->FreeBytes();
   if (free_bytes.ok() && *free_bytes < size + options_.tmpfs_reserve) {
@@ -414,27 +314,26 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
   bool pin;
   {
     absl::MutexLock lock(&mu_);
-    auto it = staging_.find(request.staging_id());
-    if (it == staging_.end() || it->second.committing) {
+    Staging* staging = staging_.Find(request.staging_id());
+    if (staging == nullptr || staging->committing) {
       return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(),
                                               "' (already committed, aborted, or never created)"));
     }
-    if (!SameOwner(it->second.peer, peer)) {
+    if (!SameOwner(staging->peer, peer)) {
       return absl::PermissionDeniedError("this staging model belongs to another user");
     }
-    it->second.committing = true;
-    manifest = it->second.manifest;
-    name = it->second.name;
-    pin = it->second.pin;
-    expected = it->second.expected_digest;
+    staging->committing = true;
+    manifest = staging->manifest;
+    name = staging->name;
+    pin = staging->pin;
+    expected = staging->expected_digest;
   }
   const std::string& id = request.staging_id();
   const uint64_t size = manifest.total_size();
   auto finish_staging = [&](bool remove_file) {
     {
       absl::MutexLock lock(&mu_);
-      staging_bytes_ -= size;
-      staging_.erase(id);
+      staging_.Remove(id);
     }
     if (remove_file) store_->RemoveStaging(id);
   };
@@ -473,13 +372,10 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     if (!name.empty()) {
       // Publishing under a name that points elsewhere moves it: its
       // owner's call (or an admin's), as TagModel is.
-      auto tag = tags_.find(name);
-      if (tag != tags_.end() && tag->second != *digest) denied = CheckNameOwner(name, peer);
+      const std::string* current = names_.Find(name);
+      if (current != nullptr && *current != *digest) denied = names_.CheckMayMove(name, peer, admins_);
     }
-    if (!denied.ok()) {
-      staging_bytes_ -= size;
-      staging_.erase(id);
-    }
+    if (!denied.ok()) staging_.Remove(id);
   }
   if (!denied.ok()) {
     store_->RemoveStaging(id);
@@ -489,8 +385,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     absl::MutexLock lock(&mu_);
     // The staging entry (a transfer's claim) goes in the same step as the
     // model appears: a claimant never finds neither.
-    staging_bytes_ -= size;
-    staging_.erase(id);
+    staging_.Remove(id);
     if (!expected.empty()) {
       ++pulls_;
       bytes_pulled_ += size;
@@ -513,21 +408,14 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
         // The tag is saved before the segment appears: a crash in between
         // leaves a name to a missing model, which recovery keeps for its
         // owner (loading it says the model is gone).
-        auto tag = tags_.find(name);
-        if (tag != tags_.end()) previous = tag->second;
-        SetTag(name, *digest, peer);
+        previous = names_.Set(name, *digest, peer);
         SaveCatalog();
       }
       Failpoint("commit:tagged");
       absl::Status s = store_->CommitStaging(id, record);
       if (!s.ok()) {
         if (!name.empty()) {
-          if (previous) {
-            tags_[name] = *previous;
-          } else {
-            tags_.erase(name);
-            tag_owners_.erase(name);
-          }
+          names_.Undo(name, previous);
           SaveCatalog();
         }
         store_->RemoveStaging(id);
@@ -547,7 +435,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
       committed_bytes_ += size;
       existing = models_.emplace(*digest, std::move(m)).first;
     }
-    if (!name.empty()) SetTag(name, *digest, peer);
+    if (!name.empty()) names_.Set(name, *digest, peer);
     if (pin) existing->second.pinned = true;
     if (dedup || pin) SaveCatalog();
     existing->second.last_used_ms = NowUnixMs();
@@ -561,25 +449,25 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
 absl::Status ModelRegistry::Abort(const v1::AbortModelRequest& request, const Peer& peer) {
   {
     absl::MutexLock lock(&mu_);
-    auto it = staging_.find(request.staging_id());
-    if (it == staging_.end() || it->second.committing) {
+    const Staging* staging = staging_.Find(request.staging_id());
+    if (staging == nullptr || staging->committing) {
       return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(), "'"));
     }
-    if (!SameOwner(it->second.peer, peer)) {
+    if (!SameOwner(staging->peer, peer)) {
       return absl::PermissionDeniedError("this staging model belongs to another user");
     }
-    staging_bytes_ -= it->second.manifest.total_size();
-    staging_.erase(it);
+    staging_.Remove(request.staging_id());
   }
   store_->RemoveStaging(request.staging_id());
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer,
-                                                        DevicePool::Mode mode) {
+absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& request, const Peer& peer,
+                                               DevicePool::Mode mode) {
   ReapOnExit reap{devices_.get()};
   std::shared_ptr<const v1::Manifest> manifest;
-  v1::GetModelResponse response;
+  LeasedModel leased;
+  v1::GetModelResponse& response = leased.response;
   const bool gpu = !request.gpu_uuid().empty();
   std::string digest, path;
   uint64_t size = 0;
@@ -587,16 +475,19 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
     absl::MutexLock lock(&mu_);
     ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
     if (request.lease() || gpu) {
-      auto s = sessions_.find(request.session_id());
-      if (s == sessions_.end()) {
+      Session* session = sessions_.Find(request.session_id());
+      if (session == nullptr) {
         return absl::FailedPreconditionError(absl::StrCat(gpu ? "GPU copy" : "lease", " requested on unknown session ",
                                                           request.session_id(), " (open a Session stream first)"));
       }
-      if (!SameOwner(s->second.peer, peer)) {
+      if (!SameOwner(session->peer, peer)) {
         return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
       }
-      if (request.lease() && s->second.leases[m->digest]++ == 0) ++m->leases;
-      if (request.lease()) Failpoint("get:leased");
+      if (request.lease()) {
+        if (SessionTable::Take(*session, m->digest)) ++m->leases;
+        leased.host = Lease(this, request.session_id(), m->digest);
+        Failpoint("get:leased");
+      }
     }
     m->last_used_ms = NowUnixMs();
     digest = m->digest;
@@ -615,23 +506,17 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
       auto keep = std::make_shared<MappedRegion>(std::move(region));
       return DevicePool::HostBytes{keep->data(), keep};
     };
-    auto copy = devices_->Acquire(request.session_id(), digest, request.gpu_uuid(), size, host, mode);
-    if (!copy.ok()) {
-      if (request.lease()) {
-        v1::ReleaseModelRequest undo;
-        undo.set_session_id(request.session_id());
-        undo.set_digest(digest);
-        (void)Release(undo, peer);
-      }
-      return copy.status();
-    }
-    *response.mutable_device() = *std::move(copy);
+    // On failure the host lease taken above goes back with `leased`.
+    ZC_ASSIGN_OR_RETURN(*response.mutable_device(),
+                        devices_->Acquire(request.session_id(), digest, request.gpu_uuid(), size, host, mode));
+    leased.device = Lease(this, request.session_id(), digest, request.gpu_uuid());
     Failpoint("get:device");  // the device copy leased, not yet answered (tests)
     absl::MutexLock lock(&mu_);
-    if (!sessions_.count(request.session_id())) {
+    if (sessions_.Find(request.session_id()) == nullptr) {
       // The session ended while the copy was made: CloseSession ran before
       // this lease existed, so it must not outlive the session.
       (void)devices_->Release(request.session_id(), digest, request.gpu_uuid());
+      leased.device.HandOver();  // released just now
       return absl::FailedPreconditionError(absl::StrCat("unknown session ", request.session_id(),
                                                         " (it ended while the device copy was made)"));
     }
@@ -643,25 +528,33 @@ absl::StatusOr<v1::GetModelResponse> ModelRegistry::Get(const v1::GetModelReques
     }
   }
   *response.mutable_manifest() = *manifest;  // outside the lock: can be large
-  return response;
+  return leased;
 }
 
 absl::Status ModelRegistry::Release(const v1::ReleaseModelRequest& request, const Peer& peer) {
   ReapOnExit reap{devices_.get()};
   absl::MutexLock lock(&mu_);
-  auto s = sessions_.find(request.session_id());
-  if (s == sessions_.end()) return absl::NotFoundError(absl::StrCat("no session ", request.session_id()));
-  if (!SameOwner(s->second.peer, peer)) {
+  Session* session = sessions_.Find(request.session_id());
+  if (session == nullptr) return absl::NotFoundError(absl::StrCat("no session ", request.session_id()));
+  if (!SameOwner(session->peer, peer)) {
     return absl::PermissionDeniedError(absl::StrCat("session ", request.session_id(), " belongs to another user"));
   }
-  if (!request.gpu_uuid().empty()) return devices_->Release(request.session_id(), request.digest(), request.gpu_uuid());
-  auto lease = s->second.leases.find(request.digest());
-  if (lease == s->second.leases.end()) {
-    return absl::NotFoundError(absl::StrCat("session ", request.session_id(), " holds no lease on ", request.digest()));
-  }
-  if (--lease->second == 0) {
-    s->second.leases.erase(lease);
-    auto m = models_.find(request.digest());
+  return ReturnLeaseLocked(*session, request.digest(), request.gpu_uuid());
+}
+
+absl::Status ModelRegistry::ReturnLease(uint64_t session_id, const std::string& digest, const std::string& gpu_uuid) {
+  ReapOnExit reap{devices_.get()};
+  absl::MutexLock lock(&mu_);
+  Session* session = sessions_.Find(session_id);
+  if (session == nullptr) return absl::NotFoundError(absl::StrCat("no session ", session_id));
+  return ReturnLeaseLocked(*session, digest, gpu_uuid);
+}
+
+absl::Status ModelRegistry::ReturnLeaseLocked(Session& session, const std::string& digest, const std::string& gpu_uuid) {
+  if (!gpu_uuid.empty()) return devices_->Release(session.id, digest, gpu_uuid);
+  ZC_ASSIGN_OR_RETURN(bool last, SessionTable::Give(session, digest));
+  if (last) {
+    auto m = models_.find(digest);
     if (m != models_.end() && m->second.leases > 0) --m->second.leases;
   }
   return absl::OkStatus();
@@ -684,17 +577,17 @@ absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteMo
     // A name whose model is gone (evicted) is removed by its owner: the
     // only way to free it for someone else, short of an admin.
     absl::MutexLock lock(&mu_);
-    auto tag = tags_.find(request.model().ref());
-    if (tag != tags_.end() && !models_.count(tag->second)) {
-      ZC_RETURN_IF_ERROR(CheckNameOwner(tag->first, peer));
-      response.set_digest(tag->second);
-      tag_owners_.erase(tag->first);
-      tags_.erase(tag);
+    const std::string& ref = request.model().ref();
+    const std::string* named = names_.Find(ref);
+    if (named != nullptr && !models_.count(*named)) {
+      ZC_RETURN_IF_ERROR(names_.CheckMayMove(ref, peer, admins_));
+      response.set_digest(*named);
+      names_.Remove(ref);
       SaveCatalog();
       return response;
     }
   }
-  ZC_RETURN_IF_ERROR(CheckAdmin(peer, "deleting models"));
+  ZC_RETURN_IF_ERROR(admins_.Check(peer, "deleting models"));
   {
     absl::MutexLock lock(&mu_);
     ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
@@ -717,9 +610,9 @@ absl::StatusOr<v1::TagModelResponse> ModelRegistry::Tag(const v1::TagModelReques
   ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
   absl::MutexLock lock(&mu_);
   ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
-  auto tag = tags_.find(request.name());
-  if (tag != tags_.end() && tag->second != m->digest) ZC_RETURN_IF_ERROR(CheckNameOwner(request.name(), peer));
-  SetTag(request.name(), m->digest, peer);
+  const std::string* current = names_.Find(request.name());
+  if (current != nullptr && *current != m->digest) ZC_RETURN_IF_ERROR(names_.CheckMayMove(request.name(), peer, admins_));
+  names_.Set(request.name(), m->digest, peer);
   SaveCatalog();
   v1::TagModelResponse response;
   *response.mutable_model() = Info(*m);
@@ -728,7 +621,7 @@ absl::StatusOr<v1::TagModelResponse> ModelRegistry::Tag(const v1::TagModelReques
 
 absl::StatusOr<v1::PinModelResponse> ModelRegistry::SetPinned(const v1::PinModelRequest& request, bool pinned,
                                                               const Peer& peer) {
-  ZC_RETURN_IF_ERROR(CheckAdmin(peer, pinned ? "pinning" : "unpinning"));
+  ZC_RETURN_IF_ERROR(admins_.Check(peer, pinned ? "pinning" : "unpinning"));
   absl::MutexLock lock(&mu_);
   ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
   m->pinned = pinned;
@@ -748,25 +641,14 @@ v1::GetStatsResponse ModelRegistry::Stats() {
   stats.set_started_unix_ms(started_ms_);
   absl::MutexLock lock(&mu_);
   stats.set_bytes_used(UsedBytes());
-  stats.set_bytes_staging(staging_bytes_);
+  stats.set_bytes_staging(staging_.bytes());
   stats.set_pulls(pulls_);
   stats.set_bytes_pulled(bytes_pulled_);
   stats.set_host_budget(options_.host_budget);
   stats.set_models(models_.size());
   stats.set_evictions(evictions_);
   stats.set_bytes_evicted(bytes_evicted_);
-  std::vector<const Session*> sessions;
-  for (const auto& [id, s] : sessions_) sessions.push_back(&s);
-  std::sort(sessions.begin(), sessions.end(), [](const Session* a, const Session* b) { return a->id < b->id; });
-  for (const Session* s : sessions) {
-    auto* info = stats.add_sessions();
-    info->set_id(s->id);
-    info->set_pid(s->peer.pid);
-    info->set_uid(s->peer.uid);
-    info->set_gid(s->peer.gid);
-    info->set_leases(static_cast<uint32_t>(s->leases.size()));
-    info->set_opened_unix_ms(s->opened_ms);
-  }
+  sessions_.Describe(&stats);
   stats.set_gpu_backend(devices_->backend_name());
   for (auto& g : devices_->Stats()) *stats.add_gpus() = std::move(g);
   return stats;
@@ -774,28 +656,26 @@ v1::GetStatsResponse ModelRegistry::Stats() {
 
 uint64_t ModelRegistry::OpenSession(const Peer& peer) {
   absl::MutexLock lock(&mu_);
-  uint64_t id;
-  do {
-    id = std::stoull(RandomId().substr(0, 15), nullptr, 16);
-  } while (id == 0 || sessions_.count(id));
-  Session& s = sessions_[id];
-  s.id = id;
-  s.peer = peer;
-  s.opened_ms = NowUnixMs();
-  return id;
+  return sessions_.Open(peer, NowUnixMs());
 }
 
 void ModelRegistry::CloseSession(uint64_t session_id) {
   ReapOnExit reap{devices_.get()};
   absl::MutexLock lock(&mu_);
-  auto s = sessions_.find(session_id);
-  if (s == sessions_.end()) return;
-  for (const auto& [digest, count] : s->second.leases) {
+  std::optional<Session> closed = sessions_.Close(session_id);
+  if (!closed) return;
+  for (const auto& [digest, count] : closed->leases) {
     auto m = models_.find(digest);
     if (m != models_.end() && m->second.leases > 0) --m->second.leases;
   }
-  sessions_.erase(s);
   devices_->CloseSession(session_id);
+}
+
+void Lease::GiveBack() {
+  if (registry_ == nullptr) return;
+  // NOT_FOUND: the session ended meanwhile, which gave it back already.
+  (void)registry_->ReturnLease(session_id_, digest_, gpu_uuid_);
+  registry_ = nullptr;
 }
 
 }  // namespace zerocopy::daemon

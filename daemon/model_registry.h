@@ -1,10 +1,14 @@
-// ModelRegistry: the daemon's state and rules, free of gRPC. Models by
-// digest, tags, staging reservations, the host budget and LRU eviction,
-// sessions and their leases, pins, and the persisted catalog.
+// ModelRegistry: the daemon's state and rules, free of gRPC. It owns the
+// committed models by digest (with their pins, publisher and origin) and
+// the persisted catalog, and orchestrates the pieces each concept lives
+// in: names and their owners (name_table.h), staging reservations and
+// their per-user limits (staging_table.h), the host budget's LRU eviction
+// (eviction.h), sessions and their leases (session_table.h, lease.h), and
+// the GPU copies (device_pool.h).
 //
 // Thread safety: every public method may be called from any thread. One
-// mutex guards the maps; slow work (fallocate, hashing, unlink) runs
-// outside it.
+// mutex guards the models and the tables above; slow work (fallocate,
+// hashing, unlink, uploads) runs outside it.
 #pragma once
 
 #include <sys/types.h>
@@ -23,18 +27,15 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "device_pool.h"
+#include "lease.h"
+#include "name_table.h"
+#include "peer.h"
 #include "segment_store.h"
+#include "session_table.h"
+#include "staging_table.h"
 #include "zerocopy/v1/model_store.pb.h"
 
 namespace zerocopy::daemon {
-
-// Who is calling, from SO_PEERCRED of the connection.
-struct Peer {
-  pid_t pid = 0;
-  uid_t uid = static_cast<uid_t>(-1);
-  gid_t gid = static_cast<gid_t>(-1);
-  bool known = false;
-};
 
 struct RegistryOptions {
   uint64_t host_budget = 0;
@@ -48,6 +49,15 @@ struct RegistryOptions {
   uint64_t max_staging_bytes_per_uid = UINT64_MAX;
   uint64_t max_staging_manifest_bytes_per_uid = 64ull << 20;
   int64_t staging_idle_ms = 600000;
+};
+
+// What GetModel answers, with the leases it took for the caller's
+// session: handed over when the answer reaches the caller, given back
+// (when destroyed) otherwise.
+struct LeasedModel {
+  v1::GetModelResponse response;
+  Lease host;
+  Lease device;
 };
 
 class ModelRegistry {
@@ -80,8 +90,8 @@ class ModelRegistry {
   // UNIMPLEMENTED (no GPU support), RESOURCE_EXHAUSTED (GPU budget).
   // `mode` applies to the device copy (DevicePool::Acquire): kLeaseOnly
   // answers DevicePool::WouldUpload() rather than upload, taking no lease.
-  absl::StatusOr<v1::GetModelResponse> Get(const v1::GetModelRequest& request, const Peer& peer,
-                                           DevicePool::Mode mode = DevicePool::Mode::kMayUpload);
+  absl::StatusOr<LeasedModel> Get(const v1::GetModelRequest& request, const Peer& peer,
+                                  DevicePool::Mode mode = DevicePool::Mode::kMayUpload);
   // Errors: NOT_FOUND (no such session or lease). With gpu_uuid: the
   // device lease.
   absl::Status Release(const v1::ReleaseModelRequest& request, const Peer& peer);
@@ -100,52 +110,28 @@ class ModelRegistry {
   void CloseSession(uint64_t session_id);
 
  private:
+  friend class Lease;  // gives leases back through ReturnLease
   struct Model {
     std::string digest;
     std::shared_ptr<const v1::Manifest> manifest;
     std::string path;
     uint64_t size = 0;
     int64_t created_ms = 0;
-    uint64_t manifest_bytes = 0;  // what its manifest costs the daemon to keep
     int64_t last_used_ms = 0;
     bool pinned = false;
-    uint32_t leases = 0;
+    uint32_t leases = 0;  // sessions holding a host lease on it
     v1::Origin origin;
     std::optional<uint32_t> publisher_uid;  // unset: committed before the daemon recorded it
     std::optional<uint32_t> publisher_gid;
   };
-  struct Staging {
-    std::string id;
-    v1::Manifest manifest;
-    std::string name;
-    bool pin = false;
-    Peer peer;
-    bool committing = false;
-    std::string expected_digest;  // a transfer: see CreateModelRequest
-    int64_t created_ms = 0;
-    uint64_t manifest_bytes = 0;  // what its manifest costs the daemon to keep
-  };
-  struct Session {
-    uint64_t id = 0;
-    Peer peer;
-    int64_t opened_ms = 0;
-    std::map<std::string, uint32_t> leases;  // digest -> count
-  };
 
-  absl::Status CheckAdmin(const Peer& peer, absl::string_view what) const;
-  // Whether `peer` may move or remove the name: the uid that created it,
-  // root, or a configured admin (a name created before owners were kept,
-  // with no admins configured: anyone, as before). PERMISSION_DENIED
-  // naming the owner otherwise. OK for a name that does not exist.
-  absl::Status CheckNameOwner(const std::string& name, const Peer& peer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Points `name` at `digest`; a new name belongs to `peer`.
-  void SetTag(const std::string& name, const std::string& digest, const Peer& peer) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Whether `peer` may act on what `owner` made (a staging model, a
-  // session): the same uid, or root. Fails closed when either is unknown.
-  static bool SameOwner(const Peer& owner, const Peer& peer);
+  // Gives back one lease of the session (host, or on `gpu_uuid`'s copy).
+  // NOT_FOUND when the session or the lease is gone.
+  absl::Status ReturnLease(uint64_t session_id, const std::string& digest, const std::string& gpu_uuid);
+  absl::Status ReturnLeaseLocked(Session& session, const std::string& digest, const std::string& gpu_uuid)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<Model*> Resolve(const std::string& ref) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ModelInfo Info(const Model& model) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::vector<std::string> NamesOf(const std::string& digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint64_t UsedBytes() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes a model from the maps (the caller unlinks its file). An
   // eviction keeps its names (they still point at its digest and belong to
@@ -153,31 +139,34 @@ class ModelRegistry {
   // them.
   enum class Names { kKeep, kRemove };
   void EraseModel(const std::string& digest, Names names) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes room for `size` more bytes within the host budget and on the
+  // tmpfs (`free_bytes` free, beside its reserve) by evicting least
+  // recently used models neither pinned nor leased; their digests go to
+  // `evicted`. RESOURCE_EXHAUSTED, saying what holds the rest, when that
+  // is not enough.
+  absl::Status MakeRoom(uint64_t size, const absl::StatusOr<uint64_t>& free_bytes, std::vector<std::string>* evicted)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveCatalog() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the staging models of publishers that exited, and those not
-  // written for staging_idle_ms; their files go to `remove`.
-  void ReclaimDeadStagings(std::vector<std::string>* remove) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // RESOURCE_EXHAUSTED when `peer` may not reserve one more staging model
-  // of `size` bytes whose manifest takes `manifest_bytes` of memory.
-  absl::Status CheckStagingQuota(const Peer& peer, uint64_t size, uint64_t manifest_bytes) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // written for staging_idle_ms; returns their ids (files to remove).
+  std::vector<std::string> ReclaimDeadStagings() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK unless `expected_digest` (of a transfer) is here already or is being
   // transferred by a staging model: ALREADY_EXISTS then. "" is always OK.
   absl::Status ClaimTransfer(const std::string& expected_digest) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::unique_ptr<SegmentStore> store_;
   const RegistryOptions options_;
+  const AdminPolicy admins_;
+  const StagingLimits staging_limits_;
   const std::unique_ptr<DevicePool> devices_;
   const int64_t started_ms_;
 
   mutable absl::Mutex mu_;
   std::unordered_map<std::string, Model> models_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> tags_ ABSL_GUARDED_BY(mu_);  // name -> digest (possibly evicted)
-  std::map<std::string, uint32_t> tag_owners_ ABSL_GUARDED_BY(mu_);  // name -> uid that created it
-  std::unordered_map<std::string, Staging> staging_ ABSL_GUARDED_BY(mu_);
-  uint64_t staging_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  std::unordered_map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  NameTable names_ ABSL_GUARDED_BY(mu_);
+  StagingTable staging_ ABSL_GUARDED_BY(mu_);
+  SessionTable sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_evicted_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pulls_ ABSL_GUARDED_BY(mu_) = 0;

@@ -107,6 +107,11 @@ grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerContext* ctx,
                                                          const v1::CreateModelRequest* req,
                                                          v1::CreateModelResponse* resp) {
+  // Parsing a large manifest left millions of small blocks behind, freed
+  // when the call is done (or the model committed, aborted or dropped):
+  // give them back whatever became of it.
+  constexpr int kLargeManifestTensors = 4096;
+  if (req->manifest().tensors_size() >= kLargeManifestTensors) trimmer_.Request();
   ZC_UNARY(kCreate, registry_->Create(*req, peers_->Lookup(ctx->peer())),
            absl::StrCat("name=", req->name(), " tensors=", req->manifest().tensors_size()));
 }
@@ -143,6 +148,7 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
 
 grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerContext* ctx,
                                                         const v1::AbortModelRequest* req, v1::AbortModelResponse*) {
+  trimmer_.Request();  // its manifest may have been a large one
   return Finish(ctx, kAbort, registry_->Abort(*req, peers_->Lookup(ctx->peer())),
                 absl::StrCat("staging=", req->staging_id()));
 }
@@ -164,26 +170,18 @@ grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContex
 
 absl::Status ModelStoreService::Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req,
                                     v1::GetModelResponse* resp, DevicePool::Mode mode) {
-  const Peer peer = peers_->Lookup(ctx->peer());
-  auto result = registry_->Get(req, peer, mode);
-  if (!result.ok()) return result.status();
-  if ((req.lease() || !req.gpu_uuid().empty()) && ctx->IsCancelled()) {
+  auto leased = registry_->Get(req, peers_->Lookup(ctx->peer()), mode);
+  if (!leased.ok()) return leased.status();
+  if ((leased->host || leased->device) && ctx->IsCancelled()) {
     // The caller gave up (its deadline passed while the device copy was
     // made, or it exited) and will never release leases it does not know
-    // of: return them now, not at its session's end, which for a live
-    // process may be hours away.
-    // NOT_FOUND only if the session ended meanwhile, which released them.
-    v1::ReleaseModelRequest undo;
-    undo.set_session_id(req.session_id());
-    undo.set_digest(result->model().digest());
-    if (req.lease()) (void)registry_->Release(undo, peer);
-    if (!req.gpu_uuid().empty()) {
-      undo.set_gpu_uuid(req.gpu_uuid());
-      (void)registry_->Release(undo, peer);
-    }
+    // of: they go back now (with `leased`), not at its session's end,
+    // which for a live process may be hours away.
     return absl::CancelledError("the caller went away while the model was fetched; its leases are returned");
   }
-  *resp = *std::move(result);
+  leased->host.HandOver();
+  leased->device.HandOver();
+  *resp = std::move(leased->response);
   return absl::OkStatus();
 }
 

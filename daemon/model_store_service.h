@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "absl/synchronization/mutex.h"
+#include "memory_trimmer.h"
 #include "model_registry.h"
 #include "work_queue.h"
 #include "zerocopy/v1/model_store.grpc.pb.h"
@@ -118,6 +119,7 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   const PeerTable* const peers_;
   std::array<std::atomic<uint64_t>, kCount> requests_{};
   std::atomic<uint64_t> errors_{0};
+  MemoryTrimmer trimmer_;  // after large manifests are freed
   // Last: their threads are joined first, while all the above still exist.
   // Apart, so that uploads never wait behind long commits.
   WorkQueue commits_;

@@ -90,31 +90,38 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   int max_message = static_cast<int>(std::min<uint64_t>(config.max_message_bytes, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max_message);
   builder.SetMaxSendMessageSize(max_message);
+  // A connection with no call for this long is sent GOAWAY and closed; a
+  // client reconnects by itself at its next call. Holding a lease keeps a
+  // session stream open, so no process holding a model is ever idle.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             static_cast<int>(std::min<double>(config.connection_idle_seconds * 1000, INT32_MAX)));
   server->grpc_server_ = builder.BuildAndStart();
   if (!server->grpc_server_) return absl::InternalError("gRPC server failed to start");
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
   ZC_ASSIGN_OR_RETURN(server->listener_, UnixListener::Bind(config.socket, config.socket_mode, socket_gid));
+  server->handshake_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(config.handshake_timeout_seconds * 1000));
   server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
   return server;
 }
 
 void Server::AcceptLoop() {
+  auto admit = [this](int fd) {
+    absl::Status admitted = peers_->Admit(fd);
+    if (admitted.ok()) return true;
+    // Closed at once by the listener; logged at most once a second.
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_refusal_log_ > std::chrono::seconds(1)) {
+      Log().warn("connection refused: {}", std::string(admitted.message()));
+      last_refusal_log_ = now;
+    }
+    return false;
+  };
   for (;;) {
-    auto fd = listener_->Accept();
+    auto fd = listener_->Accept(admit, handshake_timeout_);
     if (!fd.ok()) {
       if (!absl::IsCancelled(fd.status())) Log().error("accept failed, no new connections: {}", fd.status().ToString());
       return;
-    }
-    absl::Status admitted = peers_->Admit(fd->get());
-    if (!admitted.ok()) {
-      // Closed at once (the fd goes with it); logged at most once a second.
-      const auto now = std::chrono::steady_clock::now();
-      if (now - last_refusal_log_ > std::chrono::seconds(1)) {
-        Log().warn("connection refused: {}", std::string(admitted.message()));
-        last_refusal_log_ = now;
-      }
-      continue;
     }
     grpc::AddInsecureChannelFromFd(grpc_server_.get(), fd->release());
   }

@@ -41,6 +41,7 @@ class Server {
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<UnixListener> listener_;
   std::thread accept_thread_;
+  std::chrono::milliseconds handshake_timeout_{0};
   std::chrono::steady_clock::time_point last_refusal_log_;  // accept thread only
   bool shut_down_ = false;
 };

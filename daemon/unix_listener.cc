@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -105,23 +106,87 @@ UnixListener::~UnixListener() {
   if (::stat(path_.c_str(), &st) == 0 && st.st_ino == inode_) ::unlink(path_.c_str());
 }
 
-absl::StatusOr<UniqueFd> UnixListener::Accept() {
+absl::StatusOr<UniqueFd> UnixListener::Accept(const Admit& admit, std::chrono::milliseconds handshake_timeout) {
+  using Clock = std::chrono::steady_clock;
+  static constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  static constexpr size_t kPrefaceSize = sizeof kPreface - 1;
+  static constexpr auto kFirstBackoff = std::chrono::milliseconds(5);
+  static constexpr auto kMaxBackoff = std::chrono::milliseconds(500);
+  std::vector<pollfd> fds;  // the listener, the stop eventfd, then pending_ in order
   for (;;) {
-    pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
-    int n = ::poll(fds, 2, -1);
+    // Expire, and find how long poll may sleep.
+    const auto now = Clock::now();
+    auto wake = Clock::time_point::max();
+    for (size_t i = 0; i < pending_.size();) {
+      if (now >= pending_[i].deadline) {
+        pending_[i] = std::move(pending_.back());  // closes the expired one
+        pending_.pop_back();
+        continue;
+      }
+      wake = std::min(wake, pending_[i].deadline);
+      if (pending_[i].next_look > now) wake = std::min(wake, pending_[i].next_look);
+      ++i;
+    }
+    fds.assign({{fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}});
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      // One waiting out its backoff is still watched for hanging up: its
+      // descriptor must not count against its uid a moment longer.
+      const short events = pending_[i].next_look > now ? POLLRDHUP : POLLIN | POLLRDHUP;
+      fds.push_back({pending_[i].fd.get(), events, 0});
+    }
+    int timeout_ms = -1;
+    if (wake != Clock::time_point::max()) {
+      timeout_ms = static_cast<int>(
+          std::chrono::ceil<std::chrono::milliseconds>(wake - now).count());
+    }
+    int n = ::poll(fds.data(), fds.size(), timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus(errno, "poll");
     }
     if (fds[1].revents) return absl::CancelledError("listener stopped");
-    int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-    if (client >= 0) return UniqueFd(client);
-    if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno == EMFILE || errno == ENFILE) {
-      ::usleep(10000);  // out of descriptors: back off, keep serving
-      continue;
+    // Connections whose preface may have come, latest first so that
+    // removing one leaves the others' indexes valid.
+    for (size_t k = pending_.size(); k-- > 0;) {
+      if (fds[2 + k].revents == 0) continue;
+      Pending& p = pending_[k];
+      if (fds[2 + k].revents & (POLLRDHUP | POLLHUP | POLLERR)) {  // the peer is gone, whatever it sent
+        pending_[k] = std::move(pending_.back());
+        pending_.pop_back();
+        continue;
+      }
+      char head[kPrefaceSize];
+      ssize_t got = ::recv(p.fd.get(), head, sizeof head, MSG_PEEK | MSG_DONTWAIT);
+      if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      const bool matches = got > 0 && std::memcmp(head, kPreface, static_cast<size_t>(got)) == 0;
+      if (got == static_cast<ssize_t>(kPrefaceSize) && matches) {
+        UniqueFd ready = std::move(p.fd);
+        pending_[k] = std::move(pending_.back());
+        pending_.pop_back();
+        return ready;
+      }
+      if (matches) {
+        p.backoff = std::min(kMaxBackoff, p.backoff.count() == 0 ? kFirstBackoff : 2 * p.backoff);
+        p.next_look = Clock::now() + p.backoff;  // the rest may be on its way
+        continue;
+      }
+      pending_[k] = std::move(pending_.back());  // closed, failed, or not HTTP/2
+      pending_.pop_back();
     }
-    return ErrnoStatus(errno, "accept");
+    if (fds[0].revents == 0) continue;
+    int client = ::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (client < 0) {
+      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE) {
+        ::usleep(10000);  // out of descriptors: back off, keep serving
+        continue;
+      }
+      return ErrnoStatus(errno, "accept");
+    }
+    UniqueFd accepted(client);
+    if (!admit(accepted.get())) continue;  // closed here
+    const auto t = Clock::now();
+    pending_.push_back({std::move(accepted), t + handshake_timeout, t});
   }
 }
 

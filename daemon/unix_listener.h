@@ -3,14 +3,22 @@
 // daemon, refuses to steal one that a live daemon still serves, and
 // removes its socket file when destroyed (if it is still ours).
 //
+// It hands over only connections that have sent the HTTP/2 client preface
+// within the handshake timeout: connections handed to gRPC by descriptor
+// skip gRPC's own handshake deadline, so a peer that sends half a preface
+// (or nothing) would otherwise hold a descriptor for ever.
+//
 // Thread safety: Accept may run on one thread while Stop is called from
 // another.
 #pragma once
 
 #include <sys/types.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "zerocopy/unique_fd.h"
@@ -24,9 +32,16 @@ class UnixListener {
   static absl::StatusOr<std::unique_ptr<UnixListener>> Bind(const std::string& path, mode_t mode, gid_t gid);
   ~UnixListener();
 
-  // Blocks until a client connects (returns its fd) or Stop() was called
-  // (returns CANCELLED).
-  absl::StatusOr<UniqueFd> Accept();
+  // Decides, right after accept(), whether a connection may stay and wait
+  // for its preface; a refused one is closed at once. Called on Accept's
+  // thread.
+  using Admit = std::function<bool(int fd)>;
+
+  // Blocks until an admitted connection has sent the 24-byte HTTP/2 client
+  // preface (returns its fd, the preface still unread) or Stop() was
+  // called (returns CANCELLED). Connections that close, send anything
+  // else, or take longer than `handshake_timeout` are closed meanwhile.
+  absl::StatusOr<UniqueFd> Accept(const Admit& admit, std::chrono::milliseconds handshake_timeout);
   void Stop();
 
   const std::string& path() const { return path_; }
@@ -38,6 +53,15 @@ class UnixListener {
   UniqueFd fd_;
   UniqueFd stop_fd_;  // eventfd
   ino_t inode_;
+  struct Pending {
+    UniqueFd fd;
+    std::chrono::steady_clock::time_point deadline;
+    // Part of the preface came: look again no sooner than this (poll would
+    // report the unread part at once, for ever).
+    std::chrono::steady_clock::time_point next_look;
+    std::chrono::milliseconds backoff{0};  // doubles each time part of it is all there is
+  };
+  std::vector<Pending> pending_;  // Accept's thread only
 };
 
 }  // namespace zerocopy::daemon

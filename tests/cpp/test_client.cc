@@ -15,10 +15,11 @@
 //   test_client open-write PATH              open(2) for writing
 //   test_client list-dir DIR                 opendir(3) + readdir(3)
 //   test_client link FROM TO                 link(2): a hard link to FROM
-//   test_client --socket S connections N [EXPECT]
-//                                            opens N connections that send half an HTTP/2 preface, prints how
-//                                            many the daemon kept open (once at most EXPECT are, or after 20 s),
-//                                            holds them until stdin's EOF
+//   test_client --socket S connections N [EXPECT [half|full|junk]]
+//                                            opens N connections that send half an HTTP/2 preface (or all of
+//                                            it, or bytes that are not one), prints how many the daemon kept
+//                                            open (once at most EXPECT are, or after 40 s), holds them until
+//                                            stdin's EOF
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -89,22 +90,29 @@ int main(int argc, char** argv) {
       if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
         return Err(std::to_string(errno), std::strerror(errno));
       }
-      static const char kHalfPreface[] = "PRI * HTTP/2.0\r\n";
+      const std::string kind = args.size() > 3 ? args[3] : "half";
+      const std::string sent = kind == "full"   ? "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                               : kind == "junk" ? "GET / HTTP/1.1\r\n\r\n"
+                                                : "PRI * HTTP/2.0\r\n";
       // The daemon may have refused (closed) it already: no SIGPIPE for that.
-      (void)!::send(fd, kHalfPreface, sizeof kHalfPreface - 1, MSG_NOSIGNAL);
+      (void)!::send(fd, sent.data(), sent.size(), MSG_NOSIGNAL);
       fds.push_back(fd);
     }
-    // The daemon accepts them in its own time: wait (up to 20 s) until at
+    // The daemon accepts them in its own time: wait (up to 40 s) until at
     // most EXPECT are still open, if given, else half a second.
     const int expect = args.size() > 2 ? std::stoi(args[2]) : -1;
     int open = n;
-    for (int waited = 0; waited < (expect < 0 ? 5 : 200); ++waited) {
+    for (int waited = 0; waited < (expect < 0 ? 5 : 400); ++waited) {
       ::usleep(100000);
       open = 0;
       for (int fd : fds) {
-        char c;
-        ssize_t r = ::recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
-        open += !(r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK));
+        // What the daemon sent (its SETTINGS, a GOAWAY) is read and
+        // dropped: open until the end of the stream or an error.
+        char buf[4096];
+        ssize_t r;
+        while ((r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+        }
+        open += r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
       }
       if (expect >= 0 && open <= expect) break;
     }

@@ -116,7 +116,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       v1::GetModelRequest req;
       if (!Parse(data, size, &req)) break;
       if (req.session_id() % 3 != 0) req.set_session_id(session);  // mostly a live session
-      (void)r.Get(req, f->peer);
+      auto leased = r.Get(req, f->peer);
+      if (leased.ok()) {  // as the service does once the answer is sent
+        leased->host.HandOver();
+        leased->device.HandOver();
+      }
       break;
     }
     case 4: {

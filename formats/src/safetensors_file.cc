@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "zerocopy/status.h"
 #include "zerocopy/unique_fd.h"
+
 #include "json_nesting.h"
+#include "mapped_file.h"
 
 namespace zerocopy {
 
@@ -31,12 +33,10 @@ absl::Status Invalid(absl::string_view what) {
 }  // namespace
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
-  ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::MapFile(path));
-  auto shared = std::make_shared<MappedRegion>(std::move(region));
-  auto parsed = Parse(shared->data(), shared->size());
-  if (!parsed.ok()) return Annotate(parsed.status(), path);
-  parsed->region_ = std::move(shared);
-  return parsed;
+  std::shared_ptr<MappedRegion> region;
+  ZC_ASSIGN_OR_RETURN(SafetensorsFile file, ParseMappedFile(path, &SafetensorsFile::Parse, &region));
+  file.region_ = std::move(region);
+  return file;
 }
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(const uint8_t* data, size_t size) {

@@ -53,6 +53,8 @@ hash_threads = 3
 worker_threads = 7
 shutdown_grace_seconds = 1.5
 log_level = "debug"
+handshake_timeout_seconds = 2.5
+connection_idle_seconds = 30
 )");
   REQUIRE(LoadConfigFile(path, &c).ok());
   REQUIRE(c.socket == "/x/s.sock");
@@ -70,6 +72,8 @@ log_level = "debug"
   REQUIRE(c.worker_threads == 7);
   REQUIRE(c.shutdown_grace_seconds == 1.5);
   REQUIRE(c.log_level == "debug");
+  REQUIRE(c.handshake_timeout_seconds == 2.5);
+  REQUIRE(c.connection_idle_seconds == 30);
 
   SECTION("the printed config reads back the same") {
     Config again = DefaultConfig();
