@@ -1,164 +1,19 @@
 #include "device_pool.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "config.h"
 #include "failpoint.h"
+#include "ids.h"
 #include "log.h"
-#include "model_registry.h"
-#include "zerocopy/cuda_device.h"
+#include "zerocopy/cuda_device.h"  // IsGpuUuid
 #include "zerocopy/status.h"
-#include "zerocopy/unique_fd.h"
 
 namespace zerocopy::daemon {
-
-namespace {
-
-// ---- cuda --------------------------------------------------------------
-
-class CudaBuffer final : public DeviceBuffer {
- public:
-  CudaBuffer(std::unique_ptr<cuda::Allocation> allocation, std::string handle)
-      : allocation_(std::move(allocation)), handle_(std::move(handle)) {}
-  const std::string& handle() const override { return handle_; }
-
- private:
-  std::unique_ptr<cuda::Allocation> allocation_;
-  std::string handle_;
-};
-
-class CudaBackend final : public DeviceBackend {
- public:
-  std::string name() const override { return "cuda"; }
-
-  absl::StatusOr<uint64_t> TotalMemory(const std::string& uuid) override {
-    ZC_ASSIGN_OR_RETURN(cuda::Gpu gpu, Find(uuid));
-    return gpu.total_memory;
-  }
-
-  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
-                                                       uint64_t size) override {
-    ZC_ASSIGN_OR_RETURN(cuda::Gpu gpu, Find(uuid));
-    cuda::UploadInfo info;
-    ZC_ASSIGN_OR_RETURN(auto allocation, cuda::Upload(gpu.ordinal, host, size, &info));
-    ZC_ASSIGN_OR_RETURN(std::string handle, allocation->ExportHandle());
-    Log().info("device copy on {} ({}): {} at {:.2f} GiB/s ({})", uuid, gpu.name, FormatBytes(size),
-               info.bytes_per_second / (1 << 30), info.method);
-    return std::unique_ptr<DeviceBuffer>(new CudaBuffer(std::move(allocation), std::move(handle)));
-  }
-
- private:
-  absl::StatusOr<cuda::Gpu> Find(const std::string& uuid) {
-    absl::MutexLock lock(&mu_);
-    if (gpus_.empty()) {
-      auto gpus = cuda::Gpus();
-      if (absl::IsUnavailable(gpus.status())) {
-        return absl::FailedPreconditionError(absl::StrCat("zerocopyd sees no GPU: ", gpus.status().message()));
-      }
-      if (!gpus.ok()) return gpus.status();
-      gpus_ = *std::move(gpus);
-    }
-    std::vector<std::string> known;
-    for (const auto& g : gpus_) {
-      if (g.uuid == uuid) return g;
-      known.push_back(g.uuid);
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat("zerocopyd sees no GPU ", uuid, " (it sees ", absl::StrJoin(known, ", "),
-                     "; run it without CUDA_VISIBLE_DEVICES so that it sees every GPU)"));
-  }
-
-  absl::Mutex mu_;
-  std::vector<cuda::Gpu> gpus_ ABSL_GUARDED_BY(mu_);  // the node's GPUs do not change while we run
-};
-
-// ---- off ---------------------------------------------------------------
-
-class OffBackend final : public DeviceBackend {
- public:
-  std::string name() const override { return "off"; }
-  absl::StatusOr<uint64_t> TotalMemory(const std::string&) override { return Off(); }
-  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string&, const uint8_t*, uint64_t) override {
-    return Off();
-  }
-
- private:
-  static absl::Status Off() {
-    return absl::UnimplementedError("GPU sharing is off in this zerocopyd (gpu_backend = \"off\" in its config)");
-  }
-};
-
-// ---- fake (tests) -------------------------------------------------------
-
-class FakeBuffer final : public DeviceBuffer {
- public:
-  explicit FakeBuffer(std::string path) : path_(std::move(path)), handle_("fake:" + path_) {}
-  ~FakeBuffer() override { ::unlink(path_.c_str()); }
-  const std::string& handle() const override { return handle_; }
-
- private:
-  std::string path_;
-  std::string handle_;
-};
-
-class FakeBackend final : public DeviceBackend {
- public:
-  FakeBackend(std::vector<std::string> uuids, uint64_t memory, std::string dir)
-      : uuids_(std::move(uuids)), memory_(memory), dir_(std::move(dir)) {
-    ::mkdir(dir_.c_str(), 0755);
-  }
-  std::string name() const override { return "fake"; }
-
-  absl::StatusOr<uint64_t> TotalMemory(const std::string& uuid) override {
-    if (std::find(uuids_.begin(), uuids_.end(), uuid) == uuids_.end()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("zerocopyd sees no GPU ", uuid, " (fake GPUs: ", absl::StrJoin(uuids_, ", "), ")"));
-    }
-    return memory_;
-  }
-
-  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
-                                                       uint64_t size) override {
-    ZC_RETURN_IF_ERROR(TotalMemory(uuid).status());
-    std::string path = absl::StrCat(dir_, "/", RandomId());
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-    if (!fd) return ErrnoStatus(errno, absl::StrCat("fake GPU: create ", path));
-    auto buffer = std::make_unique<FakeBuffer>(path);  // unlinks on failure
-    if (size > 0) {
-      if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return ErrnoStatus(errno, "fake GPU: ftruncate");
-      void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-      if (p == MAP_FAILED) return ErrnoStatus(errno, "fake GPU: mmap");
-      std::memcpy(p, host, size);
-      ::munmap(p, size);
-    }
-    return std::unique_ptr<DeviceBuffer>(std::move(buffer));
-  }
-
- private:
-  const std::vector<std::string> uuids_;
-  const uint64_t memory_;
-  const std::string dir_;
-};
-
-}  // namespace
-
-std::unique_ptr<DeviceBackend> MakeCudaBackend() { return std::make_unique<CudaBackend>(); }
-std::unique_ptr<DeviceBackend> MakeOffBackend() { return std::make_unique<OffBackend>(); }
-std::unique_ptr<DeviceBackend> MakeFakeBackend(std::vector<std::string> uuids, uint64_t memory, std::string dir) {
-  return std::make_unique<FakeBackend>(std::move(uuids), memory, std::move(dir));
-}
-
-// ---- DevicePool ---------------------------------------------------------
 
 DevicePool::DevicePool(std::unique_ptr<DeviceBackend> backend, DevicePoolOptions options)
     : backend_(std::move(backend)), backend_name_(backend_->name()), options_(options) {}

@@ -1,11 +1,8 @@
 // DevicePool: the device copies of models, one per model per GPU, leased
 // by sessions, within a per-GPU budget (LRU eviction of unleased copies).
 //
-// A DeviceBackend makes and frees the copies: "cuda" (cudaMalloc, upload
-// through pinned buffers, cudaIpcGetMemHandle; zerocopy/cuda_device.h),
-// "fake" (tests: host memory in shared files behind the same interface, so
-// leases, budgets, eviction and concurrency run where there is no GPU), or
-// "off" (every request: UNIMPLEMENTED).
+// A DeviceBackend (device_backend.h) makes and frees the copies: "cuda"
+// (cuda_backend.cc), "fake" (fake_backend.cc: tests), or "off".
 //
 // Rules:
 // - Acquire makes the copy once: concurrent requests for the same model on
@@ -32,38 +29,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "device_backend.h"
 #include "zerocopy/v1/model_store.pb.h"
 
 namespace zerocopy::daemon {
-
-// Device memory holding one model; freed by the destructor.
-class DeviceBuffer {
- public:
-  virtual ~DeviceBuffer() = default;
-  // What a client opens: a cudaIpcMemHandle_t for "cuda".
-  virtual const std::string& handle() const = 0;
-};
-
-class DeviceBackend {
- public:
-  virtual ~DeviceBackend() = default;
-  virtual std::string name() const = 0;
-  // The memory of GPU `uuid`. Errors: NOT_FOUND (no such GPU here),
-  // UNIMPLEMENTED (no GPU support), UNAVAILABLE (no driver or GPU).
-  virtual absl::StatusOr<uint64_t> TotalMemory(const std::string& uuid) = 0;
-  // A new device allocation on GPU `uuid` holding `size` bytes from `host`.
-  // Errors: those of TotalMemory, RESOURCE_EXHAUSTED (device memory).
-  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const std::string& uuid, const uint8_t* host,
-                                                               uint64_t size) = 0;
-};
-
-// "cuda" (UNIMPLEMENTED per request when built without CUDA) and "off".
-std::unique_ptr<DeviceBackend> MakeCudaBackend();
-std::unique_ptr<DeviceBackend> MakeOffBackend();
-// Tests: GPUs `uuids` of `memory` bytes each; copies are files in `dir`
-// (created if missing) that clients map, named by the handle
-// ("fake:" + path).
-std::unique_ptr<DeviceBackend> MakeFakeBackend(std::vector<std::string> uuids, uint64_t memory, std::string dir);
 
 struct DevicePoolOptions {
   uint64_t budget_bytes = 0;     // per GPU; 0: budget_fraction of its memory

@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "device_pool.h"
+#include "ids.h"
 #include "lease.h"
 #include "name_table.h"
 #include "peer.h"
@@ -172,11 +173,5 @@ class ModelRegistry {
   uint64_t pulls_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_pulled_ ABSL_GUARDED_BY(mu_) = 0;
 };
-
-// Milliseconds since the Unix epoch.
-int64_t NowUnixMs();
-
-// 32 hex digits from the kernel's random source.
-std::string RandomId();
 
 }  // namespace zerocopy::daemon

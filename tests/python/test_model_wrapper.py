@@ -264,7 +264,9 @@ def test_load_from_several_threads_at_once(daemon):
         assert torch.equal(p(x), expected)
 
 
-def test_load_time_grows_with_tensor_count_not_bytes(daemon):
+def test_a_model_of_10000_tensors_loads_each_one(daemon):
+    # Its time per tensor is printed for the record; bench/ measures it
+    # against the alternatives (no timing thresholds in tests).
     import time
     many = nn.Module()
     for i in range(10000):
@@ -275,5 +277,5 @@ def test_load_time_grows_with_tensor_count_not_bytes(daemon):
     loaded = wrapper.load()
     seconds = time.perf_counter() - t0
     print(f"\nload of 10,000 tensors: {seconds * 1000:.1f} ms, {seconds / 10000 * 1e6:.1f} us per tensor")
-    assert float(loaded.t9999[0]) == 9999.0
+    assert [float(getattr(loaded, f"t{i}")[3]) for i in range(10000)] == [float(i) for i in range(10000)]
     assert len(list(loaded.buffers())) == 10000

@@ -11,10 +11,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "dlpack_export.h"
 #include "zerocopy/cuda_device.h"
+#include "zerocopy/fake_gpu.h"
 #include "zerocopy/manifest.h"
 #include "zerocopy/mapped_region.h"
 #include "zerocopy/status.h"
@@ -22,21 +22,8 @@
 
 namespace zerocopy {
 
-namespace {
-
-constexpr char kFakePrefix[] = "fake:";
-
-// $ZEROCOPY_FAKE_GPUS, split; empty when unset.
-std::vector<std::string> FakeGpus() {
-  const char* env = std::getenv("ZEROCOPY_FAKE_GPUS");
-  if (env == nullptr || *env == '\0') return {};
-  return absl::StrSplit(env, ',', absl::SkipEmpty());
-}
-
-}  // namespace
-
 absl::StatusOr<int> GpuOrdinal(const std::string& uuid) {
-  auto fake = FakeGpus();
+  auto fake = fake_gpu::FromEnvironment();
   if (!fake.empty()) {
     for (size_t i = 0; i < fake.size(); ++i) {
       if (fake[i] == uuid) return static_cast<int>(i);
@@ -47,7 +34,7 @@ absl::StatusOr<int> GpuOrdinal(const std::string& uuid) {
 }
 
 absl::StatusOr<std::string> GpuUuid(int ordinal) {
-  auto fake = FakeGpus();
+  auto fake = fake_gpu::FromEnvironment();
   if (!fake.empty()) {
     if (ordinal < 0 || static_cast<size_t>(ordinal) >= fake.size()) {
       return absl::NotFoundError(absl::StrCat("no fake GPU ", ordinal, " ($ZEROCOPY_FAKE_GPUS has ", fake.size(), ")"));
@@ -106,11 +93,10 @@ absl::StatusOr<std::shared_ptr<DeviceImport>> DeviceImport::Get(const v1::Device
   if (found != cache_->end()) return Reference(found->first, &found->second);
   std::unique_ptr<DeviceImport> import(new DeviceImport());
   import->ordinal_ = ordinal;
-  if (device.backend() == "fake") {
-    if (!absl::StartsWith(device.ipc_handle(), kFakePrefix)) {
-      return absl::InvalidArgumentError("a fake device copy's handle must start with 'fake:'");
-    }
-    std::string path = device.ipc_handle().substr(sizeof kFakePrefix - 1);
+  if (device.backend() == fake_gpu::kBackend) {
+    std::optional<std::string> fake_path = fake_gpu::PathOf(device.ipc_handle());
+    if (!fake_path) return absl::InvalidArgumentError("a fake device copy's handle must start with 'fake:'");
+    const std::string& path = *fake_path;
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
     if (!fd) return ErrnoStatus(errno, absl::StrCat("open fake device copy ", path));
     struct stat st;

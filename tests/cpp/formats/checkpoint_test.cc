@@ -1,6 +1,5 @@
-// The checkpoint readers that need no LibTorch: format detection, the zip
-// directory, torch.save archives (the restricted unpickler) and shard
-// indexes. End-to-end round trips against torch itself are in
+// The checkpoint readers that need no LibTorch: format detection,
+// torch.save archives and shard indexes. End-to-end round trips against torch itself are in
 // tests/python/test_formats.py.
 #include <chrono>
 #include <fstream>
@@ -12,7 +11,6 @@
 #include "support.h"
 #include "zerocopy/checkpoint.h"
 #include "zerocopy/torch_save_file.h"
-#include "zerocopy/zip_directory.h"
 
 namespace zerocopy {
 namespace {
@@ -104,24 +102,6 @@ TEST_CASE("hostile pickles describing huge object graphs are refused quickly", "
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));  // not exponential
     INFO(r.status().message());
   }
-}
-
-TEST_CASE("the zip directory: entries, spans and truncation", "[checkpoint]") {
-  std::string bytes = Slurp(kSeeds + "torch_save/parameters");
-  auto entries = ReadZipDirectory(U8(bytes), bytes.size());
-  REQUIRE(entries.ok());
-  bool pickle = false;
-  for (const auto& e : *entries) {
-    CHECK(e.method == 0);
-    CHECK(e.data_offset + e.size <= bytes.size());
-    pickle = pickle || e.name.find("/data.pkl") != std::string::npos;
-  }
-  CHECK(pickle);
-  CHECK_FALSE(ReadZipDirectory(U8(bytes), 10).ok());
-  std::string no_end = bytes.substr(0, bytes.size() - 22);
-  auto r = ReadZipDirectory(U8(no_end), no_end.size());
-  REQUIRE_FALSE(r.ok());
-  CHECK_THAT(std::string(r.status().message()), Catch::Contains("end-of-directory"));
 }
 
 TEST_CASE("formats are detected from the content", "[checkpoint]") {
