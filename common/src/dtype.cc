@@ -2,6 +2,9 @@
 
 #include <dlpack/dlpack.h>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+
 namespace zerocopy {
 
 
@@ -50,6 +53,34 @@ std::optional<DType> DTypeFromSafetensors(absl::string_view name) {
   };
   for (const auto& e : kTable) {
     if (e.name == name) return e.dtype;
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<DType> ParseDType(absl::string_view wire_name) {
+  DType parsed;
+  if (!v1::DType_Parse(std::string(wire_name), &parsed) || parsed == v1::DTYPE_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", wire_name, "'"));
+  }
+  return parsed;
+}
+
+const std::vector<std::pair<std::string, DType>>& TorchDTypes() {
+  static const auto* table = new std::vector<std::pair<std::string, DType>>{
+      {"float64", v1::F64},   {"float32", v1::F32},   {"float16", v1::F16},
+      {"bfloat16", v1::BF16}, {"int64", v1::I64},     {"int32", v1::I32},
+      {"int16", v1::I16},     {"int8", v1::I8},       {"uint8", v1::U8},
+      {"bool", v1::BOOL},     {"complex64", v1::C64}, {"complex128", v1::C128},
+      {"uint16", v1::U16},    {"uint32", v1::U32},    {"uint64", v1::U64},
+      {"float8_e4m3fn", v1::F8_E4M3}, {"float8_e5m2", v1::F8_E5M2},
+  };
+  return *table;
+}
+
+std::optional<DType> DTypeFromTorch(absl::string_view name) {
+  absl::ConsumePrefix(&name, "torch.");
+  for (const auto& [torch_name, dtype] : TorchDTypes()) {
+    if (torch_name == name) return dtype;
   }
   return std::nullopt;
 }

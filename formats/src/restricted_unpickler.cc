@@ -49,19 +49,6 @@ const std::map<std::string, DType, std::less<>>& StorageTypes() {
   return *types;
 }
 
-// torch.<dtype> globals (torch._utils._rebuild_tensor_v3 names the dtype of
-// tensors over an UntypedStorage this way).
-const std::map<std::string, DType, std::less<>>& DTypeGlobals() {
-  static const auto* types = new std::map<std::string, DType, std::less<>>{
-      {"torch.float64", v1::F64},   {"torch.float32", v1::F32},   {"torch.float16", v1::F16},
-      {"torch.bfloat16", v1::BF16}, {"torch.int64", v1::I64},     {"torch.int32", v1::I32},
-      {"torch.int16", v1::I16},     {"torch.int8", v1::I8},       {"torch.uint8", v1::U8},
-      {"torch.bool", v1::BOOL},     {"torch.complex64", v1::C64}, {"torch.complex128", v1::C128},
-      {"torch.uint16", v1::U16},    {"torch.uint32", v1::U32},    {"torch.uint64", v1::U64},
-      {"torch.float8_e4m3fn", v1::F8_E4M3}, {"torch.float8_e5m2", v1::F8_E5M2},
-  };
-  return *types;
-}
 
 
 class Unpickler {
@@ -199,7 +186,7 @@ class Unpickler {
         }
       }
     }
-    bool ok = (module == "torch" && StorageTypes().count(name)) || DTypeGlobals().count(full);
+    bool ok = module == "torch" && (StorageTypes().count(name) || DTypeFromTorch(name).has_value());
     for (const char* a : kAllowed) ok = ok || full == a;
     if (!ok) {
       if (module == "torch" && !name.empty() && std::islower(static_cast<unsigned char>(name[0]))) {
@@ -335,11 +322,9 @@ class Unpickler {
     if (f == "torch._utils._rebuild_tensor_v3") {
       // (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])
       if (args.size() < 7 || args[6]->kind != Kind::kGlobal) return Invalid("_rebuild_tensor_v3 needs a dtype");
-      auto dt = DTypeGlobals().find(args[6]->s);
-      if (dt == DTypeGlobals().end()) {
-        return Invalid(absl::StrCat("a tensor has dtype ", args[6]->s, ", which zerocopy cannot hold"));
-      }
-      return RebuildTensor(args, dt->second);
+      const std::optional<DType> dt = absl::StartsWith(args[6]->s, "torch.") ? DTypeFromTorch(args[6]->s) : std::nullopt;
+      if (!dt) return Invalid(absl::StrCat("a tensor has dtype ", args[6]->s, ", which zerocopy cannot hold"));
+      return RebuildTensor(args, *dt);
     }
     if (f == "torch._utils._rebuild_parameter" || f == "torch._utils._rebuild_parameter_with_state") {
       if (args.empty() || args[0]->kind != Kind::kTensor) return Invalid(absl::StrCat(f, " takes a tensor"));

@@ -218,7 +218,7 @@ def test_ray_data_pool_tasks_and_jit_on_another_node(ray_and_nodes):
     assert sorted(map(tuple, got.round(4))) == sorted(map(tuple, expected.round(4)))
 
     # A task-mode call's body (load, call) run as a task on node B.
-    from ray_zerocopy.wrappers import _run_call
+    from ray_zerocopy._task_mode import _run_call
     torch.manual_seed(22)
     task_pipeline = models.Pipeline()
     wrapped = TaskWrapper(task_pipeline)

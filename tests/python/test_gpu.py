@@ -84,7 +84,6 @@ def gpu_daemon():
 def test_four_processes_share_one_device_copy(gpu_daemon, monkeypatch):
     import pickle
     monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
-    monkeypatch.setattr(_native, "_clients", {})
     assert torch.cuda.is_available()
     torch.manual_seed(0)
     model = Big().eval()
@@ -146,7 +145,6 @@ def test_a_killed_process_releases_its_device_lease(gpu_daemon, monkeypatch):
     import signal
     import pickle
     monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
-    monkeypatch.setattr(_native, "_clients", {})
     wrapper = ModelWrapper.from_model(models.MLP())
     ctx = multiprocessing.get_context("spawn")
     ready, done, out = ctx.Event(), ctx.Event(), ctx.Queue()
@@ -172,7 +170,6 @@ def test_a_killed_process_releases_its_device_lease(gpu_daemon, monkeypatch):
 def test_torchscript_and_state_dicts_load_onto_the_shared_copy(gpu_daemon, monkeypatch):
     from ray_zerocopy import JITActorWrapper, _store
     monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
-    monkeypatch.setattr(_native, "_clients", {})
     torch.manual_seed(4)
     model = models.MLP().eval()
     x = torch.randn(3, 16)

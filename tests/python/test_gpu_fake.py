@@ -151,8 +151,7 @@ def test_task_wrapper_runs_tasks_on_the_shared_copy(fake_gpu_daemon, fake_gpus, 
     model = models.MLP()
     x = torch.randn(2, 16)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        # A thread pool shares this process's client: give it the fake daemon's.
-        monkeypatch.setattr(_native, "_clients", {})
+        # A thread pool shares this process's client for $ZEROCOPY_SOCKET: the fake daemon's.
         tasks = TaskWrapper(model, device="cuda:1", executor=pool, strict=True)
         assert torch.equal(tasks(x), model(x))
     assert gpu_stats(fake_gpu_daemon.socket, U0)["uploads"] >= 1
@@ -160,11 +159,11 @@ def test_task_wrapper_runs_tasks_on_the_shared_copy(fake_gpu_daemon, fake_gpus, 
 
 def test_other_refusals_keep_their_own_classes(fake_gpu_daemon):
     # GpuSharingUnavailableError is for device requests only: a pinned
-    # model's delete (FAILED_PRECONDITION too) stays a plain ZeroCopyError.
+    # model's delete (FAILED_PRECONDITION too) is a FailedPreconditionError.
     sock = fake_gpu_daemon.socket
     info = _store.publish(models.MLP(), name="pinned-one", pin=True, socket=sock)
     with pytest.raises(ray_zerocopy.ZeroCopyError) as e:
         _native.client(sock).delete(info["digest"])
-    assert e.type is ray_zerocopy.ZeroCopyError
+    assert e.type is ray_zerocopy.FailedPreconditionError
     assert e.value.code == "FAILED_PRECONDITION"
     _native.client(sock).delete(info["digest"], force=True)

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <mutex>
 
 #include <grpcpp/grpcpp.h>
@@ -145,16 +146,28 @@ std::shared_ptr<Client> Client::Create(ClientOptions options) {
   return std::shared_ptr<Client>(new Client(std::move(options)));
 }
 
-std::shared_ptr<Client> Client::ForThisProcess() {
+std::shared_ptr<Client> Client::ForThisProcess() { return ForThisProcess(""); }
+
+std::shared_ptr<Client> Client::ForThisProcess(const std::string& socket) {
   static std::mutex mu;
-  static std::shared_ptr<Client>* instance = nullptr;  // leaked on purpose: see ~Client
+  // Leaked on purpose (see ~Client); a child's first call starts afresh
+  // and never touches the clients inherited from its parent.
+  static auto* clients = new std::map<std::string, std::shared_ptr<Client>>();
   static pid_t owner = 0;
+  // The default resolves now ($ZEROCOPY_SOCKET may have changed since).
+  const std::string key = socket.empty() ? DefaultSocketPath() : socket;
   std::lock_guard<std::mutex> lock(mu);
-  if (instance == nullptr || owner != ::getpid()) {
-    instance = new std::shared_ptr<Client>(Create());
+  if (owner != ::getpid()) {
+    clients = new std::map<std::string, std::shared_ptr<Client>>();
     owner = ::getpid();
   }
-  return *instance;
+  std::shared_ptr<Client>& client = (*clients)[key];
+  if (!client) {
+    ClientOptions options;
+    options.socket = key;
+    client = Create(options);
+  }
+  return client;
 }
 
 const std::string& Client::socket() const { return impl_->options.socket; }
@@ -364,17 +377,22 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
       continue;
     }
     ZC_RETURN_IF_ERROR(response.status());
-    auto release = Releaser(session_id, response->model().digest(), "");
     std::string path = response->model().segment_path();
+    // Should Open fail, it has given the lease back already.
     auto mapped = MappedModel::Open(path, std::move(*response->mutable_model()), std::move(*response->mutable_manifest()),
-                                    options, release);
+                                    options, Releaser(session_id, response->model().digest(), ""));
     if (mapped.ok()) return mapped;
-    release();
     // Deleted between GetModel and open: ask again (it may be gone for good).
     if (!absl::IsNotFound(mapped.status())) return mapped.status();
     last = mapped.status();
   }
   return last;
+}
+
+absl::StatusOr<std::shared_ptr<DeviceModel>> Client::MapDevice(const std::string& ref, int ordinal) {
+  auto uuid = GpuUuid(ordinal);
+  if (!uuid.ok()) return absl::FailedPreconditionError(absl::StrCat("GPU ", ordinal, ": ", uuid.status().message()));
+  return MapDevice(ref, *uuid);
 }
 
 absl::StatusOr<std::shared_ptr<DeviceModel>> Client::MapDevice(const std::string& ref, const std::string& gpu_uuid) {
@@ -395,12 +413,11 @@ absl::StatusOr<std::shared_ptr<DeviceModel>> Client::MapDevice(const std::string
       continue;
     }
     ZC_RETURN_IF_ERROR(response.status());
-    auto release = Releaser(session_id, response->model().digest(), gpu_uuid);
     v1::DeviceCopy device = response->device();
-    auto opened = DeviceModel::Open(std::move(*response->mutable_model()), std::move(*response->mutable_manifest()),
-                                    device, release);
-    if (!opened.ok()) release();
-    return opened;
+    auto release = Releaser(session_id, response->model().digest(), gpu_uuid);
+    // Should Open fail, it has given the lease back already.
+    return DeviceModel::Open(std::move(*response->mutable_model()), std::move(*response->mutable_manifest()), device,
+                             std::move(release));
   }
   return last;
 }

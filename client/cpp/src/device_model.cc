@@ -12,7 +12,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "dlpack_export.h"
 #include "zerocopy/cuda_device.h"
 #include "zerocopy/fake_gpu.h"
 #include "zerocopy/manifest.h"
@@ -118,62 +117,31 @@ absl::StatusOr<std::shared_ptr<DeviceImport>> DeviceImport::Get(const v1::Device
 absl::StatusOr<std::shared_ptr<DeviceModel>> DeviceModel::Open(v1::ModelInfo info, v1::Manifest manifest,
                                                                const v1::DeviceCopy& device,
                                                                std::function<void()> on_release) {
-  ZC_RETURN_IF_ERROR(Annotate(ValidateManifest(manifest), "manifest from the daemon"));
-  ZC_RETURN_IF_ERROR(Annotate(CheckLayout(manifest), "manifest from the daemon"));
-  if (device.size() != manifest.total_size()) {
+  std::shared_ptr<DeviceModel> model(new DeviceModel());
+  // Should a step below fail, the release runs (the model is dropped).
+  ZC_RETURN_IF_ERROR(model->Init(std::move(info), std::move(manifest), std::move(on_release)));
+  if (device.size() != model->size()) {
     return absl::InvalidArgumentError(absl::StrCat("device copy of ", device.size(), " bytes for a model of ",
-                                                   manifest.total_size()));
+                                                   model->size()));
   }
   ZC_ASSIGN_OR_RETURN(int ordinal, GpuOrdinal(device.gpu_uuid()));
-  std::shared_ptr<DeviceModel> model(new DeviceModel());
   ZC_ASSIGN_OR_RETURN(model->import_, DeviceImport::Get(device, ordinal));
-  model->info_ = std::move(info);
-  model->manifest_ = std::move(manifest);
   model->gpu_uuid_ = device.gpu_uuid();
-  model->on_release_ = std::move(on_release);
-  model->by_name_.reserve(model->manifest_.tensors_size());
-  for (int i = 0; i < model->manifest_.tensors_size(); ++i) model->by_name_[model->manifest_.tensors(i).name()] = i;
   return model;
-}
-
-DeviceModel::~DeviceModel() {
-  import_.reset();  // closes the handle if this was its last user
-  if (on_release_) on_release_();
 }
 
 int DeviceModel::device_ordinal() const { return import_->ordinal(); }
 bool DeviceModel::fake() const { return import_->fake(); }
-void* DeviceModel::data() const { return import_->data(); }
+void* DeviceModel::data() const { return import_ ? import_->data() : nullptr; }
+DLDevice DeviceModel::dl_device() const { return fake() ? DLDevice{kDLCPU, 0} : DLDevice{kDLCUDA, device_ordinal()}; }
 
 DeviceTensorView DeviceModel::tensor(size_t index) const {
-  const v1::Tensor& spec = manifest_.tensors(static_cast<int>(index));
-  const v1::Storage& storage = manifest_.storages(static_cast<int>(spec.storage()));
-  return DeviceTensorView{&spec, static_cast<uint8_t*>(data()) + storage.offset() + spec.byte_offset()};
+  return DeviceTensorView{&manifest().tensors(static_cast<int>(index)), TensorAddress(index)};
 }
 
 absl::StatusOr<DeviceTensorView> DeviceModel::Find(const std::string& name) const {
-  auto it = by_name_.find(name);
-  if (it == by_name_.end()) {
-    return absl::NotFoundError(absl::StrCat("model ", info_.digest(), " has no tensor '", name, "'"));
-  }
-  return tensor(it->second);
-}
-
-absl::StatusOr<DLManagedTensor*> DeviceModel::ToDLPack(size_t index) {
-  if (index >= tensor_count()) return absl::OutOfRangeError(absl::StrCat("tensor ", index, " of ", tensor_count()));
-  DeviceTensorView view = tensor(index);
-  DLDevice dev = fake() ? DLDevice{kDLCPU, 0} : DLDevice{kDLCUDA, device_ordinal()};
-  return internal::TensorToDLPack(shared_from_this(), view.data, dev, *view.spec);
-}
-
-absl::StatusOr<DLManagedTensor*> DeviceModel::StorageToDLPack(size_t index) {
-  if (index >= static_cast<size_t>(manifest_.storages_size())) {
-    return absl::OutOfRangeError(absl::StrCat("storage ", index, " of ", manifest_.storages_size()));
-  }
-  const auto& storage = manifest_.storages(static_cast<int>(index));
-  DLDevice dev = fake() ? DLDevice{kDLCPU, 0} : DLDevice{kDLCUDA, device_ordinal()};
-  return internal::BytesToDLPack(shared_from_this(), static_cast<uint8_t*>(data()) + storage.offset(), dev,
-                                 storage.size());
+  ZC_ASSIGN_OR_RETURN(size_t index, IndexOf(name));
+  return tensor(index);
 }
 
 }  // namespace zerocopy

@@ -4,8 +4,9 @@ Models are published to the node's zerocopyd daemon once and mapped
 copy-on-write by every process that loads them; see the project README.
 """
 from . import errors
-from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableError, InvalidModelError, ModelNotFoundError,
-                     OutOfSpaceError, PermissionDeniedError, ZeroCopyError, ZerocopyError, GpuSharingUnavailableError)
+from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableError, FailedPreconditionError,
+                     GpuSharingUnavailableError, InvalidModelError, ModelNotFoundError, OutOfSpaceError,
+                     PermissionDeniedError, ZeroCopyError, ZerocopyError)
 
 # The wrappers import torch: loaded on first use, so that a process that
 # only moves bytes (the cluster pull's tasks on a source node, a Ray worker
@@ -63,4 +64,5 @@ def stats() -> dict:
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
            "connect", "load_state_dict", "stats", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
-           "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "ZerocopyError"]
+           "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "FailedPreconditionError",
+           "ZerocopyError"]

@@ -26,19 +26,13 @@ import os
 import re
 
 from . import _native
-from .errors import InvalidModelError, PermissionDeniedError
+from .errors import GpuSharingUnavailableError, InvalidModelError, PermissionDeniedError, ZeroCopyError
 
 MAGIC = b"zerocopy-torch-pickle/1\n"
 
-_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.complex64: "C64", torch.complex128: "C128",
-}
-for _name, _code in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"),
-                     ("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
-    if hasattr(torch, _name):
-        _DTYPES[getattr(torch, _name)] = _code
+# torch dtype -> wire name ("F32", ...), from the C++ table (common/'s
+# dtype.h): the dtypes this torch has among those zerocopy holds.
+_DTYPES = {getattr(torch, name): code for name, code in _native.torch_dtypes() if hasattr(torch, name)}
 _TORCH_DTYPES = {code: dtype for dtype, code in _DTYPES.items()}
 
 
@@ -149,7 +143,14 @@ def _map(ref: str, socket, read_only=False, populate=False, device=None):
     gpu = gpu_device(device)
     if gpu is None:
         return _native.client(socket).map(ref, read_only=read_only, populate=populate)
-    return _native.client(socket).map_device(ref, gpu.index)
+    try:
+        return _native.client(socket).map_device(ref, gpu.index)
+    except ZeroCopyError as e:
+        # No shared copy to be had (GPU sharing off or not built, the daemon
+        # or CUDA refusing this GPU): the class the wrappers fall back on.
+        if e.code in ("UNIMPLEMENTED", "FAILED_PRECONDITION"):
+            raise GpuSharingUnavailableError(e.message, e.code) from None
+        raise
 
 
 _DIGEST = re.compile(r"[0-9a-f]{32}")

@@ -9,6 +9,8 @@
     ├── CorruptModelError         the bytes no longer match their digest
     ├── AlreadyExistsError        the model is already here, or another process
     │                             of this node is bringing it (cluster pulls)
+    ├── FailedPreconditionError   the call does not fit the state it met (a
+    │                             session that ended, a GPU not seen)
     └── GpuSharingUnavailableError  no shared device copy: the daemon has no
                                   GPU support or does not see the GPU, or
                                   this process does not
@@ -61,4 +63,28 @@ class AlreadyExistsError(ZeroCopyError):
     pass
 
 
+class FailedPreconditionError(ZeroCopyError):
+    pass
+
+
 ZerocopyError = ZeroCopyError  # the spelling of early previews
+
+# The daemon's (and client's) status codes, by name, and the class each
+# raises; any other code raises ZeroCopyError. The extension raises through
+# from_status.
+_BY_CODE = {
+    "NOT_FOUND": ModelNotFoundError,
+    "UNAVAILABLE": DaemonUnavailableError,
+    "INVALID_ARGUMENT": InvalidModelError,
+    "OUT_OF_RANGE": InvalidModelError,
+    "RESOURCE_EXHAUSTED": OutOfSpaceError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "DATA_LOSS": CorruptModelError,
+    "ALREADY_EXISTS": AlreadyExistsError,
+    "FAILED_PRECONDITION": FailedPreconditionError,
+}
+
+
+def from_status(code: str, message: str) -> ZeroCopyError:
+    """The exception for a status code (its name, e.g. "NOT_FOUND")."""
+    return _BY_CODE.get(code, ZeroCopyError)(message, code)

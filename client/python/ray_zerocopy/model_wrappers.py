@@ -16,7 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from . import _cluster, _executor, _native, _store
+from . import _cluster, _native, _store
+from ._task_mode import _RemoteModel, _TaskRunner
 from .errors import DaemonUnavailableError, GpuSharingUnavailableError, ModelNotFoundError
 
 T = TypeVar("T")
@@ -213,7 +214,6 @@ class _Base(Generic[T]):
         """The pipeline with each model a stand-in that runs its calls as
         tasks (a standalone model: one such stand-in); no weight is loaded
         here."""
-        from .wrappers import _RemoteModel, _TaskRunner
         if self._skeleton is None:
             return _TaskRunner(self, device=device, use_fast_load=fast, executor=executor, strict=strict)
         methods = getattr(self, "_model_methods", {})

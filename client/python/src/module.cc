@@ -1,50 +1,43 @@
-// _zerocopy: the C++ client for Python. Thin: a Client (publish, get, map,
-// list, delete, tag, pin, stats) and a Mapping whose storages and tensors
-// leave as DLPack capsules. Weights never pass through Python objects; the
-// GIL is released for every daemon call and every copy.
-//
-// Errors raise the classes in ray_zerocopy.errors, chosen by status code.
+// _zerocopy: the C++ client for Python. It only binds: a Client (publish,
+// get, map, list, delete, tag, pin, stats) and a Mapping whose storages and
+// tensors leave as DLPack capsules. Weights never pass through Python
+// objects; the GIL is released for every daemon call and every copy
+// (Unlocked). Protos reach Python through one generic conversion
+// (ToPython); errors raise the class ray_zerocopy.errors.from_status
+// chooses for the status code.
 #include <dlpack/dlpack.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 
 #include "absl/strings/str_cat.h"
 #include "zerocopy/client.h"
 #include "zerocopy/device_model.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/mapped_model.h"
+#include "zerocopy/model_source.h"
 
 namespace py = pybind11;
 
 namespace zerocopy::python {
 namespace {
 
-[[noreturn]] void RaiseAs(const absl::Status& status, const char* cls) {
-  py::object type = py::module_::import("ray_zerocopy.errors").attr(cls);
-  py::object error = type(std::string(status.message()), absl::StatusCodeToString(status.code()));
-  PyErr_SetObject(type.ptr(), error.ptr());
-  throw py::error_already_set();
-}
-
+// The exception for a status: ray_zerocopy.errors owns the table of
+// codes and classes.
 [[noreturn]] void Raise(const absl::Status& status) {
-  const char* cls;
-  switch (status.code()) {
-    case absl::StatusCode::kNotFound: cls = "ModelNotFoundError"; break;
-    case absl::StatusCode::kUnavailable: cls = "DaemonUnavailableError"; break;
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kOutOfRange: cls = "InvalidModelError"; break;
-    case absl::StatusCode::kResourceExhausted: cls = "OutOfSpaceError"; break;
-    case absl::StatusCode::kPermissionDenied: cls = "PermissionDeniedError"; break;
-    case absl::StatusCode::kDataLoss: cls = "CorruptModelError"; break;
-    case absl::StatusCode::kAlreadyExists: cls = "AlreadyExistsError"; break;
-    default: cls = "ZeroCopyError";
-  }
-  RaiseAs(status, cls);
+  py::object error = py::module_::import("ray_zerocopy.errors")
+                         .attr("from_status")(absl::StatusCodeToString(status.code()), std::string(status.message()));
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
+  throw py::error_already_set();
 }
 
 template <typename T>
@@ -52,40 +45,88 @@ T Check(absl::StatusOr<T> value) {
   if (!value.ok()) Raise(value.status());
   return *std::move(value);
 }
-
-py::dict Info(const v1::ModelInfo& m) {
-  py::dict d;
-  d["digest"] = m.digest();
-  d["names"] = std::vector<std::string>(m.names().begin(), m.names().end());
-  d["size"] = m.size();
-  d["tensor_count"] = m.tensor_count();
-  d["storage_count"] = m.storage_count();
-  d["pinned"] = m.pinned();
-  d["leases"] = m.leases();
-  d["segment_path"] = m.segment_path();
-  d["huge_pages"] = m.huge_pages();
-  d["format"] = m.format();
-  d["created_unix_ms"] = m.created_unix_ms();
-  d["last_used_unix_ms"] = m.last_used_unix_ms();
-  d["gpu_uuids"] = std::vector<std::string>(m.gpu_uuids().begin(), m.gpu_uuids().end());
-  py::dict origin;
-  origin["kind"] = m.origin().kind();
-  origin["source"] = m.origin().source();
-  origin["duration_ms"] = m.origin().duration_ms();
-  d["origin"] = origin;
-  d["publisher_uid"] = m.has_publisher_uid() ? py::object(py::int_(m.publisher_uid())) : py::object(py::none());
-  d["publisher_gid"] = m.has_publisher_gid() ? py::object(py::int_(m.publisher_gid())) : py::object(py::none());
-  return d;
+void Check(const absl::Status& status) {
+  if (!status.ok()) Raise(status);
 }
 
-py::dict TensorSpec(const v1::Manifest& manifest, const v1::Tensor& t) {
+// Runs `call` (a daemon call, a copy) without the GIL and raises its
+// error, if any; returns its value.
+template <typename Call>
+auto Unlocked(Call&& call) {
+  using Result = decltype(call());
+  if constexpr (std::is_void_v<Result>) {
+    py::gil_scoped_release unlocked;
+    call();
+  } else {
+    std::optional<Result> result;
+    {
+      py::gil_scoped_release unlocked;
+      result.emplace(call());
+    }
+    if constexpr (std::is_same_v<Result, absl::Status>) {
+      Check(*result);
+    } else {
+      return Check(std::move(*result));
+    }
+  }
+}
+
+py::object ToPython(const google::protobuf::Message& message);
+
+// One value of a field (`index` into a repeated one, -1 for a singular one).
+py::object FieldToPython(const google::protobuf::Message& m, const google::protobuf::FieldDescriptor* f, int index) {
+  using FD = google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = m.GetReflection();
+  const bool rep = index >= 0;
+  switch (f->cpp_type()) {
+    case FD::CPPTYPE_INT32: return py::int_(rep ? r->GetRepeatedInt32(m, f, index) : r->GetInt32(m, f));
+    case FD::CPPTYPE_INT64: return py::int_(rep ? r->GetRepeatedInt64(m, f, index) : r->GetInt64(m, f));
+    case FD::CPPTYPE_UINT32: return py::int_(rep ? r->GetRepeatedUInt32(m, f, index) : r->GetUInt32(m, f));
+    case FD::CPPTYPE_UINT64: return py::int_(rep ? r->GetRepeatedUInt64(m, f, index) : r->GetUInt64(m, f));
+    case FD::CPPTYPE_DOUBLE: return py::float_(rep ? r->GetRepeatedDouble(m, f, index) : r->GetDouble(m, f));
+    case FD::CPPTYPE_FLOAT: return py::float_(rep ? r->GetRepeatedFloat(m, f, index) : r->GetFloat(m, f));
+    case FD::CPPTYPE_BOOL: return py::bool_(rep ? r->GetRepeatedBool(m, f, index) : r->GetBool(m, f));
+    case FD::CPPTYPE_ENUM: return py::str((rep ? r->GetRepeatedEnum(m, f, index) : r->GetEnum(m, f))->name());
+    case FD::CPPTYPE_STRING: {
+      std::string v = rep ? r->GetRepeatedString(m, f, index) : r->GetString(m, f);
+      if (f->type() == FD::TYPE_BYTES) return py::bytes(v);
+      return py::str(v);
+    }
+    case FD::CPPTYPE_MESSAGE: return ToPython(rep ? r->GetRepeatedMessage(m, f, index) : r->GetMessage(m, f));
+  }
+  return py::none();
+}
+
+// Any message as a dict keyed by field name: lists for repeated fields,
+// dicts for maps and messages, enum values by name, None for an unset
+// optional field. The one way protos reach Python, so a field added to
+// the proto reaches it too.
+py::object ToPython(const google::protobuf::Message& message) {
   py::dict d;
-  d["name"] = t.name();
-  d["storage"] = t.storage();
-  d["byte_offset"] = t.byte_offset();
-  d["dtype"] = v1::DType_Name(t.dtype());
-  d["shape"] = std::vector<int64_t>(t.shape().begin(), t.shape().end());
-  d["strides"] = std::vector<int64_t>(t.strides().begin(), t.strides().end());
+  const google::protobuf::Descriptor* descriptor = message.GetDescriptor();
+  const google::protobuf::Reflection* r = message.GetReflection();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = descriptor->field(i);
+    py::str key(f->name());
+    if (f->is_map()) {
+      py::dict map;
+      for (int k = 0; k < r->FieldSize(message, f); ++k) {
+        const google::protobuf::Message& entry = r->GetRepeatedMessage(message, f, k);
+        const auto* entry_descriptor = entry.GetDescriptor();
+        map[FieldToPython(entry, entry_descriptor->map_key(), -1)] = FieldToPython(entry, entry_descriptor->map_value(), -1);
+      }
+      d[key] = map;
+    } else if (f->is_repeated()) {
+      py::list list;
+      for (int k = 0; k < r->FieldSize(message, f); ++k) list.append(FieldToPython(message, f, k));
+      d[key] = list;
+    } else if (f->has_presence() && f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE &&
+               !r->HasField(message, f)) {
+      d[key] = py::none();
+    } else {
+      d[key] = FieldToPython(message, f, -1);
+    }
+  }
   return d;
 }
 
@@ -109,7 +150,7 @@ class MappingOf {
  public:
   explicit MappingOf(std::shared_ptr<Model> model) : model_(std::move(model)) {}
 
-  py::dict info() const { return Info(model_->info()); }
+  py::object info() const { return ToPython(model_->info()); }
   std::string digest() const { return model_->digest(); }
   uint64_t size() const { return model_->size(); }
   uintptr_t address() const { return reinterpret_cast<uintptr_t>(model_->data()); }
@@ -122,11 +163,7 @@ class MappingOf {
     for (const auto& s : model_->manifest().storages()) sizes.push_back(s.size());
     return sizes;
   }
-  py::list tensors() const {
-    py::list out;
-    for (const auto& t : model_->manifest().tensors()) out.append(TensorSpec(model_->manifest(), t));
-    return out;
-  }
+  py::object tensors() const { return ToPython(model_->manifest())["tensors"]; }
   py::capsule storage(size_t index) { return Capsule(Check(model_->StorageToDLPack(index))); }
   py::capsule tensor(size_t index) {
     if (index >= model_->tensor_count()) Raise(absl::OutOfRangeError("tensor index out of range"));
@@ -169,32 +206,29 @@ class PyIncoming {
       PyErr_Clear();
       Raise(absl::InvalidArgumentError("write needs a C-contiguous buffer (bytes, a contiguous numpy array)"));
     }
-    absl::Status status;
-    {
+    absl::Status status = [&] {
       py::gil_scoped_release unlocked;
       std::lock_guard<std::mutex> lock(mu_);  // never beside Commit/Abort (IncomingModel is not thread-safe for that)
-      status = model_->Write(offset, view.buf, static_cast<uint64_t>(view.len));
-    }
+      return model_->Write(offset, view.buf, static_cast<uint64_t>(view.len));
+    }();
     PyBuffer_Release(&view);
-    if (!status.ok()) Raise(status);
+    Check(status);
   }
-  py::dict Commit(const std::string& kind, const std::string& source, int64_t duration_ms) {
+  py::object Commit(const std::string& kind, const std::string& source, int64_t duration_ms) {
     v1::Origin origin;
     origin.set_kind(kind);
     origin.set_source(source);
     origin.set_duration_ms(duration_ms);
-    absl::StatusOr<v1::ModelInfo> info;
-    {
-      py::gil_scoped_release unlocked;
+    return ToPython(Unlocked([&] {
       std::lock_guard<std::mutex> lock(mu_);
-      info = model_->Commit(origin);
-    }
-    return Info(Check(std::move(info)));
+      return model_->Commit(origin);
+    }));
   }
   void Abort() {
-    py::gil_scoped_release unlocked;
-    std::lock_guard<std::mutex> lock(mu_);
-    model_->Abort();
+    Unlocked([&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      model_->Abort();
+    });
   }
 
  private:
@@ -202,87 +236,45 @@ class PyIncoming {
   std::unique_ptr<IncomingModel> model_;
 };
 
-// One Python-visible client; the C++ client refuses use after fork, and the
-// Python layer keeps one per process.
+// A Python-visible handle on this process's C++ client for a socket
+// (Client::ForThisProcess: one per process and socket, a forked child
+// getting its own).
 class PyClient {
  public:
-  PyClient(const std::string& socket, double timeout_s) {
-    ClientOptions options;
-    options.socket = socket;
-    options.timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
-    client_ = Client::Create(options);
-  }
+  explicit PyClient(const std::string& socket) : client_(Client::ForThisProcess(socket)) {}
 
   std::string socket() const { return client_->socket(); }
 
   // storages: [(address, nbytes)]; tensors: [(name, storage, byte_offset,
   // dtype name, shape, strides)]. The caller keeps the memory alive.
-  py::dict Publish(const std::vector<std::pair<uintptr_t, uint64_t>>& storages,
-                   const std::vector<std::tuple<std::string, uint32_t, uint64_t, std::string, std::vector<int64_t>,
-                                                std::vector<int64_t>>>& tensors,
-                   const py::bytes& metadata, const std::string& format, const std::string& name, bool pin) {
-    ModelSource source;
-    for (const auto& [address, nbytes] : storages) {
-      source.manifest.add_storages()->set_size(nbytes);
-      source.storage_data.push_back(reinterpret_cast<const void*>(address));
-    }
+  py::object Publish(const std::vector<std::pair<uintptr_t, uint64_t>>& storages,
+                     const std::vector<std::tuple<std::string, uint32_t, uint64_t, std::string, std::vector<int64_t>,
+                                                  std::vector<int64_t>>>& tensors,
+                     const py::bytes& metadata, const std::string& format, const std::string& name, bool pin) {
+    ModelSourceBuilder builder;
+    for (const auto& [address, nbytes] : storages) builder.AddStorage(reinterpret_cast<const void*>(address), nbytes);
     for (const auto& [tname, storage, offset, dtype, shape, strides] : tensors) {
-      v1::DType parsed;
-      if (!v1::DType_Parse(dtype, &parsed) || parsed == v1::DTYPE_UNSPECIFIED) {
-        Raise(absl::InvalidArgumentError("tensor '" + tname + "' has unknown dtype '" + dtype + "'"));
-      }
-      auto* t = source.manifest.add_tensors();
-      t->set_name(tname);
-      t->set_storage(storage);
-      t->set_byte_offset(offset);
-      t->set_dtype(parsed);
-      for (int64_t d : shape) t->add_shape(d);
-      for (int64_t s : strides) t->add_strides(s);
+      Check(builder.AddTensor(tname, storage, offset, dtype, shape, strides));
     }
-    source.manifest.set_metadata(std::string(metadata));
-    source.manifest.set_format(format);
+    builder.set_metadata(std::string(metadata));
+    builder.set_format(format);
+    ModelSource source = std::move(builder).Build();
     PublishOptions options;
     options.name = name;
     options.pin = pin;
-    absl::StatusOr<v1::ModelInfo> info;
-    {
-      py::gil_scoped_release unlocked;
-      info = client_->Publish(source, options);
-    }
-    return Info(Check(std::move(info)));
+    return ToPython(Unlocked([&] { return client_->Publish(source, options); }));
   }
 
   std::shared_ptr<Mapping> Map(const std::string& ref, bool read_only, bool populate) {
     MapOptions options;
     options.read_only = read_only;
     options.populate = populate;
-    absl::StatusOr<std::shared_ptr<MappedModel>> mapped;
-    {
-      py::gil_scoped_release unlocked;
-      mapped = client_->Map(ref, options);
-    }
-    return std::make_shared<Mapping>(Check(std::move(mapped)));
+    return std::make_shared<Mapping>(Unlocked([&] { return client_->Map(ref, options); }));
   }
 
-  // The model's shared copy on this process's GPU `ordinal` (CUDA, or the
-  // $ZEROCOPY_FAKE_GPUS of tests).
+  // The model's shared copy on this process's GPU `ordinal`.
   std::shared_ptr<DeviceMapping> MapDevice(const std::string& ref, int ordinal) {
-    absl::StatusOr<std::shared_ptr<DeviceModel>> mapped;
-    {
-      py::gil_scoped_release unlocked;
-      auto uuid = GpuUuid(ordinal);
-      if (!uuid.ok()) {
-        mapped = absl::FailedPreconditionError(absl::StrCat("GPU ", ordinal, ": ", uuid.status().message()));
-      } else {
-        mapped = client_->MapDevice(ref, *uuid);
-      }
-    }
-    // No shared copy to be had (GPU sharing off or not built, the daemon or
-    // CUDA refusing this GPU): the class the wrappers fall back on.
-    if (absl::IsUnimplemented(mapped.status()) || absl::IsFailedPrecondition(mapped.status())) {
-      RaiseAs(mapped.status(), "GpuSharingUnavailableError");
-    }
-    return std::make_shared<DeviceMapping>(Check(std::move(mapped)));
+    return std::make_shared<DeviceMapping>(Unlocked([&] { return client_->MapDevice(ref, ordinal); }));
   }
 
   std::shared_ptr<PyIncoming> Receive(const py::bytes& manifest_bytes, const std::string& digest) {
@@ -290,130 +282,29 @@ class PyClient {
     if (!manifest.ParseFromString(std::string(manifest_bytes))) {
       Raise(absl::InvalidArgumentError("the manifest bytes do not parse as a zerocopy.v1.Manifest"));
     }
-    absl::StatusOr<std::unique_ptr<IncomingModel>> incoming;
-    {
-      py::gil_scoped_release unlocked;
-      incoming = client_->Receive(manifest, digest);
-    }
-    return std::make_shared<PyIncoming>(Check(std::move(incoming)));
+    return std::make_shared<PyIncoming>(Unlocked([&] { return client_->Receive(manifest, digest); }));
   }
 
-  py::dict Get(const std::string& ref) {
-    absl::StatusOr<v1::GetModelResponse> got;
-    {
-      py::gil_scoped_release unlocked;
-      got = client_->Get(ref);
-    }
-    auto response = Check(std::move(got));
-    py::dict d = Info(response.model());
-    py::list tensors;
-    for (const auto& t : response.manifest().tensors()) tensors.append(TensorSpec(response.manifest(), t));
-    d["tensors"] = tensors;
+  // The model's info, with its tensors, metadata and manifest (serialized).
+  py::object Get(const std::string& ref) {
+    v1::GetModelResponse response = Unlocked([&] { return client_->Get(ref); });
+    py::object d = ToPython(response.model());
+    d["tensors"] = ToPython(response.manifest())["tensors"];
     d["metadata"] = py::bytes(response.manifest().metadata());
     d["manifest"] = py::bytes(response.manifest().SerializeAsString());
     return d;
   }
 
-  py::list List() {
-    absl::StatusOr<v1::ListModelsResponse> list;
-    {
-      py::gil_scoped_release unlocked;
-      list = client_->List();
-    }
-    v1::ListModelsResponse response = Check(std::move(list));
-    py::list out;
-    for (const auto& m : response.models()) out.append(Info(m));
-    return out;
+  py::object List() { return ToPython(Unlocked([&] { return client_->List(); }))["models"]; }
+  std::string Delete(const std::string& ref, bool force) { return Unlocked([&] { return client_->Delete(ref, force); }); }
+  py::object Tag(const std::string& name, const std::string& ref) {
+    return ToPython(Unlocked([&] { return client_->Tag(name, ref); }));
   }
-
-  std::string Delete(const std::string& ref, bool force) {
-    absl::StatusOr<std::string> deleted;
-    {
-      py::gil_scoped_release unlocked;
-      deleted = client_->Delete(ref, force);
-    }
-    return Check(std::move(deleted));
+  py::object Pin(const std::string& ref, bool pinned) {
+    return ToPython(Unlocked([&] { return client_->Pin(ref, pinned); }));
   }
-
-  py::dict Tag(const std::string& name, const std::string& ref) {
-    absl::StatusOr<v1::ModelInfo> info;
-    {
-      py::gil_scoped_release unlocked;
-      info = client_->Tag(name, ref);
-    }
-    return Info(Check(std::move(info)));
-  }
-
-  py::dict Pin(const std::string& ref, bool pinned) {
-    absl::StatusOr<v1::ModelInfo> info;
-    {
-      py::gil_scoped_release unlocked;
-      info = client_->Pin(ref, pinned);
-    }
-    return Info(Check(std::move(info)));
-  }
-
-  py::dict Stats() {
-    absl::StatusOr<v1::GetStatsResponse> got;
-    {
-      py::gil_scoped_release unlocked;
-      got = client_->Stats();
-    }
-    auto s = Check(std::move(got));
-    py::dict d;
-    d["bytes_used"] = s.bytes_used();
-    d["bytes_staging"] = s.bytes_staging();
-    d["host_budget"] = s.host_budget();
-    d["models"] = s.models();
-    d["evictions"] = s.evictions();
-    d["bytes_evicted"] = s.bytes_evicted();
-    d["segment_dir"] = s.segment_dir();
-    d["segment_dir_free"] = s.segment_dir_free();
-    d["huge_pages"] = s.huge_pages();
-    d["version"] = s.version();
-    d["pid"] = s.pid();
-    d["pulls"] = s.pulls();
-    d["bytes_pulled"] = s.bytes_pulled();
-    py::dict requests;
-    for (const auto& [method, count] : s.requests()) requests[py::str(method)] = count;
-    d["requests"] = requests;
-    py::list sessions;
-    for (const auto& session : s.sessions()) {
-      py::dict e;
-      e["id"] = session.id();
-      e["pid"] = session.pid();
-      e["uid"] = session.uid();
-      e["gid"] = session.gid();
-      e["leases"] = session.leases();
-      sessions.append(e);
-    }
-    d["sessions"] = sessions;
-    d["gpu_backend"] = s.gpu_backend();
-    py::list gpus;
-    for (const auto& g : s.gpus()) {
-      py::dict e;
-      e["uuid"] = g.uuid();
-      e["budget"] = g.budget();
-      e["bytes_used"] = g.bytes_used();
-      e["copies"] = g.copies();
-      e["leases"] = g.leases();
-      e["uploads"] = g.uploads();
-      e["evictions"] = g.evictions();
-      e["total_memory"] = g.total_memory();
-      gpus.append(e);
-    }
-    d["gpus"] = gpus;
-    return d;
-  }
-
-  uint64_t SessionId() {
-    absl::StatusOr<uint64_t> id;
-    {
-      py::gil_scoped_release unlocked;
-      id = client_->SessionId();
-    }
-    return Check(std::move(id));
-  }
+  py::object Stats() { return ToPython(Unlocked([&] { return client_->Stats(); })); }
+  uint64_t SessionId() { return Unlocked([&] { return client_->SessionId(); }); }
 
  private:
   std::shared_ptr<Client> client_;
@@ -425,13 +316,21 @@ PYBIND11_MODULE(_zerocopy, m) {
   m.doc() = "zerocopy's C++ client (use the ray_zerocopy package, not this module)";
   m.attr("__version__") = ZEROCOPY_VERSION;
   m.def("default_socket", &DefaultSocketPath, "the socket a client uses when none is given");
+  m.def(
+      "torch_dtypes",
+      [] {
+        std::vector<std::pair<std::string, std::string>> names;
+        for (const auto& [torch_name, dtype] : TorchDTypes()) names.emplace_back(torch_name, v1::DType_Name(dtype));
+        return names;
+      },
+      "[(torch's name of a dtype, its wire name)]: 'float32' -> 'F32', ...");
 
   // The host mapping exposes its bytes read-only through the buffer
   // protocol (memoryview(mapping)); the view keeps the mapping alive.
   BindMapping<Mapping>(m, "Mapping", py::buffer_protocol())
       .def("compute_digest",
            [](const Mapping& self) {
-             py::gil_scoped_release unlocked;
+             py::gil_scoped_release unlocked;  // hashes the whole model
              return self.model()->ComputeDigest();
            })
       .def_buffer([](const Mapping& self) {
@@ -451,7 +350,8 @@ PYBIND11_MODULE(_zerocopy, m) {
       .def_property_readonly("fake", [](const DeviceMapping& self) { return self.model()->fake(); });
 
   py::class_<PyClient, std::shared_ptr<PyClient>>(m, "Client")
-      .def(py::init<const std::string&, double>(), py::arg("socket") = "", py::arg("timeout") = 30.0)
+      .def(py::init<const std::string&>(), py::arg("socket") = "",
+           "this process's client for `socket` (default: $ZEROCOPY_SOCKET, then the daemon's default)")
       .def_property_readonly("socket", &PyClient::socket)
       .def("publish", &PyClient::Publish, py::arg("storages"), py::arg("tensors"), py::arg("metadata") = py::bytes(),
            py::arg("format") = "torch", py::arg("name") = "", py::arg("pin") = false)

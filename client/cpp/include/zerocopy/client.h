@@ -51,9 +51,10 @@ class Client : public std::enable_shared_from_this<Client> {
   // Connects (lazily: the first call opens the channel). Never fails for
   // a missing daemon; calls then return UNAVAILABLE.
   static std::shared_ptr<Client> Create(ClientOptions options = {});
-  // One client per process for the default options; a forked child gets
-  // its own.
+  // One client per process for the default options (or per socket, with
+  // `socket`; "" is the default); a forked child gets its own.
   static std::shared_ptr<Client> ForThisProcess();
+  static std::shared_ptr<Client> ForThisProcess(const std::string& socket);
   ~Client();
 
   const std::string& socket() const;
@@ -86,6 +87,10 @@ class Client : public std::enable_shared_from_this<Client> {
   // FAILED_PRECONDITION (the daemon sees no such GPU), RESOURCE_EXHAUSTED
   // (the GPU's budget), NOT_FOUND (this process does not see the GPU).
   absl::StatusOr<std::shared_ptr<DeviceModel>> MapDevice(const std::string& ref, const std::string& gpu_uuid);
+  // The same on this process's GPU `ordinal` (cuda:N, or the N-th of
+  // $ZEROCOPY_FAKE_GPUS). FAILED_PRECONDITION, naming it, for an ordinal
+  // this process does not see.
+  absl::StatusOr<std::shared_ptr<DeviceModel>> MapDevice(const std::string& ref, int ordinal);
 
   absl::StatusOr<v1::ListModelsResponse> List();
   absl::StatusOr<std::string> Delete(const std::string& ref, bool force = false);

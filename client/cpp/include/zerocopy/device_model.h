@@ -30,9 +30,8 @@
 #include <unordered_map>
 
 #include "absl/status/statusor.h"
+#include "zerocopy/model_view.h"
 #include "zerocopy/v1/model_store.pb.h"
-
-struct DLManagedTensor;
 
 namespace zerocopy {
 
@@ -43,46 +42,36 @@ struct DeviceTensorView {
 
 class DeviceImport;  // the opened handle, shared within the process
 
-class DeviceModel : public std::enable_shared_from_this<DeviceModel> {
+class DeviceModel final : public ModelView {
  public:
   // Opens the copy described by `device` (from GetModel) in this process.
-  // `on_release` runs after the handle reference is dropped. Errors:
+  // `on_release` runs after the handle reference is dropped, or before Open
+  // returns an error. Errors:
   // INVALID_ARGUMENT (manifest, handle), NOT_FOUND (this process does not
   // see the GPU), FAILED_PRECONDITION/INTERNAL (CUDA refused the handle),
   // UNIMPLEMENTED (built without CUDA).
   static absl::StatusOr<std::shared_ptr<DeviceModel>> Open(v1::ModelInfo info, v1::Manifest manifest,
                                                            const v1::DeviceCopy& device,
                                                            std::function<void()> on_release = nullptr);
-  ~DeviceModel();
 
-  const v1::ModelInfo& info() const { return info_; }
-  const std::string& digest() const { return info_.digest(); }
-  const v1::Manifest& manifest() const { return manifest_; }
   const std::string& gpu_uuid() const { return gpu_uuid_; }
   int device_ordinal() const;   // this process's ordinal of the GPU
   bool fake() const;            // a test backend's copy (host memory)
   void* data() const;           // device address of the copy
-  uint64_t size() const { return manifest_.total_size(); }
 
-  size_t tensor_count() const { return static_cast<size_t>(manifest_.tensors_size()); }
   DeviceTensorView tensor(size_t index) const;
   // Errors: NOT_FOUND.
   absl::StatusOr<DeviceTensorView> Find(const std::string& name) const;
-
-  // DLPack tensors (kDLCUDA on this process's ordinal; kDLCPU for a fake
-  // copy) that keep this model alive. Errors: OUT_OF_RANGE, UNIMPLEMENTED
-  // (dtype).
-  absl::StatusOr<DLManagedTensor*> ToDLPack(size_t index);
-  absl::StatusOr<DLManagedTensor*> StorageToDLPack(size_t index);
+  // DLPack exports (ModelView) are kDLCUDA on this process's ordinal;
+  // kDLCPU for a fake copy.
 
  private:
   DeviceModel() = default;
-  v1::ModelInfo info_;
-  v1::Manifest manifest_;
+  uint8_t* base() const override { return static_cast<uint8_t*>(data()); }
+  DLDevice dl_device() const override;
+
   std::string gpu_uuid_;
-  std::shared_ptr<DeviceImport> import_;
-  std::unordered_map<std::string, size_t> by_name_;
-  std::function<void()> on_release_;
+  std::shared_ptr<DeviceImport> import_;  // dropped before ModelView's destructor gives the lease back
 };
 
 // This process's ordinal of GPU `uuid`, and the UUID of ordinal `ordinal`
