@@ -323,6 +323,16 @@ class Bench:
                     out[c]["health"] = json.loads(p.stdout)
         return out
 
+    def first_map(self, digest):
+        """The first Map of a fresh C++ process, step by step (a new process
+        each time), and a second Map in the same process."""
+        runs = []
+        for _ in range(5 * self.args.repeats):
+            p = subprocess.run([str(self.build / "bench/zerocopy_bench"), "firstmap", "--socket", self.daemon.socket,
+                                "--model", digest], capture_output=True, text=True, check=True)
+            runs.append(json.loads(p.stdout))
+        return {k: summary([run[k] / 1000 for run in runs]) for k in runs[0] if k.endswith("_ms")}
+
     # -- 6. GPU ---------------------------------------------------------------------
 
     def gpu(self, mib, files):
@@ -382,6 +392,7 @@ class Bench:
                          lambda: {"mib": mib, "results": self.first_forward(mib, files, digest)}),
                         ("publish", "publish", lambda: {"mib": mib, "results": self.publish(mib, model, files, nbytes)}),
                         ("getmodel", "GetModel", lambda: self.getmodel(digest)),
+                        ("first_map", "first Map in a fresh process", lambda: self.first_map(digest)),
                         ("gpu", "GPU", lambda: self.gpu(mib, files)),
                         ("memory", "memory", lambda: {"mib": mib, "results": self.memory(mib, files)})):
                     log(f"bench: {label}")

@@ -164,6 +164,18 @@ def markdown(r):
                          f"{v['errors']} | {h.get('calls_per_s', 0):,.0f} | {h.get('p50_us', 0):.0f} µs | "
                          f"{h.get('p99_us', 0):.0f} µs |")
         lines.append("")
+    if "first_map" in r:
+        fm = r["first_map"]
+        lines += ["### The first Map of a fresh process (C++ client), step by step", "",
+                  "| step | median | min | max |", "|---|---|---|---|"]
+        for key, label in (("create_ms", "Client::Create"), ("session_ms", "channel + Session stream + Hello"),
+                           ("map_ms", "GetModel with its lease + mmap"), ("first_total_ms", "first Map, in all"),
+                           ("second_map_ms", "a second Map, same process")):
+            if key in fm:
+                v = fm[key]
+                lines.append(f"| {label} | {v['median'] * 1000:.2f} ms | {v['min'] * 1000:.2f} ms | "
+                             f"{v['max'] * 1000:.2f} ms |")
+        lines.append("")
     lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
     lines += across_nodes_lines(r.get("across_nodes"))
     if r.get("errors"):

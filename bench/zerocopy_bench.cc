@@ -12,6 +12,11 @@
 //       publish does, without hashing): page faults included.
 //   zerocopy_bench xxh3 --bytes B [--threads K] [--repeats R]
 //       the digest's leaf hashes (XXH3-128 per 4 MiB chunk) over B bytes.
+//   zerocopy_bench firstmap --socket S --model REF
+//       what the first Map of a fresh process costs, step by step (run it
+//       in a fresh process each time): the client made, the session (the
+//       channel, the Session stream and its Hello), GetModel with its lease
+//       and the mmap; then a second Map of the same model.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -119,6 +124,30 @@ int GetModel(const std::map<std::string, std::string>& f) {
   });
 }
 
+int FirstMap(const std::map<std::string, std::string>& f) {
+  const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+  auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  const auto t0 = Clock::now();
+  zerocopy::ClientOptions options;
+  options.socket = socket;
+  auto client = zerocopy::Client::Create(options);
+  const auto t1 = Clock::now();
+  auto session = client->SessionId();
+  const auto t2 = Clock::now();
+  auto first = client->Map(model);
+  const auto t3 = Clock::now();
+  auto second = client->Map(model);
+  const auto t4 = Clock::now();
+  if (!session.ok() || !first.ok() || !second.ok()) {
+    std::fprintf(stderr, "firstmap: %s\n", (!session.ok() ? session.status() : first.status()).ToString().c_str());
+    return 1;
+  }
+  std::printf("{\"mode\": \"firstmap\", \"create_ms\": %.3f, \"session_ms\": %.3f, \"map_ms\": %.3f, "
+              "\"first_total_ms\": %.3f, \"second_map_ms\": %.3f}\n",
+              ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t0, t3), ms(t3, t4));
+  return 0;
+}
+
 int Health(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket");
   return RoundTrips("health", f, [&]() -> CallFn {
@@ -201,13 +230,14 @@ int Xxh3(const std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s getmodel|health|memcpy|xxh3 [--flag value ...]  (see the source's header)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s getmodel|health|memcpy|xxh3|firstmap [--flag value ...]  (see the source's header)\n", argv[0]);
     return 2;
   }
   std::string mode = argv[1];
   auto flags = Flags(argc, argv);
   if (mode == "getmodel") return GetModel(flags);
   if (mode == "health") return Health(flags);
+  if (mode == "firstmap") return FirstMap(flags);
   if (mode == "memcpy") return Memcpy(flags);
   if (mode == "xxh3") return Xxh3(flags);
   std::fprintf(stderr, "unknown mode %s\n", mode.c_str());

@@ -2,12 +2,15 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "commands.h"
@@ -51,11 +54,30 @@ void PrintInfoLine(const v1::ModelInfo& m) {
               m.has_publisher_uid() ? std::to_string(m.publisher_uid()).c_str() : "-", OriginText(m.origin()).c_str());
 }
 
-absl::StatusOr<Checkpoint> ReadAny(const std::string& path, CheckpointFormat format) {
+// The program that reads TorchScript archives: this one built with
+// LibTorch, installed next to this one.
+constexpr char kTorchScriptProgram[] = "zerocopy-torchscript";
+
+absl::StatusOr<Checkpoint> ReadAny(const Globals& g, const std::string& path, CheckpointFormat format) {
 #if ZEROCOPY_HAVE_TORCH
   return ReadCheckpoint(path, format);
 #else
-  return ReadNativeCheckpoint(path, format);
+  if (format != CheckpointFormat::kTorchScript) return ReadNativeCheckpoint(path, format);
+  // This program does not load LibTorch (every other format starts without
+  // it): the one that does takes over, with the same arguments.
+  char self[PATH_MAX];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  std::string program = kTorchScriptProgram;
+  if (n > 0) {
+    std::string dir(self, static_cast<size_t>(n));
+    program = dir.substr(0, dir.rfind('/') + 1) + kTorchScriptProgram;
+    std::fflush(nullptr);
+    ::execv(program.c_str(), g.argv);  // returns only if it could not run
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      path, " is a TorchScript archive, which takes LibTorch to read: ", program, " (this program built with "
+      "LibTorch, ZEROCOPY_WITH_TORCH) is not installed next to this zerocopy: ", std::strerror(errno),
+      ". Every other format (safetensors, torch.save) needs no LibTorch."));
 #endif
 }
 
@@ -63,7 +85,7 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
   absl::StatusOr<CheckpointFormat> format =
       format_name == "auto" ? DetectCheckpointFormat(path) : ParseCheckpointFormat(format_name);
   if (!format.ok()) return Fail(g, format.status());
-  auto checkpoint = ReadAny(path, *format);
+  auto checkpoint = ReadAny(g, path, *format);
   if (!checkpoint.ok()) return Fail(g, checkpoint.status());
   const ModelSource& source = checkpoint->source;
   Progress progress(!g.json && ::isatty(2));

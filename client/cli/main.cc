@@ -7,6 +7,7 @@
 
 int main(int argc, char** argv) {
   zerocopy::cli::Globals globals;
+  globals.argv = argv;
   CLI::App app{"zerocopy: preload, list, inspect and remove the models that zerocopyd shares on this node"};
   app.require_subcommand(1);
   app.fallthrough();  // --json and --socket also after the command

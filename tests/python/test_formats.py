@@ -5,6 +5,8 @@ error, a non-zero exit, and nothing published."""
 import json
 import os
 import pickle
+import shutil
+import subprocess
 import struct
 import zipfile
 
@@ -186,6 +188,27 @@ def test_torchscript_archive_loads_in_python_like_torch_jit_load(daemon, tmp_pat
     segment = info["segment_path"]
     for name, p in list(loaded.named_parameters()) + list(loaded.named_buffers()):
         assert mapped_file(p.data_ptr()) == segment, name
+
+
+def test_the_cli_loads_no_libtorch_and_hands_torchscript_to_its_twin(daemon, tmp_path):
+    # `zerocopy` starts without LibTorch (every preload used to pay for it);
+    # a TorchScript archive is read by zerocopy-torchscript next to it
+    # (test above). Without the twin, the error says what is missing.
+    linked = subprocess.run(["ldd", daemon.cli], capture_output=True, text=True, check=True).stdout
+    assert "libtorch" not in linked and "libc10" not in linked, linked
+    twin = os.path.join(os.path.dirname(daemon.cli), "zerocopy-torchscript")
+    if os.path.exists(twin):  # built with LibTorch (not the sanitizer builds)
+        assert "libtorch_cpu" in subprocess.run(["ldd", twin], capture_output=True, text=True, check=True).stdout
+    lonely = tmp_path / "bin" / "zerocopy"
+    lonely.parent.mkdir()
+    shutil.copy(daemon.cli, lonely)
+    archive = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(make_net()), str(archive))
+    before = models(daemon)
+    r = subprocess.run([str(lonely), "--socket", daemon.socket, "preload", str(archive)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "zerocopy-torchscript" in r.stderr and "LibTorch" in r.stderr, r.stderr
+    assert models(daemon) == before
 
 
 def mapped_file(address):

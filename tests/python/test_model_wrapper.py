@@ -279,3 +279,23 @@ def test_a_model_of_10000_tensors_loads_each_one(daemon):
     print(f"\nload of 10,000 tensors: {seconds * 1000:.1f} ms, {seconds / 10000 * 1e6:.1f} us per tensor")
     assert [float(getattr(loaded, f"t{i}")[3]) for i in range(10000)] == [float(i) for i in range(10000)]
     assert len(list(loaded.buffers())) == 10000
+
+
+def test_a_first_load_in_a_fresh_process_makes_one_session_and_one_get(daemon, tmp_path):
+    # A guard on the round trips of the path users wait on (not a timing):
+    # a fresh process loading a wrapper opens its session and asks for the
+    # model once; anything more is a cost added to every first load.
+    wrapper = ModelWrapper.from_model(models.Pipeline())
+    path = tmp_path / "wrapper.pkl"
+    path.write_bytes(pickle.dumps(wrapper))
+    before = ray_zerocopy._native.client().stats()["requests"]
+    child = run_python("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()).load()", str(path))
+    assert child.returncode == 0, child.stderr
+    after = ray_zerocopy._native.client().stats()["requests"]
+    made = {m: after.get(m, 0) - before.get(m, 0) for m in after if after.get(m, 0) != before.get(m, 0)}
+    made["GetStats"] = made.get("GetStats", 0) - 1  # ours, above
+    made = {m: n for m, n in made.items() if n}
+    models_in_it = len({info["digest"] for info in wrapper._model_info.values()})  # each distinct model once
+    # At its exit the process may give its leases back one by one first.
+    assert made.pop("ReleaseModel", 0) <= models_in_it
+    assert made == {"Session": 1, "GetModel": models_in_it}
