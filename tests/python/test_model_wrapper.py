@@ -289,7 +289,10 @@ def test_a_first_load_in_a_fresh_process_makes_one_session_and_one_get(daemon, t
     path = tmp_path / "wrapper.pkl"
     path.write_bytes(pickle.dumps(wrapper))
     before = ray_zerocopy._native.client().stats()["requests"]
-    child = run_python("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()).load()", str(path))
+    # The load maps the models from their files at once; their leases follow
+    # in the background: wait for them before counting.
+    child = run_python("import pickle, sys, ray_zerocopy; pickle.loads(open(sys.argv[1], 'rb').read()).load(); "
+                       "ray_zerocopy._native.client().wait_for_leases()", str(path))
     assert child.returncode == 0, child.stderr
     after = ray_zerocopy._native.client().stats()["requests"]
     made = {m: after.get(m, 0) - before.get(m, 0) for m in after if after.get(m, 0) != before.get(m, 0)}

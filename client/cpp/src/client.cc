@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 
@@ -38,6 +40,14 @@ bool IsUnknownSession(const absl::Status& status) {
 
 }  // namespace
 
+// A lease MapSegment asked for in the background, and what became of it.
+struct BackgroundLease {
+  absl::Mutex mu;
+  enum class Stage { kAsked, kHeld, kRefused } stage ABSL_GUARDED_BY(mu) = Stage::kAsked;
+  uint64_t session_id ABSL_GUARDED_BY(mu) = 0;
+  bool dropped ABSL_GUARDED_BY(mu) = false;  // the mapping went before the answer came
+};
+
 struct Client::Impl {
   ClientOptions options;
   pid_t pid = ::getpid();
@@ -48,6 +58,14 @@ struct Client::Impl {
   std::unique_ptr<grpc::ClientContext> session_ctx ABSL_GUARDED_BY(mu);
   std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> session ABSL_GUARDED_BY(mu);
   uint64_t session_id ABSL_GUARDED_BY(mu) = 0;
+
+  // MapSegment's leases, asked for off the caller's path by one thread
+  // (started on first use, joined by ~Client).
+  absl::Mutex lease_mu;
+  std::deque<std::pair<std::string, std::shared_ptr<BackgroundLease>>> pending ABSL_GUARDED_BY(lease_mu);
+  int asking ABSL_GUARDED_BY(lease_mu) = 0;
+  bool stopping ABSL_GUARDED_BY(lease_mu) = false;
+  std::thread lease_thread;  // under lease_mu
 
   absl::Status CheckProcess() const {
     if (::getpid() != pid) {
@@ -138,6 +156,11 @@ Client::~Client() {
     (void)impl_.release();
     return;
   }
+  {
+    absl::MutexLock lock(&impl_->lease_mu);
+    impl_->stopping = true;
+  }
+  if (impl_->lease_thread.joinable()) impl_->lease_thread.join();
   absl::MutexLock lock(&impl_->mu);
   impl_->CloseSession();
 }
@@ -362,6 +385,159 @@ std::function<void()> Client::Releaser(uint64_t session_id, std::string digest, 
     self->impl_->Prepare(&ctx, std::chrono::milliseconds(2000));
     (*stub)->ReleaseModel(&ctx, request, &response);  // best effort: the session end releases it anyway
   };
+}
+
+namespace {
+
+// The daemon's committed model `digest` read straight from `segment_path`
+// (<dir>/<digest>.seg, with <dir>/<digest>.manifest beside it): its record,
+// once the directory and both files prove to be `daemon_uid`'s and
+// writable by nobody (so that their bytes are the ones the daemon hashed
+// and sealed). NOT_FOUND when a file is missing; FAILED_PRECONDITION when
+// something is not provably the daemon's.
+absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, const std::string& segment_path,
+                                                 uid_t daemon_uid) {
+  const std::string name = digest + ".seg";
+  const size_t slash = segment_path.rfind('/');
+  if (!IsDigest(digest) || slash == std::string::npos || segment_path.compare(slash + 1, std::string::npos, name) != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(segment_path, " is not the segment of ", digest));
+  }
+  const std::string dir = segment_path.substr(0, slash);
+  UniqueFd dir_fd(::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir_fd) return ErrnoStatus(errno, absl::StrCat("open ", dir));
+  auto owned = [&](int fd, mode_t forbidden, const std::string& what) -> absl::Status {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", what));
+    if (st.st_uid != daemon_uid || (st.st_mode & forbidden) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(what, " is not sealed by zerocopyd's user ", daemon_uid));
+    }
+    return absl::OkStatus();
+  };
+  ZC_RETURN_IF_ERROR(owned(dir_fd.get(), S_IWGRP | S_IWOTH, dir));
+  UniqueFd segment(::openat(dir_fd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!segment) return ErrnoStatus(errno, absl::StrCat("open ", segment_path));
+  ZC_RETURN_IF_ERROR(owned(segment.get(), S_IWUSR | S_IWGRP | S_IWOTH, segment_path));
+  UniqueFd manifest(::openat(dir_fd.get(), (digest + ".manifest").c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!manifest) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", digest, ".manifest"));
+  ZC_RETURN_IF_ERROR(owned(manifest.get(), S_IWUSR | S_IWGRP | S_IWOTH, digest + ".manifest"));
+  std::string bytes;
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(manifest.get(), buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, absl::StrCat("read ", digest, ".manifest"));
+    if (n == 0) break;
+    bytes.append(buffer, static_cast<size_t>(n));
+    if (bytes.size() > static_cast<size_t>(kMaxMessage)) return absl::FailedPreconditionError("manifest too large");
+  }
+  v1::ModelRecord record;
+  if (!record.ParseFromString(bytes) || record.digest() != digest) {
+    return absl::FailedPreconditionError(absl::StrCat(digest, ".manifest does not hold model ", digest));
+  }
+  return record;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<MappedModel>> Client::MapSegment(const std::string& digest,
+                                                                const std::string& segment_path,
+                                                                const MapOptions& options) {
+  ZC_RETURN_IF_ERROR(impl_->CheckProcess());
+  struct stat socket_st;
+  if (::stat(impl_->options.socket.c_str(), &socket_st) != 0) return Map(digest, options);  // Map says why
+  auto record = ReadSealedRecord(digest, segment_path, socket_st.st_uid);
+  if (!record.ok()) return Map(digest, options);  // not here (another node, evicted) or not provably the daemon's
+  v1::ModelInfo info;
+  info.set_digest(digest);
+  info.set_size(record->manifest().total_size());
+  info.set_tensor_count(static_cast<uint32_t>(record->manifest().tensors_size()));
+  info.set_storage_count(static_cast<uint32_t>(record->manifest().storages_size()));
+  info.set_segment_path(segment_path);
+  info.set_format(record->manifest().format());
+  info.set_created_unix_ms(record->created_unix_ms());
+  *info.mutable_origin() = record->origin();
+  if (record->has_publisher_uid()) info.set_publisher_uid(record->publisher_uid());
+  if (record->has_publisher_gid()) info.set_publisher_gid(record->publisher_gid());
+  auto lease = std::make_shared<BackgroundLease>();
+  std::shared_ptr<Client> self = shared_from_this();
+  auto release = [self, lease, digest] {
+    uint64_t session_id;
+    {
+      absl::MutexLock lock(&lease->mu);
+      if (lease->stage == BackgroundLease::Stage::kAsked) {
+        lease->dropped = true;  // the lease thread gives it back when it comes
+        return;
+      }
+      if (lease->stage != BackgroundLease::Stage::kHeld) return;
+      session_id = lease->session_id;
+    }
+    self->Releaser(session_id, digest, "")();
+  };
+  auto mapped = MappedModel::Open(segment_path, std::move(info), std::move(*record->mutable_manifest()), options,
+                                  std::move(release));
+  if (!mapped.ok()) {
+    {
+      absl::MutexLock lock(&lease->mu);
+      lease->stage = BackgroundLease::Stage::kRefused;  // never asked
+    }
+    return Map(digest, options);
+  }
+  absl::MutexLock lock(&impl_->lease_mu);
+  impl_->pending.emplace_back(digest, std::move(lease));
+  if (!impl_->lease_thread.joinable()) impl_->lease_thread = std::thread([this] { LeaseLoop(); });
+  return mapped;
+}
+
+void Client::LeaseLoop() {
+  Impl& impl = *impl_;
+  for (;;) {
+    std::pair<std::string, std::shared_ptr<BackgroundLease>> job;
+    {
+      absl::MutexLock lock(&impl.lease_mu);
+      impl.lease_mu.Await(absl::Condition(
+          +[](Impl* i) ABSL_NO_THREAD_SAFETY_ANALYSIS { return !i->pending.empty() || i->stopping; }, &impl));
+      if (impl.pending.empty()) return;  // stopping
+      job = std::move(impl.pending.front());
+      impl.pending.pop_front();
+      ++impl.asking;
+    }
+    auto& [digest, lease] = job;
+    bool wanted;
+    {
+      absl::MutexLock lock(&lease->mu);
+      wanted = !lease->dropped;
+      if (!wanted) lease->stage = BackgroundLease::Stage::kRefused;
+    }
+    if (wanted) {
+      v1::GetModelRequest request;
+      request.mutable_model()->set_ref(digest);
+      request.set_lease(true);
+      uint64_t session_id = 0;
+      absl::StatusOr<v1::GetModelResponse> response;
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        response = GetOnSession(request, impl.options.timeout, &session_id);
+        if (!IsUnknownSession(response.status())) break;
+      }
+      bool give_back = false;
+      {
+        absl::MutexLock lock(&lease->mu);
+        // Refused (evicted or deleted meanwhile): the mapping stays valid,
+        // unleased.
+        lease->stage = response.ok() ? BackgroundLease::Stage::kHeld : BackgroundLease::Stage::kRefused;
+        lease->session_id = session_id;
+        give_back = response.ok() && lease->dropped;
+      }
+      if (give_back) Releaser(session_id, digest, "")();
+    }
+    absl::MutexLock lock(&impl.lease_mu);
+    --impl.asking;
+  }
+}
+
+void Client::WaitForLeases() {
+  absl::MutexLock lock(&impl_->lease_mu);
+  impl_->lease_mu.Await(absl::Condition(
+      +[](Impl* i) ABSL_NO_THREAD_SAFETY_ANALYSIS { return i->pending.empty() && i->asking == 0; }, impl_.get()));
 }
 
 absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref, const MapOptions& options) {

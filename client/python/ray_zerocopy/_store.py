@@ -138,10 +138,15 @@ def gpu_device(device) -> torch.device | None:
     return device
 
 
-def _map(ref: str, socket, read_only=False, populate=False, device=None):
-    """The host mapping, or the shared device copy on a CUDA `device`."""
+def _map(ref: str, socket, read_only=False, populate=False, device=None, segment_path=None):
+    """The host mapping, or the shared device copy on a CUDA `device`. With
+    the `segment_path` a digest had (a wrapper records it when publishing),
+    the mapping is made from the daemon's sealed files at once and the lease
+    taken in the background (Client::MapSegment), when they are there."""
     gpu = gpu_device(device)
     if gpu is None:
+        if segment_path and _DIGEST.fullmatch(ref):
+            return _native.client(socket).map_segment(ref, segment_path, read_only=read_only, populate=populate)
         return _native.client(socket).map(ref, read_only=read_only, populate=populate)
     try:
         return _native.client(socket).map_device(ref, gpu.index)
@@ -187,11 +192,11 @@ def check_publisher(ref: str, info: dict, what: str) -> None:
         f"ZEROCOPY_TRUST_UIDS={uid if uid is not None else 'UID'}", "PERMISSION_DENIED")
 
 
-def load(ref: str, socket: str | None = None, read_only: bool = False, device=None):
+def load(ref: str, socket: str | None = None, read_only: bool = False, device=None, segment_path=None):
     """Maps model `ref` (name or digest) and rebuilds the object published
     with publish(); its tensors are views of the mapping (of the shared
-    device copy for a CUDA `device`)."""
-    mapping = _map(ref, socket, read_only=read_only, device=device)
+    device copy for a CUDA `device`). `segment_path`: see _map."""
+    mapping = _map(ref, socket, read_only=read_only, device=device, segment_path=segment_path)
     metadata = mapping.metadata
     if metadata.startswith(MAGIC):
         check_publisher(ref, mapping.info, "pickled skeleton")
@@ -279,11 +284,11 @@ def publish_jit(module, name: str = "", pin: bool = False, socket: str | None = 
     return _native.client(socket).publish(regions, tensors, JIT_MAGIC + archive.getvalue(), "torchscript", name, pin)
 
 
-def load_jit(ref: str, socket: str | None = None, device=None):
+def load_jit(ref: str, socket: str | None = None, device=None, segment_path=None):
     """Loads a TorchScript model published with publish_jit(): the code from
     the archive, every parameter and buffer a view of the mapping (of the
-    shared device copy for a CUDA `device`)."""
-    mapping = _native.client(socket).map(ref)
+    shared device copy for a CUDA `device`). `segment_path`: see _map."""
+    mapping = _map(ref, socket, segment_path=segment_path)
     metadata = mapping.metadata
     check_publisher(ref, mapping.info, "TorchScript archive")
     if not metadata.startswith(JIT_MAGIC):

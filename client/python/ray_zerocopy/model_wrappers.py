@@ -55,10 +55,12 @@ def _public_methods(obj, method_names=None):
 
 
 def _entry(info: dict, node) -> dict:
-    """A model of a wrapper: its digest, size, tensors, and the Ray node
-    that published it (where other nodes pull it from first; None outside
-    Ray)."""
-    return {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"], "node": node}
+    """A model of a wrapper: its digest, size, tensors, the Ray node that
+    published it (where other nodes pull it from first; None outside Ray),
+    and its segment file there (a load on that node maps it at once, its
+    lease taken in the background)."""
+    return {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"], "node": node,
+            "segment": info.get("segment_path")}
 
 
 class _Base(Generic[T]):
@@ -96,7 +98,7 @@ class _Base(Generic[T]):
             if id(module) not in by_id:
                 by_id[id(module)] = dict(cls._publish_here(module), key=key)
             entry = by_id[id(module)]
-            models[key] = {k: entry[k] for k in ("digest", "bytes", "tensors", "node")}
+            models[key] = {k: entry[k] for k in ("digest", "bytes", "tensors", "node", "segment")}
         pickler_base = _store._pickle_module().Pickler
         # The public methods of each model: what its task-mode stand-in runs.
         model_methods = {key: _public_methods(module) for key, module in found.items()}
@@ -149,7 +151,8 @@ class _Base(Generic[T]):
     def _fetch(self, key: str, device):
         """Model `key`, its weights views of the host mapping (device None)
         or of the shared copy on a CUDA device."""
-        return self._load_one(self._models[key]["digest"], device=device)
+        info = self._models[key]
+        return self._load_one(info["digest"], device=device, segment_path=info.get("segment"))
 
     def _fetch_or_pull(self, key: str, device):
         """_fetch, after pulling the model from another node of the Ray

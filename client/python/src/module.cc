@@ -272,6 +272,17 @@ class PyClient {
     return std::make_shared<Mapping>(Unlocked([&] { return client_->Map(ref, options); }));
   }
 
+  // Model `digest` from its segment file at once, its lease taken in the
+  // background (Client::MapSegment).
+  std::shared_ptr<Mapping> MapSegment(const std::string& digest, const std::string& segment_path, bool read_only,
+                                      bool populate) {
+    MapOptions options;
+    options.read_only = read_only;
+    options.populate = populate;
+    return std::make_shared<Mapping>(Unlocked([&] { return client_->MapSegment(digest, segment_path, options); }));
+  }
+  void WaitForLeases() { Unlocked([&] { client_->WaitForLeases(); }); }
+
   // The model's shared copy on this process's GPU `ordinal`.
   std::shared_ptr<DeviceMapping> MapDevice(const std::string& ref, int ordinal) {
     return std::make_shared<DeviceMapping>(Unlocked([&] { return client_->MapDevice(ref, ordinal); }));
@@ -356,6 +367,9 @@ PYBIND11_MODULE(_zerocopy, m) {
       .def("publish", &PyClient::Publish, py::arg("storages"), py::arg("tensors"), py::arg("metadata") = py::bytes(),
            py::arg("format") = "torch", py::arg("name") = "", py::arg("pin") = false)
       .def("map", &PyClient::Map, py::arg("ref"), py::arg("read_only") = false, py::arg("populate") = false)
+      .def("map_segment", &PyClient::MapSegment, py::arg("digest"), py::arg("segment_path"), py::arg("read_only") = false,
+           py::arg("populate") = false)
+      .def("wait_for_leases", &PyClient::WaitForLeases)
       .def("map_device", &PyClient::MapDevice, py::arg("ref"), py::arg("ordinal"))
       .def("get", &PyClient::Get, py::arg("ref"))
       .def("receive", &PyClient::Receive, py::arg("manifest"), py::arg("digest"))

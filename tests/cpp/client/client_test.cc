@@ -4,6 +4,7 @@
 #include <dlpack/dlpack.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -203,6 +204,52 @@ TEST_CASE("a model made only of empty tensors is published and mapped and verifi
   REQUIRE((*dl)->dl_tensor.ndim == 3);
   REQUIRE((*dl)->dl_tensor.shape[1] == 0);
   (*dl)->deleter(*dl);
+}
+
+TEST_CASE("a model mapped from its segment file at once gets its lease in the background", "[client]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = testing::MakeModel(3, 1024, 43);
+  auto info = d.NewClient()->Publish(model.source);
+  REQUIRE(info.ok());
+  auto leases = [&] { return d.NewClient()->List()->models(0).leases(); };
+  auto client = d.NewClient();
+
+  SECTION("mapped, leased, then given back") {
+    auto mapped = client->MapSegment(info->digest(), info->segment_path());
+    REQUIRE(mapped.ok());
+    CHECK((*mapped)->info().segment_path() == info->segment_path());
+    CHECK((*mapped)->info().names_size() == 0);  // from the files: what they say, no names
+    CHECK(std::memcmp((*mapped)->tensor(2).data, model.buffers[2].data(), 1024 * sizeof(float)) == 0);
+    client->WaitForLeases();
+    CHECK(leases() == 1);
+    mapped = absl::CancelledError("dropped");
+    testing::WaitUntil([&] { return leases() == 0; }, std::chrono::seconds(5));
+    CHECK(leases() == 0);
+  }
+  SECTION("dropped before its lease came: the lease is given back when it does") {
+    { auto mapped = client->MapSegment(info->digest(), info->segment_path()); REQUIRE(mapped.ok()); }
+    client->WaitForLeases();
+    testing::WaitUntil([&] { return leases() == 0; }, std::chrono::seconds(5));
+    CHECK(leases() == 0);
+  }
+  SECTION("files that are not provably the daemon's go through the daemon instead") {
+    // A copy in a directory others may write: refused as a source, so the
+    // mapping is the daemon's own file, leased at once.
+    testing::TempDir dir;
+    ::chmod(dir.path().c_str(), 0777);
+    const std::string copy = dir.path() + "/" + info->digest() + ".seg";
+    REQUIRE(testing::Run({"/bin/cp", info->segment_path(), copy}) == 0);
+    REQUIRE(testing::Run({"/bin/cp", d.segment_dir() + "/" + info->digest() + ".manifest", dir.path()}) == 0);
+    auto mapped = client->MapSegment(info->digest(), copy);
+    REQUIRE(mapped.ok());
+    CHECK((*mapped)->info().segment_path() == info->segment_path());
+    CHECK(leases() == 1);
+    // A path that names another model's file, or nothing: the daemon too.
+    auto other = client->MapSegment(info->digest(), d.segment_dir() + "/" + std::string(32, 'a') + ".seg");
+    REQUIRE(other.ok());
+    CHECK((*other)->info().segment_path() == info->segment_path());
+  }
 }
 
 }  // namespace

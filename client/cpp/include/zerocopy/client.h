@@ -80,6 +80,21 @@ class Client : public std::enable_shared_from_this<Client> {
   // eviction) for as long as the MappedModel lives.
   absl::StatusOr<std::shared_ptr<MappedModel>> Map(const std::string& ref, const MapOptions& options = {});
 
+  // Maps model `digest` straight from its segment file `segment_path` (the
+  // path GetModel gave for it, e.g. when it was published) without waiting
+  // for the daemon: the file and its manifest file are read directly once
+  // they prove to be the daemon's (owned by the owner of the daemon's
+  // socket, in a directory of that owner, writable by nobody else, the
+  // manifest's digest the one asked for), and the lease is taken in the
+  // background. Until the daemon grants it (one round trip later) an
+  // eviction may remove the file: the mapping stays valid, its memory
+  // counted outside the host budget until it is unmapped (SECURITY.md).
+  // Falls back to Map(digest) whenever the file is not there or not
+  // provably the daemon's. The mapping's info() holds what the files say
+  // (no names, no lease count).
+  absl::StatusOr<std::shared_ptr<MappedModel>> MapSegment(const std::string& digest, const std::string& segment_path,
+                                                          const MapOptions& options = {});
+
   // Opens the model's shared device copy on GPU `gpu_uuid` (the daemon
   // makes it on first use), leased for as long as the DeviceModel and its
   // tensors live. See device_model.h. Errors: as Map, plus UNIMPLEMENTED
@@ -99,6 +114,9 @@ class Client : public std::enable_shared_from_this<Client> {
   absl::StatusOr<v1::GetStatsResponse> Stats();
   // The session id of this process (opening the Session stream if needed).
   absl::StatusOr<uint64_t> SessionId();
+  // Waits until every lease MapSegment asked for in the background has been
+  // granted or refused (tests, and callers about to rely on it).
+  void WaitForLeases();
 
  private:
   struct Impl;
@@ -112,6 +130,8 @@ class Client : public std::enable_shared_from_this<Client> {
   // Releases the session's lease on `digest` (its device copy on
   // `gpu_uuid`, if given), best effort: the session's end releases it anyway.
   std::function<void()> Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid);
+  // The thread that asks for MapSegment's leases, one after another.
+  void LeaseLoop();
   // CommitModel of a staging segment of `size` bytes (the deadline allows
   // for the daemon's rehash), and AbortModel (best effort).
   absl::StatusOr<v1::ModelInfo> CommitStaging(const std::string& staging_id, const std::string& digest, uint64_t size,
