@@ -54,13 +54,14 @@ def _public_methods(obj, method_names=None):
     return names
 
 
-def _entry(info: dict, node) -> dict:
+def _entry(info: dict, node, socket=None) -> dict:
     """A model of a wrapper: its digest, size, tensors, the Ray node that
     published it (where other nodes pull it from first; None outside Ray),
-    and its segment file there (a load on that node maps it at once, its
-    lease taken in the background)."""
+    and its segment file in the daemon at `socket` that holds it: a load
+    through that same socket maps the file at once, its lease taken in the
+    background."""
     return {"digest": info["digest"], "bytes": info["size"], "tensors": info["tensor_count"], "node": node,
-            "segment": info.get("segment_path")}
+            "segment": (socket, info["segment_path"]) if socket and info.get("segment_path") else None}
 
 
 class _Base(Generic[T]):
@@ -120,7 +121,7 @@ class _Base(Generic[T]):
         """Publishes `module` to this node's daemon; a driver whose machine
         runs none (ray://) publishes through a Ray task on a cluster node."""
         try:
-            return _entry(cls._publish(module), _cluster.node_id())
+            return _entry(cls._publish(module), _cluster.node_id(), _native.client().socket)
         except DaemonUnavailableError as e:
             remote = _cluster.publish_remote(cls._publish, module)
             if remote is None:
@@ -152,7 +153,12 @@ class _Base(Generic[T]):
         """Model `key`, its weights views of the host mapping (device None)
         or of the shared copy on a CUDA device."""
         info = self._models[key]
-        return self._load_one(info["digest"], device=device, segment_path=info.get("segment"))
+        # The segment file only where it is this process's daemon's: another
+        # daemon (another node's, or a second one here) may hold a file of
+        # that name that it never leased to us.
+        segment = info.get("segment")
+        path = segment[1] if segment and segment[0] == _native.client().socket else None
+        return self._load_one(info["digest"], device=device, segment_path=path)
 
     def _fetch_or_pull(self, key: str, device):
         """_fetch, after pulling the model from another node of the Ray
@@ -304,7 +310,7 @@ class ModelWrapper(_Base[T]):
         give `model`: a factory that builds the module (e.g. on the meta
         device); load() then assigns the mapped tensors to it."""
         info = _native.client().get(name)
-        wrapper = cls({"": _entry(info, _cluster.node_id())}, None, mode)
+        wrapper = cls({"": _entry(info, _cluster.node_id(), _native.client().socket)}, None, mode)
         if model is None and info["metadata"].startswith(_store.MAGIC):
             _store.check_publisher(name, info, "pickled skeleton")  # the wrapper loads it by digest from now on
         elif model is None:
@@ -339,4 +345,4 @@ class JITModelWrapper(_Base[T]):
         if not info["metadata"].startswith(_store.JIT_MAGIC):
             raise ValueError(f"model {name!r} is not a TorchScript model ({info['format']})")
         _store.check_publisher(name, info, "TorchScript archive")
-        return cls({"": _entry(info, _cluster.node_id())}, None, mode)
+        return cls({"": _entry(info, _cluster.node_id(), _native.client().socket)}, None, mode)
