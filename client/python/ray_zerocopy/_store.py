@@ -205,6 +205,9 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
             f"model {mapping.digest} ({mapping.format}) holds weights only, no Python object: load it with "
             "ray_zerocopy.load_state_dict(), or ModelWrapper.from_store(name, model=factory)", "INVALID_ARGUMENT")
     cache: dict = {}
+    # Tensors over our storages need none of what torch's rebuild probes for
+    # per tensor (a fake mode, under which it rebuilds as torch does).
+    fast = torch._guards.detect_fake_mode(None) is None
 
     class Unpickler(pickle.Unpickler):
         def persistent_load(self, pid):
@@ -216,7 +219,25 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
             untyped = cache[index]
             return torch.storage.TypedStorage(wrap_storage=untyped, dtype=_TORCH_DTYPES[code], _internal=True)
 
+        def find_class(self, module, name):
+            if fast and module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return _rebuild_mapped_tensor
+            return super().find_class(module, name)
+
     return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()
+
+
+def _rebuild_mapped_tensor(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    """torch._utils._rebuild_tensor_v2 for a tensor over a mapped storage:
+    the same tensor, without its per-tensor probe for a fake mode (load
+    checks once)."""
+    t = torch.empty((0,), dtype=storage.dtype, device=storage._untyped_storage.device)
+    t.set_(storage._untyped_storage, storage_offset, size, stride)
+    t.requires_grad = requires_grad
+    if metadata:
+        torch._utils.set_tensor_metadata(t, metadata)
+    t._backward_hooks = backward_hooks  # as torch: for backwards compatibility, an empty OrderedDict
+    return t
 
 
 def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False,
