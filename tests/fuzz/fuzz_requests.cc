@@ -171,7 +171,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     get.mutable_model()->set_ref(m.digest());
     auto got = r.Get(get, f->peer);
     if (!got.ok()) __builtin_trap();
-    for (const auto& t : got->manifest().tensors()) {
+    for (const auto& t : got->response.manifest().tensors()) {
       auto extent = zerocopy::TensorExtent(t);
       if (!extent.ok() || *extent != 0) __builtin_trap();
     }
