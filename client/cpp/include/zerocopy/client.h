@@ -91,7 +91,8 @@ class Client : public std::enable_shared_from_this<Client> {
   // counted outside the host budget until it is unmapped (SECURITY.md).
   // Falls back to Map(digest) whenever the file is not there or not
   // provably the daemon's. The mapping's info() holds what the files say
-  // (no names, no lease count).
+  // (no names, no lease count). Errors: those of Map (from the fallback);
+  // FAILED_PRECONDITION in a forked child.
   absl::StatusOr<std::shared_ptr<MappedModel>> MapSegment(const std::string& digest, const std::string& segment_path,
                                                           const MapOptions& options = {});
 
