@@ -242,6 +242,28 @@ class Bench:
                 self.results.setdefault("errors", {})[f"{label} {mib} MiB"] = str(e)[-2000:]
         return {k: summary(v) for k, v in out.items()}
 
+    def jit_load(self):
+        """A TorchScript model with control flow (bench_model.Gated, ~4 MiB)
+        in a fresh process: JITModelWrapper.load() against torch.jit.load of
+        its file (from the page cache)."""
+        import bench_model
+        import ray_zerocopy
+        import torch
+        module = bench_model.scripted()
+        path = self.tmp / "gated.pt"
+        torch.jit.save(module, str(path))
+        wrapper = self.tmp / "gated-wrapper.pkl"
+        wrapper.write_bytes(pickle.dumps(ray_zerocopy.JITActorWrapper(module)))
+        r = 3 * self.args.repeats
+        ours = [self.worker("jit-ours", wrapper) for _ in range(r)]
+        theirs = [self.worker("jit-torch", path) for _ in range(r)]
+        if {x["output_sum"] for x in ours} != {x["output_sum"] for x in theirs}:
+            raise RuntimeError("the two loads give different outputs")
+        res = {"ours JITActorWrapper.load()": summary([x["seconds"] for x in ours]),
+               "torch.jit.load(file)": summary([x["seconds"] for x in theirs])}
+        res["ratio"] = res["ours JITActorWrapper.load()"]["median"] / res["torch.jit.load(file)"]["median"]
+        return res
+
     # -- 2. memory -------------------------------------------------------------
 
     def memory(self, mib, files):
@@ -398,6 +420,7 @@ class Bench:
                         ("publish", "publish", lambda: {"mib": mib, "results": self.publish(mib, model, files, nbytes)}),
                         ("getmodel", "GetModel", lambda: self.getmodel(digest)),
                         ("first_map", "first Map in a fresh process", lambda: self.first_map(digest)),
+                        ("jit_load", "TorchScript load", self.jit_load),
                         ("gpu", "GPU", lambda: self.gpu(mib, files)),
                         ("memory", "memory", lambda: {"mib": mib, "results": self.memory(mib, files)})):
                     log(f"bench: {label}")

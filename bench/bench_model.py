@@ -61,5 +61,30 @@ def factory(mib: int):
     return lambda: build(mib, device="meta")
 
 
+class Gated(nn.Module):
+    """A small TorchScript model with control flow (a loop and a branch on
+    the data): what a JIT load in a fresh process is measured on."""
+
+    def __init__(self, hidden: int = 512, layers: int = 4):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.gate = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        for layer in self.layers:
+            y = torch.relu(layer(x))
+            if bool(self.gate(y).mean() > 0):
+                x = x + y
+            else:
+                x = y
+        return x
+
+
+def scripted(seed=0):
+    """Gated, scripted: about 4 MiB of weights, 10 tensors."""
+    torch.manual_seed(seed)
+    return torch.jit.script(Gated().eval())
+
+
 def example_input():
     return torch.arange(16).reshape(1, 16)

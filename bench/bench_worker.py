@@ -6,6 +6,8 @@ usable model and prints one JSON line. Time counts from after the imports
     bench_worker.py ours-state-dict REF MIB
     bench_worker.py torch-load FILE MIB
     bench_worker.py forward REF MIB [populate]
+    bench_worker.py jit-ours WRAPPER_PICKLE            JITModelWrapper.load() of a TorchScript model
+    bench_worker.py jit-torch FILE                     torch.jit.load of the same model's file
     bench_worker.py gpu-attach WRAPPER_PICKLE [hold]   ours: the GPU's shared copy
     bench_worker.py gpu-to-cuda WRAPPER_PICKLE [hold]  host-mapped, then .to("cuda")
 
@@ -40,6 +42,18 @@ def main():
         t = time.perf_counter()
         model = pickle.loads(blob).load()
         out["seconds"] = time.perf_counter() - t
+    elif mode in ("jit-ours", "jit-torch"):
+        if mode == "jit-ours":
+            import ray_zerocopy  # noqa: F401
+            blob = open(sys.argv[2], "rb").read()
+            t = time.perf_counter()
+            model = pickle.loads(blob).load()
+        else:
+            t = time.perf_counter()
+            model = torch.jit.load(sys.argv[2])
+        out["seconds"] = time.perf_counter() - t
+        with torch.no_grad():  # the same module, either way
+            out["output_sum"] = float(model(torch.ones(2, 512)).sum())
     elif mode == "ours-state-dict":
         import ray_zerocopy
         t = time.perf_counter()

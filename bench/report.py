@@ -178,6 +178,14 @@ def markdown(r):
                     lines.append(f"| {path} | {label} | {v['median'] * 1000:.2f} ms | {v['min'] * 1000:.2f} ms | "
                                  f"{v['max'] * 1000:.2f} ms |")
         lines.append("")
+    if "jit_load" in r:
+        j = r["jit_load"]
+        lines += ["### TorchScript load in a fresh process (a ~4 MiB model with control flow)", "",
+                  "| method | median | min | max |", "|---|---|---|---|"]
+        for k, v in j.items():
+            if isinstance(v, dict):
+                lines.append(f"| {k} | {v['median'] * 1000:.2f} ms | {v['min'] * 1000:.2f} ms | {v['max'] * 1000:.2f} ms |")
+        lines += ["", f"ours / torch.jit.load: ×{j['ratio']:.2f}", ""]
     lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
     lines += across_nodes_lines(r.get("across_nodes"))
     if r.get("errors"):

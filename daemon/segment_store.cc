@@ -136,6 +136,11 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
   if (::ftruncate(lock_fd.get(), 0) != 0 || ::pwrite(lock_fd.get(), pid.data(), pid.size(), 0) < 0) {
     return ErrnoStatus(errno, absl::StrCat("write ", dir, "/", kLockName));
   }
+  // Readable by the segment group: see RecordServing.
+  if (gid != static_cast<gid_t>(-1) && ::fchown(lock_fd.get(), static_cast<uid_t>(-1), gid) != 0) {
+    return ErrnoStatus(errno, absl::StrCat("chown ", dir, "/", kLockName));
+  }
+  if (::fchmod(lock_fd.get(), 0640) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", dir, "/", kLockName));
   char real[PATH_MAX];
   std::string resolved = ::realpath(dir.c_str(), real) ? std::string(real) : dir;
   struct stat dir_stat;
@@ -144,6 +149,14 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
       new SegmentStore(resolved, std::move(dir_fd), std::move(lock_fd), MountHasHugePages(resolved)));
   store->gid_ = dir_stat.st_gid;
   return store;
+}
+
+absl::Status SegmentStore::RecordServing(ino_t socket_inode) {
+  const std::string line = absl::StrCat(::getpid(), " ", socket_inode, "\n");
+  if (::ftruncate(lock_fd_.get(), 0) != 0 || ::pwrite(lock_fd_.get(), line.data(), line.size(), 0) < 0) {
+    return ErrnoStatus(errno, absl::StrCat("write ", dir_, "/", kLockName));
+  }
+  return absl::OkStatus();
 }
 
 std::string SegmentStore::SegmentPath(const std::string& digest) const {

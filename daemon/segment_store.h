@@ -50,6 +50,12 @@ class SegmentStore {
   static absl::StatusOr<std::unique_ptr<SegmentStore>> Open(const std::string& dir, gid_t gid);
 
   const std::string& dir() const { return dir_; }
+  // Records in the lock file ("<pid> <socket inode>") that this daemon
+  // serves the socket whose inode is `socket_inode`: a client mapping a
+  // segment file directly (Client::MapSegment) checks it against the
+  // socket it talks to, so that it never takes another daemon's directory,
+  // or a dead one's, for its daemon's.
+  absl::Status RecordServing(ino_t socket_inode);
   std::string SegmentPath(const std::string& digest) const;
   std::string StagingPath(const std::string& staging_id) const;
   // When the staging file was last written (its mtime), in Unix ms.

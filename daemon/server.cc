@@ -35,6 +35,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
 
   std::unique_ptr<Server> server(new Server());
   ZC_ASSIGN_OR_RETURN(auto store, SegmentStore::Open(config.segment_dir, segment_gid));
+  SegmentStore* const segments = store.get();  // the registry owns it
   auto t0 = std::chrono::steady_clock::now();
   SegmentStore::RecoveryReport report = store->Recover(config.verify_on_start, config.hash_threads);
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -100,6 +101,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
 
   ZC_ASSIGN_OR_RETURN(server->listener_, UnixListener::Bind(config.socket, config.socket_mode, socket_gid));
+  ZC_RETURN_IF_ERROR(segments->RecordServing(server->listener_->inode()));
   server->handshake_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(config.handshake_timeout_seconds * 1000));
   server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
   return server;

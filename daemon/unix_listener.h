@@ -45,6 +45,7 @@ class UnixListener {
   void Stop();
 
   const std::string& path() const { return path_; }
+  ino_t inode() const { return inode_; }  // of the socket file bound
 
  private:
   UnixListener(std::string path, UniqueFd fd, UniqueFd stop_fd, ino_t inode)

@@ -391,12 +391,14 @@ namespace {
 
 // The daemon's committed model `digest` read straight from `segment_path`
 // (<dir>/<digest>.seg, with <dir>/<digest>.manifest beside it): its record,
-// once the directory and both files prove to be `daemon_uid`'s and
-// writable by nobody (so that their bytes are the ones the daemon hashed
-// and sealed). NOT_FOUND when a file is missing; FAILED_PRECONDITION when
+// once the directory and both files prove to be the daemon's (owned by its
+// uid, writable by nobody else: their bytes are the ones it hashed and
+// sealed) and the directory the one it serves now (its .lock names the
+// inode of the daemon's socket). NOT_FOUND when a file is missing; FAILED_PRECONDITION when
 // something is not provably the daemon's.
 absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, const std::string& segment_path,
-                                                 uid_t daemon_uid) {
+                                                 const struct stat& socket) {
+  const uid_t daemon_uid = socket.st_uid;
   const std::string name = digest + ".seg";
   const size_t slash = segment_path.rfind('/');
   if (!IsDigest(digest) || slash == std::string::npos || segment_path.compare(slash + 1, std::string::npos, name) != 0) {
@@ -414,6 +416,18 @@ absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, cons
     return absl::OkStatus();
   };
   ZC_RETURN_IF_ERROR(owned(dir_fd.get(), S_IWGRP | S_IWOTH, dir));
+  // The directory the daemon at our socket serves now (its lock file names
+  // that socket's inode: SegmentStore::RecordServing), not one another
+  // daemon, or a dead one, left.
+  UniqueFd lock(::openat(dir_fd.get(), ".lock", O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!lock) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/.lock"));
+  ZC_RETURN_IF_ERROR(owned(lock.get(), S_IWGRP | S_IWOTH, dir + "/.lock"));
+  char holder[64] = {};
+  const ssize_t got = ::pread(lock.get(), holder, sizeof holder - 1, 0);
+  const char* inode = got > 0 ? std::strchr(holder, ' ') : nullptr;
+  if (inode == nullptr || std::strtoull(inode + 1, nullptr, 10) != socket.st_ino) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, " is not the directory of the zerocopyd at our socket"));
+  }
   UniqueFd segment(::openat(dir_fd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!segment) return ErrnoStatus(errno, absl::StrCat("open ", segment_path));
   ZC_RETURN_IF_ERROR(owned(segment.get(), S_IWUSR | S_IWGRP | S_IWOTH, segment_path));
@@ -445,7 +459,7 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::MapSegment(const std::strin
   ZC_RETURN_IF_ERROR(impl_->CheckProcess());
   struct stat socket_st;
   if (::stat(impl_->options.socket.c_str(), &socket_st) != 0) return Map(digest, options);  // Map says why
-  auto record = ReadSealedRecord(digest, segment_path, socket_st.st_uid);
+  auto record = ReadSealedRecord(digest, segment_path, socket_st);
   if (!record.ok()) return Map(digest, options);  // not here (another node, evicted) or not provably the daemon's
   v1::ModelInfo info;
   info.set_digest(digest);

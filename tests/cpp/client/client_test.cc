@@ -245,6 +245,13 @@ TEST_CASE("a model mapped from its segment file at once gets its lease in the ba
     REQUIRE(mapped.ok());
     CHECK((*mapped)->info().segment_path() == info->segment_path());
     CHECK(leases() == 1);
+    // Another daemon's directory (here a live one; a dead one's left on the
+    // tmpfs alike): its file is not this daemon's to lease, so this daemon
+    // answers, and it has no such model.
+    DaemonProcess second;
+    second.Start();
+    auto elsewhere = second.NewClient()->MapSegment(info->digest(), info->segment_path());
+    CHECK(elsewhere.status().code() == absl::StatusCode::kNotFound);
     // A path that names another model's file, or nothing: the daemon too.
     auto other = client->MapSegment(info->digest(), d.segment_dir() + "/" + std::string(32, 'a') + ".seg");
     REQUIRE(other.ok());
