@@ -128,7 +128,7 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
     char buf[32] = {};
     ssize_t n = ::pread(lock_fd.get(), buf, sizeof buf - 1, 0);
     std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
-    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    holder = holder.substr(0, holder.find_first_of(" \n"));  // "<pid> <socket inode>"
     return absl::FailedPreconditionError(absl::StrCat("segment directory ", dir,
                                                       " is in use by another zerocopyd (pid ", holder, ")"));
   }

@@ -440,7 +440,7 @@ TEST_CASE("a second daemon on the same socket or segment directory is refused", 
   argv = {testing::DaemonBinary(), "--socket", other.path() + "/s.sock", "--segment-dir", d.segment_dir()};
   status = testing::Run(argv, nullptr, &err);
   REQUIRE(status != 0);
-  REQUIRE_THAT(err, Catch::Contains("in use by another zerocopyd"));
+  REQUIRE_THAT(err, Catch::Contains("in use by another zerocopyd (pid " + std::to_string(d.pid()) + ")"));
   REQUIRE(d.NewClient()->List().ok());
 }
 
