@@ -241,12 +241,12 @@ def _rebuild_mapped_tensor(storage, storage_offset, size, stride, requires_grad,
 
 
 def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False,
-                    device=None) -> dict:
+                    device=None, segment_path=None) -> dict:
     """The model's tensors by name, as views of its mapping: zero-copy, tied
     tensors sharing one storage. Works for every model, whoever published it.
     populate=True faults every page in now (MAP_POPULATE) rather than on
     first touch. A CUDA `device`: views of the shared device copy."""
-    mapping = _map(ref, socket, read_only=read_only, populate=populate, device=device)
+    mapping = _map(ref, socket, read_only=read_only, populate=populate, device=device, segment_path=segment_path)
     cache: dict = {}
     out = {}
     for spec in mapping.tensors():
@@ -257,13 +257,23 @@ def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False
         if dtype is None:
             raise InvalidModelError(f"tensor '{spec['name']}' has dtype {spec['dtype']}, which this torch lacks",
                                     "INVALID_ARGUMENT")
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
         shape = spec["shape"]
-        strides = spec["strides"] or torch.empty(shape, device="meta").stride()
+        strides = spec["strides"] or _contiguous_strides(shape)
         t = torch.empty(0, dtype=dtype, device=cache[s].device)
         t.set_(cache[s], spec["byte_offset"] // itemsize, shape, strides)
         out[spec["name"]] = t
     return out
+
+
+def _contiguous_strides(shape) -> tuple:
+    """torch's strides of a contiguous tensor of `shape` (a dimension of 0
+    or 1 elements counts as 1)."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(strides))
 
 
 JIT_MAGIC = b"zerocopy-torchscript/1\n"
@@ -316,7 +326,7 @@ def load_jit(ref: str, socket: str | None = None, device=None, segment_path=None
         raise InvalidModelError(f"model {mapping.digest} ({mapping.format}) is not a TorchScript model",
                                 "INVALID_ARGUMENT")
     gpu = gpu_device(device)
-    state = load_state_dict(mapping.digest, socket, device=gpu)
+    state = load_state_dict(mapping.digest, socket, device=gpu, segment_path=segment_path)
     module = torch.jit.load(io.BytesIO(metadata[len(JIT_MAGIC):]), map_location=gpu or "cpu")
     for tname, t in state.items():
         owner, leaf = _owner(module, tname)
