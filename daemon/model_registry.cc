@@ -38,8 +38,6 @@ ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOption
     : store_(std::move(store)),
       options_(std::move(options)),
       admins_(options_.admin_uids, options_.admin_gids),
-      staging_limits_{options_.max_staging_per_uid, options_.max_staging_bytes_per_uid,
-                      options_.max_staging_manifest_bytes_per_uid},
       devices_(devices ? std::move(devices) : std::make_unique<DevicePool>(MakeOffBackend(), DevicePoolOptions{})),
       started_ms_(NowUnixMs()) {}
 
@@ -252,7 +250,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     absl::MutexLock lock(&mu_);
     // Checked again under this lock: another claim may have come between.
     ZC_RETURN_IF_ERROR(ClaimTransfer(expected));
-    ZC_RETURN_IF_ERROR(staging_.CheckQuota(peer, size, manifest_bytes, staging_limits_));
+    ZC_RETURN_IF_ERROR(staging_.CheckQuota(peer, size, manifest_bytes, options_.staging));
     ZC_RETURN_IF_ERROR(MakeRoom(size, free_before, &evicted));
     Staging staging;
     staging.id = id;

@@ -46,9 +46,7 @@ struct RegistryOptions {
   std::vector<uint32_t> admin_gids;
   // Per uid, before anything is committed (config.h).
   uint32_t max_tensors = 262144;
-  uint32_t max_staging_per_uid = 16;
-  uint64_t max_staging_bytes_per_uid = UINT64_MAX;
-  uint64_t max_staging_manifest_bytes_per_uid = 64ull << 20;
+  StagingLimits staging;
   int64_t staging_idle_ms = 600000;
 };
 
@@ -158,7 +156,6 @@ class ModelRegistry {
   const std::unique_ptr<SegmentStore> store_;
   const RegistryOptions options_;
   const AdminPolicy admins_;
-  const StagingLimits staging_limits_;
   const std::unique_ptr<DevicePool> devices_;
   const int64_t started_ms_;
 

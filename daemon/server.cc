@@ -51,11 +51,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   options.admin_uids = config.admin_uids;
   options.admin_gids = config.admin_gids;
   options.max_tensors = config.max_tensors;
-  options.max_staging_per_uid = config.max_staging_per_uid;
-  options.max_staging_bytes_per_uid =
+  options.staging.per_uid = config.max_staging_per_uid;
+  options.staging.bytes_per_uid =
       config.max_staging_bytes_per_uid != 0 ? config.max_staging_bytes_per_uid : config.host_budget;
+  options.staging.manifest_bytes_per_uid = config.max_staging_manifest_bytes_per_uid;
   options.staging_idle_ms = static_cast<int64_t>(config.staging_idle_seconds * 1000);
-  options.max_staging_manifest_bytes_per_uid = config.max_staging_manifest_bytes_per_uid;
   std::unique_ptr<DeviceBackend> backend;
   if (config.gpu_backend == "off") {
     backend = MakeOffBackend();

@@ -46,8 +46,8 @@ struct Fixture {
     options.hash_threads = 1;
     // The request-cost limits, small enough that inputs reach them.
     options.max_tensors = 64;
-    options.max_staging_per_uid = 4;
-    options.max_staging_bytes_per_uid = budget / 2;
+    options.staging.per_uid = 4;
+    options.staging.bytes_per_uid = budget / 2;
     auto devices = std::make_unique<zd::DevicePool>(
         zd::MakeFakeBackend({"GPU-00000000-0000-0000-0000-000000000000"}, 8 << 20, dir + "/gpu"),
         zd::DevicePoolOptions{});

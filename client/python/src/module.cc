@@ -130,6 +130,14 @@ py::object ToPython(const google::protobuf::Message& message) {
   return d;
 }
 
+// A manifest's tensors: the list ToPython(manifest)["tensors"] holds,
+// without converting (and copying) the rest, its metadata above all.
+py::list TensorsToPython(const v1::Manifest& manifest) {
+  py::list tensors;
+  for (const auto& t : manifest.tensors()) tensors.append(ToPython(t));
+  return tensors;
+}
+
 py::capsule Capsule(DLManagedTensor* tensor) {
   // The DLPack protocol: a capsule named "dltensor" whose destructor frees
   // the tensor unless a consumer took it (and renamed it "used_dltensor").
@@ -163,7 +171,7 @@ class MappingOf {
     for (const auto& s : model_->manifest().storages()) sizes.push_back(s.size());
     return sizes;
   }
-  py::object tensors() const { return ToPython(model_->manifest())["tensors"]; }
+  py::list tensors() const { return TensorsToPython(model_->manifest()); }
   py::capsule storage(size_t index) { return Capsule(Check(model_->StorageToDLPack(index))); }
   py::capsule tensor(size_t index) {
     if (index >= model_->tensor_count()) Raise(absl::OutOfRangeError("tensor index out of range"));
@@ -300,7 +308,7 @@ class PyClient {
   py::object Get(const std::string& ref) {
     v1::GetModelResponse response = Unlocked([&] { return client_->Get(ref); });
     py::object d = ToPython(response.model());
-    d["tensors"] = ToPython(response.manifest())["tensors"];
+    d["tensors"] = TensorsToPython(response.manifest());
     d["metadata"] = py::bytes(response.manifest().metadata());
     d["manifest"] = py::bytes(response.manifest().SerializeAsString());
     return d;
