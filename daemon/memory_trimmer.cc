@@ -24,21 +24,41 @@ uint64_t MemoryTrimmer::trims() const {
   return trims_;
 }
 
+bool MemoryTrimmer::QuietFor(absl::Duration d) {
+  wanted_ = false;
+  return !mu_.AwaitWithTimeout(absl::Condition(
+                                   +[](MemoryTrimmer* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->wanted_ || t->stopping_; },
+                                   this),
+                               d);
+}
+
+void MemoryTrimmer::Trim() {
+  mu_.Unlock();
+  ::malloc_trim(0);
+  mu_.Lock();
+  ++trims_;
+}
+
 void MemoryTrimmer::Run() {
+  const absl::Duration delay = absl::FromChrono(delay_);
   absl::MutexLock lock(&mu_);
   for (;;) {
     mu_.Await(absl::Condition(
         +[](MemoryTrimmer* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->wanted_ || t->stopping_; }, this));
     if (stopping_) return;
-    // Let the calls that asked finish and free their requests; what more
-    // is freed meanwhile is trimmed by this same pass.
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::FromChrono(delay_));
+    // Wait until the requests stop for `delay`: the calls that asked free
+    // their requests only once they are done, and a trim before the last
+    // one's frees gives nothing of it back. A stream of requests that never
+    // pauses still gets a trim every kMaxWaits delays.
+    const absl::Time give_up = absl::Now() + kMaxWaits * delay;
+    while (!QuietFor(delay) && !stopping_ && absl::Now() < give_up) {
+    }
     if (stopping_) return;
-    wanted_ = false;
-    mu_.Unlock();
-    ::malloc_trim(0);
-    mu_.Lock();
-    ++trims_;
+    Trim();
+    // Once more later, unless asked again meanwhile: what a slow machine
+    // freed after the first pass.
+    if (QuietFor(kSettleDelays * delay)) Trim();
+    if (stopping_) return;
   }
 }
 

@@ -3,9 +3,11 @@
 // A manifest of a quarter of a million tensors is parsed into millions of
 // small allocations; once freed (refused, aborted, its staging model
 // dropped) they sit in the allocator's free lists, where the daemon's RSS
-// keeps them for good. Request() asks for a malloc_trim(0) shortly after
-// (gRPC frees a request only once its call is done), coalescing requests
-// that come close together; the trim runs on the trimmer's own thread.
+// keeps them for good. Request() asks for a malloc_trim(0) once requests
+// have paused for `delay` (gRPC frees a request only once its call is
+// done), and for a second one kSettleDelays delays later in case frees came
+// late; requests that come close together make one trim. The trims run on
+// the trimmer's own thread.
 //
 // Thread safety: Request may be called from any thread.
 #pragma once
@@ -29,7 +31,14 @@ class MemoryTrimmer {
   uint64_t trims() const;  // how many ran (tests)
 
  private:
+  static constexpr int kMaxWaits = 10;      // delays a steady stream of requests may postpone a trim
+  static constexpr int kSettleDelays = 10;  // the second trim, in delays after the first
+
   void Run();
+  // Clears wanted_, then waits up to `d` for a request or a stop; true if
+  // none came.
+  bool QuietFor(absl::Duration d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Trim() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::chrono::milliseconds delay_;
   mutable absl::Mutex mu_;
