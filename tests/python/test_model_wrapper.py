@@ -198,6 +198,58 @@ def test_load_state_dict_is_zero_copy(daemon):
         assert torch.equal(t, model.state_dict()[name]), name
 
 
+def test_load_state_dict_storages_are_the_published_ones(daemon):
+    # A tensor alone on its storage is made by one DLPack import (the fast
+    # path); a tied pair and a slice of a larger tensor are carved from
+    # their storage. Either way each tensor's storage is the one published:
+    # same size, shared where it was shared.
+    from ray_zerocopy import _native
+    big = torch.arange(64, dtype=torch.float32)
+    tied = torch.randn(3, 4)
+    state = {"alone": torch.randn(5, 6).to(torch.bfloat16), "flag": torch.tensor([True, False]),
+             "tied.a": tied, "tied.b": tied, "slice": big[8:24], "t": torch.randn(4, 3).t()}
+    digest = ray_zerocopy._store.publish(state)["digest"]
+    plan = {row[0]: row for row in _native.client(None).map(digest).tensor_plan()}
+    whole = {name for name, row in plan.items() if row[-1] is not None}
+    assert whole == {"alone", "flag"}, plan  # the transposed one covers its storage but not contiguously
+    got = ray_zerocopy.load_state_dict(digest)
+    start, end = segment_range(digest)
+    for name, t in state.items():
+        g = got[name]
+        assert g.dtype == t.dtype and g.shape == t.shape and g.stride() == t.stride(), name
+        assert g.storage_offset() == t.storage_offset(), name
+        assert g.untyped_storage().nbytes() == t.untyped_storage().nbytes(), name
+        assert start <= g.data_ptr() < end, name
+        assert torch.equal(g, t), name
+    assert got["tied.a"].untyped_storage().data_ptr() == got["tied.b"].untyped_storage().data_ptr()
+
+
+def test_a_load_of_many_tensors_runs_no_garbage_collection(daemon):
+    # The guard for what a load of 10,000 tensors spent most of its time on
+    # (bench/README): the cycle collector walking every object torch made,
+    # several times over (a full collection ~0.1 s each). Counted, not timed.
+    import gc
+    many = {f"t{i}": torch.full((2,), float(i)) for i in range(10000)}
+    digest = ray_zerocopy._store.publish(many)["digest"]
+    module = nn.Module()
+    for name, t in many.items():
+        module.register_buffer(name, t)
+    wrapper = ModelWrapper.from_model(module)
+    collections = []
+    callback = lambda phase, info: collections.append(info["generation"]) if phase == "start" else None
+    gc.callbacks.append(callback)
+    try:
+        state = ray_zerocopy.load_state_dict(digest)
+        loaded = wrapper.load()
+    finally:
+        gc.callbacks.remove(callback)
+    # None during either load: one young collection as each ends, when the
+    # collector comes back on, and never a full one.
+    assert len(collections) <= 2 and 2 not in collections, collections
+    assert gc.isenabled()  # and the collector is back on
+    assert float(state["t9999"][1]) == 9999.0 and float(loaded.t9999[0]) == 9999.0
+
+
 def test_models_preloaded_by_the_cli_load_by_name(daemon, tmp_path):
     from safetensors.torch import save_file
     torch.manual_seed(6)

@@ -151,6 +151,28 @@ py::capsule Capsule(DLManagedTensor* tensor) {
   });
 }
 
+// Whether tensor `t` is contiguous from the start of `storage` to its end,
+// in a dtype that DLPack hands torch as the same dtype on every torch we
+// support.
+bool CoversStorage(const v1::Tensor& t, const v1::Storage& storage) {
+  switch (t.dtype()) {
+    case v1::F64: case v1::F32: case v1::F16: case v1::BF16:
+    case v1::I64: case v1::I32: case v1::I16: case v1::I8: case v1::U8: case v1::BOOL: break;
+    default: return false;
+  }
+  if (t.byte_offset() != 0) return false;
+  uint64_t elements = 1;
+  for (int64_t d : t.shape()) elements *= static_cast<uint64_t>(d);
+  if (elements * DTypeSize(t.dtype()) != storage.size()) return false;
+  if (t.strides_size() == 0) return true;
+  int64_t step = 1;
+  for (int k = t.shape_size(); k-- > 0;) {
+    if (t.shape(k) != 1 && t.strides(k) != step) return false;
+    step *= t.shape(k);
+  }
+  return true;
+}
+
 // A model mapped into this process: MappedModel (host) or DeviceModel (a
 // GPU's shared copy).
 template <typename Model>
@@ -172,6 +194,33 @@ class MappingOf {
     return sizes;
   }
   py::list tensors() const { return TensorsToPython(model_->manifest()); }
+  // Every tensor in one call, for load_state_dict: tuples (name, storage,
+  // byte_offset, dtype, shape, strides, whole), strides () when
+  // contiguous. `whole` is the tensor itself as a DLPack capsule when it
+  // alone covers its storage exactly (the common case: a storage per
+  // parameter), so Python makes it with one import; None when it shares
+  // its storage (tied weights, views) or has a dtype outside DLPack's
+  // classic set, and Python carves it from the storage.
+  py::list tensor_plan() {
+    const v1::Manifest& manifest = model_->manifest();
+    std::vector<uint32_t> users(static_cast<size_t>(manifest.storages_size()), 0);
+    for (const auto& t : manifest.tensors()) ++users[t.storage()];
+    py::list plan(manifest.tensors_size());
+    for (int i = 0; i < manifest.tensors_size(); ++i) {
+      const v1::Tensor& t = manifest.tensors(i);
+      py::tuple shape(t.shape_size());
+      for (int k = 0; k < t.shape_size(); ++k) shape[k] = py::int_(t.shape(k));
+      py::tuple strides(t.strides_size());
+      for (int k = 0; k < t.strides_size(); ++k) strides[k] = py::int_(t.strides(k));
+      py::object whole = py::none();
+      if (users[t.storage()] == 1 && CoversStorage(t, manifest.storages(static_cast<int>(t.storage())))) {
+        whole = Capsule(Check(model_->ToDLPack(static_cast<size_t>(i))));
+      }
+      plan[i] = py::make_tuple(t.name(), t.storage(), t.byte_offset(), v1::DType_Name(t.dtype()), std::move(shape),
+                               std::move(strides), std::move(whole));
+    }
+    return plan;
+  }
   py::capsule storage(size_t index) { return Capsule(Check(model_->StorageToDLPack(index))); }
   py::capsule tensor(size_t index) {
     if (index >= model_->tensor_count()) Raise(absl::OutOfRangeError("tensor index out of range"));
@@ -196,6 +245,7 @@ py::class_<M, std::shared_ptr<M>> BindMapping(py::module_& m, const char* name, 
       .def_property_readonly("manifest_bytes", &M::manifest_bytes, "the manifest, serialized (zerocopy.v1.Manifest)")
       .def("storage_sizes", &M::storage_sizes)
       .def("tensors", &M::tensors)
+      .def("tensor_plan", &M::tensor_plan, "every tensor as (name, storage, byte_offset, dtype, shape, strides, whole)")
       .def("storage", &M::storage, py::arg("index"), "storage `index` as a uint8 DLPack capsule")
       .def("tensor", &M::tensor, py::arg("index"), "tensor `index` as a DLPack capsule");
 }
