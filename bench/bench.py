@@ -232,11 +232,14 @@ class Bench:
         for method, label, env in (("ours", "ours ActorWrapper.load() in a Ray actor", self.env_ours),
                                    ("baseline", "ray-zerocopy 0.2.0 load() in a Ray actor", self.env_baseline),
                                    ("by-value", "model by value to a Ray actor", self.env_ours)):
+            first_label = label.replace("load() in a", "load() to first output in a")
             if method == "by-value" and mib > self.args.by_value_max_mib:
                 continue
             try:
                 res = self.worker("actor-load", method, mib, ray_runs, files["module"], env=env, script="bench_ray.py")
                 out[label] = res["seconds"]
+                if "first_output_seconds" in res:
+                    out[first_label] = res["first_output_seconds"]
             except Exception as e:  # reported; the other methods still run
                 log(f"bench: {label}, {mib} MiB failed: {str(e)[-500:]}")
                 self.results.setdefault("errors", {})[f"{label} {mib} MiB"] = str(e)[-2000:]
@@ -262,6 +265,32 @@ class Bench:
         res = {"ours JITActorWrapper.load()": summary([x["seconds"] for x in ours]),
                "torch.jit.load(file)": summary([x["seconds"] for x in theirs])}
         res["ratio"] = res["ours JITActorWrapper.load()"]["median"] / res["torch.jit.load(file)"]["median"]
+        return res
+
+    def many_tensors(self, count=10000):
+        """load_state_dict of a model of `count` small tensors in a fresh
+        process: the cost per tensor, against torch.load and safetensors'
+        load_file of the same tensors from the page cache."""
+        import torch
+        from safetensors.torch import save_file
+        from ray_zerocopy import _store
+        state = {f"layers.{i}.weight": torch.randn(64) for i in range(count)}
+        files = {"torch": self.tmp / "many.pt", "safetensors": self.tmp / "many.safetensors"}
+        torch.save(state, files["torch"])
+        save_file(state, str(files["safetensors"]))
+        digest = _store.publish(state, socket=self.daemon.socket)["digest"]
+        r = 3 * self.args.repeats
+        res = {"tensors": count}
+        for label, argv in (("ours load_state_dict()", ["tensors-ours", digest]),
+                            ("torch.load (page cache)", ["tensors-torch", files["torch"]]),
+                            ("safetensors load_file (page cache)", ["tensors-safetensors", files["safetensors"]])):
+            runs = [self.worker(*argv) for _ in range(r)]
+            if {x["tensors"] for x in runs} != {count}:
+                raise RuntimeError(f"{label} gave {runs[0]['tensors']} tensors, not {count}")
+            res[label] = summary([x["seconds"] for x in runs])
+        self.daemon.run("rm", "--force", digest)
+        for f in files.values():
+            f.unlink()
         return res
 
     # -- 2. memory -------------------------------------------------------------
@@ -421,6 +450,7 @@ class Bench:
                         ("getmodel", "GetModel", lambda: self.getmodel(digest)),
                         ("first_map", "first Map in a fresh process", lambda: self.first_map(digest)),
                         ("jit_load", "TorchScript load", self.jit_load),
+                        ("many_tensors", "10,000 tensors", self.many_tensors),
                         ("gpu", "GPU", lambda: self.gpu(mib, files)),
                         ("memory", "memory", lambda: {"mib": mib, "results": self.memory(mib, files)})):
                     log(f"bench: {label}")

@@ -6,6 +6,9 @@ usable model and prints one JSON line. Time counts from after the imports
     bench_worker.py ours-state-dict REF MIB
     bench_worker.py torch-load FILE MIB
     bench_worker.py forward REF MIB [populate]
+    bench_worker.py tensors-ours REF                   load_state_dict alone (the per-tensor cost)
+    bench_worker.py tensors-torch FILE                 torch.load(weights_only=True) of the same state dict
+    bench_worker.py tensors-safetensors FILE           safetensors.torch.load_file of the same tensors
     bench_worker.py jit-ours WRAPPER_PICKLE            JITModelWrapper.load() of a TorchScript model
     bench_worker.py jit-torch FILE                     torch.jit.load of the same model's file
     bench_worker.py gpu-attach WRAPPER_PICKLE [hold]   ours: the GPU's shared copy
@@ -63,6 +66,19 @@ def main():
         t = time.perf_counter()
         model = usable_from_state_dict(torch.load(sys.argv[2], weights_only=True, mmap=False), int(sys.argv[3]))
         out["seconds"] = time.perf_counter() - t
+    elif mode in ("tensors-ours", "tensors-torch", "tensors-safetensors"):
+        if mode == "tensors-ours":
+            import ray_zerocopy
+            load = ray_zerocopy.load_state_dict
+        elif mode == "tensors-torch":
+            def load(path):
+                return torch.load(path, weights_only=True, mmap=False)
+        else:
+            from safetensors.torch import load_file as load
+        t = time.perf_counter()
+        state = load(sys.argv[2])
+        out["seconds"] = time.perf_counter() - t
+        out["tensors"] = len(state)
     elif mode == "forward":
         from ray_zerocopy import _store
         populate = len(sys.argv) > 4 and sys.argv[4] == "populate"

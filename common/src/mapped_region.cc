@@ -4,13 +4,76 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "zerocopy/status.h"
 #include "zerocopy/unique_fd.h"
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22  // Linux 5.14; older C library headers lack the names
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 namespace zerocopy {
+
+namespace {
+
+absl::Status Populate(uint8_t* data, size_t size, uint64_t offset, uint64_t length, int advice) {
+  if (offset > size || length > size - offset) {
+    return absl::OutOfRangeError(absl::StrCat("populate ", length, " bytes at ", offset, " of a ", size, "-byte mapping"));
+  }
+  if (length == 0) return absl::OkStatus();
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = offset / page * page;  // the mapping starts on a page
+  for (;;) {
+    if (::madvise(data + begin, offset + length - begin, advice) == 0) return absl::OkStatus();
+    switch (errno) {
+      case EINTR: case EAGAIN: continue;
+      case EINVAL: return absl::UnimplementedError("this kernel has no MADV_POPULATE_READ/WRITE (Linux 5.14)");
+      case EFAULT: case ENOMEM: case ENOSPC:
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "no memory for ", length, " bytes of the segment (its file system is full): ", std::strerror(errno)));
+      default: return ErrnoStatus(errno, "madvise(MADV_POPULATE_READ/WRITE)");
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status MappedRegion::PopulateForWrite(uint64_t offset, uint64_t length) const {
+  return Populate(data_, size_, offset, length, MADV_POPULATE_WRITE);
+}
+
+absl::Status MappedRegion::PopulateForRead(uint64_t offset, uint64_t length) const {
+  return Populate(data_, size_, offset, length, MADV_POPULATE_READ);
+}
+
+void MappedRegion::Release(uint64_t offset, uint64_t length) const {
+  if (offset >= size_ || length == 0) return;
+  length = std::min<uint64_t>(length, size_ - offset);
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = offset / page * page;
+  ::madvise(data_ + begin, offset + length - begin, MADV_DONTNEED);
+}
+
+bool MappedRegion::CanPopulateForWrite() {
+  static const bool can = [] {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    void* p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    bool ok = ::madvise(p, page, MADV_POPULATE_WRITE) == 0;
+    ::munmap(p, page);
+    return ok;
+  }();
+  return can;
+}
 
 MappedRegion& MappedRegion::operator=(MappedRegion&& other) noexcept {
   if (this != &other) {

@@ -15,7 +15,13 @@ absl::Status IncomingModel::Write(uint64_t offset, const void* data, uint64_t n)
     return absl::InvalidArgumentError(absl::StrCat("write of ", n, " bytes at offset ", offset,
                                                    " is past the end of a ", size(), "-byte model"));
   }
-  if (n != 0) std::memcpy(region_.data() + offset, data, n);
+  if (n == 0) return absl::OkStatus();
+  // Pages first: a file system that filled up is an error, not a SIGBUS.
+  if (absl::Status populated = region_.PopulateForWrite(offset, n);
+      !populated.ok() && !absl::IsUnimplemented(populated)) {  // an old kernel: the daemon allocated the file
+    return populated;
+  }
+  std::memcpy(region_.data() + offset, data, n);
   return absl::OkStatus();
 }
 

@@ -153,17 +153,29 @@ class Tmpfs {
   testing::TempDir dir_;
 };
 
+// A daemon whose segment directory is on a tmpfs of 8 MiB, none of it
+// held in reserve.
+struct DaemonOnSmallTmpfs {
+  Tmpfs tmpfs{"8m"};
+  testing::TempDir conf;
+  DaemonProcess d{Options(tmpfs, conf)};
+
+  DaemonOnSmallTmpfs() { d.Start(); }
+  static DaemonProcess::Options Options(const Tmpfs& fs, const testing::TempDir& conf) {
+    std::string config = conf.path() + "/zerocopyd.toml";
+    std::ofstream(config) << "tmpfs_reserve = 0\n";
+    DaemonProcess::Options options;
+    options.segment_dir = fs.path();
+    options.extra_args = {"--config", config};
+    return options;
+  }
+};
+
 TEST_CASE("a full tmpfs evicts as the budget does, and a model it cannot hold is a clear error, not a SIGBUS",
           "[service]") {
-  Tmpfs small("8m");
-  testing::TempDir conf;
-  std::string config = conf.path() + "/zerocopyd.toml";
-  std::ofstream(config) << "tmpfs_reserve = 0\n";
-  DaemonProcess::Options options;
-  options.segment_dir = small.path();
-  options.extra_args = {"--config", config};
-  DaemonProcess d(options);
-  d.Start();
+  DaemonOnSmallTmpfs node;
+  Tmpfs& small = node.tmpfs;
+  DaemonProcess& d = node.d;
   auto client = d.NewClient();
   auto fits = MakeModel(1, (4u << 20) / 4, 56);
   auto first = client->Publish(fits.source);
@@ -187,6 +199,36 @@ TEST_CASE("a full tmpfs evicts as the budget does, and a model it cannot hold is
   REQUIRE(client->List()->models(0).digest() == second->digest());
   REQUIRE(client->Stats()->bytes_staging() == 0);
   REQUIRE(client->Stats()->huge_pages() == false);
+}
+
+TEST_CASE("a file system that fills up under a writer is an error for it, not a SIGBUS", "[service]") {
+  // The daemon no longer allocates a staging file up front (its writers
+  // populate each range just before they write it): what is left of the
+  // guarantee fallocate gave is checked here, with the tmpfs filled by
+  // someone else between CreateModel and the writes.
+  DaemonOnSmallTmpfs node;
+  Tmpfs& small = node.tmpfs;
+  DaemonProcess& d = node.d;
+  auto client = d.NewClient();
+  auto model = MakeModel(1, (6u << 20) / 4, 59);
+  v1::Manifest laid_out = model.source.manifest;  // as the node it comes from has it
+  REQUIRE(AssignOffsets(&laid_out).ok());
+  auto incoming = client->Receive(laid_out, "0123456789abcdef0123456789abcdef");
+  INFO(incoming.status().ToString());
+  REQUIRE(incoming.ok());
+  {
+    std::string filler = small.path() + "/../filler";
+    std::ofstream out(filler, std::ios::binary);
+    std::vector<char> block(1 << 20, 'x');
+    for (int i = 0; i < 6; ++i) out.write(block.data(), static_cast<std::streamsize>(block.size()));
+  }
+  const auto* bytes = static_cast<const uint8_t*>(model.source.storage_data[0]);
+  absl::Status written = (*incoming)->Write(0, bytes, (*incoming)->size());
+  REQUIRE(written.code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE_THAT(std::string(written.message()), Catch::Contains("file system is full"));
+  (*incoming)->Abort();
+  REQUIRE(client->Stats()->bytes_staging() == 0);
+  REQUIRE(d.NewClient()->Stats().ok());
 }
 
 TEST_CASE("a huge-page tmpfs is detected and reported", "[service]") {
