@@ -4,6 +4,9 @@
 //   zerocopy_bench getmodel --socket S --model NAME --clients N --seconds T
 //       N threads, each with its own client (its own gRPC channel), calling
 //       GetModel in a loop: calls/s and the latency percentiles.
+//   zerocopy_bench getmodel-raw --socket S --model NAME --clients N --seconds T
+//       the same GetModel through gRPC's generic stub, as health calls:
+//       the request as bytes, the response unparsed (the daemon's share).
 //   zerocopy_bench health --socket S --clients N --seconds T
 //       the same loop over grpc.health.v1.Health/Check: the floor a unary
 //       gRPC call over the unix socket costs on this machine.
@@ -44,6 +47,7 @@
 #include "zerocopy/client.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/parallel_for.h"
+#include "zerocopy/v1/model_store.pb.h"
 
 namespace {
 
@@ -167,31 +171,50 @@ int FirstMap(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
+// One unary call through the generic stub: the request as bytes, the
+// response left unparsed. What a call costs with no client-side work.
+bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::string& request_bytes) {
+  grpc::ClientContext ctx;
+  grpc::CompletionQueue cq;
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  auto call = stub.PrepareUnaryCall(&ctx, method, request, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok;
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  void* drained;
+  bool more;
+  while (cq.Next(&drained, &more)) {
+  }
+  return ok && status.ok();
+}
+
 int Health(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket");
   return RoundTrips("health", f, [&]() -> CallFn {
     auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
     auto stub = std::make_shared<grpc::GenericStub>(channel);
-    return [stub] {
-      grpc::ClientContext ctx;
-      grpc::CompletionQueue cq;
-      grpc::ByteBuffer request, response;  // an empty HealthCheckRequest is zero bytes
-      grpc::Slice empty;
-      request = grpc::ByteBuffer(&empty, 1);
-      auto call = stub->PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
-      call->StartCall();
-      grpc::Status status;
-      call->Finish(&response, &status, reinterpret_cast<void*>(1));
-      void* tag;
-      bool ok;
-      cq.Next(&tag, &ok);
-      cq.Shutdown();
-      void* drained;
-      bool more;
-      while (cq.Next(&drained, &more)) {
-      }
-      return ok && status.ok();
-    };
+    // An empty HealthCheckRequest is zero bytes.
+    return [stub] { return RawUnary(*stub, "/grpc.health.v1.Health/Check", ""); };
+  });
+}
+
+// GetModel as Health is called: the same daemon work and response bytes,
+// none of the client library's (no parse, no status conversion), to tell
+// the daemon's share of a GetModel from the client's.
+int GetModelRaw(const std::map<std::string, std::string>& f) {
+  const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+  zerocopy::v1::GetModelRequest request;
+  request.mutable_model()->set_ref(model);
+  const std::string bytes = request.SerializeAsString();
+  return RoundTrips("getmodel-raw", f, [&]() -> CallFn {
+    auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+    auto stub = std::make_shared<grpc::GenericStub>(channel);
+    return [stub, bytes] { return RawUnary(*stub, "/zerocopy.v1.ModelStore/GetModel", bytes); };
   });
 }
 
@@ -249,13 +272,14 @@ int Xxh3(const std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s getmodel|health|memcpy|xxh3|firstmap [--flag value ...]  (see the source's header)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s getmodel|getmodel-raw|health|memcpy|xxh3|firstmap [--flag value ...]  (see the source's header)\n", argv[0]);
     return 2;
   }
   std::string mode = argv[1];
   auto flags = Flags(argc, argv);
   if (mode == "getmodel") return GetModel(flags);
   if (mode == "health") return Health(flags);
+  if (mode == "getmodel-raw") return GetModelRaw(flags);
   if (mode == "firstmap") return FirstMap(flags);
   if (mode == "memcpy") return Memcpy(flags);
   if (mode == "xxh3") return Xxh3(flags);

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 
-#include <unordered_set>
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/escaping.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/status.h"
@@ -124,7 +124,7 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
                        limits.max_total_size, " bytes"));
     }
   }
-  std::unordered_set<std::string> names;
+  absl::flat_hash_set<absl::string_view> names;  // views into the manifest, which outlives the set
   names.reserve(manifest.tensors_size());
   for (const auto& tensor : manifest.tensors()) {
     const std::string& name = tensor.name();

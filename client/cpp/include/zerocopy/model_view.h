@@ -13,8 +13,8 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <unordered_map>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "zerocopy/v1/model_store.pb.h"
 
@@ -61,7 +61,7 @@ class ModelView : public std::enable_shared_from_this<ModelView> {
  private:
   v1::ModelInfo info_;
   v1::Manifest manifest_;
-  std::unordered_map<std::string, size_t> by_name_;
+  absl::flat_hash_map<absl::string_view, size_t> by_name_;  // views into manifest_, never changed after Init
   std::function<void()> on_release_;
 };
 
