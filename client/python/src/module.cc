@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -196,7 +197,8 @@ class MappingOf {
   py::list tensors() const { return TensorsToPython(model_->manifest()); }
   // Every tensor in one call, for load_state_dict: tuples (name, storage,
   // byte_offset, dtype, shape, strides, whole), strides () when
-  // contiguous. `whole` is the tensor itself as a DLPack capsule when it
+  // contiguous. `whole` is the tensor itself as a DLPack capsule (shape and
+  // strides then None: the capsule has them) when it
   // alone covers its storage exactly (the common case: a storage per
   // parameter), so Python makes it with one import; None when it shares
   // its storage (tied weights, views) or has a dtype outside DLPack's
@@ -205,19 +207,24 @@ class MappingOf {
     const v1::Manifest& manifest = model_->manifest();
     std::vector<uint32_t> users(static_cast<size_t>(manifest.storages_size()), 0);
     for (const auto& t : manifest.tensors()) ++users[t.storage()];
+    std::map<int, py::str> dtype_names;  // a handful of dtypes, thousands of tensors
     py::list plan(manifest.tensors_size());
     for (int i = 0; i < manifest.tensors_size(); ++i) {
       const v1::Tensor& t = manifest.tensors(i);
+      auto [name, fresh] = dtype_names.try_emplace(t.dtype());
+      if (fresh) name->second = py::str(v1::DType_Name(t.dtype()));
+      if (users[t.storage()] == 1 && CoversStorage(t, manifest.storages(static_cast<int>(t.storage())))) {
+        // The capsule carries shape and strides: Python needs neither.
+        plan[i] = py::make_tuple(t.name(), t.storage(), t.byte_offset(), name->second, py::none(), py::none(),
+                                 Capsule(Check(model_->ToDLPack(static_cast<size_t>(i)))));
+        continue;
+      }
       py::tuple shape(t.shape_size());
       for (int k = 0; k < t.shape_size(); ++k) shape[k] = py::int_(t.shape(k));
       py::tuple strides(t.strides_size());
       for (int k = 0; k < t.strides_size(); ++k) strides[k] = py::int_(t.strides(k));
-      py::object whole = py::none();
-      if (users[t.storage()] == 1 && CoversStorage(t, manifest.storages(static_cast<int>(t.storage())))) {
-        whole = Capsule(Check(model_->ToDLPack(static_cast<size_t>(i))));
-      }
-      plan[i] = py::make_tuple(t.name(), t.storage(), t.byte_offset(), v1::DType_Name(t.dtype()), std::move(shape),
-                               std::move(strides), std::move(whole));
+      plan[i] = py::make_tuple(t.name(), t.storage(), t.byte_offset(), name->second, std::move(shape),
+                               std::move(strides), py::none());
     }
     return plan;
   }
