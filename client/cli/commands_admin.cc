@@ -19,6 +19,19 @@ namespace zerocopy::cli {
 
 namespace {
 
+// The readiness probe (deploy/kubernetes): exit 0 when zerocopyd answers
+// grpc.health.v1 SERVING on its socket.
+int Health(Globals& g) {
+  absl::Status status = g.client()->Health();
+  if (!status.ok()) return Fail(g, status);
+  if (g.json) {
+    std::printf("%s\n", nlohmann::json{{"status", "SERVING"}}.dump().c_str());
+  } else {
+    std::printf("SERVING\n");
+  }
+  return 0;
+}
+
 int Stats(Globals& g) {
   auto stats = g.client()->Stats();
   if (!stats.ok()) return Fail(g, stats.status());
@@ -145,6 +158,8 @@ void AddAdminCommands(CLI::App& app, Globals& g) {
   app.add_subcommand("stats", "bytes used and budget, models, sessions, evictions, requests")->callback([&] {
     g.exit_code = Stats(g);
   });
+  app.add_subcommand("health", "exit 0 when zerocopyd answers the gRPC health check SERVING (a readiness probe)")
+      ->callback([&] { g.exit_code = Health(g); });
   app.add_subcommand("doctor", "check the socket, the segment directory and huge pages, and say what to fix")
       ->callback([&] { g.exit_code = Doctor(g); });
 }

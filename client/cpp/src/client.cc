@@ -12,6 +12,7 @@
 #include <mutex>
 #include <thread>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/string_view.h"
@@ -288,6 +289,45 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
   auto committed = CommitStaging(created.staging_id(), CombineDigest(leaves, layout), total, origin);
   if (!committed.ok()) return abort(committed.status());  // a failed commit already dropped it; abort is harmless
   return committed;
+}
+
+absl::Status Client::Health() {
+  ZC_RETURN_IF_ERROR(impl_->Stub().status());  // makes the channel
+  std::shared_ptr<grpc::Channel> channel;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    channel = impl_->channel;
+  }
+  // No generated stub for grpc.health.v1 in Debian's gRPC: the messages by
+  // hand. An empty HealthCheckRequest (every service) is zero bytes; the
+  // answer is field 1, the status, as a varint (1: SERVING).
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  impl_->Prepare(&ctx);
+  grpc::CompletionQueue cq;
+  grpc::Slice empty;
+  grpc::ByteBuffer request(&empty, 1), response;
+  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", request, &cq);
+  call->StartCall();
+  grpc::Status status;
+  call->Finish(&response, &status, reinterpret_cast<void*>(1));
+  void* tag;
+  bool ok = false;
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  ZC_RETURN_IF_ERROR(impl_->Convert(status, "Health/Check"));
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  static const char* kNames[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
+  const int value = bytes.size() == 2 && bytes[0] == '\x08' ? static_cast<unsigned char>(bytes[1]) : 0;
+  if (value == 1) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("zerocopyd at ", impl_->options.socket, " answers ",
+                                             value < 4 ? kNames[value] : "an unknown status", ", not SERVING"));
 }
 
 absl::StatusOr<v1::ModelInfo> Client::CommitStaging(const std::string& staging_id, const std::string& digest,

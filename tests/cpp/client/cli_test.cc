@@ -141,6 +141,21 @@ TEST_CASE("doctor says what is wrong", "[cli]") {
   REQUIRE_THAT(cli.err, Catch::Contains(d.socket()));
 }
 
+TEST_CASE("health is the readiness probe: SERVING while the daemon serves, a reason once it is gone", "[cli]") {
+  DaemonProcess d;
+  d.Start();
+  Cli cli(d);
+  REQUIRE(cli({"health"}) == 0);
+  REQUIRE(cli.out == "SERVING\n");
+  REQUIRE(cli.Json({"health"})["status"] == "SERVING");
+  REQUIRE(d.NewClient()->Health().ok());
+  d.Stop();
+  REQUIRE(cli({"health"}) != 0);
+  REQUIRE(OneLine(cli.err));
+  REQUIRE_THAT(cli.err, Catch::Contains(d.socket()));
+  REQUIRE(absl::IsUnavailable(d.NewClient()->Health()));
+}
+
 TEST_CASE("zerocopyd's flags", "[cli]") {
   std::string out, err;
   REQUIRE(Run({testing::DaemonBinary(), "--version"}, &out) == 0);
