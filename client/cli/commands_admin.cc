@@ -4,6 +4,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -13,6 +14,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "commands.h"
 
 namespace zerocopy::cli {
@@ -82,6 +86,53 @@ std::string ReadFirstLine(const char* path) {
   return line;
 }
 
+// The memory limit of this process's cgroup, the lowest along its path to
+// the root (v2 memory.max, v1 memory.limit_in_bytes), or 0 for none. tmpfs
+// pages are charged to the cgroup of the process that writes them: what a
+// process publishes or preloads counts against this limit for as long as
+// the model exists.
+uint64_t CgroupMemoryLimit() {
+  // Where each hierarchy is mounted: "cgroup2", or "cgroup" with memory.
+  std::string v2_root, v1_root;
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  for (std::string line; std::getline(mountinfo, line);) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    auto dash = std::find(f.begin(), f.end(), "-");
+    if (f.size() < 5 || dash == f.end() || dash + 3 > f.end()) continue;
+    const std::string& type = *(dash + 1);
+    const std::string& options = *(dash + 3);
+    if (type == "cgroup2" && v2_root.empty()) v2_root = f[4];
+    if (type == "cgroup" && v1_root.empty() && absl::StrContains(absl::StrCat(",", options, ","), ",memory,")) {
+      v1_root = f[4];
+    }
+  }
+  uint64_t lowest = 0;
+  auto consider = [&](const std::string& root, std::string path, const char* file) {
+    for (;;) {
+      std::string value = ReadFirstLine(absl::StrCat(root, path == "/" ? "" : path, "/", file).c_str());
+      uint64_t limit;
+      // "max", v1's "no limit" (a page-rounded INT64_MAX) and unreadable
+      // files (a path outside this namespace) limit nothing.
+      if (absl::SimpleAtoi(value, &limit) && limit < (uint64_t{1} << 62) && (lowest == 0 || limit < lowest)) {
+        lowest = limit;
+      }
+      if (path == "/" || path.empty()) break;
+      path = path.substr(0, path.rfind('/'));
+      if (path.empty()) path = "/";
+    }
+  };
+  std::ifstream cgroups("/proc/self/cgroup");
+  for (std::string line; std::getline(cgroups, line);) {
+    std::vector<std::string> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (f.size() != 3) continue;
+    if (f[0] == "0" && f[1].empty() && !v2_root.empty()) consider(v2_root, f[2], "memory.max");
+    if (absl::StrContains(absl::StrCat(",", f[1], ","), ",memory,") && !v1_root.empty()) {
+      consider(v1_root, f[2], "memory.limit_in_bytes");
+    }
+  }
+  return lowest;
+}
+
 int Doctor(Globals& g) {
   std::vector<Check> checks;
   auto client = g.client();
@@ -119,12 +170,29 @@ int Doctor(Globals& g) {
       bool space_ok = free_bytes >= (1ull << 30) || free_bytes * 10 >= total;
       checks.push_back({space_ok, absl::StrCat("segment file system: ", HumanBytes(free_bytes), " free of ", HumanBytes(total)),
                         space_ok ? "" : "enlarge the tmpfs (mount -o remount,size=... /dev/shm; docker --shm-size) or remove models"});
-      if (stats->host_budget() > total) {
-        // Not a failure: the daemon checks the free space before every
-        // publish; but the tmpfs, not the budget, is then the real limit.
-        checks.push_back({true, absl::StrCat("host budget ", HumanBytes(stats->host_budget()), " exceeds the file system's ",
-                                             HumanBytes(total)),
-                          "the tmpfs size is the real limit: lower host_budget or enlarge the tmpfs to make them agree"});
+      const uint64_t budget = stats->host_budget();
+      if (total <= (64ull << 20)) {
+        // What a container gets for /dev/shm unless told otherwise.
+        checks.push_back({false, absl::StrCat("the segment directory is on a file system of ", HumanBytes(total),
+                                              ": a container's default /dev/shm"),
+                          "give the daemon and every client the host's tmpfs at this path (Kubernetes: a hostPath volume, "
+                          "deploy/kubernetes; docker: -v /dev/shm/zerocopy:/dev/shm/zerocopy or --ipc=host)"});
+      } else if (budget > total + total / 20) {
+        // The daemon checks the free space before every publish and evicts
+        // for room, so this works; but the budget says what it does not mean.
+        checks.push_back({false, absl::StrCat("host budget ", HumanBytes(budget), " exceeds the segment file system's ",
+                                              HumanBytes(total)),
+                          "lower host_budget to the tmpfs size, or enlarge the tmpfs (mount -o remount,size=... ; "
+                          "Kubernetes/docker: the host's tmpfs, not the container's)"});
+      }
+      if (uint64_t limit = CgroupMemoryLimit(); limit != 0) {
+        const bool room = budget == 0 || limit >= budget;
+        checks.push_back({room, absl::StrCat("this process's memory cgroup allows ", HumanBytes(limit),
+                                             room ? "" : absl::StrCat(", less than the host budget ", HumanBytes(budget))),
+                          room ? "" : "a model this process publishes or preloads is charged to its cgroup (tmpfs "
+                                      "pages count against the writer) for as long as the model exists: raise the "
+                                      "limit (limits.memory, MemoryMax=) to hold the largest such model, or publish "
+                                      "from a process with room; loading models is never charged"});
       }
     }
     std::string shmem = ReadFirstLine("/sys/kernel/mm/transparent_hugepage/shmem_enabled");

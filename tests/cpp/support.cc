@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -47,6 +48,15 @@ TempDir::~TempDir() {
   std::error_code ignored;
   std::filesystem::remove_all(path_, ignored);
 }
+
+Tmpfs::Tmpfs(const std::string& size, const std::string& extra) {
+  std::string options = "size=" + size + ",mode=0755" + extra;
+  if (::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) != 0) {
+    FAIL("cannot mount a tmpfs (" << std::strerror(errno) << "): run the test suite as root");
+  }
+}
+
+Tmpfs::~Tmpfs() { ::umount2(dir_.path().c_str(), MNT_DETACH); }
 
 namespace {
 

@@ -34,6 +34,20 @@ class TempDir {
   std::string path_;
 };
 
+// A tmpfs of `size` mounted for the test (needs root: the suite runs as
+// root), unmounted by the destructor; path() is a segment directory in it
+// that does not exist yet.
+class Tmpfs {
+ public:
+  explicit Tmpfs(const std::string& size, const std::string& extra = "");
+  ~Tmpfs();
+  Tmpfs(const Tmpfs&) = delete;
+  std::string path() const { return dir_.path() + "/segments"; }
+
+ private:
+  TempDir dir_;
+};
+
 // zerocopyd started with fork/exec on <tmp>/zerocopyd.sock and a segment
 // directory in /dev/shm; Start() returns once the socket accepts
 // connections. The destructor stops it (SIGTERM, then SIGKILL) and removes

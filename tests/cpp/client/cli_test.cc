@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <utility>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -139,6 +140,78 @@ TEST_CASE("doctor says what is wrong", "[cli]") {
   REQUIRE(cli({"ls"}) != 0);
   REQUIRE(OneLine(cli.err));
   REQUIRE_THAT(cli.err, Catch::Contains(d.socket()));
+}
+
+// This process's cgroup directory in the hierarchy that has the memory
+// controller, and the file that limits it: v1's memory.limit_in_bytes, or
+// v2's memory.max. Empty when neither is mounted where we look.
+std::pair<std::string, std::string> MemoryCgroup() {
+  std::ifstream in("/proc/self/cgroup");
+  for (std::string line; std::getline(in, line);) {
+    auto first = line.find(':'), second = line.find(':', first + 1);
+    std::string controllers = line.substr(first + 1, second - first - 1), path = line.substr(second + 1);
+    if (controllers == "memory" && ::access("/sys/fs/cgroup/memory", W_OK) == 0) {
+      return {"/sys/fs/cgroup/memory" + path, "memory.limit_in_bytes"};
+    }
+    if (line.rfind("0::", 0) == 0 && ::access("/sys/fs/cgroup/cgroup.controllers", R_OK) == 0) {
+      return {"/sys/fs/cgroup" + path, "memory.max"};
+    }
+  }
+  return {};
+}
+
+TEST_CASE("doctor catches what bites in containers", "[cli]") {
+  SECTION("a container's 64 MiB /dev/shm") {
+    testing::Tmpfs shm("64m");
+    DaemonProcess::Options options;
+    options.segment_dir = shm.path();
+    DaemonProcess d(options);
+    d.Start();
+    Cli cli(d);
+    REQUIRE(cli({"doctor"}) == 1);
+    INFO(cli.out);
+    REQUIRE_THAT(cli.out, Catch::Contains("FAIL the segment directory is on a file system of 64"));
+    REQUIRE_THAT(cli.out, Catch::Contains("a container's default /dev/shm"));
+    REQUIRE_THAT(cli.out, Catch::Contains("hostPath"));
+  }
+  SECTION("a budget larger than the tmpfs") {
+    testing::Tmpfs shm("256m");
+    DaemonProcess::Options options;
+    options.segment_dir = shm.path();  // and the budget of 1G
+    DaemonProcess d(options);
+    d.Start();
+    Cli cli(d);
+    REQUIRE(cli({"doctor"}) == 1);
+    INFO(cli.out);
+    REQUIRE_THAT(cli.out, Catch::Contains("FAIL host budget"));
+    REQUIRE_THAT(cli.out, Catch::Contains("exceeds the segment file system's"));
+    REQUIRE_THAT(cli.out, Catch::Contains("lower host_budget"));
+  }
+  SECTION("a memory cgroup smaller than the budget, for a process that publishes") {
+    DaemonProcess d;
+    d.Start();
+    auto [parent, limit_file] = MemoryCgroup();
+    if (parent.empty()) {
+      WARN("no memory cgroup hierarchy mounted here: the cgroup check is not exercised");
+      return;
+    }
+    const std::string child = parent + "/zerocopy-doctor-" + std::to_string(::getpid());
+    REQUIRE(::mkdir(child.c_str(), 0755) == 0);
+    std::ofstream(child + "/" + limit_file) << (64 << 20) << "\n";
+    std::string out, err;
+    int status = Run({"/bin/sh", "-c", "echo $$ > \"$1\"/cgroup.procs && exec \"$2\" --socket \"$3\" doctor", "sh",
+                      child, testing::CliBinary(), d.socket()},
+                     &out, &err);
+    ::rmdir(child.c_str());
+    INFO(out << err);
+    REQUIRE(status == 1);
+    REQUIRE_THAT(out, Catch::Contains("FAIL this process's memory cgroup allows 64"));
+    REQUIRE_THAT(out, Catch::Contains("less than the host budget"));
+    REQUIRE_THAT(out, Catch::Contains("loading models is never charged"));
+    // Outside that cgroup the same doctor has nothing to say about memory.
+    Cli cli(d);
+    REQUIRE(cli({"doctor"}) == 0);
+  }
 }
 
 TEST_CASE("health is the readiness probe: SERVING while the daemon serves, a reason once it is gone", "[cli]") {

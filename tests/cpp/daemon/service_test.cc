@@ -137,21 +137,7 @@ TEST_CASE("segment files: exact size, read-only, in a 0710 directory", "[service
   REQUIRE(info->segment_path() == d.segment_dir() + "/" + info->digest() + ".seg");
 }
 
-// A tmpfs of `size` mounted for the test (needs root: the suite runs as root).
-class Tmpfs {
- public:
-  Tmpfs(const std::string& size, const std::string& extra = "") {
-    std::string options = "size=" + size + ",mode=0755" + extra;
-    if (::mount("tmpfs", dir_.path().c_str(), "tmpfs", 0, options.c_str()) != 0) {
-      FAIL("cannot mount a tmpfs (" << std::strerror(errno) << "): run the test suite as root");
-    }
-  }
-  ~Tmpfs() { ::umount2(dir_.path().c_str(), MNT_DETACH); }
-  std::string path() const { return dir_.path() + "/segments"; }
-
- private:
-  testing::TempDir dir_;
-};
+using testing::Tmpfs;
 
 // A daemon whose segment directory is on a tmpfs of 8 MiB, none of it
 // held in reserve.
