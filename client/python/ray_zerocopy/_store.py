@@ -129,7 +129,9 @@ def _no_gc():
     """Python's cycle collector held off while a load builds its thousands
     of tuples and tensors: each collection it would trigger walks every
     object torch made (~0.1 s a time), which is what a load of 10,000
-    tensors spent most of its time on. Nothing a load makes is a cycle."""
+    tensors spent most of its time on. Any cycle a skeleton makes is
+    collected as usual afterwards. A load in another thread meanwhile may
+    turn it back on early: that costs time, never memory."""
     if not gc.isenabled():
         yield
         return
