@@ -92,8 +92,12 @@ std::string ReadFirstLine(const char* path) {
 // process publishes or preloads counts against this limit for as long as
 // the model exists.
 uint64_t CgroupMemoryLimit() {
-  // Where each hierarchy is mounted: "cgroup2", or "cgroup" with memory.
-  std::string v2_root, v1_root;
+  // Where each hierarchy is mounted ("cgroup2", or "cgroup" with memory),
+  // and which of its cgroups the mount shows at its top (a container's own,
+  // without a cgroup namespace).
+  struct Mount {
+    std::string dir, top;
+  } v2, v1;
   std::ifstream mountinfo("/proc/self/mountinfo");
   for (std::string line; std::getline(mountinfo, line);) {
     std::vector<std::string> f = absl::StrSplit(line, ' ');
@@ -101,13 +105,21 @@ uint64_t CgroupMemoryLimit() {
     if (f.size() < 5 || dash == f.end() || dash + 3 > f.end()) continue;
     const std::string& type = *(dash + 1);
     const std::string& options = *(dash + 3);
-    if (type == "cgroup2" && v2_root.empty()) v2_root = f[4];
-    if (type == "cgroup" && v1_root.empty() && absl::StrContains(absl::StrCat(",", options, ","), ",memory,")) {
-      v1_root = f[4];
-    }
+    // The last one listed: a mount stacked on another hides it.
+    if (type == "cgroup2") v2 = {f[4], f[3]};
+    if (type == "cgroup" && absl::StrContains(absl::StrCat(",", options, ","), ",memory,")) v1 = {f[4], f[3]};
   }
   uint64_t lowest = 0;
-  auto consider = [&](const std::string& root, std::string path, const char* file) {
+  auto consider = [&](const Mount& mount, std::string path, const char* file) {
+    // /proc/self/cgroup names the cgroup from the hierarchy's root; the
+    // mount shows it from `top` down. (Walking up to the mount's top finds
+    // a container's limit either way; this finds the ones below it.)
+    if (mount.top != "/" && absl::StartsWith(path, mount.top) &&
+        (path.size() == mount.top.size() || path[mount.top.size()] == '/')) {
+      path = path.substr(mount.top.size());
+    }
+    if (path.empty()) path = "/";
+    const std::string& root = mount.dir;
     for (;;) {
       std::string value = ReadFirstLine(absl::StrCat(root, path == "/" ? "" : path, "/", file).c_str());
       uint64_t limit;
@@ -125,9 +137,9 @@ uint64_t CgroupMemoryLimit() {
   for (std::string line; std::getline(cgroups, line);) {
     std::vector<std::string> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
     if (f.size() != 3) continue;
-    if (f[0] == "0" && f[1].empty() && !v2_root.empty()) consider(v2_root, f[2], "memory.max");
-    if (absl::StrContains(absl::StrCat(",", f[1], ","), ",memory,") && !v1_root.empty()) {
-      consider(v1_root, f[2], "memory.limit_in_bytes");
+    if (f[0] == "0" && f[1].empty() && !v2.dir.empty()) consider(v2, f[2], "memory.max");
+    if (absl::StrContains(absl::StrCat(",", f[1], ","), ",memory,") && !v1.dir.empty()) {
+      consider(v1, f[2], "memory.limit_in_bytes");
     }
   }
   return lowest;

@@ -143,18 +143,22 @@ TEST_CASE("doctor says what is wrong", "[cli]") {
 }
 
 // This process's cgroup directory in the hierarchy that has the memory
-// controller, and the file that limits it: v1's memory.limit_in_bytes, or
-// v2's memory.max. Empty when neither is mounted where we look.
-std::pair<std::string, std::string> MemoryCgroup() {
+// controller, the file that limits it (v1's memory.limit_in_bytes, or v2's
+// memory.max) and where that hierarchy is mounted. Empty when neither is
+// mounted where we look.
+struct MemoryCgroupPaths {
+  std::string dir, limit_file, mount;
+};
+MemoryCgroupPaths MemoryCgroup() {
   std::ifstream in("/proc/self/cgroup");
   for (std::string line; std::getline(in, line);) {
     auto first = line.find(':'), second = line.find(':', first + 1);
     std::string controllers = line.substr(first + 1, second - first - 1), path = line.substr(second + 1);
     if (controllers == "memory" && ::access("/sys/fs/cgroup/memory", W_OK) == 0) {
-      return {"/sys/fs/cgroup/memory" + path, "memory.limit_in_bytes"};
+      return {"/sys/fs/cgroup/memory" + path, "memory.limit_in_bytes", "/sys/fs/cgroup/memory"};
     }
     if (line.rfind("0::", 0) == 0 && ::access("/sys/fs/cgroup/cgroup.controllers", R_OK) == 0) {
-      return {"/sys/fs/cgroup" + path, "memory.max"};
+      return {"/sys/fs/cgroup" + path, "memory.max", "/sys/fs/cgroup"};
     }
   }
   return {};
@@ -190,7 +194,7 @@ TEST_CASE("doctor catches what bites in containers", "[cli]") {
   SECTION("a memory cgroup smaller than the budget, for a process that publishes") {
     DaemonProcess d;
     d.Start();
-    auto [parent, limit_file] = MemoryCgroup();
+    auto [parent, limit_file, mount] = MemoryCgroup();
     if (parent.empty()) {
       WARN("no memory cgroup hierarchy mounted here: the cgroup check is not exercised");
       return;
@@ -204,12 +208,24 @@ TEST_CASE("doctor catches what bites in containers", "[cli]") {
     int status = Run({"/bin/sh", "-c", "echo $$ > \"$1\"/cgroup.procs && exec \"$2\" --socket \"$3\" doctor", "sh",
                       child, testing::CliBinary(), d.socket()},
                      &out, &err);
+    // As inside a container without a cgroup namespace: the hierarchy is
+    // mounted from the container's own cgroup down, while /proc/self/cgroup
+    // still names it from the root.
+    std::string contained_out, contained_err;
+    int contained = Run({"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                         "echo $$ > \"$1\"/cgroup.procs && mount --bind \"$1\" \"$2\" && "
+                         "exec \"$3\" --socket \"$4\" doctor",
+                         "sh", child, mount, testing::CliBinary(), d.socket()},
+                        &contained_out, &contained_err);
     ::rmdir(child.c_str());
     INFO(out << err);
     REQUIRE(status == 1);
     REQUIRE_THAT(out, Catch::Contains("FAIL this process's memory cgroup allows 512"));
     REQUIRE_THAT(out, Catch::Contains("less than the host budget"));
     REQUIRE_THAT(out, Catch::Contains("loading models is never charged"));
+    INFO(contained_out << contained_err);
+    REQUIRE(contained == 1);
+    REQUIRE_THAT(contained_out, Catch::Contains("FAIL this process's memory cgroup allows 512"));
     // Outside that cgroup the same doctor has nothing to say about memory.
     Cli cli(d);
     REQUIRE(cli({"doctor"}) == 0);
