@@ -24,12 +24,11 @@ uint64_t MemoryTrimmer::trims() const {
   return trims_;
 }
 
+bool MemoryTrimmer::Woken() const { return wanted_ || stopping_; }
+
 bool MemoryTrimmer::QuietFor(absl::Duration d) {
   wanted_ = false;
-  return !mu_.AwaitWithTimeout(absl::Condition(
-                                   +[](MemoryTrimmer* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->wanted_ || t->stopping_; },
-                                   this),
-                               d);
+  return !mu_.AwaitWithTimeout(absl::Condition(this, &MemoryTrimmer::Woken), d);
 }
 
 void MemoryTrimmer::Trim() {
@@ -43,8 +42,7 @@ void MemoryTrimmer::Run() {
   const absl::Duration delay = absl::FromChrono(delay_);
   absl::MutexLock lock(&mu_);
   for (;;) {
-    mu_.Await(absl::Condition(
-        +[](MemoryTrimmer* t) ABSL_NO_THREAD_SAFETY_ANALYSIS { return t->wanted_ || t->stopping_; }, this));
+    mu_.Await(absl::Condition(this, &MemoryTrimmer::Woken));
     if (stopping_) return;
     // Wait until the requests stop for `delay`: the calls that asked free
     // their requests only once they are done, and a trim before the last

@@ -38,6 +38,7 @@ class MemoryTrimmer {
   // Clears wanted_, then waits up to `d` for a request or a stop; true if
   // none came.
   bool QuietFor(absl::Duration d) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Woken() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);  // asked for, or stopping
   void Trim() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::chrono::milliseconds delay_;

@@ -28,6 +28,7 @@
 #include "zerocopy/mapped_region.h"
 #include "zerocopy/parallel_for.h"
 #include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
 
 namespace zerocopy::daemon {
 
@@ -88,18 +89,7 @@ absl::Status WriteFileAtomically(int dir_fd, const std::string& name, const std:
 absl::StatusOr<std::string> ReadFileAt(int dir_fd, const std::string& name) {
   UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", name));
-  std::string out;
-  char buf[1 << 16];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus(errno, absl::StrCat("read ", name));
-    }
-    if (n == 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
+  return ReadAll(fd.get(), name);
 }
 
 }  // namespace

@@ -25,15 +25,21 @@ namespace zerocopy {
 
 namespace {
 
+// madvise(2) over [offset, offset + length) of a mapping at `data`, its
+// start rounded down to a page (the mapping starts on one).
+int AdvisePages(uint8_t* data, uint64_t offset, uint64_t length, int advice) {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = offset / page * page;
+  return ::madvise(data + begin, offset + length - begin, advice);
+}
+
 absl::Status Populate(uint8_t* data, size_t size, uint64_t offset, uint64_t length, int advice) {
   if (offset > size || length > size - offset) {
     return absl::OutOfRangeError(absl::StrCat("populate ", length, " bytes at ", offset, " of a ", size, "-byte mapping"));
   }
   if (length == 0) return absl::OkStatus();
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t begin = offset / page * page;  // the mapping starts on a page
   for (;;) {
-    if (::madvise(data + begin, offset + length - begin, advice) == 0) return absl::OkStatus();
+    if (AdvisePages(data, offset, length, advice) == 0) return absl::OkStatus();
     switch (errno) {
       case EINTR: case EAGAIN: continue;
       case EINVAL: return absl::UnimplementedError("this kernel has no MADV_POPULATE_READ/WRITE (Linux 5.14)");
@@ -57,10 +63,7 @@ absl::Status MappedRegion::PopulateForRead(uint64_t offset, uint64_t length) con
 
 void MappedRegion::Release(uint64_t offset, uint64_t length) const {
   if (offset >= size_ || length == 0) return;
-  length = std::min<uint64_t>(length, size_ - offset);
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t begin = offset / page * page;
-  ::madvise(data_ + begin, offset + length - begin, MADV_DONTNEED);
+  AdvisePages(data_, offset, std::min<uint64_t>(length, size_ - offset), MADV_DONTNEED);
 }
 
 bool MappedRegion::CanPopulateForWrite() {

@@ -488,16 +488,7 @@ absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, cons
   UniqueFd manifest(::openat(dir_fd.get(), (digest + ".manifest").c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!manifest) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", digest, ".manifest"));
   ZC_RETURN_IF_ERROR(owned(manifest.get(), S_IWUSR | S_IWGRP | S_IWOTH, digest + ".manifest"));
-  std::string bytes;
-  char buffer[1 << 16];
-  for (;;) {
-    const ssize_t n = ::read(manifest.get(), buffer, sizeof buffer);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoStatus(errno, absl::StrCat("read ", digest, ".manifest"));
-    if (n == 0) break;
-    bytes.append(buffer, static_cast<size_t>(n));
-    if (bytes.size() > static_cast<size_t>(kMaxMessage)) return absl::FailedPreconditionError("manifest too large");
-  }
+  ZC_ASSIGN_OR_RETURN(std::string bytes, ReadAll(manifest.get(), digest + ".manifest", kMaxMessage));
   v1::ModelRecord record;
   if (!record.ParseFromString(bytes) || record.digest() != digest) {
     return absl::FailedPreconditionError(absl::StrCat(digest, ".manifest does not hold model ", digest));

@@ -4,7 +4,13 @@
 
 #include <unistd.h>
 
+#include <cstddef>
+#include <cstdint>
+#include <string>
 #include <utility>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace zerocopy {
 
@@ -33,5 +39,9 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+// The rest of `fd`'s bytes, read to its end (`what` names it in errors).
+// Errors: those of read(2); FAILED_PRECONDITION past `max_bytes`.
+absl::StatusOr<std::string> ReadAll(int fd, absl::string_view what, size_t max_bytes = SIZE_MAX);
 
 }  // namespace zerocopy

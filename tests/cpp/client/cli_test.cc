@@ -164,32 +164,33 @@ MemoryCgroupPaths MemoryCgroup() {
   return {};
 }
 
+// What doctor prints, failing, for a daemon (budget 1G) whose segment
+// directory is on a tmpfs of `size`.
+std::string DoctorOnTmpfs(const std::string& size) {
+  testing::Tmpfs shm(size);
+  DaemonProcess::Options options;
+  options.segment_dir = shm.path();
+  DaemonProcess d(options);
+  d.Start();
+  Cli cli(d);
+  REQUIRE(cli({"doctor"}) == 1);
+  return cli.out;
+}
+
 TEST_CASE("doctor catches what bites in containers", "[cli]") {
   SECTION("a container's 64 MiB /dev/shm") {
-    testing::Tmpfs shm("64m");
-    DaemonProcess::Options options;
-    options.segment_dir = shm.path();
-    DaemonProcess d(options);
-    d.Start();
-    Cli cli(d);
-    REQUIRE(cli({"doctor"}) == 1);
-    INFO(cli.out);
-    REQUIRE_THAT(cli.out, Catch::Contains("FAIL the segment directory is on a file system of 64"));
-    REQUIRE_THAT(cli.out, Catch::Contains("a container's default /dev/shm"));
-    REQUIRE_THAT(cli.out, Catch::Contains("hostPath"));
+    std::string out = DoctorOnTmpfs("64m");
+    INFO(out);
+    REQUIRE_THAT(out, Catch::Contains("FAIL the segment directory is on a file system of 64"));
+    REQUIRE_THAT(out, Catch::Contains("a container's default /dev/shm"));
+    REQUIRE_THAT(out, Catch::Contains("hostPath"));
   }
   SECTION("a budget larger than the tmpfs") {
-    testing::Tmpfs shm("256m");
-    DaemonProcess::Options options;
-    options.segment_dir = shm.path();  // and the budget of 1G
-    DaemonProcess d(options);
-    d.Start();
-    Cli cli(d);
-    REQUIRE(cli({"doctor"}) == 1);
-    INFO(cli.out);
-    REQUIRE_THAT(cli.out, Catch::Contains("FAIL host budget"));
-    REQUIRE_THAT(cli.out, Catch::Contains("exceeds the segment file system's"));
-    REQUIRE_THAT(cli.out, Catch::Contains("lower host_budget"));
+    std::string out = DoctorOnTmpfs("256m");
+    INFO(out);
+    REQUIRE_THAT(out, Catch::Contains("FAIL host budget"));
+    REQUIRE_THAT(out, Catch::Contains("exceeds the segment file system's"));
+    REQUIRE_THAT(out, Catch::Contains("lower host_budget"));
   }
   SECTION("a memory cgroup smaller than the budget, for a process that publishes") {
     DaemonProcess d;
