@@ -19,6 +19,8 @@ debian_packages=(
   libabsl-dev libboost-dev libspdlog-dev libfmt-dev catch2 libtomlplusplus-dev
   libxxhash-dev libdlpack-dev libcli11-dev nlohmann-json3-dev pybind11-dev
   libsystemd-dev systemd util-linux
+  prometheus-cpp-dev      # zerocopyd's metrics endpoint
+  lintian                 # make deb: the package checked (tests/deploy)
   clang libclang-rt-dev   # libFuzzer targets (make fuzz)
   python3 python3-venv python3-dev
 )
