@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test test-asan test-tsan fuzz fuzz-build bench bench-quick loadtest clean
+.PHONY: all deps build demo test test-asan test-tsan fuzz fuzz-build bench bench-quick loadtest deb clean
 
 all: build
 
@@ -18,6 +18,12 @@ $(BUILD)/Makefile: CMakeLists.txt
 
 build: deps $(BUILD)/Makefile
 	cmake --build $(BUILD) -j$(JOBS)
+
+# The Debian packages (cmake/Packaging.cmake): $(BUILD)/zerocopy_<version>_amd64.deb
+# (the daemon, the CLI, the units, the config) and zerocopy-dev_... (the C++
+# client). `apt-get install ./$(BUILD)/zerocopy_*.deb` installs one.
+deb: build
+	cd $(BUILD) && cpack -G DEB
 
 demo: build
 	$(PYTHON) bench/demo.py --build $(BUILD)

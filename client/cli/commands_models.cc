@@ -64,20 +64,31 @@ absl::StatusOr<Checkpoint> ReadAny(const Globals& g, const std::string& path, Ch
 #else
   if (format != CheckpointFormat::kTorchScript) return ReadNativeCheckpoint(path, format);
   // This program does not load LibTorch (every other format starts without
-  // it): the one that does takes over, with the same arguments.
-  char self[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  // it): the one that does takes over, with the same arguments. It is
+  // $ZEROCOPY_TORCHSCRIPT when set, else zerocopy-torchscript next to this
+  // program (a source build installs both; the Debian package has no
+  // LibTorch to link it with, so it leaves it out).
   std::string program = kTorchScriptProgram;
-  if (n > 0) {
-    std::string dir(self, static_cast<size_t>(n));
-    program = dir.substr(0, dir.rfind('/') + 1) + kTorchScriptProgram;
-    std::fflush(nullptr);
-    ::execv(program.c_str(), g.argv);  // returns only if it could not run
+  if (const char* named = std::getenv("ZEROCOPY_TORCHSCRIPT"); named != nullptr && *named != '\0') {
+    program = named;
+  } else {
+    char self[PATH_MAX];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+      const std::string exe(self, static_cast<size_t>(n));
+      program = exe.substr(0, exe.rfind('/') + 1) + kTorchScriptProgram;
+    }
   }
+  std::fflush(nullptr);
+  ::execv(program.c_str(), g.argv);  // returns only if it could not run
+  const int err = errno;
   return absl::FailedPreconditionError(absl::StrCat(
-      path, " is a TorchScript archive, which takes LibTorch to read: ", program, " (this program built with "
-      "LibTorch, ZEROCOPY_WITH_TORCH) is not installed next to this zerocopy: ", std::strerror(errno),
-      ". Every other format (safetensors, torch.save) needs no LibTorch."));
+      path, " is a TorchScript archive, which takes LibTorch to read, and ", program,
+      " (this program built with LibTorch) could not run: ", std::strerror(err),
+      ". The Debian package leaves it out (LibTorch is no Debian package): build zerocopy from source "
+      "(`make build`, which takes LibTorch from the project venv's torch) and set ZEROCOPY_TORCHSCRIPT to its "
+      "build/client/cli/zerocopy-torchscript, or load the model from Python with torch installed. "
+      "safetensors and torch.save files need no LibTorch."));
 #endif
 }
 

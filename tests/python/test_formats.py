@@ -208,7 +208,22 @@ def test_the_cli_loads_no_libtorch_and_hands_torchscript_to_its_twin(daemon, tmp
     r = subprocess.run([str(lonely), "--socket", daemon.socket, "preload", str(archive)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "zerocopy-torchscript" in r.stderr and "LibTorch" in r.stderr, r.stderr
+    assert "ZEROCOPY_TORCHSCRIPT" in r.stderr and "Debian package" in r.stderr, r.stderr
     assert models(daemon) == before
+    # ZEROCOPY_TORCHSCRIPT names the twin wherever it is (a packaged
+    # zerocopy in /usr/bin, the twin in a source build).
+    env = dict(os.environ, ZEROCOPY_TORCHSCRIPT=str(tmp_path / "missing"))
+    r = subprocess.run([str(lonely), "--socket", daemon.socket, "preload", str(archive)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 1 and str(tmp_path / "missing") in r.stderr, r.stderr
+    if os.path.exists(twin):
+        env["ZEROCOPY_TORCHSCRIPT"] = twin
+        r = subprocess.run([str(lonely), "--socket", daemon.socket, "preload", str(archive), "--name", "named-twin"],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        listed = json.loads(daemon.run_cli("--json", "ls").stdout)["models"]
+        assert any("named-twin" in m.get("names", []) for m in listed), listed
+
 
 
 def mapped_file(address):

@@ -1,10 +1,12 @@
 #include "zerocopy/client.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <cstring>
 #include <deque>
@@ -28,6 +30,26 @@
 #include "zerocopy/v1/model_store.grpc.pb.h"
 
 namespace zerocopy {
+
+namespace {
+
+// The group that may use `socket`, when this process may not: the socket or
+// a directory above it refuses us (EACCES). Empty otherwise.
+std::string SocketGroupDenyingUs(const std::string& socket) {
+  if (::access(socket.c_str(), R_OK | W_OK) == 0 || errno != EACCES) return "";
+  // The innermost path (the socket, then its directories) we can stat.
+  std::string path = socket;
+  struct stat st;
+  while (::stat(path.c_str(), &st) != 0) {
+    const size_t slash = path.rfind('/');
+    if (slash == std::string::npos || slash == 0) return "";
+    path.resize(slash);
+  }
+  const struct group* gr = ::getgrgid(st.st_gid);
+  return gr != nullptr ? gr->gr_name : std::to_string(st.st_gid);
+}
+
+}  // namespace
 
 namespace {
 
@@ -105,6 +127,12 @@ struct Client::Impl {
   absl::Status Convert(const grpc::Status& status, absl::string_view method) const {
     if (status.ok()) return absl::OkStatus();
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      if (std::string group = SocketGroupDenyingUs(options.socket); !group.empty()) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            "zerocopyd at ", options.socket, " is for the members of the group ", group,
+            " and this user is not one (permission denied): `usermod -aG ", group,
+            " USER`, then log in again (or start the command with `sg ", group, " -c ...`)"));
+      }
       return absl::UnavailableError(absl::StrCat("zerocopyd is not reachable at ", options.socket, " (", method, ": ",
                                                  status.error_message(),
                                                  "); start it, or set ZEROCOPY_SOCKET to where it listens"));
@@ -699,6 +727,14 @@ absl::StatusOr<v1::GetStatsResponse> Client::Stats() {
   v1::GetStatsResponse response;
   ZC_CALL(GetStats, request, response);
   return response;
+}
+
+absl::StatusOr<std::string> Client::PrometheusText() {
+  v1::GetStatsRequest request;
+  request.set_prometheus(true);
+  v1::GetStatsResponse response;
+  ZC_CALL(GetStats, request, response);
+  return std::move(*response.mutable_prometheus_text());
 }
 
 }  // namespace zerocopy
