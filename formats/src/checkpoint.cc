@@ -20,6 +20,7 @@
 #include "zerocopy/unique_fd.h"
 #include "zerocopy/zip_directory.h"
 #include "json_nesting.h"
+#include "legacy_torch_save.h"
 
 namespace zerocopy {
 
@@ -77,10 +78,6 @@ uint64_t Le64(const uint8_t* p) {
   for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
   return v;
 }
-
-// The legacy torch.save format: a protocol-2 pickle of the magic number
-// 0x1950a86a20f9469cfc6c (a 10-byte LONG1).
-constexpr uint8_t kLegacyTorchMagic[] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8};
 
 // Tells a torch.save archive from a TorchScript one by the entries.
 absl::StatusOr<CheckpointFormat> ZipKind(const std::string& path, const std::vector<ZipEntry>& entries) {
@@ -157,7 +154,7 @@ absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& input
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
   if (!S_ISREG(st.st_mode)) return Invalid(absl::StrCat(path, " is not a regular file"));
-  uint8_t head[16] = {};
+  uint8_t head[32] = {};  // a legacy torch.save magic pickle fits
   ssize_t n = ::pread(fd.get(), head, sizeof head, 0);
   if (n < 0) return ErrnoStatus(errno, absl::StrCat("read ", path));
   if (n >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) {
@@ -166,19 +163,15 @@ absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& input
     if (!entries.ok()) return Annotate(entries.status(), path);
     return ZipKind(path, *entries);
   }
-  if (static_cast<size_t>(n) >= sizeof kLegacyTorchMagic && std::memcmp(head, kLegacyTorchMagic, sizeof kLegacyTorchMagic) == 0) {
-    return Invalid(absl::StrCat(
-        path, " is in the legacy torch.save format (torch < 1.6 or _use_new_zipfile_serialization=False), which "
-              "zerocopy does not read: convert it with  python -c \"import torch; torch.save(torch.load('",
-        path, "', weights_only=True), 'converted.pt')\"  and preload converted.pt"));
-  }
+  // The legacy (pre-zip) torch.save format: TorchSaveFile reads both.
+  if (internal::LegacyTorchMagicEnd(head, static_cast<size_t>(n))) return CheckpointFormat::kTorch;
   if (n >= 9) {
     uint64_t header_len = Le64(head);
     if (header_len >= 2 && header_len <= static_cast<uint64_t>(st.st_size) - 8 && head[8] == '{') {
       return CheckpointFormat::kSafetensors;
     }
   }
-  return Invalid(absl::StrCat(path, " is not a checkpoint zerocopy knows (safetensors, a torch.save zip archive, "
+  return Invalid(absl::StrCat(path, " is not a checkpoint zerocopy knows (safetensors, a torch.save file, "
                                     "a TorchScript archive, or a directory with ", kIndexName, ")"));
 }
 

@@ -53,29 +53,33 @@ const std::map<std::string, DType, std::less<>>& StorageTypes() {
 
 class Unpickler {
  public:
-  Unpickler(const uint8_t* data, size_t size, std::string record_prefix, const std::vector<ZipEntry>& entries)
-      : p_(data), end_(data + size), prefix_(std::move(record_prefix)), entries_(entries) {}
+  Unpickler(const uint8_t* data, size_t size, const PickleName& where, StorageSource* storages)
+      : begin_(data), p_(data), end_(data + size), where_(where), storages_(storages) {}
 
   absl::StatusOr<Obj*> Run() {
     for (;;) {
-      if (p_ >= end_) return Invalid("pickle ends without STOP (truncated?)");
+      if (p_ >= end_) return Invalid(absl::StrCat(where_.name, " ", Truncated().message()));
       if (arena_.size() + stack_.size() + marks_.size() + memo_.size() > kMaxObjects) {
-        return Invalid(absl::StrCat("data.pkl builds more than ", kMaxObjects, " objects"));
+        return Invalid(absl::StrCat(where_.name, " builds more than ", kMaxObjects, " objects"));
       }
+      const uint64_t op_at = where_.first_byte + static_cast<uint64_t>(p_ - begin_);
       uint8_t op = *p_++;
+      absl::Status st;
       if (op == '.') {
-        ZC_ASSIGN_OR_RETURN(Obj * result, Pop());
-        return result;
+        absl::StatusOr<Obj*> result = Pop();
+        if (result.ok()) return *result;
+        st = result.status();
+      } else {
+        st = Step(op);
       }
-      absl::Status st = Step(op);
       if (!st.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("data.pkl at byte ", p_ - begin_ - 1, " (opcode 0x",
-                                                       absl::Hex(op), "): ", st.message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where_.name, " at byte ", op_at, " (opcode 0x", absl::Hex(op), "): ", st.message()));
       }
     }
   }
 
-  void set_begin(const uint8_t* b) { begin_ = b; }
+  size_t consumed() const { return static_cast<size_t>(p_ - begin_); }
   std::vector<std::unique_ptr<Obj>> TakeArena() { return std::move(arena_); }
 
  private:
@@ -85,8 +89,15 @@ class Unpickler {
     return arena_.back().get();
   }
 
+  absl::Status Truncated() const {
+    const uint64_t end = where_.first_byte + static_cast<uint64_t>(end_ - begin_);
+    if (where_.budget_ends) {
+      return Invalid(absl::StrCat("runs past byte ", end, ", over the budget of ", kMaxPickleBytes, " bytes of pickle"));
+    }
+    return Invalid(absl::StrCat("ends at byte ", end, " before its STOP (truncated?)"));
+  }
   absl::StatusOr<const uint8_t*> Take(uint64_t n) {
-    if (static_cast<uint64_t>(end_ - p_) < n) return Invalid("pickle truncated");
+    if (static_cast<uint64_t>(end_ - p_) < n) return Truncated();
     const uint8_t* at = p_;
     p_ += n;
     return at;
@@ -99,7 +110,7 @@ class Unpickler {
   }
   absl::StatusOr<std::string> TakeLine() {
     const uint8_t* nl = static_cast<const uint8_t*>(std::memchr(p_, '\n', end_ - p_));
-    if (!nl) return Invalid("pickle truncated in a text argument");
+    if (!nl) return Truncated();
     std::string line(reinterpret_cast<const char*>(p_), nl - p_);
     p_ = nl + 1;
     return line;
@@ -205,23 +216,19 @@ class Unpickler {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<const ZipEntry*> StorageEntry(const std::string& key) {
-    std::string want = absl::StrCat(prefix_, "data/", key);
-    for (const auto& e : entries_) {
-      if (e.name == want) {
-        if (e.method != 0) return Invalid(absl::StrCat("storage ", want, " is compressed; torch.save never does that"));
-        return &e;
-      }
-    }
-    return Invalid(absl::StrCat("storage ", want, " is missing from the archive"));
-  }
-
+  // A persistent id: ('storage', type, key, location, numel) in a zip
+  // archive, the legacy format adding a view: None, or (view key, offset,
+  // numel) of a part of the storage.
   absl::Status PersistentLoad() {
     ZC_ASSIGN_OR_RETURN(Obj * pid, Pop());
-    if (pid->kind != Kind::kTuple || pid->items.size() != 5 || pid->items[0]->kind != Kind::kString ||
+    if (!storages_) return Invalid("a persistent id in a pickle that may hold none");
+    const bool legacy = storages_->legacy();
+    const size_t arity = legacy ? 6 : 5;
+    if (pid->kind != Kind::kTuple || pid->items.size() != arity || pid->items[0]->kind != Kind::kString ||
         pid->items[0]->s != "storage" || pid->items[1]->kind != Kind::kGlobal || pid->items[2]->kind != Kind::kString ||
         pid->items[4]->kind != Kind::kInt || pid->items[4]->i < 0) {
-      return Invalid("persistent id is not ('storage', type, key, location, numel)");
+      return Invalid(legacy ? "persistent id is not ('storage', type, key, location, numel, view)"
+                            : "persistent id is not ('storage', type, key, location, numel)");
     }
     const std::string& type = pid->items[1]->s;
     auto dt = absl::StartsWith(type, "torch.") ? StorageTypes().find(type.substr(6)) : StorageTypes().end();
@@ -231,24 +238,68 @@ class Unpickler {
     }
     const DType storage_dtype = untyped ? v1::U8 : dt->second;
     const std::string& key = pid->items[2]->s;
-    auto known = storages_.find(key);
-    if (known != storages_.end()) {
-      if (known->second->dtype != storage_dtype) return Invalid(absl::StrCat("storage ", key, " is used with two types"));
-      Push(known->second);
-      return absl::OkStatus();
-    }
-    Obj* s = New(Kind::kStorage);
-    s->dtype = storage_dtype;
     const uint64_t numel = static_cast<uint64_t>(pid->items[4]->i);
-    ZC_ASSIGN_OR_RETURN(s->entry, StorageEntry(key));
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(s->dtype)), &s->bytes) ||
-        s->bytes > s->entry->size) {
-      return Invalid(absl::StrCat("storage ", key, " declares ", numel, " elements of ", DTypeName(s->dtype),
-                                  " but its entry holds ", s->entry->size, " bytes"));
+    Obj* s;
+    auto known = roots_.find(key);
+    if (known != roots_.end()) {
+      s = known->second;
+      if (s->dtype != storage_dtype) return Invalid(absl::StrCat("storage ", key, " is used with two types"));
+      if (legacy && s->bytes / DTypeSize(s->dtype) != numel) {
+        return Invalid(absl::StrCat("storage ", key, " is declared with ", s->bytes / DTypeSize(s->dtype), " and ",
+                                    numel, " elements"));
+      }
+    } else {
+      if (views_.count(key)) return Invalid(absl::StrCat("storage ", key, " is both a storage and a view"));
+      s = New(Kind::kStorage);
+      s->dtype = storage_dtype;
+      s->s = key;
+      if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(s->dtype)), &s->bytes)) {
+        return Invalid(absl::StrCat("storage ", key, " declares ", numel, " elements of ", DTypeName(s->dtype),
+                                    ", more bytes than can be"));
+      }
+      ZC_RETURN_IF_ERROR(storages_->Find(s));
+      roots_.emplace(key, s);
     }
-    storages_.emplace(key, s);
+    if (legacy && pid->items[5]->kind != Kind::kNone) {
+      ZC_ASSIGN_OR_RETURN(s, View(s, pid->items[5]));
+    }
     Push(s);
     return absl::OkStatus();
+  }
+
+  // A view of `root`: (view key, offset, numel), in root's elements (torch
+  // < 1.0 wrote them for storage slices); one view key is one view.
+  absl::StatusOr<Obj*> View(Obj* root, const Obj* view) {
+    if (view->kind != Kind::kTuple || view->items.size() != 3 || view->items[0]->kind != Kind::kString ||
+        view->items[1]->kind != Kind::kInt || view->items[1]->i < 0 || view->items[2]->kind != Kind::kInt ||
+        view->items[2]->i < 0) {
+      return Invalid("a storage view is not (key, offset, numel)");
+    }
+    const std::string& key = view->items[0]->s;
+    const uint64_t itemsize = DTypeSize(root->dtype);
+    const uint64_t offset = static_cast<uint64_t>(view->items[1]->i), numel = static_cast<uint64_t>(view->items[2]->i);
+    uint64_t end;
+    if (__builtin_add_overflow(offset, numel, &end) || end > root->bytes / itemsize) {
+      return Invalid(absl::StrCat("storage view ", key, " covers elements ", offset, " to ", offset, "+", numel,
+                                  " of storage ", root->s, ", which has ", root->bytes / itemsize));
+    }
+    if (roots_.count(key)) return Invalid(absl::StrCat("storage ", key, " is both a storage and a view"));
+    auto known = views_.find(key);
+    if (known != views_.end()) {
+      const Obj* v = known->second;
+      if (v->storage != root || static_cast<uint64_t>(v->offset) != offset * itemsize || v->bytes != numel * itemsize) {
+        return Invalid(absl::StrCat("storage view ", key, " is declared twice, differently"));
+      }
+      return known->second;
+    }
+    Obj* v = New(Kind::kStorage);
+    v->dtype = root->dtype;
+    v->s = key;
+    v->storage = root;
+    v->offset = static_cast<int64_t>(offset * itemsize);
+    v->bytes = numel * itemsize;
+    views_.emplace(key, v);
+    return v;
   }
 
   static absl::Status Ints(const Obj* o, const char* what, std::vector<int64_t>* out) {
@@ -544,27 +595,26 @@ class Unpickler {
     }
   }
 
-  const uint8_t* begin_ = nullptr;
+  const uint8_t* begin_;
   const uint8_t* p_;
   const uint8_t* end_;
-  std::string prefix_;
-  const std::vector<ZipEntry>& entries_;
+  const PickleName& where_;
+  StorageSource* storages_;
   std::vector<std::unique_ptr<Obj>> arena_;  // moved out by Unpickle
   std::vector<Obj*> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, Obj*> memo_;
-  std::map<std::string, Obj*> storages_;
+  std::map<std::string, Obj*> roots_, views_;  // storages by key
   int depth_ = 0;
 };
 
 }  // namespace
 
-absl::StatusOr<Unpickled> Unpickle(const uint8_t* data, size_t size, std::string record_prefix,
-                                   const std::vector<ZipEntry>& entries) {
-  Unpickler unpickler(data, size, std::move(record_prefix), entries);
-  unpickler.set_begin(data);
+absl::StatusOr<Unpickled> Unpickle(const uint8_t* data, size_t size, const PickleName& where, StorageSource* storages) {
+  Unpickler unpickler(data, size, where, storages);
   Unpickled result;
   ZC_ASSIGN_OR_RETURN(result.root, unpickler.Run());
+  result.end = unpickler.consumed();
   result.arena = unpickler.TakeArena();
   return result;
 }

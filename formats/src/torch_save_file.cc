@@ -22,6 +22,7 @@
 #include "zerocopy/unique_fd.h"
 #include "zerocopy/zip_directory.h"
 
+#include "legacy_torch_save.h"
 #include "mapped_file.h"
 #include "restricted_unpickler.h"
 
@@ -38,16 +39,44 @@ using pickle::KindName;
 using pickle::Obj;
 using pickle::kMaxDepth;
 
-// Budgets against hostile archives (real state dicts stay far below): the
-// pickle's size, and the objects flattening may visit (shared sub-objects
-// are visited once per reference, so a small pickle can describe an
-// exponential tree).
-constexpr size_t kMaxPickle = 64u << 20;
+// Budget against hostile archives (real state dicts stay far below): the
+// objects flattening may visit (shared sub-objects are visited once per
+// reference, so a small pickle can describe an exponential tree).
 constexpr uint64_t kMaxVisits = 1u << 20;
+
+// The storages of a zip archive: stored records <archive>/data/<key>.
+class ZipStorages : public pickle::StorageSource {
+ public:
+  ZipStorages(const uint8_t* base, std::string prefix, const std::vector<ZipEntry>& entries)
+      : base_(base), prefix_(std::move(prefix)), entries_(entries) {}
+
+  bool legacy() const override { return false; }
+
+  absl::Status Find(Obj* storage) override {
+    const std::string want = absl::StrCat(prefix_, "data/", storage->s);
+    for (const auto& e : entries_) {
+      if (e.name != want) continue;
+      if (e.method != 0) return Invalid(absl::StrCat("storage ", want, " is compressed; torch.save never does that"));
+      if (storage->bytes > e.size) {
+        return Invalid(absl::StrCat("storage ", storage->s, " declares ", storage->bytes / DTypeSize(storage->dtype),
+                                    " elements of ", DTypeName(storage->dtype), " but its entry holds ", e.size,
+                                    " bytes"));
+      }
+      storage->data = base_ + e.data_offset;
+      return absl::OkStatus();
+    }
+    return Invalid(absl::StrCat("storage ", want, " is missing from the archive"));
+  }
+
+ private:
+  const uint8_t* base_;
+  std::string prefix_;
+  const std::vector<ZipEntry>& entries_;
+};
 
 class Flattener {
  public:
-  Flattener(const uint8_t* base, ModelSource& out) : base_(base), out_(out) {}
+  explicit Flattener(ModelSource& out) : out_(out) {}
 
   absl::Status Flatten(const Obj* o, const std::string& name, int depth) {
     if (depth > kMaxDepth) return Invalid(absl::StrCat("entry '", name, "' is nested deeper than ", kMaxDepth));
@@ -153,16 +182,23 @@ class Flattener {
     if (name.size() > limits.max_tensor_name) {
       return Invalid(absl::StrCat("a tensor name of ", name.size(), " bytes; the limit is ", limits.max_tensor_name));
     }
+    // A storage view (legacy format) is a part of its root storage: the
+    // tensor lies in the root, further in (views of one root stay tied).
     const Obj* s = t->storage;
+    uint64_t byte_offset = static_cast<uint64_t>(t->offset) * DTypeSize(t->dtype);  // within the storage: checked
+    if (s->storage) {
+      byte_offset += static_cast<uint64_t>(s->offset);
+      s = s->storage;
+    }
     auto [it, fresh] = storage_index_.emplace(s, static_cast<uint32_t>(out_.manifest.storages_size()));
     if (fresh) {
       out_.manifest.add_storages()->set_size(s->bytes);
-      out_.storage_data.push_back(base_ + s->entry->data_offset);
+      out_.storage_data.push_back(s->data);
     }
     auto* spec = out_.manifest.add_tensors();
     spec->set_name(name);
     spec->set_storage(it->second);
-    spec->set_byte_offset(static_cast<uint64_t>(t->offset) * DTypeSize(t->dtype));
+    spec->set_byte_offset(byte_offset);
     spec->set_dtype(t->dtype);
     bool contiguous = true;
     int64_t expected = 1;
@@ -177,13 +213,23 @@ class Flattener {
     return absl::OkStatus();
   }
 
-  const uint8_t* base_;
   ModelSource& out_;
   json metadata_ = json::object();
   std::unordered_map<const Obj*, uint32_t> storage_index_;
   std::unordered_map<const Obj*, bool> holds_;
   uint64_t visits_ = 0;
 };
+
+// The state dict `root` as `out`'s manifest and storages.
+absl::Status Flatten(const Obj* root, ModelSource* out) {
+  if (root->kind != Kind::kDict) {
+    return Invalid(absl::StrCat("the file holds a ", KindName(root->kind), ", not a dict of tensors"));
+  }
+  out->manifest.set_format("torch");
+  Flattener flattener(*out);
+  ZC_RETURN_IF_ERROR(flattener.Flatten(root, "", 0));
+  return flattener.Finish();
+}
 
 }  // namespace
 
@@ -203,8 +249,15 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::Parse(const uint8_t* data, size_t s
 }
 
 absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data, size_t size) {
+  if (internal::LegacyTorchMagicEnd(data, size)) {
+    ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled, internal::ReadLegacyTorchSave(data, size));
+    TorchSaveFile file;
+    ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_));
+    return file;
+  }
   if (size < 4 || std::memcmp(data, "PK\x03\x04", 4) != 0) {
-    return Invalid("not a zip archive: torch.save files since torch 1.6 are zip archives");
+    return Invalid("not a zip archive (torch.save files since torch 1.6) nor a legacy torch.save file (no magic "
+                   "number)");
   }
   ZC_ASSIGN_OR_RETURN(std::vector<ZipEntry> entries, ReadZipDirectory(data, size));
   // <archive>/data.pkl, at the top level of the archive's one directory.
@@ -227,19 +280,15 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data,
     }
   }
   if (pickle->method != 0) return Invalid("data.pkl is compressed; torch.save never does that");
-  if (pickle->size > kMaxPickle) return Invalid(absl::StrCat("data.pkl is ", pickle->size, " bytes, over the limit"));
-
-  const uint8_t* pkl = data + pickle->data_offset;
-  ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled, pickle::Unpickle(pkl, pickle->size, prefix, entries));
-  const Obj* root = unpickled.root;
-  if (root->kind != Kind::kDict) {
-    return Invalid(absl::StrCat("the file holds a ", KindName(root->kind), ", not a dict of tensors"));
+  if (pickle->size > pickle::kMaxPickleBytes) {
+    return Invalid(absl::StrCat("data.pkl is ", pickle->size, " bytes, over the limit"));
   }
+
+  ZipStorages storages(data, prefix, entries);
+  ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled, pickle::Unpickle(data + pickle->data_offset, pickle->size,
+                                                                    {"data.pkl"}, &storages));
   TorchSaveFile file;
-  file.source_.manifest.set_format("torch");
-  Flattener flattener(data, file.source_);
-  ZC_RETURN_IF_ERROR(flattener.Flatten(root, "", 0));
-  ZC_RETURN_IF_ERROR(flattener.Finish());
+  ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_));
   return file;
 }
 

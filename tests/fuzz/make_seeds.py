@@ -4,6 +4,8 @@ project venv's python; the results are committed."""
 import collections
 import io
 import json
+import pickle
+import struct
 from pathlib import Path
 
 import torch
@@ -45,3 +47,59 @@ put("torch_save", "dtypes", tsave(collections.OrderedDict(
 put("torch_save", "parameters", tsave(dict(torch.nn.Linear(2, 2).named_parameters())))
 put("torch_save", "untyped_v3", tsave({"u16": torch.tensor([1, 2]).to(torch.uint16),
                                        "f8": torch.zeros(3).to(torch.float8_e4m3fn)}))
+
+
+# The legacy (pre-zip) torch.save format: torch < 1.6, or
+# _use_new_zipfile_serialization=False. Its storage keys are addresses, so
+# these bytes change from run to run; what they hold does not.
+def tsave_legacy(obj, protocol=2):
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+    return buf.getvalue()
+
+
+legacy_base = torch.arange(12, dtype=torch.float32).view(3, 4)
+put("torch_save", "legacy_state_dict", tsave_legacy(torch.nn.Linear(3, 2).state_dict()))
+put("torch_save", "legacy_nested", tsave_legacy({
+    "model": {"w": legacy_base, "w_tied": legacy_base, "w_t": legacy_base.t(), "row": legacy_base[1]},
+    "epoch": 3, "cfg": {"lr": 0.1, "layers": [1, 2]}, "none": None, "opt": {0: {"step": torch.tensor(5.0)}}}))
+put("torch_save", "legacy_dtypes", tsave_legacy(collections.OrderedDict(
+    (str(d), torch.ones(2, dtype=d)) for d in (torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int8,
+                                               torch.bool, torch.complex64))))
+put("torch_save", "legacy_protocol4", tsave_legacy({"w": torch.arange(6.0).view(2, 3), "e": torch.empty(0)}, 4))
+
+
+def legacy_views():
+    """A legacy file as torch < 1.0 could write it: a storage view, ('view',
+    2, 4), of elements 2..5 of storage 'root' (8 floats 0..7); tensor 'part'
+    is elements 3..5 (offset 1 in the view), 'whole' the root as 2x4.
+    torch.load reads it to the same values."""
+    class Ref:
+        def __init__(self, pid):
+            self.pid = pid
+
+    class Tensor:
+        def __init__(self, ref, offset, size, stride):
+            self.args = (ref, offset, size, stride, False, collections.OrderedDict())
+
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, self.args
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj.pid if isinstance(obj, Ref) else None
+
+    root = Ref(("storage", torch.FloatStorage, "root", "cpu", 8, None))
+    view = Ref(("storage", torch.FloatStorage, "root", "cpu", 8, ("view", 2, 4)))
+    buf = io.BytesIO()
+    for head in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(head, buf, protocol=2)
+    Pickler(buf, protocol=2).dump({"whole": Tensor(root, 0, (2, 4), (4, 1)), "part": Tensor(view, 1, (3,), (1,)),
+                                   "part_again": Tensor(view, 0, (4,), (1,))})
+    pickle.dump(["root"], buf, protocol=2)
+    buf.write(struct.pack("<q8f", 8, *range(8)))
+    return buf.getvalue()
+
+
+put("torch_save", "legacy_views", legacy_views())

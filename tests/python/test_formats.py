@@ -1,7 +1,9 @@
 """Preloading what users have (issue: formats). Each format is preloaded by
 the real CLI into the real daemon, then loaded from Python and compared
-bitwise with what torch itself loads from the file. Bad input: a clear
-error, a non-zero exit, and nothing published."""
+bitwise with what torch itself loads from the file. torch.save files come
+in both layouts: the zip archive and the legacy one (torch < 1.6, or
+_use_new_zipfile_serialization=False). Bad input: a clear error, a
+non-zero exit, and nothing published."""
 import json
 import os
 import pickle
@@ -9,6 +11,7 @@ import shutil
 import subprocess
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,11 +74,17 @@ def sample(dtype, shape=(3, 5)):
 
 # --- torch.save -------------------------------------------------------------
 
+# The two layouts of torch.save, by the keyword that picks one.
+LAYOUTS = {"zip": {}, "legacy": {"_use_new_zipfile_serialization": False}}
+LEGACY_SEEDS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "torch_save"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
-def test_torch_save_state_dict_round_trips_bitwise(daemon, tmp_path, suffix):
+def test_torch_save_state_dict_round_trips_bitwise(daemon, tmp_path, suffix, layout):
     net = make_net()
     path = tmp_path / f"pytorch_model{suffix}"
-    torch.save(net.state_dict(), path)
+    torch.save(net.state_dict(), path, **LAYOUTS[layout])
     info = preload(daemon, path, "--name", f"net{suffix}")
     assert info["format"] == "torch"
     assert_same(ray_zerocopy.load_state_dict(f"net{suffix}"), torch.load(path, weights_only=True))
@@ -90,7 +99,8 @@ def test_torch_save_state_dict_round_trips_bitwise(daemon, tmp_path, suffix):
         assert torch.equal(model(x), ref(x))
 
 
-def test_torch_save_every_dtype_views_ties_and_nesting(daemon, tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_save_every_dtype_views_ties_and_nesting(daemon, tmp_path, layout):
     torch.manual_seed(1)
     base = torch.randn(6, 4)
     state = {f"t.{str(d).split('.')[1]}": sample(d) for d in DTYPES}
@@ -99,7 +109,7 @@ def test_torch_save_every_dtype_views_ties_and_nesting(daemon, tmp_path):
     checkpoint = {"model": state, "epoch": 7, "config": {"lr": 0.5, "name": "demo", "layers": [1, 2]},
                   "optimizer": {"state": {0: {"step": torch.tensor(10.0)}}}, "note": None}
     path = tmp_path / "ckpt.pt"
-    torch.save(checkpoint, path)
+    torch.save(checkpoint, path, **LAYOUTS[layout])
     info = preload(daemon, path)
     got = ray_zerocopy.load_state_dict(info["digest"])
     loaded = torch.load(path, weights_only=True)
@@ -115,14 +125,52 @@ def test_torch_save_every_dtype_views_ties_and_nesting(daemon, tmp_path):
     assert meta == {"epoch": 7, "config": {"lr": 0.5, "name": "demo", "layers": [1, 2]}, "note": None}
 
 
-def test_torch_save_of_parameters_and_cuda_free_paths(daemon, tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_torch_save_of_parameters_and_cuda_free_paths(daemon, tmp_path, layout):
     net = make_net(3)
     params = dict(net.named_parameters())  # nn.Parameter objects, not plain tensors
     path = tmp_path / "params.pt"
-    torch.save(params, path)
+    torch.save(params, path, **LAYOUTS[layout])
     info = preload(daemon, path)
     assert_same(ray_zerocopy.load_state_dict(info["digest"]),
                 {k: v.detach() for k, v in torch.load(path, weights_only=True).items()})
+
+
+def test_legacy_torch_save_storage_views_and_pickle_protocol_4(daemon, tmp_path):
+    # A storage view, as torch < 1.0 wrote them (tests/fuzz/make_seeds.py
+    # legacy_views): 'part' lies in the one storage, further in.
+    views = LEGACY_SEEDS / "legacy_views"
+    info = preload(daemon, views)
+    got = ray_zerocopy.load_state_dict(info["digest"])
+    assert_same(got, torch.load(views, weights_only=True))
+    assert got["part"].untyped_storage().data_ptr() == got["whole"].untyped_storage().data_ptr()
+    assert got["part"].data_ptr() == got["whole"].data_ptr() + 3 * 4
+    # pickle_protocol=4 frames its pickles (torch's weights_only loader
+    # cannot read those: the reference is the full loader).
+    torch.manual_seed(2)
+    state = {"a": torch.randn(4, 3), "b": torch.arange(5), "c": {"d": torch.randn(2).half()}}
+    path = tmp_path / "p4.pt"
+    torch.save(state, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    want = torch.load(path, weights_only=False)
+    assert_same(ray_zerocopy.load_state_dict(preload(daemon, path)["digest"]),
+                {"a": want["a"], "b": want["b"], "c.d": want["c"]["d"]})
+
+
+def test_legacy_torch_save_of_newer_dtypes_reads_what_was_saved(daemon, tmp_path):
+    # uint16/32/64 and float8 sit on untyped storages, which torch.load of
+    # a legacy file cannot read ('UntypedStorage' has no attribute 'dtype');
+    # the bytes are unambiguous, so zerocopy reads them: compared with what
+    # was saved.
+    state = {"u16": torch.tensor([1, 2, 60000]).to(torch.uint16), "u64": torch.tensor([1, 2**40]).to(torch.uint64),
+             "f8": torch.randn(5).to(torch.float8_e4m3fn), "f32": torch.randn(3)}
+    path = tmp_path / "newer_legacy.pt"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(AttributeError):
+        torch.load(path, weights_only=False)
+    got = ray_zerocopy.load_state_dict(preload(daemon, path)["digest"])
+    assert sorted(got) == sorted(state)
+    for k in state:
+        assert got[k].dtype == state[k].dtype and got[k].view(torch.uint8).equal(state[k].view(torch.uint8)), k
 
 
 # --- sharded safetensors ----------------------------------------------------
@@ -223,7 +271,6 @@ def test_the_cli_loads_no_libtorch_and_hands_torchscript_to_its_twin(daemon, tmp
         assert r.returncode == 0, r.stderr
         listed = json.loads(daemon.run_cli("--json", "ls").stdout)["models"]
         assert any("named-twin" in m.get("names", []) for m in listed), listed
-
 
 
 def mapped_file(address):
@@ -327,10 +374,33 @@ def test_storage_larger_than_its_entry_or_missing_is_refused(daemon, tmp_path):
     refused(daemon, missing, match="archive/data/7 is missing")
 
 
-def test_legacy_and_wrong_magic_and_format_mismatch(daemon, tmp_path):
-    legacy = tmp_path / "legacy.pt"
-    torch.save(make_net().state_dict(), legacy, _use_new_zipfile_serialization=False)
-    assert "converted.pt" in refused(daemon, legacy, match="legacy torch.save format")
+def test_hostile_and_broken_legacy_torch_save_files_are_refused(daemon, tmp_path):
+    if os.path.exists("/tmp/zerocopy-pwned"):
+        os.unlink("/tmp/zerocopy-pwned")
+    evil = tmp_path / "evil_legacy.pt"
+    torch.save({"w": torch.ones(2), "x": _Evil()}, evil, _use_new_zipfile_serialization=False)
+    error = refused(daemon, evil, match="system, which a state dict does not need and zerocopy will not load")
+    assert "the object pickle at byte" in error and "(opcode 0x63)" in error, error
+    assert not os.path.exists("/tmp/zerocopy-pwned")
+    module = tmp_path / "module_legacy.pt"
+    torch.save({"m": nn.Linear(2, 2)}, module, _use_new_zipfile_serialization=False)
+    refused(daemon, module, match="torch.nn.modules.linear.Linear")
+    # One storage of 4 floats: its element count is the 8 bytes before its data.
+    good = tmp_path / "good_legacy.pt"
+    torch.save({"w": torch.arange(4.0)}, good, _use_new_zipfile_serialization=False)
+    data = good.read_bytes()
+    count_at = len(data) - 16 - 8
+    assert struct.unpack_from("<q", data, count_at) == (4,)
+    wrong = tmp_path / "wrong_count.pt"
+    wrong.write_bytes(data[:count_at] + struct.pack("<q", 5) + data[count_at + 8:])
+    refused(daemon, wrong, match="holds 5 elements of f32 but the object pickle declares 4")
+    for cut in (len(data) - 1, len(data) - 20, len(data) // 2, 20):
+        p = tmp_path / f"cut{cut}.pt"
+        p.write_bytes(data[:cut])
+        refused(daemon, p, "--format", "torch", match="(truncated?)")
+
+
+def test_wrong_magic_and_format_mismatch(daemon, tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x7fELF" + os.urandom(200))
     refused(daemon, junk, match="not a checkpoint zerocopy knows")

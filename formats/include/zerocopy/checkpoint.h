@@ -6,11 +6,10 @@
 //   safetensors           one .safetensors file (SafetensorsFile)
 //   safetensors-sharded   a Hugging Face checkpoint directory, or its
 //                         model.safetensors.index.json, naming shard files
-//   torch                 a torch.save zip archive of a (nested) state dict
+//   torch                 a torch.save file of a (nested) state dict, zip
+//                         archive or the legacy (pre-1.6) format
 //                         (TorchSaveFile: our own restricted unpickler)
 //   torchscript           a torch.jit.save archive; libzerocopy_torch
-// The legacy (pre-zip) torch.save format is detected and refused with the
-// command that converts it.
 //
 // Thread safety: a Checkpoint is immutable after it is read.
 #pragma once
@@ -42,9 +41,9 @@ struct Checkpoint {
 // Looks at the content: a directory holding model.safetensors.index.json
 // (sharded), model.safetensors or one *.safetensors file; a file starting
 // with the zip magic (torch or torchscript: tells them apart by the
-// archive's entries); a safetensors header. Errors: NOT_FOUND,
-// INVALID_ARGUMENT (unknown content, the legacy torch format, an empty or
-// ambiguous directory).
+// archive's entries); the legacy torch.save magic number (torch); a
+// safetensors header. Errors: NOT_FOUND, INVALID_ARGUMENT (unknown
+// content, an empty or ambiguous directory).
 absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& path);
 
 // The file a directory stands for (the index, or the single safetensors
@@ -72,7 +71,7 @@ absl::StatusOr<Checkpoint> ReadShardedSafetensors(const std::string& path);
 // libzerocopy_torch (ReadCheckpoint in torch_formats.h).
 absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& path, CheckpointFormat format);
 
-// A torch.save archive of a state dict (TorchSaveFile), without LibTorch.
+// A torch.save file of a state dict (TorchSaveFile), without LibTorch.
 absl::StatusOr<Checkpoint> ReadTorchSave(const std::string& path);
 
 }  // namespace zerocopy

@@ -9,8 +9,8 @@
 namespace zerocopy::pickle {
 namespace {
 
-absl::StatusOr<Unpickled> Run(const std::string& bytes, const std::vector<ZipEntry>& entries = {}) {
-  return Unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "archive/", entries);
+absl::StatusOr<Unpickled> Run(const std::string& bytes, StorageSource* storages = nullptr) {
+  return Unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), {"test.pkl"}, storages);
 }
 
 // BINUNICODE of a short string.
@@ -37,13 +37,26 @@ TEST_CASE("plain values build a tree of objects the caller owns", "[unpickler]")
   CHECK_FALSE(r->arena.empty());
 }
 
+TEST_CASE("a pickle ends at its STOP, which it reports, and may name no storage without a source", "[unpickler]") {
+  // 1001, then bytes of something else (the legacy format's next pickle)
+  auto r = Run(std::string("\x80\x02M\xe9\x03.\x80\x02N.", 10));
+  REQUIRE(r.ok());
+  CHECK(r->root->i == 1001);
+  CHECK(r->end == 6);
+  auto pid = Run(std::string("\x80\x02(") + Str("storage") + "tQ.");
+  REQUIRE_FALSE(pid.ok());
+  CHECK_THAT(std::string(pid.status().message()),
+             Catch::Contains("test.pkl at byte") && Catch::Contains("a persistent id in a pickle that may hold none"));
+}
+
 TEST_CASE("a global that would run code is refused with where it stood", "[unpickler]") {
   // os.system("id"): GLOBAL, the argument, TUPLE1, REDUCE
   std::string p = std::string("\x80\x02" "cos\nsystem\n", 13) + Str("id") + "\x85R.";
   auto r = Run(p);
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
-  CHECK_THAT(std::string(r.status().message()), Catch::Contains("opcode 0x63") && Catch::Contains("os.system"));
+  CHECK_THAT(std::string(r.status().message()),
+             Catch::Contains("test.pkl at byte 2 (opcode 0x63)") && Catch::Contains("os.system"));
 }
 
 TEST_CASE("opcodes that build objects, sets or extensions are refused", "[unpickler]") {
