@@ -134,6 +134,9 @@ TEST_CASE("doctor says what is wrong", "[cli]") {
   Cli cli(d);
   REQUIRE(cli({"doctor"}) == 0);
   REQUIRE_THAT(cli.out, Catch::Contains("daemon answers"));
+  // /dev/shm has no huge pages here: a warning with the fix, not a failure.
+  REQUIRE_THAT(cli.out, Catch::Contains("warn segments use 4 KiB pages"));
+  REQUIRE_THAT(cli.out, Catch::Contains("fix: mount the segment directory as a tmpfs with huge=within_size"));
   d.Stop();
   REQUIRE(cli({"doctor"}) != 0);
   REQUIRE_THAT(cli.out + cli.err, Catch::Contains(d.socket()));
@@ -175,6 +178,19 @@ std::string DoctorOnTmpfs(const std::string& size) {
   Cli cli(d);
   REQUIRE(cli({"doctor"}) == 1);
   return cli.out;
+}
+
+TEST_CASE("doctor is content with segments on a huge-page tmpfs", "[cli]") {
+  // The Debian package's dev-shm-zerocopy.mount, as mount(8) would apply it.
+  testing::Tmpfs shm("2G", ",huge=within_size");
+  DaemonProcess::Options options;
+  options.segment_dir = shm.path();
+  DaemonProcess d(options);
+  d.Start();
+  Cli cli(d);
+  REQUIRE(cli({"doctor"}) == 0);
+  REQUIRE_THAT(cli.out, Catch::Contains("ok   segments are on a tmpfs mounted with huge pages"));
+  REQUIRE_THAT(cli.out, !Catch::Contains("warn"));
 }
 
 TEST_CASE("doctor catches what bites in containers", "[cli]") {
