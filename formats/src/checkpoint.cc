@@ -21,6 +21,7 @@
 #include "zerocopy/zip_directory.h"
 #include "json_nesting.h"
 #include "legacy_torch_save.h"
+#include "little_endian.h"
 
 namespace zerocopy {
 
@@ -70,13 +71,6 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t limit)
     done += static_cast<size_t>(n);
   }
   return out;
-}
-
-
-uint64_t Le64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
-  return v;
 }
 
 // Tells a torch.save archive from a TorchScript one by the entries.
@@ -166,7 +160,7 @@ absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& input
   // The legacy (pre-zip) torch.save format: TorchSaveFile reads both.
   if (internal::LegacyTorchMagicEnd(head, static_cast<size_t>(n))) return CheckpointFormat::kTorch;
   if (n >= 9) {
-    uint64_t header_len = Le64(head);
+    uint64_t header_len = internal::Le64(head);
     if (header_len >= 2 && header_len <= static_cast<uint64_t>(st.st_size) - 8 && head[8] == '{') {
       return CheckpointFormat::kSafetensors;
     }

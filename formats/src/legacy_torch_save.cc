@@ -1,4 +1,5 @@
 #include "legacy_torch_save.h"
+#include "little_endian.h"
 
 #include <algorithm>
 #include <cstring>
@@ -35,12 +36,6 @@ class LegacyStorages : public pickle::StorageSource {
   }
   std::map<std::string, Obj*> by_key;
 };
-
-uint64_t Le64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
-  return v;
-}
 
 }  // namespace
 

@@ -1,14 +1,15 @@
 #include "zerocopy/zip_directory.h"
 
 #include "absl/strings/str_cat.h"
+#include "little_endian.h"
 
 namespace zerocopy {
 
 namespace {
 
-uint16_t Le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
-uint32_t Le32(const uint8_t* p) { return Le16(p) | static_cast<uint32_t>(Le16(p + 2)) << 16; }
-uint64_t Le64(const uint8_t* p) { return Le32(p) | static_cast<uint64_t>(Le32(p + 4)) << 32; }
+using internal::Le16;
+using internal::Le32;
+using internal::Le64;
 
 absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
 

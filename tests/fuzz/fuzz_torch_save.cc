@@ -1,5 +1,7 @@
-// libFuzzer: torch.save archives: the zip directory, the restricted
-// unpickler, the flattening, and the manifest it yields.
+// libFuzzer: torch.save files in both layouts (the seeds hold zip archives
+// and legacy files, legacy_*): the zip directory, the legacy format's row
+// of pickles and storage list, the restricted unpickler, the flattening,
+// and the manifest it yields.
 #include <cstddef>
 #include <cstdint>
 
