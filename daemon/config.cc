@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -74,6 +75,28 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
   double bytes = value * std::ldexp(1.0, shift);
   if (bytes >= 1.8e19) return absl::InvalidArgumentError(absl::StrCat("size '", s, "' is too large"));
   return static_cast<uint64_t>(bytes);
+}
+
+absl::Status CheckMetricsAddress(absl::string_view address) {
+  if (address == "off") return absl::OkStatus();
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics address '", address, "' ", why,
+                                                   ": write HOST:PORT with HOST an IP address (127.0.0.1, 0.0.0.0, "
+                                                   "[::1]) and PORT 0-65535 (0: any free port), or off"));
+  };
+  const size_t colon = address.rfind(':');
+  if (colon == absl::string_view::npos) return bad("has no port");
+  absl::string_view host = address.substr(0, colon);
+  absl::string_view port = address.substr(colon + 1);
+  uint32_t number;
+  if (port.empty() || !absl::ascii_isdigit(port[0]) || !absl::SimpleAtoi(port, &number) || number > 65535) {
+    return bad("has no valid port");
+  }
+  in6_addr parsed;
+  const bool v6 = host.size() > 2 && host.front() == '[' && host.back() == ']';
+  const std::string literal(v6 ? host.substr(1, host.size() - 2) : host);
+  if (::inet_pton(v6 ? AF_INET6 : AF_INET, literal.c_str(), &parsed) != 1) return bad("has no IP address as host");
+  return absl::OkStatus();
 }
 
 std::string FormatBytes(uint64_t bytes) {
@@ -151,6 +174,11 @@ absl::Status LoadConfigFile(const std::string& path, Config* config) {
     else if (key == "segment_dir") s = ReadString(node, key, &config->segment_dir);
     else if (key == "segment_group") s = ReadString(node, key, &config->segment_group);
     else if (key == "log_level") s = ReadString(node, key, &config->log_level);
+    else if (key == "metrics_address") {
+      s = ReadString(node, key, &config->metrics_address);
+      absl::Status address = s.ok() ? CheckMetricsAddress(config->metrics_address) : absl::OkStatus();
+      if (!address.ok()) s = absl::InvalidArgumentError(absl::StrCat("metrics_address (", Where(node), "): ", address.message()));
+    }
     else if (key == "host_budget") s = ReadSize(node, key, &config->host_budget);
     else if (key == "tmpfs_reserve") s = ReadSize(node, key, &config->tmpfs_reserve);
     else if (key == "max_message_bytes") s = ReadSize(node, key, &config->max_message_bytes);
@@ -270,6 +298,7 @@ std::string ConfigToToml(const Config& c) {
       "worker_threads = ", c.worker_threads, "\n",
       "shutdown_grace_seconds = ", absl::StrFormat("%g", c.shutdown_grace_seconds), "\n",
       "log_level = ", quote(c.log_level), "\n",
+      "metrics_address = ", quote(c.metrics_address), "\n",
       "gpu_backend = ", quote(c.gpu_backend), "\n",
       "gpu_budget = ",
       c.gpu_budget_bytes != 0 ? absl::StrCat(c.gpu_budget_bytes)

@@ -37,6 +37,9 @@ struct Config {
   uint32_t worker_threads = 4;  // for commits, and as many for GPU uploads (work_queue.h)
   double shutdown_grace_seconds = 5;
   std::string log_level = "info";
+  // Prometheus endpoint: "HOST:PORT" (an IP literal; port 0: any free one)
+  // or "off". Loopback by default: it has no authentication.
+  std::string metrics_address = "127.0.0.1:9479";
   // GPU sharing (config/zerocopyd.toml documents each).
   std::string gpu_backend = "auto";   // auto, cuda, off, fake (tests)
   double gpu_budget_fraction = 0.9;   // of each GPU's memory, unless gpu_budget_bytes
@@ -63,6 +66,11 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text);
 
 // The configuration as TOML, every key present (for --print-config).
 std::string ConfigToToml(const Config& config);
+
+// A metrics_address: "off", or "HOST:PORT" with HOST an IPv4 literal or a
+// bracketed IPv6 one ("[::1]") and PORT in [0, 65535] (0: any free port).
+// Errors: INVALID_ARGUMENT, saying what is expected.
+absl::Status CheckMetricsAddress(absl::string_view address);
 
 // "1.50 GiB" style.
 std::string FormatBytes(uint64_t bytes);

@@ -133,6 +133,8 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
   it->second.buffer = *std::move(buffer);
   it->second.uploading = false;
   ++gpu.uploads;
+  gpu.uploaded_bytes += size;
+  gpu.upload_seconds += ms / 1000;
   Log().info("device copy digest={} gpu={} size={} ms={:.1f}", digest, uuid, FormatBytes(size), ms);
   if (it->second.dropped) {
     freed.push_back(Erase(it));
@@ -245,6 +247,8 @@ std::vector<v1::GpuStats> DevicePool::Stats() {
     s.set_bytes_used(gpu.used);
     s.set_total_memory(gpu.total_memory);
     s.set_uploads(gpu.uploads);
+    s.set_uploaded_bytes(gpu.uploaded_bytes);
+    s.set_upload_seconds(gpu.upload_seconds);
     s.set_evictions(gpu.evictions);
     uint32_t copies = 0, leases = 0;
     for (auto it = copies_.lower_bound(Key{uuid, ""}); it != copies_.end() && it->first.first == uuid; ++it) {

@@ -101,6 +101,8 @@ class DevicePool {
     uint64_t total_memory = 0;
     uint64_t used = 0;
     uint64_t uploads = 0;
+    uint64_t uploaded_bytes = 0;
+    double upload_seconds = 0;
     uint64_t evictions = 0;
   };
 

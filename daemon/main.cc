@@ -22,13 +22,14 @@ int main(int argc, char** argv) {
   // link the same Abseil and exercise the same locks in-process, keep it.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"zerocopyd: shares model weights between the processes of this node"};
-  std::string config_file, socket, segment_dir, host_budget, log_level;
+  std::string config_file, socket, segment_dir, host_budget, log_level, metrics_address;
   bool print_config = false, version = false;
   app.add_option("--config", config_file, "TOML configuration file (config/zerocopyd.toml documents every key)");
   app.add_option("--socket", socket, "unix socket to serve on");
   app.add_option("--segment-dir", segment_dir, "directory (a tmpfs) holding the model segments");
   app.add_option("--host-budget", host_budget, "bytes of models to hold, e.g. 8G or 50%");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  app.add_option("--metrics-address", metrics_address, "Prometheus endpoint HOST:PORT (port 0: any free one), or off");
   app.add_flag("--print-config", print_config, "print the effective configuration as TOML and exit");
   app.add_flag("--version", version, "print the version and exit");
   CLI11_PARSE(app, argc, argv);
@@ -49,6 +50,11 @@ int main(int argc, char** argv) {
   if (!socket.empty()) config.socket = socket;
   if (!segment_dir.empty()) config.segment_dir = segment_dir;
   if (!log_level.empty()) config.log_level = log_level;
+  if (!metrics_address.empty()) {
+    absl::Status s = CheckMetricsAddress(metrics_address);
+    if (!s.ok()) return fail(absl::StrCat("--metrics-address: ", s.message()));
+    config.metrics_address = metrics_address;
+  }
   if (!host_budget.empty()) {
     auto bytes = ParseByteSize(host_budget);
     if (!bytes.ok()) return fail(absl::StrCat("--host-budget: ", bytes.status().message()));

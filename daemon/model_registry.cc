@@ -295,6 +295,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
   std::string name;
   std::string expected;
   bool pin;
+  int64_t created_ms;
   {
     absl::MutexLock lock(&mu_);
     Staging* staging = staging_.Find(request.staging_id());
@@ -310,6 +311,7 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     name = staging->name;
     pin = staging->pin;
     expected = staging->expected_digest;
+    created_ms = staging->created_ms;
   }
   const std::string& id = request.staging_id();
   const uint64_t size = manifest.total_size();
@@ -424,6 +426,14 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     existing->second.last_used_ms = NowUnixMs();
     *response.mutable_model() = Info(existing->second);
     response.set_deduplicated(dedup);
+    const std::string& kind = request.origin().kind();
+    const std::string origin = kind == "published" || kind == "preloaded" || kind == "pulled" ? kind : "other";
+    v1::PublishStats& publishes = publishes_[origin];
+    publishes.set_origin(origin);
+    publishes.set_commits(publishes.commits() + 1);
+    publishes.set_deduplicated(publishes.deduplicated() + (dedup ? 1 : 0));
+    publishes.set_bytes(publishes.bytes() + size);
+    publishes.set_seconds(publishes.seconds() + static_cast<double>(existing->second.last_used_ms - created_ms) / 1000);
   }
   if (dedup) store_->RemoveStaging(id);
   return response;
@@ -629,6 +639,8 @@ v1::GetStatsResponse ModelRegistry::Stats() {
   stats.set_bytes_pulled(bytes_pulled_);
   stats.set_host_budget(options_.host_budget);
   stats.set_models(models_.size());
+  stats.set_models_pinned(std::count_if(models_.begin(), models_.end(), [](const auto& m) { return m.second.pinned; }));
+  for (const auto& [origin, publishes] : publishes_) *stats.add_publishes() = publishes;
   stats.set_evictions(evictions_);
   stats.set_bytes_evicted(bytes_evicted_);
   sessions_.Describe(&stats);

@@ -169,6 +169,8 @@ class ModelRegistry {
   uint64_t bytes_evicted_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pulls_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_pulled_ ABSL_GUARDED_BY(mu_) = 0;
+  // Commits by origin kind (a closed set: clients choose the kind).
+  std::map<std::string, v1::PublishStats> publishes_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace zerocopy::daemon

@@ -81,15 +81,31 @@ const char* ModelStoreService::MethodName(Method m) {
   return kNames[m];
 }
 
+namespace {
+
+std::vector<std::string> MethodNames(int count, const char* (*name)(int)) {
+  std::vector<std::string> names;
+  for (int m = 0; m < count; ++m) names.emplace_back(name(m));
+  return names;
+}
+
+}  // namespace
+
+ModelStoreService::ModelStoreService(ModelRegistry* registry, const PeerTable* peers, unsigned worker_threads)
+    : registry_(registry),
+      peers_(peers),
+      requests_(MethodNames(kCount, [](int m) { return MethodName(static_cast<Method>(m)); })),
+      commits_(worker_threads),
+      gpu_requests_(worker_threads) {}
+
 grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
-                                                    Method method, const absl::Status& status,
+                                                    Method method, Clock::time_point start, const absl::Status& status,
                                                     const std::string& context) {
-  requests_[method].fetch_add(1, std::memory_order_relaxed);
+  requests_.Record(method, status.code(), Clock::now() - start);
   // A transfer's claim refused because another process holds it (or the
   // model is here) is how waiters wait: neither an error nor news.
   const bool waiting = method == kCreate && absl::IsAlreadyExists(status);
   if (!status.ok()) {
-    if (!waiting) errors_.fetch_add(1, std::memory_order_relaxed);
     Peer peer = peers_->Lookup(ctx->peer());
     auto level = absl::IsNotFound(status) || waiting ? spdlog::level::debug : spdlog::level::warn;
     Log().log(level, "method={} pid={} uid={} {} code={} error=\"{}\"", MethodName(method), peer.pid, peer.uid,
@@ -100,9 +116,10 @@ grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext*
 }
 
 #define ZC_UNARY(method_enum, call, context)                   \
+  const auto start = Clock::now();                             \
   auto result = (call);                                        \
   if (result.ok()) *resp = std::move(result).value();          \
-  return Finish(ctx, method_enum, result.status(), (context))
+  return Finish(ctx, method_enum, start, result.status(), (context))
 
 grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerContext* ctx,
                                                          const v1::CreateModelRequest* req,
@@ -118,13 +135,13 @@ grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerCon
 
 template <typename Work>
 grpc::ServerUnaryReactor* ModelStoreService::Offload(WorkQueue& pool, grpc::CallbackServerContext* ctx, Method method,
-                                                     std::string context, Work work) {
+                                                     Clock::time_point start, std::string context, Work work) {
   auto* reactor = ctx->DefaultReactor();
-  pool.Run([this, ctx, reactor, method, context = std::move(context), work = std::move(work)] {
+  pool.Run([this, ctx, reactor, method, start, context = std::move(context), work = std::move(work)] {
     // A caller that is gone (or a daemon stopping) gets no commit, lease
     // or device copy.
     absl::Status status = ctx->IsCancelled() ? absl::CancelledError("cancelled before it started") : work();
-    Finish(ctx, reactor, method, status, context);
+    Finish(ctx, reactor, method, start, status, context);
   });
   return reactor;
 }
@@ -133,7 +150,7 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
                                                          const v1::CommitModelRequest* req,
                                                          v1::CommitModelResponse* resp) {
   // Hashes the whole segment: on the pool, never on gRPC's threads.
-  return Offload(commits_, ctx, kCommit, absl::StrCat("staging=", req->staging_id()), [this, ctx, req, resp] {
+  return Offload(commits_, ctx, kCommit, Clock::now(), absl::StrCat("staging=", req->staging_id()), [this, ctx, req, resp] {
     auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
     if (result.ok()) {
       *resp = std::move(result).value();
@@ -148,23 +165,25 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
 
 grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerContext* ctx,
                                                         const v1::AbortModelRequest* req, v1::AbortModelResponse*) {
+  const auto start = Clock::now();
   trimmer_.Request();  // its manifest may have been a large one
-  return Finish(ctx, kAbort, registry_->Abort(*req, peers_->Lookup(ctx->peer())),
+  return Finish(ctx, kAbort, start, registry_->Abort(*req, peers_->Lookup(ctx->peer())),
                 absl::StrCat("staging=", req->staging_id()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
+  const auto start = Clock::now();
   std::string context = absl::StrCat("ref=", req->model().ref());
-  if (req->gpu_uuid().empty()) return Finish(ctx, kGet, Get(ctx, *req, resp, DevicePool::Mode::kMayUpload), context);
+  if (req->gpu_uuid().empty()) return Finish(ctx, kGet, start, Get(ctx, *req, resp, DevicePool::Mode::kMayUpload), context);
   absl::StrAppend(&context, " gpu=", req->gpu_uuid());
   // Answered here unless it must upload (or wait for an upload): a GPU
   // request whose copy is made (every one per model and GPU but the
   // first), and every refusal, never wait behind uploads.
   absl::Status status = Get(ctx, *req, resp, DevicePool::Mode::kLeaseOnly);
-  if (!DevicePool::IsWouldUpload(status)) return Finish(ctx, kGet, status, context);
+  if (!DevicePool::IsWouldUpload(status)) return Finish(ctx, kGet, start, status, context);
   // An upload, which may take seconds: on the pool, never on gRPC's threads.
-  return Offload(gpu_requests_, ctx, kGet, std::move(context),
+  return Offload(gpu_requests_, ctx, kGet, start, std::move(context),
                  [this, ctx, req, resp] { return Get(ctx, *req, resp, DevicePool::Mode::kMayUpload); });
 }
 
@@ -188,24 +207,27 @@ absl::Status ModelStoreService::Get(grpc::CallbackServerContext* ctx, const v1::
 grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerContext* ctx,
                                                           const v1::ReleaseModelRequest* req,
                                                           v1::ReleaseModelResponse*) {
-  return Finish(ctx, kRelease, registry_->Release(*req, peers_->Lookup(ctx->peer())), absl::StrCat("digest=", req->digest()));
+  const auto start = Clock::now();
+  return Finish(ctx, kRelease, start, registry_->Release(*req, peers_->Lookup(ctx->peer())), absl::StrCat("digest=", req->digest()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ListModels(grpc::CallbackServerContext* ctx,
                                                         const v1::ListModelsRequest*, v1::ListModelsResponse* resp) {
+  const auto start = Clock::now();
   *resp = registry_->List();
-  return Finish(ctx, kList, absl::OkStatus(), "");
+  return Finish(ctx, kList, start, absl::OkStatus(), "");
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::DeleteModel(grpc::CallbackServerContext* ctx,
                                                          const v1::DeleteModelRequest* req,
                                                          v1::DeleteModelResponse* resp) {
+  const auto start = Clock::now();
   auto result = registry_->Delete(*req, peers_->Lookup(ctx->peer()));
   if (result.ok()) {
     *resp = std::move(result).value();
     Log().info("deleted digest={} ref={}", resp->digest(), req->model().ref());
   }
-  return Finish(ctx, kDelete, result.status(), absl::StrCat("ref=", req->model().ref()));
+  return Finish(ctx, kDelete, start, result.status(), absl::StrCat("ref=", req->model().ref()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::TagModel(grpc::CallbackServerContext* ctx,
@@ -226,16 +248,44 @@ grpc::ServerUnaryReactor* ModelStoreService::UnpinModel(grpc::CallbackServerCont
            absl::StrCat("ref=", req->model().ref()));
 }
 
-grpc::ServerUnaryReactor* ModelStoreService::GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest*,
-                                                      v1::GetStatsResponse* resp) {
-  *resp = registry_->Stats();
+void ModelStoreService::SetMetricsEndpoint(std::string address, std::string error) {
+  absl::MutexLock lock(&endpoint_mu_);
+  metrics_address_ = std::move(address);
+  metrics_error_ = std::move(error);
+}
+
+v1::GetStatsResponse ModelStoreService::FullStats() {
+  v1::GetStatsResponse stats = registry_->Stats();
+  uint64_t errors = 0;
   for (int m = 0; m < kCount; ++m) {
-    (*resp->mutable_requests())[MethodName(static_cast<Method>(m))] = requests_[m].load(std::memory_order_relaxed);
+    (*stats.mutable_requests())[MethodName(static_cast<Method>(m))] = requests_.Requests(m);
+    errors += requests_.Requests(m) - requests_.Count(m, absl::StatusCode::kOk);
   }
+  // A transfer's waiters (Finish): not errors.
+  errors -= requests_.Count(kCreate, absl::StatusCode::kAlreadyExists);
+  stats.set_errors(errors);
+  stats.set_version(ZEROCOPY_VERSION);
+  absl::MutexLock lock(&endpoint_mu_);
+  stats.set_metrics_address(metrics_address_);
+  stats.set_metrics_error(metrics_error_);
+  return stats;
+}
+
+std::vector<prometheus::MetricFamily> ModelStoreService::Families(const v1::GetStatsResponse& stats) const {
+  std::vector<prometheus::MetricFamily> families = StatsFamilies(stats);
+  requests_.AppendFamilies(&families);
+  return families;
+}
+
+std::vector<prometheus::MetricFamily> ModelStoreService::Collect() { return Families(FullStats()); }
+
+grpc::ServerUnaryReactor* ModelStoreService::GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest* req,
+                                                      v1::GetStatsResponse* resp) {
+  const auto start = Clock::now();
+  *resp = FullStats();
   (*resp->mutable_requests())["GetStats"] += 1;  // this one
-  resp->set_errors(errors_.load(std::memory_order_relaxed));
-  resp->set_version(ZEROCOPY_VERSION);
-  return Finish(ctx, kStats, absl::OkStatus(), "");
+  if (req->prometheus()) resp->set_prometheus_text(ExpositionText(Families(*resp)));
+  return Finish(ctx, kStats, start, absl::OkStatus(), "");
 }
 
 namespace {
@@ -288,7 +338,7 @@ class SessionReactor final : public grpc::ServerBidiReactor<v1::SessionRequest, 
 
 grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* ModelStoreService::Session(
     grpc::CallbackServerContext* ctx) {
-  requests_[kSession].fetch_add(1, std::memory_order_relaxed);
+  requests_.Add(kSession, absl::StatusCode::kOk);
   return new SessionReactor(registry_, peers_->Lookup(ctx->peer()));
 }
 

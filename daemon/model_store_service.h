@@ -1,18 +1,20 @@
 // ModelStoreService: the gRPC face of ModelRegistry (callback API). It
-// converts statuses, counts requests, identifies the caller through
-// PeerTable, and logs each error once, where it leaves the daemon.
+// converts statuses, counts and times requests (metrics.h), identifies the
+// caller through PeerTable, and logs each error once, where it leaves the
+// daemon.
 //
 // Thread safety: gRPC calls the handlers from many threads; all state is
-// in ModelRegistry (locked) and atomics.
+// in ModelRegistry (locked) and atomics, but for the metrics endpoint's
+// address (its own lock, never taken by a request but GetStats).
 #pragma once
 
-#include <array>
-#include <atomic>
+#include <chrono>
 #include <string>
 #include <unordered_map>
 
 #include "absl/synchronization/mutex.h"
 #include "memory_trimmer.h"
+#include "metrics.h"
 #include "model_registry.h"
 #include "work_queue.h"
 #include "zerocopy/v1/model_store.grpc.pb.h"
@@ -62,8 +64,13 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
   // worker_threads: the size of each of the two pools that run commits
   // and the GPU requests that upload (work_queue.h), apart from gRPC's own
   // threads.
-  ModelStoreService(ModelRegistry* registry, const PeerTable* peers, unsigned worker_threads)
-      : registry_(registry), peers_(peers), commits_(worker_threads), gpu_requests_(worker_threads) {}
+  ModelStoreService(ModelRegistry* registry, const PeerTable* peers, unsigned worker_threads);
+
+  // What GetStats reports of the metrics endpoint: the address it is
+  // served on ("" when off), or why it is not although configured.
+  void SetMetricsEndpoint(std::string address, std::string error);
+  // Every metric (the endpoint's scrape and `zerocopy stats --prometheus`).
+  std::vector<prometheus::MetricFamily> Collect();
 
   grpc::ServerUnaryReactor* CreateModel(grpc::CallbackServerContext* ctx, const v1::CreateModelRequest* req,
                                         v1::CreateModelResponse* resp) override;
@@ -93,21 +100,26 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
  private:
   enum Method { kCreate, kCommit, kAbort, kGet, kRelease, kList, kDelete, kTag, kPin, kUnpin, kStats, kSession, kCount };
   static const char* MethodName(Method m);
-  // Counts the request, logs a failure once with its context, finishes.
-  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, Method method, const absl::Status& status,
-                                   const std::string& context) {
-    return Finish(ctx, ctx->DefaultReactor(), method, status, context);
+  using Clock = std::chrono::steady_clock;
+  // Counts and times the request (from `start`, its handler's entry), logs
+  // a failure once with its context, finishes.
+  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, Method method, Clock::time_point start,
+                                   const absl::Status& status, const std::string& context) {
+    return Finish(ctx, ctx->DefaultReactor(), method, start, status, context);
   }
   // The same for a call answered later, from the pool: `reactor` is the
   // one its handler took (ctx->DefaultReactor() builds it anew each call).
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor, Method method,
-                                   const absl::Status& status, const std::string& context);
+                                   Clock::time_point start, const absl::Status& status, const std::string& context);
   // Runs `work` (returns the call's status, fills its response) on `pool`
   // and finishes the call from there; a call cancelled while it waited its
   // turn is answered CANCELLED without running it.
   template <typename Work>
   grpc::ServerUnaryReactor* Offload(WorkQueue& pool, grpc::CallbackServerContext* ctx, Method method,
-                                    std::string context, Work work);
+                                    Clock::time_point start, std::string context, Work work);
+  // The registry's figures with the requests' and the endpoint's.
+  v1::GetStatsResponse FullStats();
+  std::vector<prometheus::MetricFamily> Families(const v1::GetStatsResponse& stats) const;
 
   // GetModel's work, on gRPC's thread or (an upload) the pool: the leases
   // of a caller that went away meanwhile are returned, and it gets
@@ -117,8 +129,10 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
 
   ModelRegistry* const registry_;
   const PeerTable* const peers_;
-  std::array<std::atomic<uint64_t>, kCount> requests_{};
-  std::atomic<uint64_t> errors_{0};
+  RequestMetrics requests_;
+  absl::Mutex endpoint_mu_;
+  std::string metrics_address_ ABSL_GUARDED_BY(endpoint_mu_);
+  std::string metrics_error_ ABSL_GUARDED_BY(endpoint_mu_);
   MemoryTrimmer trimmer_;  // after large manifests are freed
   // Last: their threads are joined first, while all the above still exist.
   // Apart, so that uploads never wait behind long commits.

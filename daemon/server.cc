@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   server->peers_ = std::make_unique<PeerTable>(limits);
   server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get(),
                                                         config.worker_threads);
+  server->StartMetrics(config.metrics_address);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -105,6 +106,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   server->handshake_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(config.handshake_timeout_seconds * 1000));
   server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
   return server;
+}
+
+void Server::StartMetrics(const std::string& address) {
+  if (address == "off") {
+    Log().info("metrics off");
+    return;
+  }
+  // Weight sharing never goes down for metrics: a port that is taken is
+  // an error logged (and shown by GetStats), and the daemon serves on.
+  auto metrics = MetricsServer::Start(address, [service = service_.get()] { return service->Collect(); });
+  if (!metrics.ok()) {
+    Log().error("metrics not served: {}", std::string(metrics.status().message()));
+    service_->SetMetricsEndpoint("", std::string(metrics.status().message()));
+    return;
+  }
+  metrics_ = *std::move(metrics);
+  Log().info("metrics address={} path=/metrics", metrics_->address());
+  service_->SetMetricsEndpoint(metrics_->address(), "");
 }
 
 void Server::AcceptLoop() {
@@ -132,6 +151,7 @@ void Server::AcceptLoop() {
 void Server::Shutdown(double grace_seconds) {
   if (shut_down_) return;
   shut_down_ = true;
+  metrics_.reset();
   // Start() may have failed part way: stop only what was started.
   if (listener_) listener_->Stop();
   if (accept_thread_.joinable()) accept_thread_.join();

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "config.h"
+#include "metrics_server.h"
 #include "model_registry.h"
 #include "model_store_service.h"
 #include "unix_listener.h"
@@ -34,12 +35,15 @@ class Server {
  private:
   Server() = default;
   void AcceptLoop();
+  // Serves metrics on `address` ("off": not), or logs why it cannot.
+  void StartMetrics(const std::string& address);
 
   std::unique_ptr<ModelRegistry> registry_;
   std::unique_ptr<PeerTable> peers_;
   std::unique_ptr<ModelStoreService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<UnixListener> listener_;
+  std::unique_ptr<MetricsServer> metrics_;  // after service_: stops scraping it before it goes
   std::thread accept_thread_;
   std::chrono::milliseconds handshake_timeout_{0};
   std::chrono::steady_clock::time_point last_refusal_log_;  // accept thread only

@@ -36,7 +36,15 @@ int Health(Globals& g) {
   return 0;
 }
 
-int Stats(Globals& g) {
+// --prometheus: the daemon's metrics as its endpoint serves them, for
+// node_exporter's textfile collector (deploy/README.md, "Monitoring").
+int Stats(Globals& g, bool prometheus) {
+  if (prometheus) {
+    auto text = g.client()->PrometheusText();
+    if (!text.ok()) return Fail(g, text.status());
+    std::fwrite(text->data(), 1, text->size(), stdout);
+    return 0;
+  }
   auto stats = g.client()->Stats();
   if (!stats.ok()) return Fail(g, stats.status());
   if (g.json) {
@@ -64,6 +72,10 @@ int Stats(Globals& g) {
                 static_cast<unsigned long long>(session.id()), session.pid(), session.uid(), session.gid(),
                 session.leases(), HumanTime(session.opened_unix_ms()).c_str());
   }
+  std::string metrics = "off";
+  if (!s.metrics_address().empty()) metrics = absl::StrCat("http://", s.metrics_address(), "/metrics");
+  if (!s.metrics_error().empty()) metrics = absl::StrCat("not served: ", s.metrics_error());
+  std::printf("metrics:    %s\n", metrics.c_str());
   std::printf("gpus:       %s backend, %d with device copies\n", s.gpu_backend().c_str(), s.gpus_size());
   for (const auto& gpu : s.gpus()) {
     std::printf("  %s  %s used of %s budget, %u copies, %u leases, %llu uploads, %llu evictions\n", gpu.uuid().c_str(),
@@ -242,9 +254,11 @@ int Doctor(Globals& g) {
 }  // namespace
 
 void AddAdminCommands(CLI::App& app, Globals& g) {
-  app.add_subcommand("stats", "bytes used and budget, models, sessions, evictions, requests")->callback([&] {
-    g.exit_code = Stats(g);
-  });
+  auto* stats = app.add_subcommand("stats", "bytes used and budget, models, sessions, evictions, requests");
+  static bool prometheus = false;
+  stats->add_flag("--prometheus", prometheus,
+                  "print the daemon's Prometheus metrics (text format, as its metrics endpoint serves them)");
+  stats->callback([&] { g.exit_code = Stats(g, prometheus); });
   app.add_subcommand("health", "exit 0 when zerocopyd answers the gRPC health check SERVING (a readiness probe)")
       ->callback([&] { g.exit_code = Health(g); });
   app.add_subcommand("doctor", "check the socket, the segment directory and huge pages, and say what to fix")

@@ -108,7 +108,8 @@ DaemonProcess::~DaemonProcess() {
 
 std::vector<std::string> DaemonProcess::Args() const {
   std::vector<std::string> args = {"--socket", socket_, "--segment-dir", segment_dir_,
-                                   "--host-budget", options_.host_budget, "--log-level", "debug"};
+                                   "--host-budget", options_.host_budget, "--log-level", "debug",
+                                   "--metrics-address", options_.metrics_address};
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
   return args;
 }

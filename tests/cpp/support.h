@@ -57,6 +57,9 @@ class DaemonProcess {
   struct Options {
     std::string host_budget = "1G";
     std::string segment_dir;              // "" for a fresh one in /dev/shm
+    // Off unless a test asks: suites run many daemons at once, and the
+    // default port would be taken by the first.
+    std::string metrics_address = "off";
     std::vector<std::string> extra_args;
     std::vector<std::string> env;         // "NAME=value" added to its environment
   };

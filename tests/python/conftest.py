@@ -27,8 +27,10 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 class Daemon:
-    def __init__(self, host_budget="2G", config: str = ""):
-        """config: TOML text for --config (e.g. the fake GPU backend)."""
+    def __init__(self, host_budget="2G", config: str = "", metrics_address="off"):
+        """config: TOML text for --config (e.g. the fake GPU backend).
+        metrics_address: off unless a test asks (127.0.0.1:0 for any free
+        port): the suite runs several daemons at once."""
         self.dir = Path(tempfile.mkdtemp(prefix="zc-pytest-"))
         self.socket = str(self.dir / "zerocopyd.sock")
         self.segment_dir = tempfile.mkdtemp(prefix="zc-pytest-", dir="/dev/shm") + "/segments"
@@ -40,7 +42,8 @@ class Daemon:
             extra = ["--config", str(self.dir / "zerocopyd.toml")]
         self.proc = subprocess.Popen(
             [str(BUILD / "daemon/zerocopyd"), "--socket", self.socket, "--segment-dir", self.segment_dir,
-             "--host-budget", host_budget, "--log-level", "debug", *extra], stdout=self.log, stderr=subprocess.STDOUT)
+             "--host-budget", host_budget, "--log-level", "debug", "--metrics-address", metrics_address, *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:

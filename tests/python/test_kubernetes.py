@@ -121,3 +121,18 @@ def test_the_daemons_memory_limit_holds_its_budget():
     assert budget.endswith("G")
     limit = one("DaemonSet")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
     assert limit.endswith("Gi") and int(limit[:-2]) > int(budget[:-1])
+
+
+def test_metrics_are_served_where_the_pod_says():
+    # The pod network, not loopback (the pod is not on the host's network):
+    # the port the daemon binds is the one the container and the scrape
+    # annotations name.
+    daemon = one("DaemonSet")["spec"]["template"]
+    assert not daemon["spec"].get("hostNetwork", False)
+    host, port = config()["metrics_address"].rsplit(":", 1)
+    assert host == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in daemon["spec"]["containers"][0]["ports"]}
+    assert ports == {"metrics": int(port)}
+    annotations = daemon["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
+    assert annotations["prometheus.io/path"] == "/metrics"

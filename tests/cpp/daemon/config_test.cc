@@ -55,6 +55,7 @@ shutdown_grace_seconds = 1.5
 log_level = "debug"
 handshake_timeout_seconds = 2.5
 connection_idle_seconds = 30
+metrics_address = "0.0.0.0:9100"
 )");
   REQUIRE(LoadConfigFile(path, &c).ok());
   REQUIRE(c.socket == "/x/s.sock");
@@ -74,6 +75,7 @@ connection_idle_seconds = 30
   REQUIRE(c.log_level == "debug");
   REQUIRE(c.handshake_timeout_seconds == 2.5);
   REQUIRE(c.connection_idle_seconds == 30);
+  REQUIRE(c.metrics_address == "0.0.0.0:9100");
 
   SECTION("the printed config reads back the same") {
     Config again = DefaultConfig();
@@ -99,6 +101,8 @@ TEST_CASE("config errors name the key and line", "[config]") {
            {"socket_mode = 0o7777\n", "socket_mode"},
            {"worker_threads = 0\n", "worker_threads (line 1) must be in [1, 256]"},
            {"socket = \"unterminated\n", "zerocopyd.toml:1"},
+           {"\nmetrics_address = \"9479\"\n", "metrics_address (line 2): metrics address '9479' has no port"},
+           {"metrics_address = 9479\n", "metrics_address (line 1) must be a string"},
        }) {
     INFO(bad.text);
     auto status = LoadConfigFile(Write(dir, bad.text), &c);
@@ -108,8 +112,29 @@ TEST_CASE("config errors name the key and line", "[config]") {
   REQUIRE(LoadConfigFile(dir.path() + "/missing.toml", &c).code() == absl::StatusCode::kNotFound);
 }
 
+TEST_CASE("metrics_address is an IP address and port, or off", "[config]") {
+  for (const char* good : {"off", "127.0.0.1:9479", "0.0.0.0:0", "127.0.0.1:65535", "[::1]:9479", "[::]:80"}) {
+    INFO(good);
+    REQUIRE(CheckMetricsAddress(good).ok());
+  }
+  // A bare port would listen on every interface; host names are not
+  // resolved; the port is a number in range.
+  for (const char* bad : {"", "on", "Off", "9479", ":9479", "localhost:9479", "127.0.0.1", "127.0.0.1:", "127.0.0.1:x",
+                          "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:+80", "::1:9479", "[::1:9479", "[::1]",
+                          "256.0.0.1:80", "127.0.0.1:80s", "127.0.0.1:80,[::1]:80"}) {
+    INFO(bad);
+    REQUIRE(CheckMetricsAddress(bad).code() == absl::StatusCode::kInvalidArgument);
+  }
+  REQUIRE_THAT(std::string(CheckMetricsAddress("9479").message()), Catch::Contains("or off"));
+  testing::TempDir dir;
+  Config c = DefaultConfig();
+  REQUIRE(LoadConfigFile(Write(dir, "metrics_address = \"off\"\n"), &c).ok());
+  REQUIRE(c.metrics_address == "off");
+}
+
 TEST_CASE("defaults are usable without a config", "[config]") {
   Config c = DefaultConfig();
+  REQUIRE(c.metrics_address == "127.0.0.1:9479");  // loopback: the endpoint has no authentication
   REQUIRE_FALSE(c.socket.empty());
   REQUIRE_FALSE(c.segment_dir.empty());
   REQUIRE(c.host_budget > 0);

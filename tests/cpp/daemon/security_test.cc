@@ -191,7 +191,7 @@ struct Launch {
   testing::TempDir logs;
   pid_t pid = -1;
   explicit Launch(std::vector<std::string> args, const std::string& failpoint = "") {
-    args.insert(args.begin(), testing::DaemonBinary());
+    args.insert(args.begin(), {testing::DaemonBinary(), "--metrics-address", "off"});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

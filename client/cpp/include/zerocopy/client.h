@@ -113,6 +113,10 @@ class Client : public std::enable_shared_from_this<Client> {
   absl::StatusOr<v1::ModelInfo> Tag(const std::string& name, const std::string& ref);
   absl::StatusOr<v1::ModelInfo> Pin(const std::string& ref, bool pinned = true);
   absl::StatusOr<v1::GetStatsResponse> Stats();
+  // The daemon's Prometheus metrics in the text exposition format: what
+  // its metrics endpoint serves, asked over the socket (works with the
+  // endpoint off too).
+  absl::StatusOr<std::string> PrometheusText();
   // grpc.health.v1.Health/Check, the standard probe (Kubernetes readiness,
   // load balancers): OK when the daemon answers SERVING; UNAVAILABLE when
   // it does not answer, or answers anything else (named).
