@@ -155,6 +155,17 @@ TEST_CASE("a truncated legacy file is refused, naming what it lacks", "[legacy]"
              Catch::Contains("the object pickle ends at byte") && Catch::Contains("before its STOP"));
 }
 
+TEST_CASE("a legacy file's pickles are bounded in bytes, not only in objects", "[legacy]") {
+  // One string of 65 MiB in the object pickle: past the 64 MiB budget
+  // (strings are copied), refused where it starts.
+  const uint32_t n = 65u << 20;
+  std::string big = "\x80\x02X" + Le64(n).substr(0, 4) + std::string(n, 'a') + ".";
+  const size_t at = kMagic.size() + kVersion.size() + kSysInfo.size() + 2;
+  CHECK_THAT(Message(Parse(Legacy(big, Keys({}), ""))),
+             Catch::Contains("the object pickle at byte " + std::to_string(at) + " (opcode 0x58): runs past byte 67108864, "
+                             "over the budget of 67108864 bytes of pickle"));
+}
+
 TEST_CASE("a legacy storage whose element count is not the pickle's numel is refused", "[legacy]") {
   std::string data = Floats(5);
   CHECK_THAT(Message(Parse(Legacy(Object("k", 4, 4), Keys({"k"}), data))),
