@@ -352,15 +352,20 @@ class Bench:
             w = ray_zerocopy.ModelWrapper.from_model(model)
             out["python ModelWrapper.from_model"].append(time.perf_counter() - t)
             self.daemon.run("rm", "--force", next(iter(w._model_info.values()))["digest"])
-        for label, f in (("CLI preload (safetensors)", files["safetensors"]), ("CLI preload (torch.save)", files["state"])):
-            for _ in range(r):
-                t = time.perf_counter()
-                info = self.daemon.run("preload", str(f))
-                out[label].append(time.perf_counter() - t)
-                self.daemon.run("rm", "--force", info["digest"])
+        # Into /dev/shm, and into the package's huge-page tmpfs (its default).
+        daemons = [("", self.daemon, self.shm)] + ([(f", {HUGE}", self.huge, self.huge_mount)] if self.huge else [])
+        for variant, daemon, _ in daemons:
+            for label, f in (("CLI preload (safetensors)", files["safetensors"]),
+                             ("CLI preload (torch.save)", files["state"])):
+                for _ in range(r):
+                    t = time.perf_counter()
+                    info = daemon.run("preload", str(f))
+                    out.setdefault(label + variant, []).append(time.perf_counter() - t)
+                    daemon.run("rm", "--force", info["digest"])
         bench = str(self.build / "bench/zerocopy_bench")
-        for mode, label in (("memcpy", "memcpy into fresh shared memory"), ("xxh3", "XXH3 alone")):
-            p = subprocess.run([bench, mode, "--bytes", str(nbytes), "--repeats", str(r), "--dir", str(self.shm)],
+        for mode, label, variant, directory in [("memcpy", "memcpy into fresh shared memory" + v, v, d)
+                                                for v, _, d in daemons] + [("xxh3", "XXH3 alone", "", self.shm)]:
+            p = subprocess.run([bench, mode, "--bytes", str(nbytes), "--repeats", str(r), "--dir", str(directory)],
                                capture_output=True, text=True, check=True)
             out[label] = json.loads(p.stdout)["seconds"]
         res = {k: summary(v) for k, v in out.items()}

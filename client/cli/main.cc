@@ -2,6 +2,7 @@
 // in this process, with the caller's permissions, and talks to the daemon
 // through the same client library as any other process.
 #include <cstdio>
+#include <cstdlib>
 
 #include "commands.h"
 
@@ -26,5 +27,15 @@ int main(int argc, char** argv) {
     }
     return app.exit(e);
   }
+  // Done: what it printed is flushed, and nothing is left to the daemon (a
+  // commit has been answered; a session's leases end with its connection).
+  // Exiting at once skips joining gRPC's and the copy's threads and
+  // unmapping a preloaded file one call at a time: ~20 ms of a preload.
+  // Sanitizer builds exit normally: their leak and race checks run at exit.
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  std::fflush(nullptr);
+  std::_Exit(globals.exit_code);
+#else
   return globals.exit_code;
+#endif
 }
