@@ -77,6 +77,12 @@ ClientMetric Sample(double value, MetricType type, std::vector<ClientMetric::Lab
   return m;
 }
 
+// One field of a GpuStats, as a sample's value.
+template <auto Field>
+double Read(const v1::GpuStats& gpu) {
+  return static_cast<double>((gpu.*Field)());
+}
+
 // A family of one unlabelled sample.
 MetricFamily One(std::string name, std::string help, MetricType type, double value) {
   MetricFamily f = Family(std::move(name), std::move(help), type);
@@ -171,24 +177,19 @@ std::vector<MetricFamily> StatsFamilies(const v1::GetStatsResponse& s) {
   };
   static const GpuFamily kGpu[] = {
       {"zerocopy_gpu_used_bytes", "device memory held by copies (those being made included)", kGauge,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.bytes_used()); }},
+       &Read<&v1::GpuStats::bytes_used>},
       {"zerocopy_gpu_budget_bytes", "device memory the daemon may hold (config gpu_budget)", kGauge,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.budget()); }},
-      {"zerocopy_gpu_memory_bytes", "the GPU's memory", kGauge,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.total_memory()); }},
-      {"zerocopy_gpu_copies", "device copies of models held", kGauge,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.copies()); }},
-      {"zerocopy_gpu_leases", "session leases over the device copies", kGauge,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.leases()); }},
-      {"zerocopy_gpu_uploads_total", "device copies made", kCounter,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.uploads()); }},
+       &Read<&v1::GpuStats::budget>},
+      {"zerocopy_gpu_memory_bytes", "the GPU's memory", kGauge, &Read<&v1::GpuStats::total_memory>},
+      {"zerocopy_gpu_copies", "device copies of models held", kGauge, &Read<&v1::GpuStats::copies>},
+      {"zerocopy_gpu_leases", "session leases over the device copies", kGauge, &Read<&v1::GpuStats::leases>},
+      {"zerocopy_gpu_uploads_total", "device copies made", kCounter, &Read<&v1::GpuStats::uploads>},
       {"zerocopy_gpu_uploaded_bytes_total", "bytes of the device copies made", kCounter,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.uploaded_bytes()); }},
+       &Read<&v1::GpuStats::uploaded_bytes>},
       {"zerocopy_gpu_upload_seconds_total",
        "time the device copies took to make; uploaded bytes over it is the bandwidth", kCounter,
-       [](const v1::GpuStats& g) { return g.upload_seconds(); }},
-      {"zerocopy_gpu_evictions_total", "device copies evicted to make room", kCounter,
-       [](const v1::GpuStats& g) { return static_cast<double>(g.evictions()); }},
+       &Read<&v1::GpuStats::upload_seconds>},
+      {"zerocopy_gpu_evictions_total", "device copies evicted to make room", kCounter, &Read<&v1::GpuStats::evictions>},
   };
   for (const GpuFamily& spec : kGpu) {
     MetricFamily f = Family(spec.name, spec.help, spec.type);

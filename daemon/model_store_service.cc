@@ -150,7 +150,8 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
                                                          const v1::CommitModelRequest* req,
                                                          v1::CommitModelResponse* resp) {
   // Hashes the whole segment: on the pool, never on gRPC's threads.
-  return Offload(commits_, ctx, kCommit, Clock::now(), absl::StrCat("staging=", req->staging_id()), [this, ctx, req, resp] {
+  const auto start = Clock::now();
+  return Offload(commits_, ctx, kCommit, start, absl::StrCat("staging=", req->staging_id()), [this, ctx, req, resp] {
     auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
     if (result.ok()) {
       *resp = std::move(result).value();
@@ -175,7 +176,9 @@ grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContex
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
   const auto start = Clock::now();
   std::string context = absl::StrCat("ref=", req->model().ref());
-  if (req->gpu_uuid().empty()) return Finish(ctx, kGet, start, Get(ctx, *req, resp, DevicePool::Mode::kMayUpload), context);
+  if (req->gpu_uuid().empty()) {
+    return Finish(ctx, kGet, start, Get(ctx, *req, resp, DevicePool::Mode::kMayUpload), context);
+  }
   absl::StrAppend(&context, " gpu=", req->gpu_uuid());
   // Answered here unless it must upload (or wait for an upload): a GPU
   // request whose copy is made (every one per model and GPU but the
@@ -208,7 +211,8 @@ grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerCo
                                                           const v1::ReleaseModelRequest* req,
                                                           v1::ReleaseModelResponse*) {
   const auto start = Clock::now();
-  return Finish(ctx, kRelease, start, registry_->Release(*req, peers_->Lookup(ctx->peer())), absl::StrCat("digest=", req->digest()));
+  return Finish(ctx, kRelease, start, registry_->Release(*req, peers_->Lookup(ctx->peer())),
+                absl::StrCat("digest=", req->digest()));
 }
 
 grpc::ServerUnaryReactor* ModelStoreService::ListModels(grpc::CallbackServerContext* ctx,

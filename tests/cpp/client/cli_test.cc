@@ -79,7 +79,13 @@ TEST_CASE("preload, ls, inspect, verify, tag, pin and rm", "[cli]") {
 
   auto stats = cli.Json({"stats"});
   REQUIRE(stats["models"] == "1");
+  REQUIRE(stats["metrics_address"] == "");  // the tests' daemons run with metrics off
   REQUIRE(cli({"stats"}) == 0);
+  REQUIRE_THAT(cli.out, Catch::Contains("metrics:    off"));
+  // The Prometheus text comes through the socket all the same.
+  REQUIRE(cli({"stats", "--prometheus"}) == 0);
+  REQUIRE_THAT(cli.out, Catch::Contains("# TYPE zerocopy_models gauge\nzerocopy_models 1\n"));
+  REQUIRE_THAT(cli.out, Catch::Contains("zerocopy_requests_total{code=\"OK\",method=\"CreateModel\"} 2"));
 
   REQUIRE(cli({"rm", "alias"}) == 0);
   REQUIRE(cli({"rm", "alias"}) != 0);
@@ -276,6 +282,10 @@ TEST_CASE("zerocopyd's flags", "[cli]") {
   REQUIRE(Run({testing::DaemonBinary(), "--config", "/nonexistent.toml", "--print-config"}, &out, &err) != 0);
   REQUIRE_THAT(err, Catch::Contains("/nonexistent.toml"));
   REQUIRE(Run({testing::DaemonBinary(), "--log-level", "chatty", "--print-config"}, &out, &err) != 0);
+  REQUIRE(Run({testing::DaemonBinary(), "--metrics-address", "[::1]:0", "--print-config"}, &out) == 0);
+  REQUIRE_THAT(out, Catch::Contains("metrics_address = '[::1]:0'"));
+  REQUIRE(Run({testing::DaemonBinary(), "--metrics-address", "9479", "--print-config"}, &out, &err) == 2);
+  REQUIRE_THAT(err, Catch::Contains("--metrics-address"));
   REQUIRE(Run({testing::DaemonBinary(), "--no-such-flag"}, &out, &err) != 0);
 }
 
