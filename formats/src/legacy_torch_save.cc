@@ -63,18 +63,24 @@ absl::StatusOr<Unpickled> ReadLegacyTorchSave(const uint8_t* data, size_t size) 
     return u;
   };
 
-  ZC_ASSIGN_OR_RETURN(Unpickled version, next("the protocol version pickle", nullptr));
-  if (version.root->kind != Kind::kInt || version.root->i != kProtocolVersion) {
-    return Invalid(absl::StrCat("the protocol version pickle holds ",
-                                version.root->kind == Kind::kInt ? std::to_string(version.root->i)
-                                                                 : std::string("a ") + KindName(version.root->kind),
-                                ", not ", kProtocolVersion, ", which torch.load requires"));
+  // The header pickles are checked and dropped: each pickle has the
+  // object budget, and two (the object and its key list) live at once.
+  {
+    ZC_ASSIGN_OR_RETURN(Unpickled version, next("the protocol version pickle", nullptr));
+    if (version.root->kind != Kind::kInt || version.root->i != kProtocolVersion) {
+      return Invalid(absl::StrCat("the protocol version pickle holds ",
+                                  version.root->kind == Kind::kInt ? std::to_string(version.root->i)
+                                                                   : std::string("a ") + KindName(version.root->kind),
+                                  ", not ", kProtocolVersion, ", which torch.load requires"));
+    }
   }
-  // Its type sizes and byte order do not matter: storages are int64 and
-  // little-endian on every machine.
-  ZC_ASSIGN_OR_RETURN(Unpickled sys_info, next("the sys_info pickle", nullptr));
-  if (sys_info.root->kind != Kind::kDict) {
-    return Invalid(absl::StrCat("the sys_info pickle holds a ", KindName(sys_info.root->kind), ", not a dict"));
+  {
+    // Its type sizes and byte order do not matter: storages are int64 and
+    // little-endian on every machine.
+    ZC_ASSIGN_OR_RETURN(Unpickled sys_info, next("the sys_info pickle", nullptr));
+    if (sys_info.root->kind != Kind::kDict) {
+      return Invalid(absl::StrCat("the sys_info pickle holds a ", KindName(sys_info.root->kind), ", not a dict"));
+    }
   }
   LegacyStorages storages;
   ZC_ASSIGN_OR_RETURN(Unpickled object, next("the object pickle", &storages));
