@@ -83,7 +83,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   server->peers_ = std::make_unique<PeerTable>(limits);
   server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get(),
                                                         config.worker_threads);
-  server->StartMetrics(config.metrics_address);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -103,6 +102,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
 
   ZC_ASSIGN_OR_RETURN(server->listener_, UnixListener::Bind(config.socket, config.socket_mode, socket_gid));
   ZC_RETURN_IF_ERROR(segments->RecordServing(server->listener_->inode()));
+  // Once nothing can stop the start: a daemon refused (its socket in
+  // use) never touches the metrics port of the one it met.
+  server->StartMetrics(config.metrics_address);
   server->handshake_timeout_ = std::chrono::milliseconds(static_cast<int64_t>(config.handshake_timeout_seconds * 1000));
   server->accept_thread_ = std::thread([s = server.get()] { s->AcceptLoop(); });
   return server;
