@@ -60,6 +60,60 @@ def test_tied_views_and_dtypes_round_trip_exactly(daemon):
     assert torch.equal(loaded(ids), model(ids))
 
 
+def test_a_skeleton_gets_the_mappings_tensors_with_identity_kept(daemon, monkeypatch):
+    # The skeleton refers to each parameter's and buffer's tensor in the
+    # manifest (not to a storage to rebuild it from): load() hands out the
+    # tensor the mapping made. Whatever was one object stays one, two stay
+    # two, storages stay shared, requires_grad of a plain tensor is kept.
+    torch.manual_seed(3)
+    model = nn.Module()
+    model.a = nn.Linear(8, 8)
+    model.b = nn.Linear(8, 8)
+    model.b.weight = model.a.weight  # one Parameter, twice
+    base = torch.randn(4, 6)
+    model.register_buffer("whole", base)
+    model.register_buffer("again", base[:])  # another object, the same view
+    model.register_buffer("part", base[1:, ::2])
+    model.leaf = torch.randn(3, requires_grad=True)  # a plain attribute, not a buffer
+    model.raw = model.a.bias.untyped_storage()  # a storage by itself
+    fresh = ModelWrapper.from_model(model)._model_info[""]["digest"]
+
+    # The same model as a skeleton published before tensors were referred
+    # to (every tensor rebuilt from its storage) loads the same.
+    monkeypatch.setattr(ray_zerocopy._store, "_view", lambda t: object())
+    old = ray_zerocopy._store.publish(model)["digest"]
+    monkeypatch.undo()
+    assert old != fresh  # the skeletons differ, the weights do not
+
+    for digest in (fresh, old):
+        loaded = ray_zerocopy._store.load(digest)
+        assert loaded.b.weight is loaded.a.weight
+        assert isinstance(loaded.a.weight, nn.Parameter) and loaded.a.weight.requires_grad
+        assert loaded.again is not loaded.whole
+        assert loaded.again.data_ptr() == loaded.whole.data_ptr()
+        assert loaded.part.untyped_storage().data_ptr() == loaded.whole.untyped_storage().data_ptr()
+        assert loaded.part.stride() == (6, 2) and loaded.part.storage_offset() == 6
+        assert torch.equal(loaded.part, base[1:, ::2]) and torch.equal(loaded.again, base)
+        assert loaded.leaf.requires_grad and loaded.leaf.is_leaf and torch.equal(loaded.leaf.detach(), model.leaf)
+        assert loaded.raw.data_ptr() == loaded.a.bias.untyped_storage().data_ptr()
+        start, end = segment_range(digest)
+        for t in (loaded.a.weight, loaded.a.bias, loaded.whole, loaded.part, loaded.leaf):
+            assert start <= t.data_ptr() < end
+        loaded.whole[0, 0] = 42.0  # one memory under both views (this process's copy)
+        assert float(loaded.again[0, 0]) == 42.0
+
+    # A model whose tensors each have a storage of their own rebuilds no
+    # storage and carves no tensor: each is its manifest entry's import.
+    storages = []
+    real = ray_zerocopy._store._storage
+    monkeypatch.setattr(ray_zerocopy._store, "_storage", lambda m, i: storages.append(i) or real(m, i))
+    mlp = models.MLP()
+    loaded = ModelWrapper.from_model(mlp).load()
+    assert storages == [] and len(list(loaded.parameters())) == len(list(mlp.parameters()))
+    x = torch.randn(3, 16)
+    assert torch.equal(loaded(x), mlp.eval()(x))
+
+
 def test_pipeline_models_are_found_everywhere_and_published_once(daemon):
     torch.manual_seed(2)
     pipeline = models.Pipeline()

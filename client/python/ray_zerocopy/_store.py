@@ -17,6 +17,7 @@ the model on that GPU, opened through CUDA IPC (every process on the GPU
 shares it). That memory is shared and writable: a write changes the
 weights for every process on the GPU.
 """
+import collections
 import contextlib
 import gc
 import io
@@ -78,6 +79,11 @@ class _Storages:
         return i
 
 
+def _view(t: torch.Tensor) -> tuple:
+    """What makes two tensors the same view of the same memory."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), t.stride())
+
+
 def _named_tensors(obj):
     """(name, tensor) of every parameter and buffer, tied ones under each of
     their names, for the manifest (what `zerocopy inspect` shows and
@@ -96,22 +102,37 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
     object holding tensors); returns the model's info (digest, size, ...)."""
     storages = _Storages()
     pickler_base = _pickle_module().Pickler
+    tensors = []
+    by_view: dict = {}  # a manifest tensor's view -> its index
+    for tname, t in _named_tensors(obj):
+        if t.layout != torch.strided:
+            raise InvalidModelError(f"tensor '{tname}' has layout {t.layout}: only strided tensors", "INVALID_ARGUMENT")
+        s = storages.add(t.untyped_storage())
+        by_view.setdefault(_view(t), len(tensors))
+        tensors.append((tname, s, t.storage_offset() * t.element_size(), dtype_code(t.dtype),
+                        list(t.shape), list(t.stride())))
+    objects: dict = {}  # manifest index -> the distinct tensor objects pickled as it
 
     class Pickler(pickler_base):
         def persistent_id(self, o):
+            # A plain tensor that is a manifest tensor's view (a parameter's
+            # data, a buffer) is pickled as a reference to it: load() hands
+            # out the tensor the mapping made, without rebuilding it.
+            if type(o) is torch.Tensor and o._backward_hooks is None and not o.__dict__:
+                i = by_view.get(_view(o))
+                if i is not None:
+                    seen = objects.setdefault(i, [])
+                    k = next((k for k, x in enumerate(seen) if x is o), None)
+                    if k is None:  # two objects viewing the same stay two
+                        k = len(seen)
+                        seen.append(o)
+                    return ("tensor", i, o.requires_grad, k)
             if isinstance(o, torch.storage.TypedStorage):
                 return ("storage", storages.add(o._untyped_storage), dtype_code(o.dtype))
             if isinstance(o, torch.UntypedStorage):
                 return ("storage", storages.add(o), "U8")
             return None
 
-    tensors = []
-    for tname, t in _named_tensors(obj):
-        if t.layout != torch.strided:
-            raise InvalidModelError(f"tensor '{tname}' has layout {t.layout}: only strided tensors", "INVALID_ARGUMENT")
-        s = storages.add(t.untyped_storage())
-        tensors.append((tname, s, t.storage_offset() * t.element_size(), dtype_code(t.dtype),
-                        list(t.shape), list(t.stride())))
     buffer = io.BytesIO()
     buffer.write(MAGIC)
     Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
@@ -229,20 +250,27 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
         raise InvalidModelError(
             f"model {mapping.digest} ({mapping.format}) holds weights only, no Python object: load it with "
             "ray_zerocopy.load_state_dict(), or ModelWrapper.from_store(name, model=factory)", "INVALID_ARGUMENT")
-    cache: dict = {}
     # Tensors over our storages need none of what torch's rebuild probes for
     # per tensor (a fake mode, under which it rebuilds as torch does).
     fast = torch._guards.detect_fake_mode(None) is None
+    tensors = None  # made with the collector off, below
 
     class Unpickler(pickle.Unpickler):
         def persistent_load(self, pid):
-            kind, index, code = pid
+            kind = pid[0]
+            if kind == "tensor":  # a manifest tensor (publish's persistent_id)
+                _, index, requires_grad, k = pid
+                if fast:
+                    return tensors.tensor(index, k, requires_grad)
+                offset, shape, strides, dtype, s = tensors.geometry(index)
+                typed = torch.storage.TypedStorage(wrap_storage=tensors.storage(s), dtype=dtype, _internal=True)
+                return torch._utils._rebuild_tensor_v2(typed, offset, shape, strides, requires_grad,
+                                                       collections.OrderedDict())
             if kind != "storage":
                 raise pickle.UnpicklingError(f"unknown reference {kind!r}")
-            if index not in cache:
-                cache[index] = _storage(mapping, index)
-            untyped = cache[index]
-            return torch.storage.TypedStorage(wrap_storage=untyped, dtype=_TORCH_DTYPES[code], _internal=True)
+            _, index, code = pid
+            return torch.storage.TypedStorage(wrap_storage=tensors.storage(index), dtype=_TORCH_DTYPES[code],
+                                              _internal=True)
 
         def find_class(self, module, name):
             if fast and module == "torch._utils" and name == "_rebuild_tensor_v2":
@@ -250,7 +278,74 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
             return super().find_class(module, name)
 
     with _no_gc():
+        tensors = _MappedTensors(mapping)
         return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()
+
+
+class _MappedTensors:
+    """A mapping's storages and manifest tensors as torch objects, each made
+    once and only when the skeleton asks: a tensor alone on its storage is
+    the DLPack import of the mapping's own capsule for it (one call makes
+    tensor and storage); the others are carved from their storage. Storages
+    are shared by everything over them, as they were when published."""
+
+    def __init__(self, mapping):
+        self.mapping = mapping
+        self.plan = mapping.tensor_plan()
+        self.storages: dict = {}  # storage index -> UntypedStorage
+        self.geometries: dict = {}  # tensor index -> (offset in elements, shape, strides, dtype, storage)
+        self.made: dict = {}  # (tensor index, object ordinal) -> tensor
+
+    def storage(self, s: int) -> torch.UntypedStorage:
+        storage = self.storages.get(s)
+        if storage is None:
+            storage = self.storages[s] = _storage(self.mapping, s)
+        return storage
+
+    def geometry(self, i: int) -> tuple:
+        g = self.geometries.get(i)
+        if g is None:
+            name, s, byte_offset, code, shape, strides, whole = self.plan[i]
+            dtype = _TORCH_DTYPES.get(code)
+            if dtype is None:
+                raise InvalidModelError(f"tensor '{name}' has dtype {code}, which this torch lacks",
+                                        "INVALID_ARGUMENT")
+            if whole is not None:  # the capsule carries the shape: import it (its storage is the whole storage)
+                self._import(i)
+                return self.geometries[i]
+            g = self.geometries[i] = (byte_offset // dtype.itemsize, shape, strides or _contiguous_strides(shape),
+                                      dtype, s)
+        return g
+
+    def _import(self, i: int) -> torch.Tensor:
+        """The whole capsule of tensor i, imported once."""
+        name, s, _, _, _, _, whole = self.plan[i]
+        self.plan[i] = self.plan[i][:6] + (None,)  # a capsule is consumed by its import
+        t = _from_dlpack(whole)
+        self.geometries[i] = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, s)
+        self.storages.setdefault(s, t.untyped_storage())
+        return t
+
+    def tensor(self, i: int, k: int, requires_grad: bool) -> torch.Tensor:
+        t = self.made.get((i, k))
+        if t is not None:
+            return t
+        s, whole = self.plan[i][1], self.plan[i][6]
+        if whole is not None and s not in self.storages:
+            t = self._import(i)
+            if k != 0:  # another object over the same view: a tensor of its own
+                t = self._carve(i)
+        else:
+            t = self._carve(i)
+        if requires_grad:
+            t.requires_grad_(True)
+        self.made[(i, k)] = t
+        return t
+
+    def _carve(self, i: int) -> torch.Tensor:
+        offset, shape, strides, dtype, s = self.geometry(i)
+        storage = self.storage(s)
+        return torch.empty(0, dtype=dtype, device=storage.device).set_(storage, offset, shape, strides)
 
 
 def _rebuild_mapped_tensor(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
@@ -278,6 +373,8 @@ def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False
 
 
 def _state_dict(mapping) -> dict:
+    # Its own loop, not _MappedTensors: a state dict makes every tensor, and
+    # at 10,000 tensors the per-tensor method calls would cost ~1 µs each.
     cache: dict = {}
     out = {}
     for name, s, byte_offset, code, shape, strides, whole in mapping.tensor_plan():
