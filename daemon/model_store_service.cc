@@ -263,10 +263,13 @@ v1::GetStatsResponse ModelStoreService::FullStats() {
   uint64_t errors = 0;
   for (int m = 0; m < kCount; ++m) {
     (*stats.mutable_requests())[MethodName(static_cast<Method>(m))] = requests_.Requests(m);
-    errors += requests_.Requests(m) - requests_.Count(m, absl::StatusCode::kOk);
+    // Each code read once (they move meanwhile): every one but OK, and but
+    // a transfer's waiters (Finish).
+    for (int c = 1; c <= static_cast<int>(absl::StatusCode::kUnauthenticated); ++c) {
+      const auto code = static_cast<absl::StatusCode>(c);
+      if (!(m == kCreate && code == absl::StatusCode::kAlreadyExists)) errors += requests_.Count(m, code);
+    }
   }
-  // A transfer's waiters (Finish): not errors.
-  errors -= requests_.Count(kCreate, absl::StatusCode::kAlreadyExists);
   stats.set_errors(errors);
   stats.set_version(ZEROCOPY_VERSION);
   absl::MutexLock lock(&endpoint_mu_);
