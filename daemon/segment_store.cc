@@ -182,9 +182,8 @@ absl::Status SegmentStore::CreateStaging(const std::string& staging_id, uint64_t
     }
   }
   if (size > 0 && MappedRegion::CanPopulateForWrite()) {
-    // Writers allocate as they write: Publish by pwrite, a model arriving
-    // from another node by populating each range first (MappedRegion::
-    // PopulateForWrite). A full file system is an error there, never a
+    // Writers populate each range before they write it (MappedRegion::
+    // PopulateForWrite): a full file system is an error there, never a
     // SIGBUS, and the allocation is spread over their copy threads instead
     // of taking one thread ~0.3 s a GiB here before any byte can move.
     if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {

@@ -31,31 +31,6 @@ Hash128 HashBytes(const void* data, size_t size) {
   return Hash128{h.high64, h.low64};
 }
 
-struct LeafHasher::State {
-  XXH3_state_t* xxh = XXH3_createState();
-};
-
-LeafHasher::LeafHasher() : state_(new State) { XXH3_128bits_reset(state_->xxh); }
-
-LeafHasher::~LeafHasher() {
-  XXH3_freeState(state_->xxh);
-  delete state_;
-}
-
-void LeafHasher::Update(const void* data, size_t size) { XXH3_128bits_update_dispatch(state_->xxh, data, size); }
-
-void LeafHasher::UpdateZeros(uint64_t size) {
-  static constexpr uint8_t kZeros[4096] = {};
-  for (; size > 0; size -= std::min<uint64_t>(size, sizeof kZeros)) {
-    Update(kZeros, static_cast<size_t>(std::min<uint64_t>(size, sizeof kZeros)));
-  }
-}
-
-Hash128 LeafHasher::Finish() const {
-  XXH128_hash_t h = XXH3_128bits_digest(state_->xxh);
-  return Hash128{h.high64, h.low64};
-}
-
 Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index) {
   uint64_t begin = static_cast<uint64_t>(index) * kDigestChunk;
   uint64_t len = std::min<uint64_t>(kDigestChunk, size - begin);

@@ -41,23 +41,6 @@ inline size_t DigestLeafCount(uint64_t size) {
 // The leaf hash of chunk `index` of `segment` (which is `size` bytes long).
 Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index);
 
-// A leaf hashed from its pieces as they go by (a publisher's storages, the
-// zeros between them): the same value HashBytes gives the pieces joined.
-class LeafHasher {
- public:
-  LeafHasher();
-  ~LeafHasher();
-  LeafHasher(const LeafHasher&) = delete;
-  LeafHasher& operator=(const LeafHasher&) = delete;
-  void Update(const void* data, size_t size);
-  void UpdateZeros(uint64_t size);
-  Hash128 Finish() const;
-
- private:
-  struct State;
-  State* state_;
-};
-
 // The model digest from its leaves and manifest.
 std::string CombineDigest(const std::vector<Hash128>& leaves,
                           const ::zerocopy::v1::Manifest& manifest);

@@ -44,9 +44,4 @@ class UniqueFd {
 // Errors: those of read(2); FAILED_PRECONDITION past `max_bytes`.
 absl::StatusOr<std::string> ReadAll(int fd, absl::string_view what, size_t max_bytes = SIZE_MAX);
 
-// Writes all `size` bytes at `offset` of `fd` (pwrite(2), resumed after a
-// short write or EINTR). A full file system is RESOURCE_EXHAUSTED saying
-// so; other errors are those of pwrite(2), naming `what`.
-absl::Status WriteAllAt(int fd, const void* data, size_t size, uint64_t offset, absl::string_view what);
-
 }  // namespace zerocopy

@@ -1,18 +1,11 @@
 // Digests: deterministic, independent of thread count, sensitive to every
-// byte and to the manifest; a leaf hashed in pieces; the writes Publish
-// hashes beside.
-#include <fcntl.h>
-#include <sys/stat.h>
-
-#include <algorithm>
+// byte and to the manifest.
 #include <vector>
 
 #include <catch2/catch.hpp>
 
-#include "support.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/manifest.h"
-#include "zerocopy/unique_fd.h"
 
 namespace zerocopy {
 namespace {
@@ -76,44 +69,6 @@ TEST_CASE("leaves combine to the whole digest", "[digest]") {
   }
   REQUIRE(leaves.size() == 3);
   REQUIRE(CombineDigest(leaves, s.manifest) == Digest(s));
-}
-
-TEST_CASE("a leaf hashed in pieces, zeros included, is the leaf of the pieces joined", "[digest]") {
-  // What Publish does: storages hashed as they are written, the gaps
-  // between them as the zeros the file reads as there.
-  Segment s = Make(kDigestChunk);
-  std::vector<uint8_t> bytes = s.bytes;
-  std::fill(bytes.begin() + 1000, bytes.begin() + 1064, 0);   // a gap between two storages
-  std::fill(bytes.end() - 70000, bytes.end(), 0);             // the tail after the last one
-  LeafHasher leaf;
-  leaf.Update(bytes.data(), 1000);
-  leaf.UpdateZeros(64);
-  leaf.Update(bytes.data() + 1064, 3 << 20);  // one large piece
-  leaf.Update(bytes.data() + 1064 + (3 << 20), bytes.size() - 70000 - 1064 - (3 << 20));
-  leaf.UpdateZeros(70000);  // more than the zero block it hashes from at a time
-  REQUIRE(leaf.Finish() == HashBytes(bytes.data(), bytes.size()));
-  REQUIRE(leaf.Finish() == HashLeaf(bytes.data(), bytes.size(), 0));  // Finish does not end it
-  LeafHasher other;
-  other.Update(bytes.data(), bytes.size() - 1);
-  REQUIRE(other.Finish() != leaf.Finish());
-}
-
-TEST_CASE("a write into a full file system says so", "[digest]") {
-  // Publish writes storages with WriteAllAt: ENOSPC is RESOURCE_EXHAUSTED
-  // naming what was written, never a signal.
-  UniqueFd full(::open("/dev/full", O_WRONLY | O_CLOEXEC));
-  REQUIRE(full.valid());
-  const std::vector<uint8_t> bytes(8192, 7);
-  absl::Status s = WriteAllAt(full.get(), bytes.data(), bytes.size(), 0, "segment x.seg");
-  REQUIRE(s.code() == absl::StatusCode::kResourceExhausted);
-  REQUIRE_THAT(std::string(s.message()), Catch::Contains("segment x.seg") && Catch::Contains("file system is full"));
-  testing::TempDir dir;
-  const std::string path = dir.path() + "/f";
-  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  REQUIRE(WriteAllAt(fd.get(), bytes.data(), bytes.size(), 100, "f").ok());
-  struct stat st;
-  REQUIRE(::fstat(fd.get(), &st) == 0);
-  REQUIRE(st.st_size == 8292);
 }
 
 TEST_CASE("an empty model has a digest", "[digest]") {
