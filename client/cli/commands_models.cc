@@ -71,6 +71,9 @@ absl::StatusOr<Checkpoint> ReadAny(const Globals& g, const std::string& path, Ch
   std::string program = kTorchScriptProgram;
   if (const char* named = std::getenv("ZEROCOPY_TORCHSCRIPT"); named != nullptr && *named != '\0') {
     program = named;
+    // Named once: should it be this program again, it errs instead of
+    // handing over to itself for ever.
+    ::unsetenv("ZEROCOPY_TORCHSCRIPT");
   } else {
     char self[PATH_MAX];
     const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);

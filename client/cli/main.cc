@@ -1,8 +1,10 @@
 // zerocopy: the command line for operators of zerocopyd. Parses model files
 // in this process, with the caller's permissions, and talks to the daemon
 // through the same client library as any other process.
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "commands.h"
 
@@ -32,10 +34,16 @@ int main(int argc, char** argv) {
   // Exiting at once skips joining gRPC's and the copy's threads and
   // unmapping a preloaded file one call at a time: ~20 ms of a preload.
   // Sanitizer builds exit normally: their leak and race checks run at exit.
+  // Output that could not be written (a full disk under `stats
+  // --prometheus > file`) is a failure, not a truncated success.
+  int code = globals.exit_code;
+  if (std::fflush(nullptr) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "zerocopy: writing the output failed: %s\n", std::strerror(errno));
+    if (code == 0) code = 1;
+  }
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-  std::fflush(nullptr);
-  std::_Exit(globals.exit_code);
+  std::_Exit(code);
 #else
-  return globals.exit_code;
+  return code;
 #endif
 }

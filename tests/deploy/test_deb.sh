@@ -6,23 +6,31 @@
 #      from dpkg-shlibdeps; nothing in either package points into a venv;
 #   3. `apt-get install ./zerocopy_*.deb ./zerocopy-dev_*.deb`: the postinst
 #      made the user, the group and the segment directory;
-#   4. the daemon started exactly as the unit starts it (no systemd here):
-#      the unit's ExecStart with /etc/default/zerocopyd's flags, as its
+#   4. the daemon started as the unit starts it (no systemd here): the
+#      unit's ExecStart with /etc/default/zerocopyd's flags, as its
 #      User=/Group=, with its UMask= and RuntimeDirectory=, over the tmpfs
-#      that dev-shm-zerocopy.mount mounts (its Options=, so huge pages);
+#      that dev-shm-zerocopy.mount mounts (its Options=, so huge pages).
+#      Not reproduced: the unit's sandbox (SystemCallFilter=,
+#      ProtectSystem=, CapabilityBoundingSet=, RestrictAddressFamilies=,
+#      PrivateTmp=...), which only systemd applies; `systemd-analyze verify`
+#      checks the installed units;
 #   5. an unprivileged member of the group preloads a model with the
 #      packaged CLI and maps it with a program built against zerocopy-dev
 #      (find_package(zerocopy)): same checksum as the file; a user outside
 #      the group is refused; a TorchScript preload says how to get the
 #      LibTorch build the package leaves out;
-#   6. `apt-get purge` leaves none of the packages' files, no configuration,
-#      no segments, no socket directory (the system user stays, as Debian's
-#      policy asks).
+#   6. `apt-get purge` leaves none of the packages' files or directories,
+#      no configuration, no segments, no socket directory, no enablement or
+#      mask of the unit (the system user stays, as Debian's policy asks;
+#      the test removes it when it made it).
 #
 #   tests/deploy/test_deb.sh BUILD PYTHON
 #
 # Needs root (or password-less sudo) since it installs packages. Refuses to
-# run where a zerocopy package is installed already: it would replace it.
+# run where a zerocopy package is installed already (in any state, even only
+# its configuration), or where /dev/shm/zerocopy or /run/zerocopy exist: it
+# would replace or purge an operator's. Limits itself to 10 minutes, so that
+# its cleanup runs before ctest's timeout would kill it outright.
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -30,7 +38,14 @@ if [[ $# -ne 2 ]]; then
   exit 2
 fi
 if [[ $(id -u) -ne 0 ]]; then
-  exec sudo -n -E "$0" "$@" || { echo "test_deb: needs root or password-less sudo (it installs packages)" >&2; exit 1; }
+  if ! sudo -n true 2>/dev/null; then
+    echo "test_deb: needs root or password-less sudo (it installs packages)" >&2
+    exit 1
+  fi
+  exec sudo -n -E "$0" "$@"
+fi
+if [[ -z ${ZC_TEST_DEB_TIMED:-} ]]; then
+  ZC_TEST_DEB_TIMED=1 exec timeout -s TERM 600 "$0" "$@"
 fi
 build=$(realpath "$1")
 python=$2
@@ -41,12 +56,13 @@ say() { echo "test_deb: $*"; }
 die() { echo "test_deb: FAIL: $*" >&2; exit 1; }
 
 for p in zerocopy zerocopy-dev; do
-  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q installed; then
-    die "package $p is installed on this machine; this test installs and purges its own: remove it first"
+  if status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null); then
+    die "package $p is on this machine ($status); this test installs and purges its own: purge it first"
   fi
 done
-[[ -e /run/zerocopy/zerocopyd.sock ]] && die "/run/zerocopy/zerocopyd.sock exists: a zerocopyd is serving there"
-mountpoint -q /dev/shm/zerocopy && die "/dev/shm/zerocopy is a mount point already"
+for d in /dev/shm/zerocopy /run/zerocopy; do
+  [[ -e $d ]] && die "$d exists (a zerocopyd installed by hand?); this test would take it over: remove it first"
+done
 
 scratch=$(mktemp -d /tmp/zc-deb-XXXXXX)
 chmod 0755 "$scratch"
@@ -63,6 +79,7 @@ cleanup() {
   rm -rf "$scratch"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # the cleanup runs on the way out
 
 # --- 1. build the packages ---------------------------------------------------
 (cd "$build" && cpack -G DEB -B "$scratch/pkg" >"$scratch/cpack.log" 2>&1) || { cat "$scratch/cpack.log"; die "cpack failed"; }
@@ -81,8 +98,9 @@ if ! lintian --fail-on error,warning --tag-display-limit 0 "$deb" "$dev" >"$scra
 fi
 say "lintian: clean$( [[ -s $scratch/lintian.log ]] && echo " but for: $(tr '\n' ';' <"$scratch/lintian.log")")"
 depends=$(dpkg-deb -f "$deb" Depends)
-for lib in libgrpc++ libprotobuf libsystemd0 libc6 systemd; do
-  [[ $depends == *"$lib"* ]] || die "Depends: lacks $lib (dpkg-shlibdeps): $depends"
+# Whole package names (regexes): shlibdeps' libraries, and systemd itself.
+for lib in 'libgrpc\+\+[0-9.]+' 'libprotobuf[0-9]+' libsystemd0 libc6 systemd; do
+  grep -qE "(^|, )$lib( \(|,|\$)" <<<"$depends" || die "Depends: lacks $lib: $depends"
 done
 dpkg-deb -x "$deb" "$scratch/root"
 dpkg-deb -x "$dev" "$scratch/root"
@@ -97,9 +115,11 @@ done
 say "Depends: $depends"
 
 # --- 3. install ----------------------------------------------------------------
+user_before=$(getent passwd zerocopy || true)
 apt-get install -y -qq "$deb" "$dev" >"$scratch/apt.log" 2>&1 || { cat "$scratch/apt.log"; die "apt-get install failed"; }
 getent passwd zerocopy >/dev/null || die "the postinst made no user zerocopy"
 getent group zerocopy >/dev/null || die "the postinst made no group zerocopy"
+[[ -n $user_before ]] && say "the user zerocopy existed before: the postinst's making it is not checked this time"
 [[ $(stat -c '%a %U %G' /dev/shm/zerocopy) == "710 zerocopy zerocopy" ]] ||
   die "/dev/shm/zerocopy is $(stat -c '%a %U %G' /dev/shm/zerocopy), not 710 zerocopy zerocopy"
 conffiles=$(dpkg-query -W -f='${Conffiles}' zerocopy)
@@ -115,7 +135,15 @@ dpkg -L zerocopy zerocopy-dev | sort -u >"$scratch/files"
 say "installed: $(wc -l <"$scratch/files") paths; user, group, /dev/shm/zerocopy and conffiles in place"
 
 # --- 4. the daemon, as the unit starts it --------------------------------------
-unit_value() { sed -n "s/^$2=//p" "$1" | tail -1; }
+# KEY=VALUE of a unit (the last one); this parser knows no line
+# continuations, specifiers or variables beyond $ZEROCOPYD_ARGS: a unit
+# that starts using them fails here loudly rather than being misread.
+unit_value() {
+  local v
+  v=$(sed -n "s/^$2[[:space:]]*=[[:space:]]*//p" "$1" | tail -1)
+  [[ $v == *\\* || $v == *'${'* || $v =~ %[^,] ]] && die "$1: $2=$v needs a real unit parser"
+  printf '%s' "$v"
+}
 # The mount unit's tmpfs, with its options (libmount turns uid=/gid= names
 # into ids, as it does for systemd).
 mount -t "$(unit_value "$mount_unit" Type)" -o "$(unit_value "$mount_unit" Options)" \
@@ -195,11 +223,20 @@ daemon_pid=
 apt-get purge -y -qq zerocopy zerocopy-dev >"$scratch/purge.log" 2>&1 || { cat "$scratch/purge.log"; die "apt-get purge failed"; }
 left=()
 while read -r f; do
-  [[ -e $f && ! -d $f ]] && left+=("$f")
+  # The packages' own directories too (shared ones like /usr/bin stay).
+  [[ -e $f ]] && ! { [[ -d $f ]] && dpkg -S "$f" >/dev/null 2>&1; } && left+=("$f")
 done <"$scratch/files"
-for f in /etc/zerocopy /etc/default/zerocopyd /dev/shm/zerocopy /run/zerocopy; do
-  [[ -e $f ]] && left+=("$f")
+for f in /etc/zerocopy /etc/default/zerocopyd /dev/shm/zerocopy /run/zerocopy \
+  /etc/systemd/system/zerocopyd.service /etc/systemd/system/multi-user.target.wants/zerocopyd.service; do
+  [[ -e $f || -L $f ]] && left+=("$f")
+done
+for f in /var/lib/systemd/deb-systemd-helper-enabled/*zerocopyd* /var/lib/systemd/deb-systemd-helper-masked/*zerocopyd*; do
+  [[ -e $f || -L $f ]] && left+=("$f")
 done
 mountpoint -q /dev/shm/zerocopy && left+=("the tmpfs on /dev/shm/zerocopy")
 ((${#left[@]} == 0)) || die "purge left: ${left[*]}"
-say "ok (purge left nothing; the system user zerocopy stays)"
+if [[ -z $user_before ]]; then  # made by this test's install: not left to the next run
+  userdel zerocopy 2>/dev/null || true
+  groupdel zerocopy 2>/dev/null || true
+fi
+say "ok (purge left nothing; the system user zerocopy stays, as Debian's policy asks)"

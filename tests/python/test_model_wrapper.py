@@ -76,14 +76,19 @@ def test_a_skeleton_gets_the_mappings_tensors_with_identity_kept(daemon, monkeyp
     model.register_buffer("part", base[1:, ::2])
     model.leaf = torch.randn(3, requires_grad=True)  # a plain attribute, not a buffer
     model.raw = model.a.bias.untyped_storage()  # a storage by itself
+    model.register_buffer("z", torch.randn(5, dtype=torch.complex64))
+    model.zc = model.z.conj()  # a lazily conjugated view: the same memory as z, read differently
+    model.sp = torch.eye(3).to_sparse()  # no strided storage: torch pickles it as ever
     fresh = ModelWrapper.from_model(model)._model_info[""]["digest"]
 
-    # The same model as a skeleton published before tensors were referred
-    # to (every tensor rebuilt from its storage) loads the same.
+    # The same model as a skeleton of the first version (every tensor
+    # rebuilt from its storage) loads the same.
     monkeypatch.setattr(ray_zerocopy._store, "_view", lambda t: object())
+    monkeypatch.setattr(ray_zerocopy._store, "MAGIC", ray_zerocopy._store._MAGIC_V1)
     old = ray_zerocopy._store.publish(model)["digest"]
     monkeypatch.undo()
     assert old != fresh  # the skeletons differ, the weights do not
+    assert ray_zerocopy._native.client().get(old)["metadata"].startswith(b"zerocopy-torch-pickle/1\n")
 
     for digest in (fresh, old):
         loaded = ray_zerocopy._store.load(digest)
@@ -96,6 +101,9 @@ def test_a_skeleton_gets_the_mappings_tensors_with_identity_kept(daemon, monkeyp
         assert torch.equal(loaded.part, base[1:, ::2]) and torch.equal(loaded.again, base)
         assert loaded.leaf.requires_grad and loaded.leaf.is_leaf and torch.equal(loaded.leaf.detach(), model.leaf)
         assert loaded.raw.data_ptr() == loaded.a.bias.untyped_storage().data_ptr()
+        assert loaded.zc.is_conj() and torch.equal(loaded.zc.resolve_conj(), model.z.conj().resolve_conj())
+        assert loaded.zc.data_ptr() == loaded.z.data_ptr()
+        assert torch.equal(loaded.sp.to_dense(), torch.eye(3))
         start, end = segment_range(digest)
         for t in (loaded.a.weight, loaded.a.bias, loaded.whole, loaded.part, loaded.leaf):
             assert start <= t.data_ptr() < end

@@ -45,8 +45,11 @@ std::string SocketGroupDenyingUs(const std::string& socket) {
     if (slash == std::string::npos || slash == 0) return "";
     path.resize(slash);
   }
-  const struct group* gr = ::getgrgid(st.st_gid);
-  return gr != nullptr ? gr->gr_name : std::to_string(st.st_gid);
+  struct group gr;
+  struct group* found = nullptr;
+  char buf[4096];  // getgrgid_r: Convert runs on any thread
+  if (::getgrgid_r(st.st_gid, &gr, buf, sizeof buf, &found) == 0 && found != nullptr) return found->gr_name;
+  return std::to_string(st.st_gid);
 }
 
 }  // namespace

@@ -31,7 +31,17 @@ import re
 from . import _native
 from .errors import GpuSharingUnavailableError, InvalidModelError, PermissionDeniedError, ZeroCopyError
 
-MAGIC = b"zerocopy-torch-pickle/1\n"
+# A pickled skeleton's first line. /2 may refer to manifest tensors
+# ("tensor" persistent ids); /1 (before 2026-12) only to storages. A loader
+# reads both; an older one meeting /2 says the model holds no skeleton it
+# knows, rather than failing inside the pickle.
+MAGIC = b"zerocopy-torch-pickle/2\n"
+_MAGIC_V1 = b"zerocopy-torch-pickle/1\n"
+
+
+def is_skeleton(metadata: bytes) -> bool:
+    """The model's metadata is a pickled skeleton (of either version)."""
+    return metadata.startswith(MAGIC) or metadata.startswith(_MAGIC_V1)
 
 # torch dtype -> wire name ("F32", ...), from the C++ table (common/'s
 # dtype.h): the dtypes this torch has among those zerocopy holds.
@@ -118,7 +128,12 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
             # A plain tensor that is a manifest tensor's view (a parameter's
             # data, a buffer) is pickled as a reference to it: load() hands
             # out the tensor the mapping made, without rebuilding it.
-            if type(o) is torch.Tensor and o._backward_hooks is None and not o.__dict__:
+            # Not: a tensor with hooks or attributes of its own, a lazily
+            # conjugated or negated view (the bit is not in the manifest),
+            # a tensor without strided storage (sparse, nested): torch
+            # pickles those as ever.
+            if (type(o) is torch.Tensor and o.layout is torch.strided and not o.is_nested and not o.is_conj()
+                    and not o.is_neg() and o._backward_hooks is None and not o.__dict__):
                 i = by_view.get(_view(o))
                 if i is not None:
                     seen = objects.setdefault(i, [])
@@ -244,9 +259,9 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
     device copy for a CUDA `device`). `segment_path`: see _map."""
     mapping = _map(ref, socket, read_only=read_only, device=device, segment_path=segment_path)
     metadata = mapping.metadata
-    if metadata.startswith(MAGIC):
+    if is_skeleton(metadata):
         check_publisher(ref, mapping.info, "pickled skeleton")
-    if not metadata.startswith(MAGIC):
+    else:
         raise InvalidModelError(
             f"model {mapping.digest} ({mapping.format}) holds weights only, no Python object: load it with "
             "ray_zerocopy.load_state_dict(), or ModelWrapper.from_store(name, model=factory)", "INVALID_ARGUMENT")
@@ -260,12 +275,17 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
             kind = pid[0]
             if kind == "tensor":  # a manifest tensor (publish's persistent_id)
                 _, index, requires_grad, k = pid
+                if not 0 <= index < len(tensors.plan):
+                    raise pickle.UnpicklingError(f"tensor {index} of a model of {len(tensors.plan)}")
                 if fast:
                     return tensors.tensor(index, k, requires_grad)
-                offset, shape, strides, dtype, s = tensors.geometry(index)
-                typed = torch.storage.TypedStorage(wrap_storage=tensors.storage(s), dtype=dtype, _internal=True)
-                return torch._utils._rebuild_tensor_v2(typed, offset, shape, strides, requires_grad,
-                                                       collections.OrderedDict())
+                made = tensors.made.get((index, k))  # one object stays one, under a fake mode too
+                if made is None:
+                    offset, shape, strides, dtype, s = tensors.geometry(index)
+                    typed = torch.storage.TypedStorage(wrap_storage=tensors.storage(s), dtype=dtype, _internal=True)
+                    made = tensors.made[(index, k)] = torch._utils._rebuild_tensor_v2(
+                        typed, offset, shape, strides, requires_grad, collections.OrderedDict())
+                return made
             if kind != "storage":
                 raise pickle.UnpicklingError(f"unknown reference {kind!r}")
             _, index, code = pid
@@ -279,7 +299,7 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
 
     with _no_gc():
         tensors = _MappedTensors(mapping)
-        return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()
+        return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()  # both versions' lines are this long
 
 
 class _MappedTensors:

@@ -311,7 +311,7 @@ class ModelWrapper(_Base[T]):
         device); load() then assigns the mapped tensors to it."""
         info = _native.client().get(name)
         wrapper = cls({"": _entry(info, _cluster.node_id(), _native.client().socket)}, None, mode)
-        if model is None and info["metadata"].startswith(_store.MAGIC):
+        if model is None and _store.is_skeleton(info["metadata"]):
             _store.check_publisher(name, info, "pickled skeleton")  # the wrapper loads it by digest from now on
         elif model is None:
             raise ValueError(f"model {name!r} holds weights only ({info['format']}): pass model=factory "

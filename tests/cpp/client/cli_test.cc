@@ -186,6 +186,20 @@ std::string DoctorOnTmpfs(const std::string& size) {
   return cli.out;
 }
 
+TEST_CASE("output that cannot be written is a failure, not a truncated success", "[cli]") {
+  // `zerocopy stats --prometheus > textfile.prom` on a full disk must not
+  // exit 0 (the textfile collector's write-then-mv would publish it).
+  DaemonProcess d;
+  d.Start();
+  std::string out, err;
+  int status = Run({"/bin/sh", "-c", "exec \"$1\" --socket \"$2\" stats --prometheus > /dev/full", "sh",
+                    testing::CliBinary(), d.socket()},
+                   &out, &err);
+  INFO(err);
+  REQUIRE(status == 1);
+  REQUIRE_THAT(err, Catch::Contains("writing the output failed"));
+}
+
 TEST_CASE("doctor is content with segments on a huge-page tmpfs", "[cli]") {
   // The Debian package's dev-shm-zerocopy.mount, as mount(8) would apply it.
   testing::Tmpfs shm("2G", ",huge=within_size");
