@@ -173,16 +173,17 @@ MemoryCgroupPaths MemoryCgroup() {
   return {};
 }
 
-// What doctor prints, failing, for a daemon (budget 1G) whose segment
-// directory is on a tmpfs of `size`.
-std::string DoctorOnTmpfs(const std::string& size) {
-  testing::Tmpfs shm(size);
+// What doctor prints, exiting with `exit_code` (failing by default), for a
+// daemon (budget 1G) whose segment directory is on a tmpfs of `size`
+// mounted with the further `mount_options` (",opt=...").
+std::string DoctorOnTmpfs(const std::string& size, int exit_code = 1, const std::string& mount_options = "") {
+  testing::Tmpfs shm(size, mount_options);
   DaemonProcess::Options options;
   options.segment_dir = shm.path();
   DaemonProcess d(options);
   d.Start();
   Cli cli(d);
-  REQUIRE(cli({"doctor"}) == 1);
+  REQUIRE(cli({"doctor"}) == exit_code);
   return cli.out;
 }
 
@@ -202,15 +203,9 @@ TEST_CASE("output that cannot be written is a failure, not a truncated success",
 
 TEST_CASE("doctor is content with segments on a huge-page tmpfs", "[cli]") {
   // The Debian package's dev-shm-zerocopy.mount, as mount(8) would apply it.
-  testing::Tmpfs shm("2G", ",huge=within_size");
-  DaemonProcess::Options options;
-  options.segment_dir = shm.path();
-  DaemonProcess d(options);
-  d.Start();
-  Cli cli(d);
-  REQUIRE(cli({"doctor"}) == 0);
-  REQUIRE_THAT(cli.out, Catch::Contains("ok   segments are on a tmpfs mounted with huge pages"));
-  REQUIRE_THAT(cli.out, !Catch::Contains("warn"));
+  const std::string out = DoctorOnTmpfs("2G", 0, ",huge=within_size");
+  REQUIRE_THAT(out, Catch::Contains("ok   segments are on a tmpfs mounted with huge pages"));
+  REQUIRE_THAT(out, !Catch::Contains("warn"));
 }
 
 TEST_CASE("doctor catches what bites in containers", "[cli]") {
