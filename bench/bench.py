@@ -381,10 +381,13 @@ class Bench:
         """GetModel, and grpc.health.v1 Check beside it: the floor any unary
         gRPC call over the unix socket costs here. "raw": GetModel called as
         the health check is (generic stub, response unparsed), to tell the
-        daemon's share from the client library's."""
+        daemon's share from the client library's; "message": the manifest
+        asked for as a message and parsed every call, as before
+        manifest_as_bytes. Every client has a connection of its own, as
+        separate processes do."""
         out = {}
         for c in (1, 16, 64):
-            for mode in ("getmodel", "getmodel-raw", "health"):
+            for mode in ("getmodel", "getmodel-raw", "getmodel-message", "health"):
                 p = subprocess.run([str(self.build / "bench/zerocopy_bench"), mode, "--socket", self.daemon.socket,
                                     "--model", digest, "--clients", str(c), "--seconds", str(self.args.rpc_seconds)],
                                    capture_output=True, text=True)

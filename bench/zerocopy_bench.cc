@@ -2,11 +2,16 @@
 // runs it and prints the tables). Every mode prints one JSON object.
 //
 //   zerocopy_bench getmodel --socket S --model NAME --clients N --seconds T
-//       N threads, each with its own client (its own gRPC channel), calling
-//       GetModel in a loop: calls/s and the latency percentiles.
+//       N threads, each with its own client (its own gRPC channel and
+//       connection, as N processes have), calling GetModel in a loop:
+//       calls/s and the latency percentiles. Every mode below gives each
+//       thread a connection of its own too.
 //   zerocopy_bench getmodel-raw --socket S --model NAME --clients N --seconds T
 //       the same GetModel through gRPC's generic stub, as health calls:
 //       the request as bytes, the response unparsed (the daemon's share).
+//   zerocopy_bench getmodel-message --socket S --model NAME --clients N --seconds T
+//       the same GetModel through the generated stub, the manifest asked
+//       for as a message and parsed every call (before manifest_as_bytes).
 //   zerocopy_bench health --socket S --clients N --seconds T
 //       the same loop over grpc.health.v1.Health/Check: the floor a unary
 //       gRPC call over the unix socket costs on this machine.
@@ -47,7 +52,7 @@
 #include "zerocopy/client.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/parallel_for.h"
-#include "zerocopy/v1/model_store.pb.h"
+#include "zerocopy/v1/model_store.grpc.pb.h"
 
 namespace {
 
@@ -171,6 +176,16 @@ int FirstMap(const std::map<std::string, std::string>& f) {
   return 0;
 }
 
+// A channel of its own, with its own connection, as each client process
+// has (and as zerocopy::Client makes): gRPC would otherwise let every
+// channel of this process to the same socket share one connection, which
+// is not what N client processes get.
+std::shared_ptr<grpc::Channel> OwnChannel(const std::string& socket) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args);
+}
+
 // One unary call through the generic stub: the request as bytes, the
 // response left unparsed. What a call costs with no client-side work.
 bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::string& request_bytes) {
@@ -196,7 +211,7 @@ bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::str
 int Health(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket");
   return RoundTrips("health", f, [&]() -> CallFn {
-    auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+    auto channel = OwnChannel(socket);
     auto stub = std::make_shared<grpc::GenericStub>(channel);
     // An empty HealthCheckRequest is zero bytes.
     return [stub] { return RawUnary(*stub, "/grpc.health.v1.Health/Check", ""); };
@@ -210,11 +225,30 @@ int GetModelRaw(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
   zerocopy::v1::GetModelRequest request;
   request.mutable_model()->set_ref(model);
+  request.set_manifest_as_bytes(true);  // as the client library asks
   const std::string bytes = request.SerializeAsString();
   return RoundTrips("getmodel-raw", f, [&]() -> CallFn {
-    auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+    auto channel = OwnChannel(socket);
     auto stub = std::make_shared<grpc::GenericStub>(channel);
     return [stub, bytes] { return RawUnary(*stub, "/zerocopy.v1.ModelStore/GetModel", bytes); };
+  });
+}
+
+// GetModel through the generated stub, with the client library's
+// deadline, the manifest asked for as a message and parsed on every call:
+// what a GetModel cost before manifest_as_bytes (and costs an older client).
+int GetModelMessage(const std::map<std::string, std::string>& f) {
+  const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+  return RoundTrips("getmodel-message", f, [&]() -> CallFn {
+    std::shared_ptr<zerocopy::v1::ModelStore::Stub> stub = zerocopy::v1::ModelStore::NewStub(OwnChannel(socket));
+    return [stub, model] {
+      zerocopy::v1::GetModelRequest request;
+      request.mutable_model()->set_ref(model);
+      zerocopy::v1::GetModelResponse response;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      return stub->GetModel(&ctx, request, &response).ok() && response.manifest().tensors_size() > 0;
+    };
   });
 }
 
@@ -272,7 +306,7 @@ int Xxh3(const std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s getmodel|getmodel-raw|health|memcpy|xxh3|firstmap [--flag value ...]  (see the source's header)\n", argv[0]);
+    std::fprintf(stderr, "usage: %s getmodel|getmodel-raw|getmodel-message|health|memcpy|xxh3|firstmap [--flag value ...]  (see the source's header)\n", argv[0]);
     return 2;
   }
   std::string mode = argv[1];
@@ -280,6 +314,7 @@ int main(int argc, char** argv) {
   if (mode == "getmodel") return GetModel(flags);
   if (mode == "health") return Health(flags);
   if (mode == "getmodel-raw") return GetModelRaw(flags);
+  if (mode == "getmodel-message") return GetModelMessage(flags);
   if (mode == "firstmap") return FirstMap(flags);
   if (mode == "memcpy") return Memcpy(flags);
   if (mode == "xxh3") return Xxh3(flags);

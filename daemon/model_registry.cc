@@ -459,6 +459,7 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
                                                DevicePool::Mode mode) {
   ReapOnExit reap{devices_.get()};
   std::shared_ptr<const v1::Manifest> manifest;
+  std::shared_ptr<const std::string> manifest_bytes;
   LeasedModel leased;
   v1::GetModelResponse& response = leased.response;
   const bool gpu = !request.gpu_uuid().empty();
@@ -487,6 +488,7 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
     path = m->path;
     size = m->size;
     manifest = m->manifest;
+    manifest_bytes = m->manifest_bytes;
     *response.mutable_model() = Info(*m);
   }
   if (gpu) {
@@ -520,7 +522,22 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
       *response.mutable_model() = Info(m->second);  // now with this GPU
     }
   }
-  *response.mutable_manifest() = *manifest;  // outside the lock: can be large
+  // Outside the lock: a manifest can be large.
+  if (!request.manifest_as_bytes()) {
+    *response.mutable_manifest() = *manifest;
+    return leased;
+  }
+  if (manifest_bytes == nullptr) {
+    // The first such request for this model: serialized once, kept with it
+    // (a model's manifest never changes; two first requests may both make
+    // it, and either copy serves).
+    manifest_bytes = std::make_shared<const std::string>(manifest->SerializeAsString());
+    absl::MutexLock lock(&mu_);
+    if (auto m = models_.find(digest); m != models_.end() && m->second.manifest == manifest) {
+      m->second.manifest_bytes = manifest_bytes;
+    }
+  }
+  response.set_manifest_bytes(*manifest_bytes);
   return leased;
 }
 

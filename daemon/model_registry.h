@@ -113,6 +113,9 @@ class ModelRegistry {
   struct Model {
     std::string digest;
     std::shared_ptr<const v1::Manifest> manifest;
+    // `manifest` serialized, made by the first GetModel that asks for it
+    // (manifest_as_bytes) and sent as is from then on.
+    std::shared_ptr<const std::string> manifest_bytes;
     std::string path;
     uint64_t size = 0;
     int64_t created_ms = 0;

@@ -144,7 +144,7 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
   auto got = g.client()->Get(ref);
   if (!got.ok()) return Fail(g, got.status());
   if (g.json) {
-    PrintJson(*got);
+    PrintJson(got->ToProto());
     return 0;
   }
   const auto& m = got->model();

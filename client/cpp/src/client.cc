@@ -21,6 +21,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "manifest_cache.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/grpc_status.h"
 #include "zerocopy/manifest.h"
@@ -84,6 +85,7 @@ struct Client::Impl {
   std::unique_ptr<grpc::ClientContext> session_ctx ABSL_GUARDED_BY(mu);
   std::unique_ptr<grpc::ClientReaderWriter<v1::SessionRequest, v1::SessionResponse>> session ABSL_GUARDED_BY(mu);
   uint64_t session_id ABSL_GUARDED_BY(mu) = 0;
+  ManifestCache manifests;
 
   // MapSegment's leases, asked for off the caller's path by one thread
   // (started on first use, joined by ~Client).
@@ -427,18 +429,31 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
                                                           std::move(*created.mutable_manifest()), *std::move(region)));
 }
 
-absl::StatusOr<v1::GetModelResponse> Client::Get(const std::string& ref) {
-  v1::GetModelRequest request;
-  request.mutable_model()->set_ref(ref);
-  v1::GetModelResponse response;
-  ZC_CALL(GetModel, request, response);
-  return response;
+absl::StatusOr<ModelAnswer> Client::Answer(v1::GetModelResponse response) {
+  std::shared_ptr<const v1::Manifest> manifest;
+  if (response.has_manifest()) {
+    manifest = std::make_shared<const v1::Manifest>(std::move(*response.mutable_manifest()));
+  } else {
+    ZC_ASSIGN_OR_RETURN(manifest, impl_->manifests.Parse(response.model().digest(), response.manifest_bytes()));
+  }
+  return ModelAnswer(std::move(*response.mutable_model()), std::move(manifest),
+                     std::move(*response.mutable_device()));
 }
 
-absl::StatusOr<v1::GetModelResponse> Client::GetOnSession(v1::GetModelRequest request,
-                                                          std::chrono::milliseconds timeout, uint64_t* session_id) {
+absl::StatusOr<ModelAnswer> Client::Get(const std::string& ref) {
+  v1::GetModelRequest request;
+  request.mutable_model()->set_ref(ref);
+  request.set_manifest_as_bytes(true);
+  v1::GetModelResponse response;
+  ZC_CALL(GetModel, request, response);
+  return Answer(std::move(response));
+}
+
+absl::StatusOr<ModelAnswer> Client::GetOnSession(v1::GetModelRequest request, std::chrono::milliseconds timeout,
+                                                 uint64_t* session_id) {
   ZC_ASSIGN_OR_RETURN(*session_id, SessionId());
   request.set_session_id(*session_id);
+  request.set_manifest_as_bytes(true);
   v1::GetModelResponse response;
   ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
   grpc::ClientContext ctx;
@@ -451,7 +466,7 @@ absl::StatusOr<v1::GetModelResponse> Client::GetOnSession(v1::GetModelRequest re
     if (impl_->session_id == *session_id) impl_->CloseSession();
   }
   ZC_RETURN_IF_ERROR(status);
-  return response;
+  return Answer(std::move(response));
 }
 
 std::function<void()> Client::Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid) {
@@ -603,7 +618,7 @@ void Client::LeaseLoop() {
       request.mutable_model()->set_ref(digest);
       request.set_lease(true);
       uint64_t session_id = 0;
-      absl::StatusOr<v1::GetModelResponse> response;
+      absl::StatusOr<ModelAnswer> response;
       for (int attempt = 0; attempt < 3; ++attempt) {
         response = GetOnSession(request, impl.options.timeout, &session_id);
         if (!IsUnknownSession(response.status())) break;
@@ -644,9 +659,10 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::Map(const std::string& ref,
     }
     ZC_RETURN_IF_ERROR(response.status());
     std::string path = response->model().segment_path();
+    auto release = Releaser(session_id, response->model().digest(), "");
     // Should Open fail, it has given the lease back already.
-    auto mapped = MappedModel::Open(path, std::move(*response->mutable_model()), std::move(*response->mutable_manifest()),
-                                    options, Releaser(session_id, response->model().digest(), ""));
+    auto mapped = MappedModel::Open(path, std::move(response->model_), std::move(response->manifest_), options,
+                                    std::move(release));
     if (mapped.ok()) return mapped;
     // Deleted between GetModel and open: ask again (it may be gone for good).
     if (!absl::IsNotFound(mapped.status())) return mapped.status();
@@ -679,10 +695,9 @@ absl::StatusOr<std::shared_ptr<DeviceModel>> Client::MapDevice(const std::string
       continue;
     }
     ZC_RETURN_IF_ERROR(response.status());
-    v1::DeviceCopy device = response->device();
     auto release = Releaser(session_id, response->model().digest(), gpu_uuid);
     // Should Open fail, it has given the lease back already.
-    return DeviceModel::Open(std::move(*response->mutable_model()), std::move(*response->mutable_manifest()), device,
+    return DeviceModel::Open(std::move(response->model_), std::move(response->manifest_), response->device(),
                              std::move(release));
   }
   return last;

@@ -114,7 +114,8 @@ absl::StatusOr<std::shared_ptr<DeviceImport>> DeviceImport::Get(const v1::Device
   return Reference(inserted->first, &inserted->second);
 }
 
-absl::StatusOr<std::shared_ptr<DeviceModel>> DeviceModel::Open(v1::ModelInfo info, v1::Manifest manifest,
+absl::StatusOr<std::shared_ptr<DeviceModel>> DeviceModel::Open(v1::ModelInfo info,
+                                                               std::shared_ptr<const v1::Manifest> manifest,
                                                                const v1::DeviceCopy& device,
                                                                std::function<void()> on_release) {
   std::shared_ptr<DeviceModel> model(new DeviceModel());

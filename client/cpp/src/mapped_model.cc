@@ -13,7 +13,8 @@
 namespace zerocopy {
 
 absl::StatusOr<std::shared_ptr<MappedModel>> MappedModel::Open(const std::string& path, v1::ModelInfo info,
-                                                               v1::Manifest manifest, const MapOptions& options,
+                                                               std::shared_ptr<const v1::Manifest> manifest,
+                                                               const MapOptions& options,
                                                                std::function<void()> on_release) {
   std::shared_ptr<MappedModel> model(new MappedModel());
   // Checked before the file is touched. Should a step below fail, the

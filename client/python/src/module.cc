@@ -363,7 +363,7 @@ class PyClient {
 
   // The model's info, with its tensors, metadata and manifest (serialized).
   py::object Get(const std::string& ref) {
-    v1::GetModelResponse response = Unlocked([&] { return client_->Get(ref); });
+    ModelAnswer response = Unlocked([&] { return client_->Get(ref); });
     py::object d = ToPython(response.model());
     d["tensors"] = TensorsToPython(response.manifest());
     d["metadata"] = py::bytes(response.manifest().metadata());

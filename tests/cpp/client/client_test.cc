@@ -11,10 +11,12 @@
 #include <cstring>
 
 #include <catch2/catch.hpp>
+#include <grpcpp/grpcpp.h>
 
 #include "support.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/mapped_model.h"
+#include "zerocopy/v1/model_store.grpc.pb.h"
 
 namespace zerocopy {
 namespace {
@@ -257,6 +259,66 @@ TEST_CASE("a model mapped from its segment file at once gets its lease in the ba
     REQUIRE(other.ok());
     CHECK((*other)->info().segment_path() == info->segment_path());
   }
+}
+
+TEST_CASE("a client parses each model's manifest once: the daemon sends it as bytes to those who ask", "[client]") {
+  DaemonProcess d;
+  d.Start();
+  auto model = testing::MakeModel(5, 4096, 71);
+  model.source.manifest.set_metadata(std::string(10000, 'm'));  // as a pickled skeleton would be
+  PublishOptions options;
+  options.name = "m";
+  auto info = d.NewClient()->Publish(model.source, options);
+  REQUIRE(info.ok());
+  auto client = d.NewClient();
+
+  // The guard: a second GetModel, and every Map after it, reuse the manifest
+  // parsed the first time (no parse, no allocation per tensor).
+  auto first = client->Get("m");
+  auto second = client->Get(info->digest());
+  REQUIRE(first.ok());
+  REQUIRE(second.ok());
+  CHECK(first->shared_manifest().get() == second->shared_manifest().get());
+  CHECK(first->manifest().tensors_size() == 5);
+  CHECK(first->manifest().metadata() == std::string(10000, 'm'));
+  CHECK(first->model().digest() == info->digest());
+  auto a = client->Map("m"), b = client->Map("m");
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(&(*a)->manifest() == &first->manifest());
+  CHECK(&(*b)->manifest() == &first->manifest());
+  CHECK((*a)->ComputeDigest() == info->digest());
+  // Another client parses its own.
+  auto other = d.NewClient()->Get("m");
+  REQUIRE(other.ok());
+  CHECK(other->shared_manifest().get() != first->shared_manifest().get());
+  CHECK(other->manifest().SerializeAsString() == first->manifest().SerializeAsString());
+
+  // On the wire: a request that does not ask (an older client) gets the
+  // manifest as a message; one that asks gets the same manifest serialized.
+  auto stub = v1::ModelStore::NewStub(grpc::CreateChannel("unix:" + d.socket(), grpc::InsecureChannelCredentials()));
+  v1::GetModelRequest request;
+  request.mutable_model()->set_ref("m");
+  v1::GetModelResponse as_message, as_bytes;
+  {
+    grpc::ClientContext ctx;
+    REQUIRE(stub->GetModel(&ctx, request, &as_message).ok());
+  }
+  request.set_manifest_as_bytes(true);
+  for (int i = 0; i < 2; ++i) {  // made by the first such request, kept after
+    grpc::ClientContext ctx;
+    as_bytes.Clear();
+    REQUIRE(stub->GetModel(&ctx, request, &as_bytes).ok());
+    CHECK_FALSE(as_bytes.has_manifest());
+    v1::Manifest parsed;
+    REQUIRE(parsed.ParseFromString(as_bytes.manifest_bytes()));
+    CHECK(parsed.SerializeAsString() == as_message.manifest().SerializeAsString());
+  }
+  CHECK(as_message.manifest_bytes().empty());
+  CHECK(as_message.manifest().tensors_size() == 5);
+  CHECK(as_bytes.model().digest() == as_message.model().digest());
+  // `inspect --json` still shows the manifest as a message.
+  CHECK(first->ToProto().manifest().SerializeAsString() == as_message.manifest().SerializeAsString());
 }
 
 }  // namespace

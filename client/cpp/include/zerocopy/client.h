@@ -46,6 +46,34 @@ struct PublishOptions {
 // else /tmp/zerocopy-$UID/zerocopyd.sock (a daemon run by this user).
 std::string DefaultSocketPath();
 
+// A model as GetModel answers it. The manifest is shared and never
+// changes: a client parses each model's manifest once and hands the same
+// one out again for as long as the daemon sends the same bytes for it.
+class ModelAnswer {
+ public:
+  ModelAnswer(v1::ModelInfo model, std::shared_ptr<const v1::Manifest> manifest, v1::DeviceCopy device)
+      : model_(std::move(model)), manifest_(std::move(manifest)), device_(std::move(device)) {}
+
+  const v1::ModelInfo& model() const { return model_; }
+  const v1::Manifest& manifest() const { return *manifest_; }
+  const std::shared_ptr<const v1::Manifest>& shared_manifest() const { return manifest_; }
+  const v1::DeviceCopy& device() const { return device_; }
+  // As the proto message (a copy: `zerocopy inspect --json`).
+  v1::GetModelResponse ToProto() const {
+    v1::GetModelResponse response;
+    *response.mutable_model() = model_;
+    *response.mutable_manifest() = *manifest_;
+    if (device_.ByteSizeLong() != 0) *response.mutable_device() = device_;
+    return response;
+  }
+
+ private:
+  friend class Client;
+  v1::ModelInfo model_;
+  std::shared_ptr<const v1::Manifest> manifest_;
+  v1::DeviceCopy device_;
+};
+
 class Client : public std::enable_shared_from_this<Client> {
  public:
   // Connects (lazily: the first call opens the channel). Never fails for
@@ -74,7 +102,7 @@ class Client : public std::enable_shared_from_this<Client> {
   absl::StatusOr<std::unique_ptr<IncomingModel>> Receive(const v1::Manifest& manifest, const std::string& digest);
 
   // The model's info and manifest, without mapping it.
-  absl::StatusOr<v1::GetModelResponse> Get(const std::string& ref);
+  absl::StatusOr<ModelAnswer> Get(const std::string& ref);
 
   // Maps a model by name or digest, holding a lease on it (against
   // eviction) for as long as the MappedModel lives.
@@ -134,8 +162,12 @@ class Client : public std::enable_shared_from_this<Client> {
   // the request and `*session_id`). When the daemon no longer knows the
   // session (it restarted), the stale one is closed so that a retry opens
   // a new one, and that FAILED_PRECONDITION is returned.
-  absl::StatusOr<v1::GetModelResponse> GetOnSession(v1::GetModelRequest request, std::chrono::milliseconds timeout,
-                                                    uint64_t* session_id);
+  absl::StatusOr<ModelAnswer> GetOnSession(v1::GetModelRequest request, std::chrono::milliseconds timeout,
+                                           uint64_t* session_id);
+  // GetModel's answer with its manifest: from the bytes the daemon sent
+  // (parsed once per model, ManifestCache), or as a message from a daemon
+  // that predates manifest_as_bytes.
+  absl::StatusOr<ModelAnswer> Answer(v1::GetModelResponse response);
   // Releases the session's lease on `digest` (its device copy on
   // `gpu_uuid`, if given), best effort: the session's end releases it anyway.
   std::function<void()> Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid);

@@ -50,9 +50,16 @@ class DeviceModel final : public ModelView {
   // INVALID_ARGUMENT (manifest, handle), NOT_FOUND (this process does not
   // see the GPU), FAILED_PRECONDITION/INTERNAL (CUDA refused the handle),
   // UNIMPLEMENTED (built without CUDA).
-  static absl::StatusOr<std::shared_ptr<DeviceModel>> Open(v1::ModelInfo info, v1::Manifest manifest,
+  static absl::StatusOr<std::shared_ptr<DeviceModel>> Open(v1::ModelInfo info,
+                                                           std::shared_ptr<const v1::Manifest> manifest,
                                                            const v1::DeviceCopy& device,
                                                            std::function<void()> on_release = nullptr);
+  static absl::StatusOr<std::shared_ptr<DeviceModel>> Open(v1::ModelInfo info, v1::Manifest manifest,
+                                                           const v1::DeviceCopy& device,
+                                                           std::function<void()> on_release = nullptr) {
+    return Open(std::move(info), std::make_shared<const v1::Manifest>(std::move(manifest)), device,
+                std::move(on_release));
+  }
 
   const std::string& gpu_uuid() const { return gpu_uuid_; }
   int device_ordinal() const;   // this process's ordinal of the GPU

@@ -43,8 +43,15 @@ class MappedModel final : public ModelView {
   // destroyed, or before Open returns an error. Errors: NOT_FOUND (removed meanwhile), DATA_LOSS (size
   // differs), INVALID_ARGUMENT (manifest), INTERNAL (mmap).
   static absl::StatusOr<std::shared_ptr<MappedModel>> Open(const std::string& path, v1::ModelInfo info,
-                                                           v1::Manifest manifest, const MapOptions& options,
+                                                           std::shared_ptr<const v1::Manifest> manifest,
+                                                           const MapOptions& options,
                                                            std::function<void()> on_release = nullptr);
+  static absl::StatusOr<std::shared_ptr<MappedModel>> Open(const std::string& path, v1::ModelInfo info,
+                                                           v1::Manifest manifest, const MapOptions& options,
+                                                           std::function<void()> on_release = nullptr) {
+    return Open(path, std::move(info), std::make_shared<const v1::Manifest>(std::move(manifest)), options,
+                std::move(on_release));
+  }
 
   const uint8_t* data() const { return region_.data(); }
 

@@ -29,9 +29,9 @@ class ModelView : public std::enable_shared_from_this<ModelView> {
 
   const v1::ModelInfo& info() const { return info_; }
   const std::string& digest() const { return info_.digest(); }
-  const v1::Manifest& manifest() const { return manifest_; }
-  uint64_t size() const { return manifest_.total_size(); }
-  size_t tensor_count() const { return static_cast<size_t>(manifest_.tensors_size()); }
+  const v1::Manifest& manifest() const { return *manifest_; }
+  uint64_t size() const { return manifest_->total_size(); }
+  size_t tensor_count() const { return static_cast<size_t>(manifest_->tensors_size()); }
   // The index of tensor `name`. Errors: NOT_FOUND.
   absl::StatusOr<size_t> IndexOf(const std::string& name) const;
 
@@ -50,7 +50,9 @@ class ModelView : public std::enable_shared_from_this<ModelView> {
   // this) and keeps it. INVALID_ARGUMENT naming what is wrong. From here
   // on, `on_release` runs when the view goes, also when its Open fails
   // after this.
-  absl::Status Init(v1::ModelInfo info, v1::Manifest manifest, std::function<void()> on_release);
+  // The manifest may be shared with other views (the client's cache of
+  // parsed manifests): it is never changed.
+  absl::Status Init(v1::ModelInfo info, std::shared_ptr<const v1::Manifest> manifest, std::function<void()> on_release);
   // The first byte of tensor `index` (unchecked: index < tensor_count()).
   uint8_t* TensorAddress(size_t index) const;
 
@@ -60,8 +62,8 @@ class ModelView : public std::enable_shared_from_this<ModelView> {
 
  private:
   v1::ModelInfo info_;
-  v1::Manifest manifest_;
-  absl::flat_hash_map<absl::string_view, size_t> by_name_;  // views into manifest_, never changed after Init
+  std::shared_ptr<const v1::Manifest> manifest_;
+  absl::flat_hash_map<absl::string_view, size_t> by_name_;  // views into *manifest_, never changed after Init
   std::function<void()> on_release_;
 };
 
