@@ -383,18 +383,21 @@ class Bench:
         the health check is (generic stub, response unparsed), to tell the
         daemon's share from the client library's; "message": the manifest
         asked for as a message and parsed every call, as before
-        manifest_as_bytes. Every client has a connection of its own, as
-        separate processes do."""
+        manifest_as_bytes; "health_deadline": the health check with the
+        deadline the client library gives every call. Every client has a
+        connection of its own, as separate processes do."""
         out = {}
         for c in (1, 16, 64):
-            for mode in ("getmodel", "getmodel-raw", "getmodel-message", "health"):
+            for key, mode, extra in (("getmodel", "getmodel", []), ("raw", "getmodel-raw", []),
+                                     ("message", "getmodel-message", []), ("health", "health", []),
+                                     ("health_deadline", "health", ["--deadline", "1"])):
                 p = subprocess.run([str(self.build / "bench/zerocopy_bench"), mode, "--socket", self.daemon.socket,
-                                    "--model", digest, "--clients", str(c), "--seconds", str(self.args.rpc_seconds)],
-                                   capture_output=True, text=True)
-                if mode == "getmodel":
+                                    "--model", digest, "--clients", str(c), "--seconds", str(self.args.rpc_seconds),
+                                    *extra], capture_output=True, text=True)
+                if key == "getmodel":
                     out[c] = json.loads(p.stdout)
                 else:
-                    out[c][mode.replace("getmodel-", "")] = json.loads(p.stdout)
+                    out[c][key] = json.loads(p.stdout)
         return out
 
     def first_map(self, digest):

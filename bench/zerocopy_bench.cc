@@ -6,15 +6,17 @@
 //       connection, as N processes have), calling GetModel in a loop:
 //       calls/s and the latency percentiles. Every mode below gives each
 //       thread a connection of its own too.
-//   zerocopy_bench getmodel-raw --socket S --model NAME --clients N --seconds T
+//   zerocopy_bench getmodel-raw --socket S --model NAME --clients N --seconds T [--deadline 1]
 //       the same GetModel through gRPC's generic stub, as health calls:
 //       the request as bytes, the response unparsed (the daemon's share).
 //   zerocopy_bench getmodel-message --socket S --model NAME --clients N --seconds T
 //       the same GetModel through the generated stub, the manifest asked
 //       for as a message and parsed every call (before manifest_as_bytes).
-//   zerocopy_bench health --socket S --clients N --seconds T
+//   zerocopy_bench health --socket S --clients N --seconds T [--deadline 1]
 //       the same loop over grpc.health.v1.Health/Check: the floor a unary
-//       gRPC call over the unix socket costs on this machine.
+//       gRPC call over the unix socket costs on this machine. --deadline 1:
+//       each call with the 30 s deadline the client library gives every
+//       call (the same call options as GetModel's); raw GetModel takes it too.
 //   zerocopy_bench memcpy --bytes B [--threads K] [--dir /dev/shm] [--repeats R]
 //       copies B bytes into a fresh file in DIR, mapped shared (what a
 //       publish does, without hashing): page faults included.
@@ -188,8 +190,9 @@ std::shared_ptr<grpc::Channel> OwnChannel(const std::string& socket) {
 
 // One unary call through the generic stub: the request as bytes, the
 // response left unparsed. What a call costs with no client-side work.
-bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::string& request_bytes) {
+bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::string& request_bytes, bool deadline) {
   grpc::ClientContext ctx;
+  if (deadline) ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   grpc::CompletionQueue cq;
   grpc::Slice slice(request_bytes);
   grpc::ByteBuffer request(&slice, 1), response;
@@ -210,11 +213,12 @@ bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::str
 
 int Health(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket");
+  const bool deadline = Get(f, "--deadline", "0") == "1";
   return RoundTrips("health", f, [&]() -> CallFn {
     auto channel = OwnChannel(socket);
     auto stub = std::make_shared<grpc::GenericStub>(channel);
     // An empty HealthCheckRequest is zero bytes.
-    return [stub] { return RawUnary(*stub, "/grpc.health.v1.Health/Check", ""); };
+    return [stub, deadline] { return RawUnary(*stub, "/grpc.health.v1.Health/Check", "", deadline); };
   });
 }
 
@@ -223,6 +227,7 @@ int Health(const std::map<std::string, std::string>& f) {
 // the daemon's share of a GetModel from the client's.
 int GetModelRaw(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
+  const bool deadline = Get(f, "--deadline", "0") == "1";
   zerocopy::v1::GetModelRequest request;
   request.mutable_model()->set_ref(model);
   request.set_manifest_as_bytes(true);  // as the client library asks
@@ -230,7 +235,7 @@ int GetModelRaw(const std::map<std::string, std::string>& f) {
   return RoundTrips("getmodel-raw", f, [&]() -> CallFn {
     auto channel = OwnChannel(socket);
     auto stub = std::make_shared<grpc::GenericStub>(channel);
-    return [stub, bytes] { return RawUnary(*stub, "/zerocopy.v1.ModelStore/GetModel", bytes); };
+    return [stub, bytes, deadline] { return RawUnary(*stub, "/zerocopy.v1.ModelStore/GetModel", bytes, deadline); };
   });
 }
 
