@@ -253,6 +253,7 @@ class Bench:
                 out[label] = res["seconds"]
                 if "first_output_seconds" in res:
                     out[first_label] = res["first_output_seconds"]
+                    out[label.replace("load() in a", "warm forward pass in a")] = res["warm_forward_seconds"]
             except Exception as e:  # reported; the other methods still run
                 log(f"bench: {label}, {mib} MiB failed: {str(e)[-500:]}")
                 self.results.setdefault("errors", {})[f"{label} {mib} MiB"] = str(e)[-2000:]

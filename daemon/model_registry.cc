@@ -463,6 +463,13 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
   LeasedModel leased;
   v1::GetModelResponse& response = leased.response;
   const bool gpu = !request.gpu_uuid().empty();
+  if (request.manifests_held_size() > kMaxManifestsHeld) {
+    return absl::InvalidArgumentError(absl::StrCat("manifests_held lists ", request.manifests_held_size(),
+                                                   " digests; at most ", kMaxManifestsHeld));
+  }
+  if (gpu && request.manifests_held_size() > 0) {
+    return absl::InvalidArgumentError("manifests_held is not for GPU requests");
+  }
   std::string digest, path;
   uint64_t size = 0;
   {
@@ -523,6 +530,11 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
     }
   }
   // Outside the lock: a manifest can be large.
+  if (std::find(request.manifests_held().begin(), request.manifests_held().end(), digest) !=
+      request.manifests_held().end()) {
+    response.set_manifest_omitted(true);  // the caller has it (a digest covers its manifest)
+    return leased;
+  }
   if (!request.manifest_as_bytes()) {
     *response.mutable_manifest() = *manifest;
     return leased;

@@ -61,6 +61,8 @@ struct LeasedModel {
 
 class ModelRegistry {
  public:
+  // The most digests a GetModel may list in manifests_held.
+  static constexpr int kMaxManifestsHeld = 64;
   // `devices`: the GPU copies (null: GPU sharing off).
   ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOptions options,
                 std::unique_ptr<DevicePool> devices = nullptr);
@@ -83,7 +85,8 @@ class ModelRegistry {
   absl::StatusOr<v1::CommitModelResponse> Commit(const v1::CommitModelRequest& request, const Peer& peer);
   // Errors: NOT_FOUND, PERMISSION_DENIED.
   absl::Status Abort(const v1::AbortModelRequest& request, const Peer& peer);
-  // Errors: INVALID_ARGUMENT (bad ref, bad GPU UUID), NOT_FOUND,
+  // Errors: INVALID_ARGUMENT (bad ref, bad GPU UUID, more than
+  // kMaxManifestsHeld held manifests, or any on a GPU request), NOT_FOUND,
   // FAILED_PRECONDITION (lease or GPU on an unknown session; the daemon
   // sees no such GPU), and for gpu_uuid those of DevicePool::Acquire:
   // UNIMPLEMENTED (no GPU support), RESOURCE_EXHAUSTED (GPU budget).

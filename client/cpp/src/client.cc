@@ -59,6 +59,9 @@ namespace {
 
 constexpr int kMaxMessage = 512 << 20;  // a manifest of 100,000+ tensors fits
 constexpr char kClientName[] = "libzerocopy/" ZEROCOPY_VERSION;
+// How many of its manifests a client lists in a GetModel (the most
+// recently used).
+constexpr size_t kManifestsHeld = 8;
 
 // The daemon restarted and no longer knows our session.
 bool IsUnknownSession(const absl::Status& status) {
@@ -429,44 +432,61 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
                                                           std::move(*created.mutable_manifest()), *std::move(region)));
 }
 
-absl::StatusOr<ModelAnswer> Client::Answer(v1::GetModelResponse response) {
-  std::shared_ptr<const v1::Manifest> manifest;
-  if (response.has_manifest()) {
-    manifest = std::make_shared<const v1::Manifest>(std::move(*response.mutable_manifest()));
-  } else {
-    ZC_ASSIGN_OR_RETURN(manifest, impl_->manifests.Parse(response.model().digest(), response.manifest_bytes()));
+absl::StatusOr<ModelAnswer> Client::Fetch(v1::GetModelRequest request, std::chrono::milliseconds timeout) {
+  request.set_manifest_as_bytes(true);
+  // The manifests this client holds: the daemon leaves the model's out when
+  // it is one of them (a digest covers its manifest). Not on GPU requests.
+  if (request.gpu_uuid().empty()) {
+    for (auto& digest : impl_->manifests.Recent(kManifestsHeld)) request.add_manifests_held(std::move(digest));
   }
-  return ModelAnswer(std::move(*response.mutable_model()), std::move(manifest),
-                     std::move(*response.mutable_device()));
+  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
+  for (;;) {
+    v1::GetModelResponse response;
+    grpc::ClientContext ctx;
+    impl_->Prepare(&ctx, timeout);
+    ZC_RETURN_IF_ERROR(impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel"));
+    std::shared_ptr<const v1::Manifest> manifest;
+    if (response.manifest_omitted()) {
+      manifest = impl_->manifests.Find(response.model().digest());
+      if (manifest == nullptr) {
+        // Dropped from the cache since the request was made (or a daemon
+        // answering for a digest we never listed): ask again, holding none.
+        // A lease taken already is the same lease again.
+        if (request.manifests_held_size() == 0) {
+          return absl::InternalError(absl::StrCat("zerocopyd left out the manifest of model ", response.model().digest(),
+                                                  ", which this client did not claim to hold"));
+        }
+        request.clear_manifests_held();
+        continue;
+      }
+    } else if (response.has_manifest()) {  // a daemon that predates manifest_as_bytes
+      manifest = std::make_shared<const v1::Manifest>(std::move(*response.mutable_manifest()));
+    } else {
+      ZC_ASSIGN_OR_RETURN(manifest, impl_->manifests.Parse(response.model().digest(), response.manifest_bytes()));
+    }
+    return ModelAnswer(std::move(*response.mutable_model()), std::move(manifest),
+                       std::move(*response.mutable_device()));
+  }
 }
 
 absl::StatusOr<ModelAnswer> Client::Get(const std::string& ref) {
   v1::GetModelRequest request;
   request.mutable_model()->set_ref(ref);
-  request.set_manifest_as_bytes(true);
-  v1::GetModelResponse response;
-  ZC_CALL(GetModel, request, response);
-  return Answer(std::move(response));
+  return Fetch(std::move(request), impl_->options.timeout);
 }
 
 absl::StatusOr<ModelAnswer> Client::GetOnSession(v1::GetModelRequest request, std::chrono::milliseconds timeout,
                                                  uint64_t* session_id) {
   ZC_ASSIGN_OR_RETURN(*session_id, SessionId());
   request.set_session_id(*session_id);
-  request.set_manifest_as_bytes(true);
-  v1::GetModelResponse response;
-  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());
-  grpc::ClientContext ctx;
-  impl_->Prepare(&ctx, timeout);
-  absl::Status status = impl_->Convert(stub->GetModel(&ctx, request, &response), "GetModel");
-  if (IsUnknownSession(status)) {
+  auto answer = Fetch(std::move(request), timeout);
+  if (IsUnknownSession(answer.status())) {
     // The daemon restarted and forgot our session: the next call opens a new one.
     absl::MutexLock lock(&impl_->mu);
     // Another thread may have reopened it already: close only the stale one.
     if (impl_->session_id == *session_id) impl_->CloseSession();
   }
-  ZC_RETURN_IF_ERROR(status);
-  return Answer(std::move(response));
+  return answer;
 }
 
 std::function<void()> Client::Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid) {
@@ -578,8 +598,11 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::MapSegment(const std::strin
     }
     self->Releaser(session_id, digest, "")();
   };
-  auto mapped = MappedModel::Open(segment_path, std::move(info), std::move(*record->mutable_manifest()), options,
-                                  std::move(release));
+  auto manifest = std::make_shared<const v1::Manifest>(std::move(*record->mutable_manifest()));
+  auto mapped = MappedModel::Open(segment_path, std::move(info), manifest, options, std::move(release));
+  // The daemon's own manifest of that digest (checked by Open): the lease's
+  // GetModel, and any later one, need not bring it again.
+  if (mapped.ok()) impl_->manifests.Insert(digest, std::move(manifest));
   if (!mapped.ok()) {
     {
       absl::MutexLock lock(&lease->mu);

@@ -1,5 +1,7 @@
 #include "manifest_cache.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace zerocopy {
@@ -10,6 +12,7 @@ absl::StatusOr<std::shared_ptr<const v1::Manifest>> ManifestCache::Parse(const s
     absl::MutexLock lock(&mu_);
     if (auto it = entries_.find(digest); it != entries_.end() && it->second.bytes == bytes) {
       ++hits_;
+      TouchLocked(digest);
       return it->second.manifest;
     }
   }
@@ -21,18 +24,51 @@ absl::StatusOr<std::shared_ptr<const v1::Manifest>> ManifestCache::Parse(const s
   }
   absl::MutexLock lock(&mu_);
   ++parses_;
-  if (bytes.size() > max_bytes_) return manifest;  // never kept
+  KeepLocked(digest, Entry{bytes, manifest, bytes.size()});
+  return manifest;
+}
+
+std::shared_ptr<const v1::Manifest> ManifestCache::Find(const std::string& digest) {
+  absl::MutexLock lock(&mu_);
+  auto it = entries_.find(digest);
+  if (it == entries_.end()) return nullptr;
+  ++hits_;
+  TouchLocked(digest);
+  return it->second.manifest;
+}
+
+void ManifestCache::Insert(const std::string& digest, std::shared_ptr<const v1::Manifest> manifest) {
+  const size_t cost = manifest->ByteSizeLong();
+  absl::MutexLock lock(&mu_);
+  KeepLocked(digest, Entry{"", std::move(manifest), cost});
+}
+
+std::vector<std::string> ManifestCache::Recent(size_t n) const {
+  absl::MutexLock lock(&mu_);
+  return std::vector<std::string>(recent_.begin(), recent_.begin() + std::min(n, recent_.size()));
+}
+
+void ManifestCache::KeepLocked(const std::string& digest, Entry entry) {
   if (auto it = entries_.find(digest); it != entries_.end()) {
-    bytes_ -= it->second.bytes.size();
+    bytes_ -= it->second.cost;
     entries_.erase(it);
+    if (auto r = std::find(recent_.begin(), recent_.end(), digest); r != recent_.end()) recent_.erase(r);
   }
-  if (bytes_ + bytes.size() > max_bytes_) {
+  if (entry.cost > max_bytes_) return;  // never kept
+  if (bytes_ + entry.cost > max_bytes_) {
     entries_.clear();
+    recent_.clear();
     bytes_ = 0;
   }
-  bytes_ += bytes.size();
-  entries_.emplace(digest, Entry{bytes, manifest});
-  return manifest;
+  bytes_ += entry.cost;
+  entries_.emplace(digest, std::move(entry));
+  recent_.push_front(digest);
+}
+
+void ManifestCache::TouchLocked(const std::string& digest) {
+  if (!recent_.empty() && recent_.front() == digest) return;
+  if (auto r = std::find(recent_.begin(), recent_.end(), digest); r != recent_.end()) recent_.erase(r);
+  recent_.push_front(digest);
 }
 
 size_t ManifestCache::parses() const {

@@ -317,6 +317,48 @@ TEST_CASE("a client parses each model's manifest once: the daemon sends it as by
   CHECK(as_message.manifest_bytes().empty());
   CHECK(as_message.manifest().tensors_size() == 5);
   CHECK(as_bytes.model().digest() == as_message.model().digest());
+  CHECK_FALSE(as_bytes.manifest_omitted());
+
+  // A caller that holds the manifest (a digest covers it) gets none.
+  request.add_manifests_held(std::string(32, '0'));
+  request.add_manifests_held(info->digest());
+  {
+    grpc::ClientContext ctx;
+    v1::GetModelResponse omitted;
+    REQUIRE(stub->GetModel(&ctx, request, &omitted).ok());
+    CHECK(omitted.manifest_omitted());
+    CHECK_FALSE(omitted.has_manifest());
+    CHECK(omitted.manifest_bytes().empty());
+    CHECK(omitted.model().digest() == info->digest());
+  }
+  // Refused precisely: more than 64, or any on a GPU request.
+  for (int i = 0; i < 64; ++i) request.add_manifests_held(std::string(32, 'a'));
+  {
+    grpc::ClientContext ctx;
+    v1::GetModelResponse refused;
+    auto status = stub->GetModel(&ctx, request, &refused);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(status.error_message().find("at most 64") != std::string::npos);
+  }
+  request.clear_manifests_held();
+  request.add_manifests_held(info->digest());
+  request.set_gpu_uuid("GPU-00000000-0000-0000-0000-000000000000");
+  {
+    grpc::ClientContext ctx;
+    v1::GetModelResponse refused;
+    auto status = stub->GetModel(&ctx, request, &refused);
+    CHECK(status.error_code() == grpc::StatusCode::INVALID_ARGUMENT);
+    CHECK(status.error_message().find("not for GPU requests") != std::string::npos);
+  }
+  // A client that mapped the model from its sealed files holds that manifest:
+  // its lease and later GetModels reuse it.
+  auto fresh = d.NewClient();
+  auto direct = fresh->MapSegment(info->digest(), info->segment_path());
+  REQUIRE(direct.ok());
+  fresh->WaitForLeases();
+  auto after = fresh->Get("m");
+  REQUIRE(after.ok());
+  CHECK(&after->manifest() == &(*direct)->manifest());
   // `inspect --json` still shows the manifest as a message.
   CHECK(first->ToProto().manifest().SerializeAsString() == as_message.manifest().SerializeAsString());
 }

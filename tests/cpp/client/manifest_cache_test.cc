@@ -40,6 +40,26 @@ TEST_CASE("the manifest cache parses each digest's bytes once and compares them 
   CHECK(bad.status().message().find(std::string(32, 'b')) != std::string::npos);
 }
 
+TEST_CASE("the manifest cache finds what it holds and lists the most recent first", "[client][manifest]") {
+  ManifestCache cache;
+  v1::Manifest manifest = testing::MakeModel(1, 16, 3).source.manifest;
+  const std::string a(32, 'a'), b(32, 'b'), c(32, 'c');
+  CHECK(cache.Find(a) == nullptr);
+  CHECK(cache.Recent(8).empty());
+  auto held = std::make_shared<const v1::Manifest>(manifest);
+  cache.Insert(a, held);  // as MapSegment does, from the sealed file
+  REQUIRE(cache.Parse(b, manifest.SerializeAsString()).ok());
+  REQUIRE(cache.Parse(c, manifest.SerializeAsString()).ok());
+  CHECK(cache.Recent(8) == std::vector<std::string>{c, b, a});
+  CHECK(cache.Find(a).get() == held.get());
+  CHECK(cache.Recent(2) == std::vector<std::string>{a, c});
+  // Bytes arriving for a digest inserted without them: parsed, then kept.
+  auto parsed = cache.Parse(a, manifest.SerializeAsString());
+  REQUIRE(parsed.ok());
+  CHECK(cache.Find(a).get() == parsed->get());
+  CHECK(cache.Recent(8) == std::vector<std::string>{a, c, b});
+}
+
 TEST_CASE("the manifest cache keeps at most its bound and still answers past it", "[client][manifest]") {
   v1::Manifest manifest = testing::MakeModel(2, 16, 2).source.manifest;
   manifest.set_metadata(std::string(600, 'x'));
@@ -51,6 +71,8 @@ TEST_CASE("the manifest cache keeps at most its bound and still answers past it"
   REQUIRE(b.ok());
   CHECK(cache.Parse(std::string(32, '2'), bytes)->get() == b->get());
   CHECK(cache.Parse(std::string(32, '1'), bytes)->get() != a->get());  // dropped, parsed again
+  CHECK(cache.Recent(8) == std::vector<std::string>{std::string(32, '1')});
+  CHECK(cache.Find(std::string(32, '2')) == nullptr);
   ManifestCache tiny(10);  // larger than the bound: parsed, never kept
   auto big1 = tiny.Parse(std::string(32, '3'), bytes);
   auto big2 = tiny.Parse(std::string(32, '3'), bytes);

@@ -164,10 +164,11 @@ class Client : public std::enable_shared_from_this<Client> {
   // a new one, and that FAILED_PRECONDITION is returned.
   absl::StatusOr<ModelAnswer> GetOnSession(v1::GetModelRequest request, std::chrono::milliseconds timeout,
                                            uint64_t* session_id);
-  // GetModel's answer with its manifest: from the bytes the daemon sent
-  // (parsed once per model, ManifestCache), or as a message from a daemon
-  // that predates manifest_as_bytes.
-  absl::StatusOr<ModelAnswer> Answer(v1::GetModelResponse response);
+  // GetModel with its manifest: the one this client holds (the daemon left
+  // it out), the bytes the daemon sent (parsed once per model,
+  // ManifestCache), or a message from a daemon that predates
+  // manifest_as_bytes.
+  absl::StatusOr<ModelAnswer> Fetch(v1::GetModelRequest request, std::chrono::milliseconds timeout);
   // Releases the session's lease on `digest` (its device copy on
   // `gpu_uuid`, if given), best effort: the session's end releases it anyway.
   std::function<void()> Releaser(uint64_t session_id, std::string digest, std::string gpu_uuid);
