@@ -278,15 +278,15 @@ def waits(r):
         many = g.get("64") or list(g.values())[-1]
         # Like for like: the health check with the deadline every call of
         # ours has (older results lack it: the bare one).
-        hd = many.get("health_deadline") or many.get("health", {})
-        h = many.get("health", {})
+        bare = many.get("health", {})
+        timed = many.get("health_deadline") or bare
         for what, v, h in (("GetModel at 64 clients (a connection each) vs a gRPC health check on the same socket "
-                            "with the same deadline", many, hd),
-                           ("the same GetModel vs the bare health check (no deadline)", many, h),
+                            "with the same deadline", many, timed),
+                           ("the same GetModel vs the bare health check (no deadline)", many, bare),
                            ("the same, GetModel made as the bare health check is (no client library, no deadline: "
-                            "the daemon's share)", many.get("raw", {}), h),
+                            "the daemon's share)", many.get("raw", {}), bare),
                            ("the same, the manifest as a message parsed every call (before `manifest_as_bytes`)",
-                            many.get("message", {}), hd)):
+                            many.get("message", {}), timed)):
             if h.get("p50_us") and v.get("p50_us"):
                 p50, p99 = v["p50_us"] / h["p50_us"], v["p99_us"] / h["p99_us"]
                 row(what, f"p50 {v['p50_us']:.0f} µs, p99 {v['p99_us']:.0f} µs",

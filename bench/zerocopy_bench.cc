@@ -15,8 +15,9 @@
 //   zerocopy_bench health --socket S --clients N --seconds T [--deadline 1]
 //       the same loop over grpc.health.v1.Health/Check: the floor a unary
 //       gRPC call over the unix socket costs on this machine. --deadline 1:
-//       each call with the 30 s deadline the client library gives every
-//       call (the same call options as GetModel's); raw GetModel takes it too.
+//       each call with the deadline the client library gives every call
+//       (its default timeout: the same call options as GetModel's); raw
+//       GetModel takes it too.
 //   zerocopy_bench memcpy --bytes B [--threads K] [--dir /dev/shm] [--repeats R]
 //       copies B bytes into a fresh file in DIR, mapped shared (what a
 //       publish does, without hashing): page faults included.
@@ -188,11 +189,16 @@ std::shared_ptr<grpc::Channel> OwnChannel(const std::string& socket) {
   return grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args);
 }
 
+// The deadline zerocopy::Client gives each call (its default timeout).
+std::chrono::system_clock::time_point ClientDeadline() {
+  return std::chrono::system_clock::now() + zerocopy::ClientOptions().timeout;
+}
+
 // One unary call through the generic stub: the request as bytes, the
 // response left unparsed. What a call costs with no client-side work.
 bool RawUnary(grpc::GenericStub& stub, const std::string& method, const std::string& request_bytes, bool deadline) {
   grpc::ClientContext ctx;
-  if (deadline) ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (deadline) ctx.set_deadline(ClientDeadline());
   grpc::CompletionQueue cq;
   grpc::Slice slice(request_bytes);
   grpc::ByteBuffer request(&slice, 1), response;
@@ -251,7 +257,7 @@ int GetModelMessage(const std::map<std::string, std::string>& f) {
       request.mutable_model()->set_ref(model);
       zerocopy::v1::GetModelResponse response;
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      ctx.set_deadline(ClientDeadline());
       return stub->GetModel(&ctx, request, &response).ok() && response.manifest().tensors_size() > 0;
     };
   });
