@@ -83,3 +83,13 @@ class TwoStage:
 
     def score(self, x):
         return self(x).max(-1).values > self.threshold
+
+
+class FrozenByTrain(nn.Linear):
+    """A layer whose own train() does more than set the flag (as batch-norm
+    freezing layers do): load() must call it."""
+    calls: list = []
+
+    def train(self, mode=True):
+        FrozenByTrain.calls.append(mode)
+        return super().train(mode)

@@ -220,6 +220,51 @@ def test_a_wrapper_works_in_a_forked_child(daemon):
     assert result == model.eval()(torch.ones(2, 16)).tolist()
 
 
+def test_load_readies_every_module_and_parameter_for_inference(daemon, monkeypatch):
+    # eval() and requires_grad False come from one walk of the module tree
+    # (not eval() and parameters()); a class with a train() of its own gets
+    # eval() itself. A loaded parameter is what nn.Parameter makes of a
+    # tensor: no hook dict installed (torch.load installs an empty one).
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.LayerNorm(4))
+    model.shared = model[0]  # one module under two names
+    model.train()
+    loaded = ModelWrapper.from_model(model).load()
+    assert [m.training for m in loaded.modules()] == [False] * len(list(model.modules()))
+    params = list(loaded.parameters())
+    assert len(params) == len(list(model.parameters())) and loaded.shared is loaded[0]
+    for p in params:
+        assert type(p) is nn.Parameter and not p.requires_grad and p.is_leaf and p._backward_hooks is None
+    x = torch.randn(3, 4)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+    models.FrozenByTrain.calls.clear()
+    custom = nn.Sequential(nn.Linear(4, 4), models.FrozenByTrain(4, 4)).train()
+    models.FrozenByTrain.calls.clear()
+    loaded = ModelWrapper.from_model(custom).load()
+    assert models.FrozenByTrain.calls == [False]
+    assert not any(m.training for m in loaded.modules()) and not any(p.requires_grad for p in loaded.parameters())
+
+    # No fake mode possible (no dispatch mode, no tracing context): load
+    # does not ask torch's detect_fake_mode (~30 us a call). Under a
+    # dispatch mode it asks, and one that is not fake loads as ever.
+    asked = []
+    real = torch._guards.detect_fake_mode
+    monkeypatch.setattr(torch._guards, "detect_fake_mode", lambda *a: asked.append(a) or real(*a))
+    wrapper = ModelWrapper.from_model(models.MLP())
+    wrapper.load()
+    assert asked == []
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        loaded = wrapper.load()
+    assert len(asked) == 1
+    assert torch.equal(loaded(torch.ones(2, 16)), wrapper.load()(torch.ones(2, 16)))
+
+
 def test_fast_load_gives_plain_tensors(daemon):
     model = models.MLP()
     loaded = ModelWrapper.from_model(model).load(_use_fast_load=True)

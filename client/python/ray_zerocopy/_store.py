@@ -178,6 +178,18 @@ def _no_gc():
         gc.enable()
 
 
+_dispatch_stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def _fake_mode_possible() -> bool:
+    """False when no fake mode can be in force: no dispatch mode on the
+    stack and no tracing context, the two places detect_fake_mode looks
+    (it costs ~30 us a call, its first in a process twice that)."""
+    if _dispatch_stack_depth is None:  # a torch without it: ask detect_fake_mode
+        return True
+    return _dispatch_stack_depth() != 0 or torch._guards.TracingContext.try_get() is not None
+
+
 def _storage(mapping, index: int) -> torch.UntypedStorage:
     return _from_dlpack(mapping.storage(index)).untyped_storage()
 
@@ -267,7 +279,7 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
             "ray_zerocopy.load_state_dict(), or ModelWrapper.from_store(name, model=factory)", "INVALID_ARGUMENT")
     # Tensors over our storages need none of what torch's rebuild probes for
     # per tensor (a fake mode, under which it rebuilds as torch does).
-    fast = torch._guards.detect_fake_mode(None) is None
+    fast = not _fake_mode_possible() or torch._guards.detect_fake_mode(None) is None
     tensors = None  # made with the collector off, below
 
     class Unpickler(pickle.Unpickler):
@@ -293,8 +305,11 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
                                               _internal=True)
 
         def find_class(self, module, name):
-            if fast and module == "torch._utils" and name == "_rebuild_tensor_v2":
-                return _rebuild_mapped_tensor
+            if fast and module == "torch._utils":
+                if name == "_rebuild_tensor_v2":
+                    return _rebuild_mapped_tensor
+                if name == "_rebuild_parameter":
+                    return _rebuild_mapped_parameter
             return super().find_class(module, name)
 
     with _no_gc():
@@ -307,19 +322,24 @@ class _MappedTensors:
     once and only when the skeleton asks: a tensor alone on its storage is
     the DLPack import of the mapping's own capsule for it (one call makes
     tensor and storage); the others are carved from their storage. Storages
-    are shared by everything over them, as they were when published."""
+    are shared by everything over them, as they were when published. What
+    only a second object over a view needs (its geometry, its storage's
+    object) is read from the imported tensor when asked, not per import."""
 
     def __init__(self, mapping):
         self.mapping = mapping
         self.plan = mapping.tensor_plan()
         self.storages: dict = {}  # storage index -> UntypedStorage
+        self.owners: dict = {}  # storage index -> the tensor that imported it whole (alone on it)
+        self.imported: dict = {}  # tensor index -> that tensor
         self.geometries: dict = {}  # tensor index -> (offset in elements, shape, strides, dtype, storage)
         self.made: dict = {}  # (tensor index, object ordinal) -> tensor
 
     def storage(self, s: int) -> torch.UntypedStorage:
         storage = self.storages.get(s)
         if storage is None:
-            storage = self.storages[s] = _storage(self.mapping, s)
+            owner = self.owners.get(s)
+            storage = self.storages[s] = owner.untyped_storage() if owner is not None else _storage(self.mapping, s)
         return storage
 
     def geometry(self, i: int) -> tuple:
@@ -330,20 +350,22 @@ class _MappedTensors:
             if dtype is None:
                 raise InvalidModelError(f"tensor '{name}' has dtype {code}, which this torch lacks",
                                         "INVALID_ARGUMENT")
-            if whole is not None:  # the capsule carries the shape: import it (its storage is the whole storage)
-                self._import(i)
-                return self.geometries[i]
-            g = self.geometries[i] = (byte_offset // dtype.itemsize, shape, strides or _contiguous_strides(shape),
-                                      dtype, s)
+            t = self.imported.get(i)
+            if t is None and whole is not None:  # the capsule carries the shape: import it
+                t = self._import(i)
+            if t is not None:  # its storage is the whole storage
+                g = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, s)
+            else:
+                g = (byte_offset // dtype.itemsize, shape, strides or _contiguous_strides(shape), dtype, s)
+            self.geometries[i] = g
         return g
 
     def _import(self, i: int) -> torch.Tensor:
         """The whole capsule of tensor i, imported once."""
-        name, s, _, _, _, _, whole = self.plan[i]
+        s, whole = self.plan[i][1], self.plan[i][6]
         self.plan[i] = self.plan[i][:6] + (None,)  # a capsule is consumed by its import
-        t = _from_dlpack(whole)
-        self.geometries[i] = (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, s)
-        self.storages.setdefault(s, t.untyped_storage())
+        t = self.imported[i] = _from_dlpack(whole)
+        self.owners.setdefault(s, t)
         return t
 
     def tensor(self, i: int, k: int, requires_grad: bool) -> torch.Tensor:
@@ -379,6 +401,22 @@ def _rebuild_mapped_tensor(storage, storage_offset, size, stride, requires_grad,
         torch._utils.set_tensor_metadata(t, metadata)
     t._backward_hooks = backward_hooks  # as torch: for backwards compatibility, an empty OrderedDict
     return t
+
+
+def _rebuild_mapped_parameter(data, requires_grad, backward_hooks):
+    """torch._utils._rebuild_parameter for a parameter over a mapped tensor:
+    what nn.Parameter makes of a plain tensor, without its Python __new__,
+    and without installing the empty hook dict every pickled parameter
+    carries (torch never pickles hooks: setting even an empty one gives the
+    tensor autograd metadata and a hook to run). Hooks, if a pickle holds
+    any, are set as torch sets them."""
+    if type(data) is torch.Tensor:
+        param = torch.Tensor._make_subclass(torch.nn.Parameter, data, requires_grad)
+    else:
+        param = torch.nn.Parameter(data, requires_grad)
+    if backward_hooks:
+        param._backward_hooks = backward_hooks
+    return param
 
 
 def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False,

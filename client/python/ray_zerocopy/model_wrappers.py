@@ -193,10 +193,10 @@ class _Base(Generic[T]):
                 "another node or removed; outside Ray nothing can bring it here: publish it here "
                 "(ModelWrapper.from_model on this node, or `zerocopy preload`)", "NOT_FOUND") from e
         move = device is not None and str(device) != "cpu" and (gpu is None or _has_cuda_tensors(model))
-        model.eval()
-        if not self._jit:
-            for p in model.parameters():
-                p.requires_grad_(False)
+        if self._jit:
+            model.eval()
+        else:
+            _inference_ready(model)
             if fast:
                 _to_plain_tensors(model)
         if move:
@@ -289,6 +289,36 @@ class _Base(Generic[T]):
 
 def _has_cuda_tensors(model) -> bool:
     return any(t.is_cuda for t in model.parameters()) or any(t.is_cuda for t in model.buffers())
+
+
+_Module = torch.nn.Module
+
+
+def _inference_ready(model: torch.nn.Module) -> None:
+    """model.eval() and requires_grad False on every parameter, in one walk
+    of the module tree: what eval() and parameters() each do with a
+    generator per module and a Python __setattr__ per flag, which was a
+    fifth of a load. A tree where some class has its own train() or
+    __setattr__ gets eval() itself, as it would have."""
+    modules, stack, seen = [], [model], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        cls = type(m)
+        if cls.train is not _Module.train or cls.__setattr__ is not _Module.__setattr__:
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            return
+        modules.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    for m in modules:
+        object.__setattr__(m, "training", False)
+        for p in m._parameters.values():
+            if p is not None:
+                p.requires_grad_(False)
 
 
 def _to_plain_tensors(model: torch.nn.Module) -> None:
