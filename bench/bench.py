@@ -526,7 +526,7 @@ def across_nodes(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="one small model, fewer runs: under 2 minutes")
+    ap.add_argument("--quick", action="store_true", help="one small model, fewer runs: about 5 minutes")
     ap.add_argument("--build", default=str(ROOT / "build"))
     ap.add_argument("--out", default=None, help="results directory (default bench/results, build/bench-quick)")
     ap.add_argument("--tmp", default="/tmp")
