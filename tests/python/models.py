@@ -93,3 +93,16 @@ class FrozenByTrain(nn.Linear):
     def train(self, mode=True):
         FrozenByTrain.calls.append(mode)
         return super().train(mode)
+
+
+class OwnEval(nn.Module):
+    """A model whose eval() does more than train(False): load() must call it."""
+    calls: list = []
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def eval(self):
+        OwnEval.calls.append("eval")
+        return super().eval()

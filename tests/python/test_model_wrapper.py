@@ -263,6 +263,25 @@ def test_load_readies_every_module_and_parameter_for_inference(daemon, monkeypat
         loaded = wrapper.load()
     assert len(asked) == 1
     assert torch.equal(loaded(torch.ones(2, 16)), wrapper.load()(torch.ones(2, 16)))
+    # A tracing context (no fake mode in it): asked too, and the fast path.
+    with torch._guards.tracing(torch._guards.TracingContext(None)):
+        wrapper.load()
+    assert len(asked) == 2
+
+    # An LSTM (nn.RNNBase has its own __setattr__, which does nothing of
+    # its own for `training`) is readied in the one walk, and its flat
+    # weights are still the parameters it runs with.
+    rnn = nn.Sequential(nn.LSTM(4, 6, batch_first=True)).train()
+    loaded = ModelWrapper.from_model(rnn).load()
+    assert not loaded.training and not loaded[0].training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(loaded(x)[0], rnn.eval()(x)[0])
+
+    # A root with its own eval() gets it called.
+    models.OwnEval.calls.clear()
+    loaded = ModelWrapper.from_model(models.OwnEval()).load()
+    assert models.OwnEval.calls == ["eval"] and not loaded.training
 
 
 def test_fast_load_gives_plain_tensors(daemon):

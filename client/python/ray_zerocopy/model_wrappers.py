@@ -292,14 +292,22 @@ def _has_cuda_tensors(model) -> bool:
 
 
 _Module = torch.nn.Module
+# A __setattr__ of these classes does nothing of its own for `training`.
+_PLAIN_SETATTR = (_Module.__setattr__, torch.nn.RNNBase.__setattr__)
 
 
 def _inference_ready(model: torch.nn.Module) -> None:
     """model.eval() and requires_grad False on every parameter, in one walk
     of the module tree: what eval() and parameters() each do with a
     generator per module and a Python __setattr__ per flag, which was a
-    fifth of a load. A tree where some class has its own train() or
-    __setattr__ gets eval() itself, as it would have."""
+    fifth of a load. A tree where some class has its own train(),
+    __setattr__ or children(), or whose root has its own eval() or
+    parameters(), gets eval() and parameters() themselves, as it would
+    have."""
+    root = type(model)
+    if (root.eval is not _Module.eval or root.parameters is not _Module.parameters
+            or root.named_parameters is not _Module.named_parameters):
+        return _inference_ready_slowly(model)
     modules, stack, seen = [], [model], set()
     while stack:
         m = stack.pop()
@@ -307,11 +315,9 @@ def _inference_ready(model: torch.nn.Module) -> None:
             continue
         seen.add(id(m))
         cls = type(m)
-        if cls.train is not _Module.train or cls.__setattr__ is not _Module.__setattr__:
-            model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            return
+        if (cls.train is not _Module.train or cls.__setattr__ not in _PLAIN_SETATTR
+                or cls.children is not _Module.children or cls.named_children is not _Module.named_children):
+            return _inference_ready_slowly(model)
         modules.append(m)
         stack.extend(c for c in m._modules.values() if c is not None)
     for m in modules:
@@ -319,6 +325,12 @@ def _inference_ready(model: torch.nn.Module) -> None:
         for p in m._parameters.values():
             if p is not None:
                 p.requires_grad_(False)
+
+
+def _inference_ready_slowly(model: torch.nn.Module) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
 
 
 def _to_plain_tensors(model: torch.nn.Module) -> None:
