@@ -237,7 +237,6 @@ def test_load_readies_every_module_and_parameter_for_inference(daemon, monkeypat
     x = torch.randn(3, 4)
     assert torch.equal(loaded(x), model.eval()(x))
 
-    models.FrozenByTrain.calls.clear()
     custom = nn.Sequential(nn.Linear(4, 4), models.FrozenByTrain(4, 4)).train()
     models.FrozenByTrain.calls.clear()
     loaded = ModelWrapper.from_model(custom).load()

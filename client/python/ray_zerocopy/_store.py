@@ -332,7 +332,6 @@ class _MappedTensors:
         self.plan = mapping.tensor_plan()
         self.storages: dict = {}  # storage index -> UntypedStorage
         self.owners: dict = {}  # storage index -> the tensor that imported it whole (alone on it)
-        self.imported: dict = {}  # tensor index -> that tensor
         self.geometries: dict = {}  # tensor index -> (offset in elements, shape, strides, dtype, storage)
         self.made: dict = {}  # (tensor index, object ordinal) -> tensor
 
@@ -351,7 +350,7 @@ class _MappedTensors:
             if dtype is None:
                 raise InvalidModelError(f"tensor '{name}' has dtype {code}, which this torch lacks",
                                         "INVALID_ARGUMENT")
-            t = self.imported.get(i)
+            t = self.owners.get(s)  # tensor i itself, when it was imported whole: nothing else is on s
             if t is None and whole is not None:  # the capsule carries the shape: import it
                 t = self._import(i)
             if t is not None:  # its storage is the whole storage
@@ -365,8 +364,7 @@ class _MappedTensors:
         """The whole capsule of tensor i, imported once."""
         s, whole = self.plan[i][1], self.plan[i][6]
         self.plan[i] = self.plan[i][:6] + (None,)  # a capsule is consumed by its import
-        t = self.imported[i] = _from_dlpack(whole)
-        self.owners.setdefault(s, t)
+        t = self.owners[s] = _from_dlpack(whole)
         return t
 
     def tensor(self, i: int, k: int, requires_grad: bool) -> torch.Tensor:
