@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_format.h"
@@ -35,6 +36,31 @@ Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index) {
   uint64_t begin = static_cast<uint64_t>(index) * kDigestChunk;
   uint64_t len = std::min<uint64_t>(kDigestChunk, size - begin);
   return HashBytes(segment + begin, len);
+}
+
+LeafHasher::LeafHasher() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();
+  XXH3_128bits_reset(state_);
+}
+
+LeafHasher::~LeafHasher() { XXH3_freeState(state_); }
+
+void LeafHasher::Update(const void* data, size_t size) {
+  XXH3_128bits_update_dispatch(state_, data, size);
+}
+
+void LeafHasher::UpdateZeros(uint64_t size) {
+  static const uint8_t kZeros[64 << 10] = {};
+  while (size > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(size, sizeof(kZeros)));
+    Update(kZeros, n);
+    size -= n;
+  }
+}
+
+Hash128 LeafHasher::Finish() {
+  XXH128_hash_t h = XXH3_128bits_digest(state_);
+  return Hash128{h.high64, h.low64};
 }
 
 std::string CanonicalManifest(const v1::Manifest& manifest) {

@@ -63,6 +63,27 @@ constexpr char kClientName[] = "libzerocopy/" ZEROCOPY_VERSION;
 // recently used).
 constexpr size_t kManifestsHeld = 8;
 
+// How much of a storage Publish hashes, then writes, at a time: small
+// enough that the write copies from cache what the hash has just read.
+constexpr uint64_t kPublishSlice = 256u << 10;
+
+// All `n` bytes written at `offset`, through short writes and EINTR.
+absl::Status WriteAll(int fd, const uint8_t* data, size_t n, uint64_t offset, const std::string& path) {
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = w < 0 ? errno : ENOSPC;  // nothing written and no error: no room
+      return ErrnoStatus(err, absl::StrCat("write ", n, " bytes at ", offset, " of ", path,
+                                           err == ENOSPC || err == EDQUOT ? " (its file system is full)" : ""));
+    }
+    data += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return absl::OkStatus();
+}
+
 // The daemon restarted and no longer knows our session.
 bool IsUnknownSession(const absl::Status& status) {
   return absl::IsFailedPrecondition(status) && absl::StrContains(status.message(), "unknown session");
@@ -277,27 +298,22 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
     if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != total) {
       return abort(absl::InternalError(absl::StrCat(created.segment_path(), " is not ", total, " bytes")));
     }
-    MappedRegion::Options map_options;
-    map_options.access = MappedRegion::Access::kReadWrite;
-    map_options.huge_pages = true;
-    auto region = MappedRegion::Map(fd.get(), total, map_options);
-    if (!region.ok()) return abort(region.status());
-    uint8_t* dst = region->data();
     std::atomic<uint64_t> done{0};
     absl::Mutex failed_mu;
     absl::Status failed;
-    // Chunk i covers [i*C, (i+1)*C): its pages made first (a full file
-    // system is an error, not a SIGBUS), then every storage overlapping it
-    // copied, then hashed while it is in cache. Storages are in offset order.
+    // Chunk i covers [i*C, (i+1)*C). Every storage overlapping it is
+    // hashed and written with pwrite a slice at a time, so that the write
+    // copies what the hash just read into cache. No mapping of the file:
+    // the kernel allocates each page as the write fills it, without zeroing
+    // it first or building page tables to tear down before the commit, and a
+    // full file system is an error of the write (never a SIGBUS). What
+    // the layout pads between storages stays a hole, which reads as zeros,
+    // as the leaf hashes it. Storages are in offset order.
     ParallelFor(leaves.size(), impl_->options.copy_threads, [&](size_t i) {
       const uint64_t begin = static_cast<uint64_t>(i) * kDigestChunk;
       const uint64_t end = std::min<uint64_t>(begin + kDigestChunk, total);
-      if (absl::Status populated = region->PopulateForWrite(begin, end - begin);
-          !populated.ok() && !absl::IsUnimplemented(populated)) {  // an old kernel: the daemon allocated the file
-        absl::MutexLock lock(&failed_mu);
-        failed.Update(populated);
-        return;
-      }
+      LeafHasher leaf;
+      uint64_t at = begin;  // hashed up to here
       auto first = std::upper_bound(layout.storages().begin(), layout.storages().end(), begin,
                                     [](uint64_t v, const v1::Storage& s) { return v < s.offset(); });
       int s = static_cast<int>(first - layout.storages().begin()) - 1;
@@ -306,15 +322,23 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
         const uint64_t s_begin = layout.storages(s).offset();
         const uint64_t s_end = s_begin + layout.storages(s).size();
         const uint64_t lo = std::max(begin, s_begin), hi = std::min(end, s_end);
-        if (lo < hi) {
-          std::memcpy(dst + lo, static_cast<const uint8_t*>(source.storage_data[s]) + (lo - s_begin), hi - lo);
+        if (lo >= hi) continue;
+        leaf.UpdateZeros(lo - at);
+        const auto* from = static_cast<const uint8_t*>(source.storage_data[s]) + (lo - s_begin);
+        for (uint64_t off = lo; off < hi; off += kPublishSlice) {
+          const size_t n = static_cast<size_t>(std::min<uint64_t>(kPublishSlice, hi - off));
+          leaf.Update(from + (off - lo), n);
+          if (absl::Status written = WriteAll(fd.get(), from + (off - lo), n, off, created.segment_path());
+              !written.ok()) {
+            absl::MutexLock lock(&failed_mu);
+            failed.Update(written);
+            return;
+          }
         }
+        at = hi;
       }
-      leaves[i] = HashLeaf(dst, total, i);
-      // Done with the chunk: drop its page table entries now, on this
-      // thread, rather than in one munmap of the whole mapping before the
-      // commit (~70 ms a GiB on one thread). The bytes stay in the file.
-      region->Release(begin, end - begin);
+      leaf.UpdateZeros(end - at);
+      leaves[i] = leaf.Finish();
       uint64_t now = done.fetch_add(end - begin) + (end - begin);
       if (options.progress) options.progress(now, total);
     });

@@ -19,6 +19,8 @@
 #include "absl/status/statusor.h"
 #include "zerocopy/v1/model_store.pb.h"
 
+struct XXH3_state_s;
+
 namespace zerocopy {
 
 inline constexpr size_t kDigestChunk = 4u << 20;
@@ -40,6 +42,25 @@ inline size_t DigestLeafCount(uint64_t size) {
 
 // The leaf hash of chunk `index` of `segment` (which is `size` bytes long).
 Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index);
+
+// A leaf's hash made in pieces, equal to HashLeaf over the same bytes:
+// what a publisher that writes a chunk from several sources (with the
+// layout's zero padding between them) hashes as it goes, never reading
+// the segment back.
+class LeafHasher {
+ public:
+  LeafHasher();
+  ~LeafHasher();
+  LeafHasher(const LeafHasher&) = delete;
+  LeafHasher& operator=(const LeafHasher&) = delete;
+
+  void Update(const void* data, size_t size);
+  void UpdateZeros(uint64_t size);  // `size` zero bytes (padding, holes)
+  Hash128 Finish();
+
+ private:
+  XXH3_state_s* state_;  // xxhash's streaming state (made by its allocator: it is aligned)
+};
 
 // The model digest from its leaves and manifest.
 std::string CombineDigest(const std::vector<Hash128>& leaves,

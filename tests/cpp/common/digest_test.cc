@@ -1,5 +1,6 @@
 // Digests: deterministic, independent of thread count, sensitive to every
 // byte and to the manifest.
+#include <algorithm>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -69,6 +70,41 @@ TEST_CASE("leaves combine to the whole digest", "[digest]") {
   }
   REQUIRE(leaves.size() == 3);
   REQUIRE(CombineDigest(leaves, s.manifest) == Digest(s));
+}
+
+TEST_CASE("a leaf hashed in pieces, zeros among them, equals the leaf hashed whole", "[digest]") {
+  // What Publish does: a chunk written from several storages, the layout's
+  // padding between them left a hole that reads as zeros.
+  Segment s = Make(2 * kDigestChunk + 5);
+  for (size_t i = 1000; i < 1000 + 4096 + 17; ++i) s.bytes[i] = 0;                          // a gap
+  for (size_t i = s.bytes.size() - 70000; i < s.bytes.size(); ++i) s.bytes[i] = 0;         // a padded end
+  for (size_t leaf = 0; leaf < DigestLeafCount(s.bytes.size()); ++leaf) {
+    const uint64_t begin = leaf * kDigestChunk;
+    const uint64_t end = std::min<uint64_t>(begin + kDigestChunk, s.bytes.size());
+    LeafHasher pieces;
+    uint64_t at = begin;
+    for (uint64_t step : {uint64_t{1}, uint64_t{999}, uint64_t{65536}, uint64_t{3} << 20}) {
+      const uint64_t n = std::min(step, end - at);
+      if (leaf == 0 && at == 1000) {  // the gap, as zeros
+        pieces.UpdateZeros(4096 + 17);
+        at += 4096 + 17;
+        continue;
+      }
+      pieces.Update(s.bytes.data() + at, n);
+      at += n;
+    }
+    const uint64_t zeros_from = std::clamp<uint64_t>(s.bytes.size() - 70000, at, end);
+    pieces.Update(s.bytes.data() + at, zeros_from - at);
+    pieces.UpdateZeros(end - zeros_from);
+    INFO(leaf);
+    REQUIRE(pieces.Finish() == HashLeaf(s.bytes.data(), s.bytes.size(), leaf));
+  }
+  // And different bytes, a different leaf.
+  LeafHasher ones, zeros;
+  const uint8_t one = 1;
+  ones.Update(&one, 1);
+  zeros.UpdateZeros(1);
+  REQUIRE(ones.Finish() != zeros.Finish());
 }
 
 TEST_CASE("an empty model has a digest", "[digest]") {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <cstring>
 #include <thread>
@@ -215,6 +216,47 @@ TEST_CASE("a file system that fills up under a writer is an error for it, not a 
   (*incoming)->Abort();
   REQUIRE(client->Stats()->bytes_staging() == 0);
   REQUIRE(d.NewClient()->Stats().ok());
+}
+
+TEST_CASE("a publish whose file system fills up as it writes is an error that says so, and leaves nothing behind",
+          "[service]") {
+  // Publish writes its staging file with pwrite: the kernel allocates each
+  // page as the write fills it, so a tmpfs that fills up under the writer
+  // is the write's ENOSPC. Someone else takes all the room left once the
+  // first chunk is written (one copying thread: the chunks go in order).
+  DaemonOnSmallTmpfs node;
+  DaemonProcess& d = node.d;
+  ClientOptions one_thread;
+  one_thread.socket = d.socket();
+  one_thread.copy_threads = 1;
+  auto client = Client::Create(one_thread);
+  const std::string filler = node.tmpfs.path() + "/../filler";
+  PublishOptions options;
+  bool filled = false;
+  options.progress = [&](uint64_t, uint64_t) {
+    if (filled) return;
+    filled = true;
+    std::FILE* out = std::fopen(filler.c_str(), "wb");
+    REQUIRE(out != nullptr);
+    std::vector<char> block(64 << 10, 'x');
+    while (std::fwrite(block.data(), 1, block.size(), out) == block.size() && std::fflush(out) == 0) {
+    }
+    std::fclose(out);
+  };
+  auto model = MakeModel(1, (6u << 20) / 4, 61);  // two chunks: 4 MiB, then 2 MiB
+  auto refused = client->Publish(model.source, options);
+  INFO(refused.status().ToString());
+  REQUIRE(filled);
+  REQUIRE(refused.status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE_THAT(std::string(refused.status().message()), Catch::Contains("file system is full"));
+  REQUIRE(client->List()->models_size() == 0);
+  REQUIRE(client->Stats()->bytes_staging() == 0);
+  // Room made, the same client publishes the same model.
+  REQUIRE(std::remove(filler.c_str()) == 0);
+  auto published = client->Publish(model.source);
+  INFO(published.status().ToString());
+  REQUIRE(published.ok());
+  REQUIRE(client->List()->models_size() == 1);
 }
 
 TEST_CASE("a huge-page tmpfs is detected and reported", "[service]") {
