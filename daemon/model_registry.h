@@ -7,7 +7,7 @@
 // the GPU copies (device_pool.h).
 //
 // Thread safety: every public method may be called from any thread. One
-// mutex guards the models and the tables above; slow work (fallocate,
+// mutex guards the models and the tables above; slow work (file creation,
 // hashing, unlink, uploads) runs outside it.
 #pragma once
 

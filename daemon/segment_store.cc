@@ -181,23 +181,14 @@ absl::Status SegmentStore::CreateStaging(const std::string& staging_id, uint64_t
       return s;
     }
   }
-  if (size > 0 && MappedRegion::CanPopulateForWrite()) {
-    // Writers populate each range before they write it (MappedRegion::
-    // PopulateForWrite): a full file system is an error there, never a
-    // SIGBUS, and the allocation is spread over their copy threads instead
-    // of taking one thread ~0.3 s a GiB here before any byte can move.
-    if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
-      absl::Status s = ErrnoStatus(errno, absl::StrCat("size ", StagingPath(staging_id), " to ", size, " bytes"));
-      ::unlinkat(dir_fd_.get(), name.c_str(), 0);
-      return s;
-    }
-  } else if (size > 0) {
-    int err = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size));
-    if (err != 0) {
-      ::unlinkat(dir_fd_.get(), name.c_str(), 0);
-      return Annotate(ErrnoStatus(err, absl::StrCat("allocate ", size, " bytes for ", StagingPath(staging_id))),
-                      "the segment file system is full");
-    }
+  // Sized, not allocated: the writers (Client::Publish, IncomingModel)
+  // write it with pwrite, so a full file system is their write's ENOSPC,
+  // never a SIGBUS, and the allocation is spread over their copy threads
+  // instead of taking one thread ~0.3 s a GiB here before any byte moves.
+  if (size > 0 && ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    absl::Status s = ErrnoStatus(errno, absl::StrCat("size ", StagingPath(staging_id), " to ", size, " bytes"));
+    ::unlinkat(dir_fd_.get(), name.c_str(), 0);
+    return s;
   }
   return absl::OkStatus();
 }

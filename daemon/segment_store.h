@@ -67,9 +67,10 @@ class SegmentStore {
   // The tmpfs is mounted with huge=always/within_size/advise.
   bool huge_pages() const { return huge_pages_; }
 
-  // Creates staging-<id> of exactly `size` bytes, every page allocated
-  // (fallocate), so no client ever faults on a hole. Errors:
-  // RESOURCE_EXHAUSTED when the file system is full.
+  // Creates staging-<id> of exactly `size` bytes, sized, not allocated:
+  // its writers write it with pwrite, so a full file system is their
+  // write's error (never a fault on a hole). Errors: those of
+  // open/ftruncate (RESOURCE_EXHAUSTED when the file system is full).
   absl::Status CreateStaging(const std::string& staging_id, uint64_t size);
 
   // Opens a staging file for reading after checking it is still `size`

@@ -17,9 +17,6 @@
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22  // Linux 5.14; older C library headers lack the names
 #endif
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
 
 namespace zerocopy {
 
@@ -42,40 +39,19 @@ absl::Status Populate(uint8_t* data, size_t size, uint64_t offset, uint64_t leng
     if (AdvisePages(data, offset, length, advice) == 0) return absl::OkStatus();
     switch (errno) {
       case EINTR: case EAGAIN: continue;
-      case EINVAL: return absl::UnimplementedError("this kernel has no MADV_POPULATE_READ/WRITE (Linux 5.14)");
+      case EINVAL: return absl::UnimplementedError("this kernel has no MADV_POPULATE_READ (Linux 5.14)");
       case EFAULT: case ENOMEM: case ENOSPC:
         return absl::ResourceExhaustedError(absl::StrCat(
-            "no memory for ", length, " bytes of the segment (its file system is full): ", std::strerror(errno)));
-      default: return ErrnoStatus(errno, "madvise(MADV_POPULATE_READ/WRITE)");
+            "no memory to map ", length, " bytes of the segment: ", std::strerror(errno)));
+      default: return ErrnoStatus(errno, "madvise(MADV_POPULATE_READ)");
     }
   }
 }
 
 }  // namespace
 
-absl::Status MappedRegion::PopulateForWrite(uint64_t offset, uint64_t length) const {
-  return Populate(data_, size_, offset, length, MADV_POPULATE_WRITE);
-}
-
 absl::Status MappedRegion::PopulateForRead(uint64_t offset, uint64_t length) const {
   return Populate(data_, size_, offset, length, MADV_POPULATE_READ);
-}
-
-void MappedRegion::Release(uint64_t offset, uint64_t length) const {
-  if (offset >= size_ || length == 0) return;
-  AdvisePages(data_, offset, std::min<uint64_t>(length, size_ - offset), MADV_DONTNEED);
-}
-
-bool MappedRegion::CanPopulateForWrite() {
-  static const bool can = [] {
-    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-    void* p = ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return false;
-    bool ok = ::madvise(p, page, MADV_POPULATE_WRITE) == 0;
-    ::munmap(p, page);
-    return ok;
-  }();
-  return can;
 }
 
 MappedRegion& MappedRegion::operator=(MappedRegion&& other) noexcept {

@@ -22,4 +22,21 @@ absl::StatusOr<std::string> ReadAll(int fd, absl::string_view what, size_t max_b
   }
 }
 
+absl::Status WriteAllAt(int fd, const void* data, size_t n, uint64_t offset, absl::string_view what) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = w < 0 ? errno : ENOSPC;  // nothing written and no error: no room
+      return ErrnoStatus(err, absl::StrCat("write ", n, " bytes at ", offset, " of ", what,
+                                           err == ENOSPC || err == EDQUOT ? " (its file system is full)" : ""));
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace zerocopy

@@ -67,23 +67,6 @@ constexpr size_t kManifestsHeld = 8;
 // enough that the write copies from cache what the hash has just read.
 constexpr uint64_t kPublishSlice = 256u << 10;
 
-// All `n` bytes written at `offset`, through short writes and EINTR.
-absl::Status WriteAll(int fd, const uint8_t* data, size_t n, uint64_t offset, const std::string& path) {
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      const int err = w < 0 ? errno : ENOSPC;  // nothing written and no error: no room
-      return ErrnoStatus(err, absl::StrCat("write ", n, " bytes at ", offset, " of ", path,
-                                           err == ENOSPC || err == EDQUOT ? " (its file system is full)" : ""));
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-  return absl::OkStatus();
-}
-
 // The daemon restarted and no longer knows our session.
 bool IsUnknownSession(const absl::Status& status) {
   return absl::IsFailedPrecondition(status) && absl::StrContains(status.message(), "unknown session");
@@ -328,7 +311,7 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
         for (uint64_t off = lo; off < hi; off += kPublishSlice) {
           const size_t n = static_cast<size_t>(std::min<uint64_t>(kPublishSlice, hi - off));
           leaf.Update(from + (off - lo), n);
-          if (absl::Status written = WriteAll(fd.get(), from + (off - lo), n, off, created.segment_path());
+          if (absl::Status written = WriteAllAt(fd.get(), from + (off - lo), n, off, created.segment_path());
               !written.ok()) {
             absl::MutexLock lock(&failed_mu);
             failed.Update(written);
@@ -447,13 +430,13 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
   }
   UniqueFd fd(::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC));
   if (!fd) return fail(ErrnoStatus(errno, absl::StrCat("open ", created.segment_path())));
-  MappedRegion::Options map_options;
-  map_options.access = MappedRegion::Access::kReadWrite;
-  map_options.huge_pages = true;
-  auto region = MappedRegion::Map(fd.get(), total, map_options);
-  if (!region.ok()) return fail(region.status());
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != total) {
+    return fail(absl::InternalError(absl::StrCat(created.segment_path(), " is not ", total, " bytes")));
+  }
   return std::unique_ptr<IncomingModel>(new IncomingModel(shared_from_this(), digest, created.staging_id(),
-                                                          std::move(*created.mutable_manifest()), *std::move(region)));
+                                                          std::move(*created.mutable_manifest()), std::move(fd),
+                                                          created.segment_path()));
 }
 
 absl::StatusOr<ModelAnswer> Client::Fetch(v1::GetModelRequest request, std::chrono::milliseconds timeout) {

@@ -16,19 +16,14 @@ absl::Status IncomingModel::Write(uint64_t offset, const void* data, uint64_t n)
                                                    " is past the end of a ", size(), "-byte model"));
   }
   if (n == 0) return absl::OkStatus();
-  // Pages first: a file system that filled up is an error, not a SIGBUS.
-  if (absl::Status populated = region_.PopulateForWrite(offset, n);
-      !populated.ok() && !absl::IsUnimplemented(populated)) {  // an old kernel: the daemon allocated the file
-    return populated;
-  }
-  std::memcpy(region_.data() + offset, data, n);
-  return absl::OkStatus();
+  // A file system that filled up is the write's error (ENOSPC), never a SIGBUS.
+  return WriteAllAt(file_.get(), data, n, offset, path_);
 }
 
 absl::StatusOr<v1::ModelInfo> IncomingModel::Commit(const v1::Origin& origin) {
   if (done_) return absl::FailedPreconditionError("the incoming model was already committed or aborted");
   done_ = true;
-  region_.Reset();  // the daemon seals the file: no writable mapping may outlive the commit
+  file_.reset();  // the daemon seals the file: it must find no writer left (its lease check)
   auto committed = client_->CommitStaging(staging_id_, digest_, size(), origin);
   // A refused commit already dropped the staging file; the abort is
   // harmless then and covers a commit that never reached the daemon.
@@ -39,7 +34,7 @@ absl::StatusOr<v1::ModelInfo> IncomingModel::Commit(const v1::Origin& origin) {
 void IncomingModel::Abort() {
   if (done_) return;
   done_ = true;
-  region_.Reset();
+  file_.reset();
   client_->AbortStaging(staging_id_);
 }
 

@@ -46,27 +46,10 @@ class MappedRegion {
   size_t size() const { return size_; }
   void Reset();
 
-  // Makes [offset, offset + length) of a writable shared mapping backed by
-  // real pages before it is written (madvise MADV_POPULATE_WRITE), so a
-  // file system that fills up meanwhile gives an error here instead of a
-  // SIGBUS in the middle of a memcpy; faulting a range at once is also
-  // cheaper than a fault per page. Errors: RESOURCE_EXHAUSTED when the
-  // file system (or memory) is full, UNIMPLEMENTED on a kernel before 5.14,
-  // OUT_OF_RANGE past the end.
-  absl::Status PopulateForWrite(uint64_t offset, uint64_t length) const;
-  // Drops the page table entries of [offset, offset + length) of a shared
-  // file mapping (MADV_DONTNEED; the range is rounded out to pages): the
-  // file keeps the bytes, and a later access faults them back in. Makes
-  // the final munmap cheap. Never on private or anonymous memory, whose
-  // contents it would discard.
-  void Release(uint64_t offset, uint64_t length) const;
-  // The same for reading (MADV_POPULATE_READ): a range's pages mapped in
-  // one call rather than a fault at a time.
+  // Maps [offset, offset + length) of the mapping's pages in one call
+  // (MADV_POPULATE_READ) rather than a fault at a time. Errors:
+  // UNIMPLEMENTED on a kernel before 5.14, OUT_OF_RANGE past the end.
   absl::Status PopulateForRead(uint64_t offset, uint64_t length) const;
-
-  // Whether this kernel has MADV_POPULATE_WRITE: where it has, a staging
-  // file need not be allocated up front for its writers to be safe.
-  static bool CanPopulateForWrite();
 
  private:
   MappedRegion(uint8_t* data, size_t size) : data_(data), size_(size) {}

@@ -44,4 +44,9 @@ class UniqueFd {
 // Errors: those of read(2); FAILED_PRECONDITION past `max_bytes`.
 absl::StatusOr<std::string> ReadAll(int fd, absl::string_view what, size_t max_bytes = SIZE_MAX);
 
+// All `n` bytes of `data` written at `offset` of `fd` (pwrite, through
+// short writes and EINTR; `what` names the file in errors). A file system
+// with no room left is RESOURCE_EXHAUSTED, "its file system is full".
+absl::Status WriteAllAt(int fd, const void* data, size_t n, uint64_t offset, absl::string_view what);
+
 }  // namespace zerocopy

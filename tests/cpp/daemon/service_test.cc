@@ -189,10 +189,10 @@ TEST_CASE("a full tmpfs evicts as the budget does, and a model it cannot hold is
 }
 
 TEST_CASE("a file system that fills up under a writer is an error for it, not a SIGBUS", "[service]") {
-  // The daemon no longer allocates a staging file up front (its writers
-  // populate each range just before they write it): what is left of the
-  // guarantee fallocate gave is checked here, with the tmpfs filled by
-  // someone else between CreateModel and the writes.
+  // The daemon sizes a staging file without allocating it (its writers
+  // pwrite it): that a full file system is the writer's error, not a
+  // SIGBUS, is checked here with the tmpfs filled by someone else between
+  // CreateModel and the writes (a pull's IncomingModel).
   DaemonOnSmallTmpfs node;
   Tmpfs& small = node.tmpfs;
   DaemonProcess& d = node.d;

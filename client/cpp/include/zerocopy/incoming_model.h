@@ -20,7 +20,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "zerocopy/mapped_region.h"
+#include "zerocopy/unique_fd.h"
 #include "zerocopy/v1/model_store.pb.h"
 
 namespace zerocopy {
@@ -40,8 +40,10 @@ class IncomingModel {
   // The manifest with the daemon's layout (storage offsets).
   const v1::Manifest& layout() const { return layout_; }
 
-  // Copies `n` bytes to segment offset `offset`. Errors: INVALID_ARGUMENT
-  // past the end, FAILED_PRECONDITION after Commit or Abort.
+  // Copies `n` bytes to segment offset `offset` (pwrite: the kernel
+  // allocates the pages as it fills them). Errors: INVALID_ARGUMENT past
+  // the end, FAILED_PRECONDITION after Commit or Abort, RESOURCE_EXHAUSTED
+  // when the file system is full.
   absl::Status Write(uint64_t offset, const void* data, uint64_t n);
 
   // Seals the segment and commits it under the expected digest, recording
@@ -56,18 +58,20 @@ class IncomingModel {
  private:
   friend class Client;
   IncomingModel(std::shared_ptr<Client> client, std::string digest, std::string staging_id, v1::Manifest layout,
-                MappedRegion region)
+                UniqueFd file, std::string path)
       : client_(std::move(client)),
         digest_(std::move(digest)),
         staging_id_(std::move(staging_id)),
         layout_(std::move(layout)),
-        region_(std::move(region)) {}
+        file_(std::move(file)),
+        path_(std::move(path)) {}
 
   std::shared_ptr<Client> client_;
   std::string digest_;
   std::string staging_id_;
   v1::Manifest layout_;
-  MappedRegion region_;
+  UniqueFd file_;      // the staging file, written with pwrite (never mapped)
+  std::string path_;   // its path, for errors
   bool done_ = false;  // committed or aborted
 };
 
