@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "log.h"
 #include "own_directory.h"
 #include "zerocopy/digest.h"
@@ -41,7 +42,9 @@ constexpr char kCatalogName[] = "catalog.pb";
 constexpr char kStagingPrefix[] = "staging-";
 
 // The mount options of the file system holding `dir`: huge pages are on
-// when a tmpfs is mounted with huge=always|within_size|advise.
+// when a tmpfs is mounted with huge=always|within_size. Not huge=advise:
+// there a page is huge only where a mapping asked for it (MADV_HUGEPAGE),
+// and writers fill staging files with pwrite, through no mapping.
 bool MountHasHugePages(const std::string& dir) {
   std::ifstream mounts("/proc/self/mounts");
   std::string line, best_opts;
@@ -57,7 +60,7 @@ bool MountHasHugePages(const std::string& dir) {
     }
   }
   for (absl::string_view opt : absl::StrSplit(best_opts, ',')) {
-    if (opt == "huge=always" || opt == "huge=within_size" || opt == "huge=advise") return true;
+    if (opt == "huge=always" || opt == "huge=within_size") return true;
   }
   return false;
 }
@@ -245,13 +248,24 @@ absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, con
   options.access = MappedRegion::Access::kReadOnly;
   ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::Map(fd, size, options));
   std::vector<Hash128> leaves(DigestLeafCount(size));
+  absl::Mutex failed_mu;
+  absl::Status failed;
   ParallelFor(leaves.size(), threads, [&](size_t i) {
     // Each chunk's pages mapped in one call (on the hashing threads, not a
-    // fault per 64 KiB); a kernel without it faults them as it reads.
+    // fault per 64 KiB); a kernel without it faults them as it reads. A
+    // page its writer never wrote is a hole, which reading allocates: on a
+    // full file system that fails here, where the read would be a SIGBUS
+    // of the daemon (a publisher that wrote nothing and filled the tmpfs).
     const uint64_t begin = static_cast<uint64_t>(i) * kDigestChunk;
-    (void)region.PopulateForRead(begin, std::min<uint64_t>(kDigestChunk, size - begin));
+    if (absl::Status populated = region.PopulateForRead(begin, std::min<uint64_t>(kDigestChunk, size - begin));
+        !populated.ok() && !absl::IsUnimplemented(populated)) {
+      absl::MutexLock lock(&failed_mu);
+      failed.Update(Annotate(populated, "reading the segment for its digest check (pages its publisher never wrote, on a full file system?)"));
+      return;
+    }
     leaves[i] = HashLeaf(region.data(), size, i);
   });
+  if (!failed.ok()) return failed;
   // Tearing down the page tables of a large mapping takes ~70 ms a GiB:
   // off the commit's path, on a thread of its own.
   if (size >= (64u << 20)) std::thread([r = std::move(region)]() mutable { r.Reset(); }).detach();

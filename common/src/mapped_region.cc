@@ -90,11 +90,6 @@ absl::StatusOr<MappedRegion> MappedRegion::Map(int fd, size_t size, const Option
   if (options.populate) flags |= MAP_POPULATE;
   void* addr = ::mmap(nullptr, size, prot, flags, fd, 0);
   if (addr == MAP_FAILED) return ErrnoStatus(errno, "mmap");
-  if (options.huge_pages) {
-    // Advisory: tmpfs mounted with huge=advise uses huge pages only when
-    // asked. Failure (kernel without THP) changes nothing but speed.
-    ::madvise(addr, size, MADV_HUGEPAGE);
-  }
   return MappedRegion(static_cast<uint8_t*>(addr), size);
 }
 

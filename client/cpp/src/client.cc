@@ -287,12 +287,18 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
     // Chunk i covers [i*C, (i+1)*C). Every storage overlapping it is
     // hashed and written with pwrite a slice at a time, so that the write
     // copies what the hash just read into cache. No mapping of the file:
-    // the kernel allocates each page as the write fills it, without zeroing
-    // it first or building page tables to tear down before the commit, and a
-    // full file system is an error of the write (never a SIGBUS). What
-    // the layout pads between storages stays a hole, which reads as zeros,
-    // as the leaf hashes it. Storages are in offset order.
+    // the kernel allocates each page as the write fills it (a page filled
+    // whole is not zeroed first) with no page tables to tear down before
+    // the commit, and a full file system is an error of the write (never a
+    // SIGBUS). What the layout pads between storages (under 64 bytes) is
+    // zero in the file, where no write reaches, and the leaf hashes it as
+    // zeros. Storages are in offset order. A storage that changes while it
+    // is published may differ from what was hashed: the daemon's digest
+    // check then refuses the commit (nothing is kept), where copying first
+    // and hashing the copy would have kept a torn model.
+    std::atomic<bool> stop{false};  // a write failed: the other chunks need not be written
     ParallelFor(leaves.size(), impl_->options.copy_threads, [&](size_t i) {
+      if (stop.load(std::memory_order_relaxed)) return;
       const uint64_t begin = static_cast<uint64_t>(i) * kDigestChunk;
       const uint64_t end = std::min<uint64_t>(begin + kDigestChunk, total);
       LeafHasher leaf;
@@ -313,6 +319,7 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
           leaf.Update(from + (off - lo), n);
           if (absl::Status written = WriteAllAt(fd.get(), from + (off - lo), n, off, created.segment_path());
               !written.ok()) {
+            stop.store(true, std::memory_order_relaxed);
             absl::MutexLock lock(&failed_mu);
             failed.Update(written);
             return;

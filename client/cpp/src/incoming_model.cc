@@ -1,7 +1,5 @@
 #include "zerocopy/incoming_model.h"
 
-#include <cstring>
-
 #include "absl/strings/str_cat.h"
 #include "zerocopy/client.h"
 

@@ -55,7 +55,7 @@ class LeafHasher {
   LeafHasher& operator=(const LeafHasher&) = delete;
 
   void Update(const void* data, size_t size);
-  void UpdateZeros(uint64_t size);  // `size` zero bytes (padding, holes)
+  void UpdateZeros(uint64_t size);  // `size` zero bytes (the layout's padding)
   Hash128 Finish();
 
  private:

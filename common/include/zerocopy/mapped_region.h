@@ -22,7 +22,6 @@ class MappedRegion {
   struct Options {
     Access access = Access::kReadOnly;
     bool populate = false;   // MAP_POPULATE: fault every page in now
-    bool huge_pages = false; // madvise(MADV_HUGEPAGE)
   };
 
   MappedRegion() = default;

@@ -259,6 +259,42 @@ TEST_CASE("a publish whose file system fills up as it writes is an error that sa
   REQUIRE(client->List()->models_size() == 1);
 }
 
+TEST_CASE("a commit of a staging file its writer never wrote, on a full tmpfs, is refused and the daemon lives",
+          "[service]") {
+  // Staging files are sized, not allocated: a writer that writes nothing
+  // leaves holes, and the daemon's digest check reads them. With the tmpfs
+  // full (the same member filled it), reading a hole cannot allocate its
+  // page: that must be the commit's error, not a SIGBUS of zerocopyd.
+  DaemonOnSmallTmpfs node;
+  DaemonProcess& d = node.d;
+  auto client = d.NewClient();
+  auto model = MakeModel(1, (6u << 20) / 4, 62);
+  v1::Manifest laid_out = model.source.manifest;
+  REQUIRE(AssignOffsets(&laid_out).ok());
+  auto incoming = client->Receive(laid_out, "0123456789abcdef0123456789abcdef");
+  INFO(incoming.status().ToString());
+  REQUIRE(incoming.ok());
+  const std::string filler = node.tmpfs.path() + "/../filler";
+  {
+    std::FILE* out = std::fopen(filler.c_str(), "wb");
+    REQUIRE(out != nullptr);
+    std::vector<char> block(64 << 10, 'x');
+    while (std::fwrite(block.data(), 1, block.size(), out) == block.size() && std::fflush(out) == 0) {
+    }
+    std::fclose(out);
+  }
+  v1::Origin origin;
+  origin.set_kind("pulled");
+  auto committed = (*incoming)->Commit(origin);
+  INFO(committed.status().ToString());
+  REQUIRE(committed.status().code() == absl::StatusCode::kResourceExhausted);
+  REQUIRE_THAT(std::string(committed.status().message()), Catch::Contains("digest check"));
+  auto after = d.NewClient();
+  REQUIRE(after->Stats().ok());  // the daemon is alive
+  REQUIRE(after->Stats()->bytes_staging() == 0);
+  REQUIRE(after->List()->models_size() == 0);
+}
+
 TEST_CASE("a huge-page tmpfs is detected and reported", "[service]") {
   Tmpfs huge("256m", ",huge=within_size");
   DaemonProcess::Options options;
