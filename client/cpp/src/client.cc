@@ -67,6 +67,18 @@ constexpr size_t kManifestsHeld = 8;
 // enough that the write copies from cache what the hash has just read.
 constexpr uint64_t kPublishSlice = 256u << 10;
 
+// The staging file the daemon made for a publish or a pull, opened for
+// writing once it is checked to be `size` bytes.
+absl::StatusOr<UniqueFd> OpenStaging(const std::string& path, uint64_t size) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != size) {
+    return absl::InternalError(absl::StrCat(path, " is not ", size, " bytes"));
+  }
+  return fd;
+}
+
 // The daemon restarted and no longer knows our session.
 bool IsUnknownSession(const absl::Status& status) {
   return absl::IsFailedPrecondition(status) && absl::StrContains(status.message(), "unknown session");
@@ -275,12 +287,9 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
   }
   std::vector<Hash128> leaves(DigestLeafCount(total));
   {
-    UniqueFd fd(::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC));
-    if (!fd) return abort(ErrnoStatus(errno, absl::StrCat("open ", created.segment_path())));
-    struct stat st;
-    if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != total) {
-      return abort(absl::InternalError(absl::StrCat(created.segment_path(), " is not ", total, " bytes")));
-    }
+    auto opened = OpenStaging(created.segment_path(), total);
+    if (!opened.ok()) return abort(opened.status());
+    UniqueFd fd = *std::move(opened);
     std::atomic<uint64_t> done{0};
     absl::Mutex failed_mu;
     absl::Status failed;
@@ -435,14 +444,10 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
         "model ", digest, " is laid out differently here (", total, " bytes) than where it comes from (",
         manifest.total_size(), " bytes): are the two nodes' zerocopyd versions different?")));
   }
-  UniqueFd fd(::open(created.segment_path().c_str(), O_RDWR | O_CLOEXEC));
-  if (!fd) return fail(ErrnoStatus(errno, absl::StrCat("open ", created.segment_path())));
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0 || static_cast<uint64_t>(st.st_size) != total) {
-    return fail(absl::InternalError(absl::StrCat(created.segment_path(), " is not ", total, " bytes")));
-  }
+  auto fd = OpenStaging(created.segment_path(), total);
+  if (!fd.ok()) return fail(fd.status());
   return std::unique_ptr<IncomingModel>(new IncomingModel(shared_from_this(), digest, created.staging_id(),
-                                                          std::move(*created.mutable_manifest()), std::move(fd),
+                                                          std::move(*created.mutable_manifest()), *std::move(fd),
                                                           created.segment_path()));
 }
 
