@@ -2,12 +2,14 @@
 
 #include <optional>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/random.h>
 
 #include <algorithm>
 #include <chrono>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -16,9 +18,11 @@
 #include "eviction.h"
 #include "failpoint.h"
 #include "log.h"
+#include "zerocopy/digest.h"
 #include "zerocopy/manifest.h"
 #include "zerocopy/mapped_region.h"
 #include "zerocopy/status.h"
+#include "zerocopy/unique_fd.h"
 
 namespace zerocopy::daemon {
 
@@ -44,16 +48,7 @@ ModelRegistry::ModelRegistry(std::unique_ptr<SegmentStore> store, RegistryOption
 void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
   absl::MutexLock lock(&mu_);
   for (const auto& adopted : report.models) {
-    Model m;
-    m.digest = adopted.record.digest();
-    m.manifest = std::make_shared<v1::Manifest>(adopted.record.manifest());
-    m.path = adopted.path;
-    m.size = m.manifest->total_size();
-    m.created_ms = adopted.record.created_unix_ms();
-    m.last_used_ms = m.created_ms;
-    m.origin = adopted.record.origin();
-    if (adopted.record.has_publisher_uid()) m.publisher_uid = adopted.record.publisher_uid();
-    if (adopted.record.has_publisher_gid()) m.publisher_gid = adopted.record.publisher_gid();
+    Model m = ModelFromRecord(adopted.record, adopted.path);
     committed_bytes_ += m.size;
     models_[m.digest] = std::move(m);
   }
@@ -74,6 +69,21 @@ void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
     if (it != models_.end()) it->second.pinned = true;
   }
   SaveCatalog();
+}
+
+ModelRegistry::Model ModelRegistry::ModelFromRecord(const v1::ModelRecord& record, std::string path) {
+  Model m;
+  m.digest = record.digest();
+  m.manifest = std::make_shared<v1::Manifest>(record.manifest());
+  m.path = std::move(path);
+  m.size = m.manifest->total_size();
+  m.created_ms = record.created_unix_ms();
+  m.last_used_ms = m.created_ms;
+  m.origin = record.origin();
+  if (record.has_publisher_uid()) m.publisher_uid = record.publisher_uid();
+  if (record.has_publisher_gid()) m.publisher_gid = record.publisher_gid();
+  if (!record.leaves().empty()) m.leaves = std::make_shared<const std::string>(record.leaves());
+  return m;
 }
 
 absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& ref) {
@@ -245,6 +255,10 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     log.info("reclaimed staging={} (its publisher exited, or left it unwritten for staging_idle_seconds)", d);
   }
   ZC_RETURN_IF_ERROR(claimed);
+  // Free space is read outside the lock and used inside it: mu_ does not
+  // guard the tmpfs (writers fill their files unlocked), so this check is
+  // advisory; a full tmpfs surfaces as the writer's ENOSPC or the commit's
+  // populate error, never as a SIGBUS.
   const auto free_before = store_->FreeBytes();
   {
     absl::MutexLock lock(&mu_);
@@ -277,6 +291,9 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
         " free, ", FormatBytes(options_.tmpfs_reserve),
         " kept in reserve (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
   }
+  // Reclaimed between the hold above and this file only if the caller died
+  // mid-Create: the file then has no pages and no owner, and the next
+  // start's recovery removes it.
   absl::Status created = store_->CreateStaging(id, size);
   if (!created.ok()) {
     undo();
@@ -315,127 +332,98 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
   }
   const std::string& id = request.staging_id();
   const uint64_t size = manifest.total_size();
-  auto finish_staging = [&](bool remove_file) {
-    {
+  // Every exit gives the staging entry back (unless the final step below
+  // did, in the same hold as the model appeared) and removes the file
+  // (unless that step renamed it into place), after the lock is released.
+  bool entry_removed = false;
+  bool renamed = false;
+  absl::Cleanup finish = [&] {
+    if (!entry_removed) {
       absl::MutexLock lock(&mu_);
       staging_.Remove(id);
     }
-    if (remove_file) store_->RemoveStaging(id);
+    if (!renamed) store_->RemoveStaging(id);
   };
 
-  if (absl::Status origin = ValidateOrigin(request.origin()); !origin.ok()) {
-    finish_staging(true);
-    return origin;
-  }
-  auto fd = store_->SealStaging(id, size);
-  if (!fd.ok()) {
-    finish_staging(true);
-    return fd.status();
-  }
-  auto digest = SegmentStore::HashSegment(fd->get(), size, manifest, options_.hash_threads);
-  if (!digest.ok()) {
-    finish_staging(true);
-    return digest.status();
-  }
+  ZC_RETURN_IF_ERROR(ValidateOrigin(request.origin()));
+  ZC_ASSIGN_OR_RETURN(UniqueFd fd, store_->SealStaging(id, size));
+  std::vector<Hash128> leaves;
+  auto digest = SegmentStore::HashSegment(fd.get(), size, manifest, options_.hash_threads, &leaves);
+  if (!digest.ok()) return digest.status();
   if (!expected.empty() && *digest != expected) {
-    finish_staging(true);
     return absl::InvalidArgumentError(absl::StrCat("the transferred bytes hash to ", *digest, ", not to ", expected,
                                                    " as expected; the model was dropped"));
   }
   if (*digest != request.digest()) {
-    finish_staging(true);
     return absl::InvalidArgumentError(absl::StrCat("digest mismatch: the publisher computed '", request.digest(),
                                                    "' but the segment holds ", *digest, "; the model was dropped"));
   }
   Failpoint("commit:hashed");
+  // Held here by the race test: whatever another user does to the name
+  // from now on, the check below sees it (security_test.cc).
+  Failpoint("commit:naming");
 
   v1::CommitModelResponse response;
   bool dedup = false;
-  absl::Status denied;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!name.empty()) {
-      // Publishing under a name that points elsewhere moves it: its
-      // owner's call (or an admin's), as TagModel is.
-      const std::string* current = names_.Find(name);
-      if (current != nullptr && *current != *digest) denied = names_.CheckMayMove(name, peer, admins_);
-    }
-    if (!denied.ok()) staging_.Remove(id);
+  absl::MutexLock lock(&mu_);
+  // The staging entry (a transfer's claim) goes in the same step as the
+  // model appears or the commit fails: a claimant never finds neither.
+  staging_.Remove(id);
+  entry_removed = true;
+  auto existing = models_.find(*digest);
+  dedup = existing != models_.end();
+  std::optional<std::string> previous;  // what the name pointed at
+  if (!name.empty()) {
+    // Checked and set in this one hold of the lock: publishing under a
+    // name that points elsewhere moves it, its owner's call (or an
+    // admin's), as TagModel is. The tag is saved before the segment
+    // appears: a crash in between leaves a name to a missing model, which
+    // recovery keeps for its owner (loading it says the model is gone).
+    ZC_ASSIGN_OR_RETURN(previous, names_.Set(name, *digest, peer, admins_));
+    SaveCatalog();
   }
-  if (!denied.ok()) {
-    store_->RemoveStaging(id);
-    return denied;
+  if (!expected.empty()) {
+    ++pulls_;
+    bytes_pulled_ += size;
   }
-  {
-    absl::MutexLock lock(&mu_);
-    // The staging entry (a transfer's claim) goes in the same step as the
-    // model appears: a claimant never finds neither.
-    staging_.Remove(id);
-    if (!expected.empty()) {
-      ++pulls_;
-      bytes_pulled_ += size;
+  if (!dedup) {
+    v1::ModelRecord record;
+    *record.mutable_manifest() = manifest;
+    record.set_digest(*digest);
+    record.set_leaves(EncodeLeaves(leaves));
+    record.set_created_unix_ms(NowUnixMs());
+    *record.mutable_origin() = request.origin();
+    if (peer.known) {
+      record.set_publisher_uid(peer.uid);
+      record.set_publisher_gid(peer.gid);
     }
-    auto existing = models_.find(*digest);
-    if (existing != models_.end()) {
-      dedup = true;
-    } else {
-      v1::ModelRecord record;
-      *record.mutable_manifest() = manifest;
-      record.set_digest(*digest);
-      record.set_created_unix_ms(NowUnixMs());
-      *record.mutable_origin() = request.origin();
-      if (peer.known) {
-        record.set_publisher_uid(peer.uid);
-        record.set_publisher_gid(peer.gid);
-      }
-      std::optional<std::string> previous;  // what the name pointed at
+    Failpoint("commit:tagged");
+    if (absl::Status s = store_->CommitStaging(id, record); !s.ok()) {
       if (!name.empty()) {
-        // The tag is saved before the segment appears: a crash in between
-        // leaves a name to a missing model, which recovery keeps for its
-        // owner (loading it says the model is gone).
-        previous = names_.Set(name, *digest, peer);
+        names_.Undo(name, previous);
         SaveCatalog();
       }
-      Failpoint("commit:tagged");
-      absl::Status s = store_->CommitStaging(id, record);
-      if (!s.ok()) {
-        if (!name.empty()) {
-          names_.Undo(name, previous);
-          SaveCatalog();
-        }
-        store_->RemoveStaging(id);
-        return s;
-      }
-      Failpoint("commit:renamed");
-      Model m;
-      m.digest = *digest;
-      m.manifest = std::make_shared<v1::Manifest>(std::move(manifest));
-      m.path = store_->SegmentPath(*digest);
-      m.size = size;
-      m.created_ms = record.created_unix_ms();
-      m.last_used_ms = m.created_ms;
-      m.origin = request.origin();
-      if (record.has_publisher_uid()) m.publisher_uid = record.publisher_uid();
-      if (record.has_publisher_gid()) m.publisher_gid = record.publisher_gid();
-      committed_bytes_ += size;
-      existing = models_.emplace(*digest, std::move(m)).first;
+      return s;
     }
-    if (!name.empty()) names_.Set(name, *digest, peer);
-    if (pin) existing->second.pinned = true;
-    if (dedup || pin) SaveCatalog();
-    existing->second.last_used_ms = NowUnixMs();
-    *response.mutable_model() = Info(existing->second);
-    response.set_deduplicated(dedup);
-    const std::string& kind = request.origin().kind();
-    const std::string origin = kind == "published" || kind == "preloaded" || kind == "pulled" ? kind : "other";
-    v1::PublishStats& publishes = publishes_[origin];
-    publishes.set_origin(origin);
-    publishes.set_commits(publishes.commits() + 1);
-    publishes.set_deduplicated(publishes.deduplicated() + (dedup ? 1 : 0));
-    publishes.set_bytes(publishes.bytes() + size);
-    publishes.set_seconds(publishes.seconds() + static_cast<double>(existing->second.last_used_ms - created_ms) / 1000);
+    renamed = true;
+    Failpoint("commit:renamed");
+    Model m = ModelFromRecord(record, store_->SegmentPath(*digest));
+    committed_bytes_ += m.size;
+    existing = models_.emplace(*digest, std::move(m)).first;
   }
-  if (dedup) store_->RemoveStaging(id);
+  if (pin) existing->second.pinned = true;
+  if (dedup || pin) SaveCatalog();
+  existing->second.last_used_ms = NowUnixMs();
+  *response.mutable_model() = Info(existing->second);
+  response.set_deduplicated(dedup);
+  const std::string& kind = request.origin().kind();
+  const std::string origin = kind == "published" || kind == "preloaded" || kind == "pulled" ? kind : "other";
+  v1::PublishStats& publishes = publishes_[origin];
+  publishes.set_origin(origin);
+  publishes.set_commits(publishes.commits() + 1);
+  publishes.set_deduplicated(publishes.deduplicated() + (dedup ? 1 : 0));
+  publishes.set_bytes(publishes.bytes() + size);
+  publishes.set_seconds(publishes.seconds() + static_cast<double>(existing->second.last_used_ms - created_ms) / 1000);
   return response;
 }
 
@@ -460,6 +448,7 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
   ReapOnExit reap{devices_.get()};
   std::shared_ptr<const v1::Manifest> manifest;
   std::shared_ptr<const std::string> manifest_bytes;
+  std::shared_ptr<const std::string> leaves;
   LeasedModel leased;
   v1::GetModelResponse& response = leased.response;
   const bool gpu = !request.gpu_uuid().empty();
@@ -496,10 +485,29 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
     size = m->size;
     manifest = m->manifest;
     manifest_bytes = m->manifest_bytes;
+    leaves = m->leaves;
     *response.mutable_model() = Info(*m);
+  }
+  if (request.with_leaves()) {
+    if (leaves == nullptr) {
+      // A model adopted from an older daemon's record: hashed once, outside
+      // the lock, and kept (two first requests may both hash it; either
+      // copy serves).
+      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
+      std::vector<Hash128> hashed;
+      ZC_ASSIGN_OR_RETURN(std::string check, SegmentStore::HashSegment(fd.get(), size, *manifest, options_.hash_threads, &hashed));
+      if (check != digest) return absl::DataLossError(absl::StrCat("the segment of model ", digest, " no longer hashes to it"));
+      leaves = std::make_shared<const std::string>(EncodeLeaves(hashed));
+      absl::MutexLock lock(&mu_);
+      if (auto m = models_.find(digest); m != models_.end()) m->second.leaves = leaves;
+    }
+    response.set_leaves(*leaves);
   }
   if (gpu) {
     // Outside the registry's lock: the first request per GPU uploads.
+    // `path` is content-addressed: a file still there holds these bytes,
+    // and one evicted meanwhile fails to open, cleanly.
     auto host = [path, size]() -> absl::StatusOr<DevicePool::HostBytes> {
       ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::MapFile(path));
       if (region.size() != size) {
@@ -572,6 +580,9 @@ absl::Status ModelRegistry::ReturnLease(uint64_t session_id, const std::string& 
   return ReturnLeaseLocked(*session, digest, gpu_uuid);
 }
 
+// Leases are counted per (session, digest), without a generation: a stale
+// give-back after a delete and a recommit of the same bytes can only make
+// the model evictable early, and the client's mapping survives an unlink.
 absl::Status ModelRegistry::ReturnLeaseLocked(Session& session, const std::string& digest, const std::string& gpu_uuid) {
   if (!gpu_uuid.empty()) return devices_->Release(session.id, digest, gpu_uuid);
   ZC_ASSIGN_OR_RETURN(bool last, SessionTable::Give(session, digest));
@@ -595,36 +606,33 @@ absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteMo
                                                               const Peer& peer) {
   ReapOnExit reap{devices_.get()};
   v1::DeleteModelResponse response;
-  {
-    // A name whose model is gone (evicted) is removed by its owner: the
-    // only way to free it for someone else, short of an admin.
-    absl::MutexLock lock(&mu_);
-    const std::string& ref = request.model().ref();
-    const std::string* named = names_.Find(ref);
-    if (named != nullptr && !models_.count(*named)) {
-      ZC_RETURN_IF_ERROR(names_.CheckMayMove(ref, peer, admins_));
-      response.set_digest(*named);
-      names_.Remove(ref);
-      SaveCatalog();
-      return response;
-    }
+  // One hold: a model found here is the one removed (an eviction between
+  // two holds would turn the removal of its name into NOT_FOUND).
+  absl::MutexLock lock(&mu_);
+  // A name whose model is gone (evicted) is removed by its owner: the
+  // only way to free it for someone else, short of an admin.
+  const std::string& ref = request.model().ref();
+  const std::string* named = names_.Find(ref);
+  if (named != nullptr && !models_.count(*named)) {
+    ZC_RETURN_IF_ERROR(names_.CheckMayMove(ref, peer, admins_));
+    response.set_digest(*named);
+    names_.Remove(ref);
+    SaveCatalog();
+    return response;
   }
   ZC_RETURN_IF_ERROR(admins_.Check(peer, "deleting models"));
-  {
-    absl::MutexLock lock(&mu_);
-    ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
-    if (m->pinned && !request.force()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("model ", m->digest, " is pinned: unpin it first or delete with force"));
-    }
-    response.set_digest(m->digest);
-    EraseModel(m->digest, Names::kRemove);
-    SaveCatalog();
-    // Under the lock: a commit of the same bytes must not rename its new
-    // file into place before this unlink. Processes that mapped it keep
-    // their mapping; the memory returns when the last one unmaps.
-    store_->RemoveModel(response.digest());
+  ZC_ASSIGN_OR_RETURN(Model * m, Resolve(ref));
+  if (m->pinned && !request.force()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", m->digest, " is pinned: unpin it first or delete with force"));
   }
+  response.set_digest(m->digest);
+  EraseModel(m->digest, Names::kRemove);
+  SaveCatalog();
+  // Under the lock: a commit of the same bytes must not rename its new
+  // file into place before this unlink. Processes that mapped it keep
+  // their mapping; the memory returns when the last one unmaps.
+  store_->RemoveModel(response.digest());
   return response;
 }
 
@@ -632,9 +640,7 @@ absl::StatusOr<v1::TagModelResponse> ModelRegistry::Tag(const v1::TagModelReques
   ZC_RETURN_IF_ERROR(ValidateModelName(request.name()));
   absl::MutexLock lock(&mu_);
   ZC_ASSIGN_OR_RETURN(Model * m, Resolve(request.model().ref()));
-  const std::string* current = names_.Find(request.name());
-  if (current != nullptr && *current != m->digest) ZC_RETURN_IF_ERROR(names_.CheckMayMove(request.name(), peer, admins_));
-  names_.Set(request.name(), m->digest, peer);
+  ZC_RETURN_IF_ERROR(names_.Set(request.name(), m->digest, peer, admins_).status());
   SaveCatalog();
   v1::TagModelResponse response;
   *response.mutable_model() = Info(*m);

@@ -119,6 +119,9 @@ class ModelRegistry {
     // `manifest` serialized, made by the first GetModel that asks for it
     // (manifest_as_bytes) and sent as is from then on.
     std::shared_ptr<const std::string> manifest_bytes;
+    // Its leaf digests (EncodeLeaves), from the commit's hash; made by the
+    // first GetModel with_leaves for a model adopted from an older record.
+    std::shared_ptr<const std::string> leaves;
     std::string path;
     uint64_t size = 0;
     int64_t created_ms = 0;
@@ -130,6 +133,8 @@ class ModelRegistry {
     std::optional<uint32_t> publisher_gid;
   };
 
+  // A committed model as its record describes it, its segment at `path`.
+  static Model ModelFromRecord(const v1::ModelRecord& record, std::string path);
   // Gives back one lease of the session (host, or on `gpu_uuid`'s copy).
   // NOT_FOUND when the session or the lease is gone.
   absl::Status ReturnLease(uint64_t session_id, const std::string& digest, const std::string& gpu_uuid);

@@ -151,8 +151,12 @@ grpc::ServerUnaryReactor* ModelStoreService::CommitModel(grpc::CallbackServerCon
                                                          v1::CommitModelResponse* resp) {
   // Hashes the whole segment: on the pool, never on gRPC's threads.
   const auto start = Clock::now();
-  return Offload(commits_, ctx, kCommit, start, absl::StrCat("staging=", req->staging_id()), [this, ctx, req, resp] {
-    auto result = registry_->Commit(*req, peers_->Lookup(ctx->peer()));
+  // Who asked, read now while the call is live: its connection's
+  // descriptor may be closed and given to another process's connection
+  // while the commit waits in the pool.
+  Peer peer = peers_->Lookup(ctx->peer());
+  return Offload(commits_, ctx, kCommit, start, absl::StrCat("staging=", req->staging_id()), [this, peer, req, resp] {
+    auto result = registry_->Commit(*req, peer);
     if (result.ok()) {
       *resp = std::move(result).value();
       const v1::Origin& origin = req->origin();
@@ -176,23 +180,25 @@ grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContex
                                                       const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
   const auto start = Clock::now();
   std::string context = absl::StrCat("ref=", req->model().ref());
+  // Who asked, read now while the call is live (see CommitModel).
+  Peer peer = peers_->Lookup(ctx->peer());
   if (req->gpu_uuid().empty()) {
-    return Finish(ctx, kGet, start, Get(ctx, *req, resp, DevicePool::Mode::kMayUpload), context);
+    return Finish(ctx, kGet, start, Get(ctx, peer, *req, resp, DevicePool::Mode::kMayUpload), context);
   }
   absl::StrAppend(&context, " gpu=", req->gpu_uuid());
   // Answered here unless it must upload (or wait for an upload): a GPU
   // request whose copy is made (every one per model and GPU but the
   // first), and every refusal, never wait behind uploads.
-  absl::Status status = Get(ctx, *req, resp, DevicePool::Mode::kLeaseOnly);
+  absl::Status status = Get(ctx, peer, *req, resp, DevicePool::Mode::kLeaseOnly);
   if (!DevicePool::IsWouldUpload(status)) return Finish(ctx, kGet, start, status, context);
   // An upload, which may take seconds: on the pool, never on gRPC's threads.
   return Offload(gpu_requests_, ctx, kGet, start, std::move(context),
-                 [this, ctx, req, resp] { return Get(ctx, *req, resp, DevicePool::Mode::kMayUpload); });
+                 [this, ctx, peer, req, resp] { return Get(ctx, peer, *req, resp, DevicePool::Mode::kMayUpload); });
 }
 
-absl::Status ModelStoreService::Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req,
+absl::Status ModelStoreService::Get(grpc::CallbackServerContext* ctx, const Peer& peer, const v1::GetModelRequest& req,
                                     v1::GetModelResponse* resp, DevicePool::Mode mode) {
-  auto leased = registry_->Get(req, peers_->Lookup(ctx->peer()), mode);
+  auto leased = registry_->Get(req, peer, mode);
   if (!leased.ok()) return leased.status();
   if ((leased->host || leased->device) && ctx->IsCancelled()) {
     // The caller gave up (its deadline passed while the device copy was

@@ -123,9 +123,9 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
 
   // GetModel's work, on gRPC's thread or (an upload) the pool: the leases
   // of a caller that went away meanwhile are returned, and it gets
-  // CANCELLED.
-  absl::Status Get(grpc::CallbackServerContext* ctx, const v1::GetModelRequest& req, v1::GetModelResponse* resp,
-                   DevicePool::Mode mode);
+  // CANCELLED. `peer`: the caller, as read when its call arrived.
+  absl::Status Get(grpc::CallbackServerContext* ctx, const Peer& peer, const v1::GetModelRequest& req,
+                   v1::GetModelResponse* resp, DevicePool::Mode mode);
 
   ModelRegistry* const registry_;
   const PeerTable* const peers_;

@@ -30,10 +30,14 @@ absl::Status NameTable::CheckMayMove(const std::string& name, const Peer& peer, 
                                                   "remove it (publish under another name)"));
 }
 
-std::optional<std::string> NameTable::Set(const std::string& name, const std::string& digest, const Peer& peer) {
+absl::StatusOr<std::optional<std::string>> NameTable::Set(const std::string& name, const std::string& digest,
+                                                          const Peer& peer, const AdminPolicy& admins) {
   std::optional<std::string> previous;
   auto it = digests_.find(name);
   if (it != digests_.end()) {
+    if (it->second != digest) {
+      if (absl::Status may = CheckMayMove(name, peer, admins); !may.ok()) return may;
+    }
     previous = it->second;
   } else if (peer.known) {
     owners_[name] = peer.uid;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "peer.h"
 #include "zerocopy/v1/model_store.pb.h"
 
@@ -30,9 +31,14 @@ class NameTable {
   // a name that does not exist; PERMISSION_DENIED naming the owner
   // otherwise.
   absl::Status CheckMayMove(const std::string& name, const Peer& peer, const AdminPolicy& admins) const;
-  // Points `name` at `digest`; a new name belongs to `peer`. Returns what
-  // it pointed at before (none: it is new), for Undo.
-  std::optional<std::string> Set(const std::string& name, const std::string& digest, const Peer& peer);
+  // Points `name` at `digest` if `peer` may (CheckMayMove, when the name
+  // points elsewhere): the check and the write are one step, so a caller
+  // holding the registry's lock once can never move a name that another
+  // user took since the caller last looked. A new name belongs to `peer`.
+  // Returns what it pointed at before (none: it is new), for Undo.
+  // Errors: PERMISSION_DENIED (CheckMayMove's).
+  absl::StatusOr<std::optional<std::string>> Set(const std::string& name, const std::string& digest, const Peer& peer,
+                                                 const AdminPolicy& admins);
   // Undoes Set: back to `previous`, or gone (with its owner) if none.
   void Undo(const std::string& name, const std::optional<std::string>& previous);
   void Remove(const std::string& name);

@@ -233,7 +233,7 @@ absl::StatusOr<UniqueFd> SegmentStore::SealStaging(const std::string& staging_id
 }
 
 absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, const v1::Manifest& manifest,
-                                                      unsigned threads) {
+                                                      unsigned threads, std::vector<Hash128>* leaves_out) {
   // Hashed where it lies, through a read-only mapping: no copy into a
   // buffer (a pread per chunk spent a fifth of a commit copying, and marked
   // every page accessed once more). A file shorter than `size` would fault
@@ -269,7 +269,9 @@ absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, con
   // Tearing down the page tables of a large mapping takes ~70 ms a GiB:
   // off the commit's path, on a thread of its own.
   if (size >= (64u << 20)) std::thread([r = std::move(region)]() mutable { r.Reset(); }).detach();
-  return CombineDigest(leaves, manifest);
+  std::string digest = CombineDigest(leaves, manifest);
+  if (leaves_out != nullptr) *leaves_out = std::move(leaves);
+  return digest;
 }
 
 absl::Status SegmentStore::CommitStaging(const std::string& staging_id, const v1::ModelRecord& record) {
@@ -389,12 +391,14 @@ SegmentStore::RecoveryReport SegmentStore::Recover(bool verify, unsigned hash_th
       continue;
     }
     if (verify) {
-      auto hashed = HashSegment(fd.get(), record.manifest().total_size(), record.manifest(), hash_threads);
+      std::vector<Hash128> leaves;
+      auto hashed = HashSegment(fd.get(), record.manifest().total_size(), record.manifest(), hash_threads, &leaves);
       if (!hashed.ok() || *hashed != digest) {
         Quarantine(seg, "bytes do not match the digest", &report);
         Quarantine(man, "bytes do not match the digest", &report);
         continue;
       }
+      record.set_leaves(EncodeLeaves(leaves));  // a record of an older daemon has none
     }
     ::fchmod(fd.get(), 0440);
     report.models.push_back(Adopted{std::move(record), SegmentPath(digest)});

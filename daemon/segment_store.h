@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "zerocopy/digest.h"
 #include "zerocopy/unique_fd.h"
 #include "zerocopy/v1/model_store.pb.h"
 
@@ -94,11 +95,11 @@ class SegmentStore {
   // matches its bytes; moves the rest to quarantine/; removes orphans.
   RecoveryReport Recover(bool verify, unsigned hash_threads);
 
-  // Hashes an open segment with pread (never mmap: a publisher that still
-  // holds a writable descriptor could truncate the file and a mapping would
-  // SIGBUS the daemon). Errors: DATA_LOSS if the file is shorter than `size`.
+  // Hashes a sealed segment (no writer left: it cannot shrink under the
+  // read-only mapping this reads it through); `leaves`, if given, gets its
+  // leaf digests. Errors: DATA_LOSS if the file is shorter than `size`.
   static absl::StatusOr<std::string> HashSegment(int fd, uint64_t size, const ::zerocopy::v1::Manifest& manifest,
-                                                 unsigned threads);
+                                                 unsigned threads, std::vector<Hash128>* leaves = nullptr);
 
  private:
   SegmentStore(std::string dir, UniqueFd dir_fd, UniqueFd lock_fd, bool huge_pages)

@@ -483,14 +483,17 @@ absl::StatusOr<ModelAnswer> Client::Fetch(v1::GetModelRequest request, std::chro
     } else {
       ZC_ASSIGN_OR_RETURN(manifest, impl_->manifests.Parse(response.model().digest(), response.manifest_bytes()));
     }
-    return ModelAnswer(std::move(*response.mutable_model()), std::move(manifest),
+    ModelAnswer answer(std::move(*response.mutable_model()), std::move(manifest),
                        std::move(*response.mutable_device()));
+    answer.leaves_ = std::move(*response.mutable_leaves());
+    return answer;
   }
 }
 
-absl::StatusOr<ModelAnswer> Client::Get(const std::string& ref) {
+absl::StatusOr<ModelAnswer> Client::Get(const std::string& ref, bool with_leaves) {
   v1::GetModelRequest request;
   request.mutable_model()->set_ref(ref);
+  request.set_with_leaves(with_leaves);
   return Fetch(std::move(request), impl_->options.timeout);
 }
 

@@ -11,7 +11,6 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -23,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "zerocopy/client.h"
 #include "zerocopy/device_model.h"
+#include "zerocopy/digest.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/mapped_model.h"
 #include "zerocopy/model_source.h"
@@ -257,6 +257,27 @@ py::class_<M, std::shared_ptr<M>> BindMapping(py::module_& m, const char* name, 
       .def("tensor", &M::tensor, py::arg("index"), "tensor `index` as a DLPack capsule");
 }
 
+// A C-contiguous Python buffer (bytes, a numpy array), held for the
+// duration of a call.
+class BufferView {
+ public:
+  BufferView(const py::object& data, const char* what) {
+    if (PyObject_GetBuffer(data.ptr(), &view_, PyBUF_C_CONTIGUOUS) != 0) {
+      PyErr_Clear();
+      Raise(absl::InvalidArgumentError(
+          absl::StrCat(what, " needs a C-contiguous buffer (bytes, a contiguous numpy array)")));
+    }
+  }
+  ~BufferView() { PyBuffer_Release(&view_); }
+  BufferView(const BufferView&) = delete;
+  BufferView& operator=(const BufferView&) = delete;
+  const void* data() const { return view_.buf; }
+  uint64_t size() const { return static_cast<uint64_t>(view_.len); }
+
+ private:
+  Py_buffer view_;
+};
+
 // A model arriving from another node (see incoming_model.h): write the
 // segment's bytes from any buffer, then commit under the expected digest.
 class PyIncoming {
@@ -264,40 +285,29 @@ class PyIncoming {
   explicit PyIncoming(std::unique_ptr<IncomingModel> model) : model_(std::move(model)) {}
   uint64_t size() const { return model_->size(); }
   std::string digest() const { return model_->digest(); }
+  std::string path() const { return model_->path(); }
+  void SetLeaves(const py::bytes& leaves) {
+    const std::string bytes(leaves);
+    Unlocked([&] { return model_->SetLeaves(bytes); });
+  }
   // `data`: any C-contiguous buffer (bytes, a numpy array from ray.get).
+  // Writes from several threads run at once (IncomingModel's contract).
   void Write(uint64_t offset, const py::object& data) {
-    Py_buffer view;
-    if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
-      PyErr_Clear();
-      Raise(absl::InvalidArgumentError("write needs a C-contiguous buffer (bytes, a contiguous numpy array)"));
-    }
-    absl::Status status = [&] {
-      py::gil_scoped_release unlocked;
-      std::lock_guard<std::mutex> lock(mu_);  // never beside Commit/Abort (IncomingModel is not thread-safe for that)
-      return model_->Write(offset, view.buf, static_cast<uint64_t>(view.len));
-    }();
-    PyBuffer_Release(&view);
-    Check(status);
+    BufferView view(data, "write");
+    Unlocked([&] { return model_->Write(offset, view.data(), view.size()); });
   }
   py::object Commit(const std::string& kind, const std::string& source, int64_t duration_ms) {
     v1::Origin origin;
     origin.set_kind(kind);
     origin.set_source(source);
     origin.set_duration_ms(duration_ms);
-    return ToPython(Unlocked([&] {
-      std::lock_guard<std::mutex> lock(mu_);
-      return model_->Commit(origin);
-    }));
+    return ToPython(Unlocked([&] { return model_->Commit(origin); }));
   }
   void Abort() {
-    Unlocked([&] {
-      std::lock_guard<std::mutex> lock(mu_);
-      model_->Abort();
-    });
+    Unlocked([&] { model_->Abort(); });
   }
 
  private:
-  std::mutex mu_;
   std::unique_ptr<IncomingModel> model_;
 };
 
@@ -361,13 +371,15 @@ class PyClient {
     return std::make_shared<PyIncoming>(Unlocked([&] { return client_->Receive(manifest, digest); }));
   }
 
-  // The model's info, with its tensors, metadata and manifest (serialized).
-  py::object Get(const std::string& ref) {
-    ModelAnswer response = Unlocked([&] { return client_->Get(ref); });
+  // The model's info, with its tensors, metadata and manifest (serialized),
+  // and with_leaves, its leaf digests (EncodeLeaves bytes).
+  py::object Get(const std::string& ref, bool with_leaves) {
+    ModelAnswer response = Unlocked([&] { return client_->Get(ref, with_leaves); });
     py::object d = ToPython(response.model());
     d["tensors"] = TensorsToPython(response.manifest());
     d["metadata"] = py::bytes(response.manifest().metadata());
     d["manifest"] = py::bytes(response.manifest().SerializeAsString());
+    if (with_leaves) d["leaves"] = py::bytes(response.leaves());
     return d;
   }
 
@@ -393,6 +405,22 @@ PYBIND11_MODULE(_zerocopy, m) {
   m.attr("__version__") = ZEROCOPY_VERSION;
   m.def("default_socket", &DefaultSocketPath, "the socket a client uses when none is given");
   m.def(
+      "leaves_match",
+      [](const py::object& data, uint64_t offset, uint64_t size, const py::bytes& leaves) {
+        BufferView view(data, "leaves_match");
+        const std::string encoded(leaves);
+        absl::Status status;
+        {
+          py::gil_scoped_release unlocked;  // hashes the bytes
+          status = CheckLeaves(view.data(), view.size(), offset, size, encoded);
+        }
+        if (absl::IsDataLoss(status)) return false;
+        Check(status);
+        return true;
+      },
+      py::arg("data"), py::arg("offset"), py::arg("size"), py::arg("leaves"),
+      "whether `data`, bytes [offset, offset+len) of a model of `size` bytes, matches its leaf digests");
+  m.def(
       "torch_dtypes",
       [] {
         std::vector<std::pair<std::string, std::string>> names;
@@ -417,6 +445,8 @@ PYBIND11_MODULE(_zerocopy, m) {
   py::class_<PyIncoming, std::shared_ptr<PyIncoming>>(m, "Incoming")
       .def_property_readonly("size", &PyIncoming::size)
       .def_property_readonly("digest", &PyIncoming::digest)
+      .def_property_readonly("path", &PyIncoming::path, "the staging file (its relays read it)")
+      .def("set_leaves", &PyIncoming::SetLeaves, py::arg("leaves"))
       .def("write", &PyIncoming::Write, py::arg("offset"), py::arg("data"))
       .def("commit", &PyIncoming::Commit, py::arg("kind"), py::arg("source") = "", py::arg("duration_ms") = 0)
       .def("abort", &PyIncoming::Abort);
@@ -436,7 +466,7 @@ PYBIND11_MODULE(_zerocopy, m) {
            py::arg("populate") = false)
       .def("wait_for_leases", &PyClient::WaitForLeases)
       .def("map_device", &PyClient::MapDevice, py::arg("ref"), py::arg("ordinal"))
-      .def("get", &PyClient::Get, py::arg("ref"))
+      .def("get", &PyClient::Get, py::arg("ref"), py::arg("with_leaves") = false)
       .def("receive", &PyClient::Receive, py::arg("manifest"), py::arg("digest"))
       .def("list", &PyClient::List)
       .def("delete", &PyClient::Delete, py::arg("ref"), py::arg("force") = false)

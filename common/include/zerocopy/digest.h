@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "zerocopy/v1/model_store.pb.h"
 
@@ -61,6 +62,27 @@ class LeafHasher {
  private:
   XXH3_state_s* state_;  // xxhash's streaming state (made by its allocator: it is aligned)
 };
+
+// A leaf list as it travels and is kept (a model's record, GetModel's
+// answer, a cluster pull): each leaf's high then low half, 8 bytes each,
+// little-endian, in leaf order: the bytes CombineDigest hashes.
+inline constexpr size_t kLeafBytes = 16;
+std::string EncodeLeaves(const std::vector<Hash128>& leaves);
+// Errors: INVALID_ARGUMENT unless `bytes` holds DigestLeafCount(size) leaves.
+absl::StatusOr<std::vector<Hash128>> DecodeLeaves(std::string_view bytes, uint64_t size);
+
+// Checks bytes [offset, offset + n) of a segment of `size` bytes against
+// its leaves, as a receiver does before it keeps or forwards a piece of a
+// model that came from someone else: `offset` on a leaf boundary, `n`
+// whole leaves or up to the segment's end. Leaves are hashed with up to
+// `threads` threads (0: one per core). Errors: INVALID_ARGUMENT (a range
+// that is not so, a wrong number of leaves), DATA_LOSS naming the first
+// leaf whose bytes differ.
+absl::Status CheckLeaves(const void* data, uint64_t n, uint64_t offset, uint64_t size,
+                         const std::vector<Hash128>& leaves, unsigned threads = 1);
+// The same with the leaves as EncodeLeaves bytes.
+absl::Status CheckLeaves(const void* data, uint64_t n, uint64_t offset, uint64_t size, std::string_view leaves,
+                         unsigned threads = 1);
 
 // The model digest from its leaves and manifest.
 std::string CombineDigest(const std::vector<Hash128>& leaves,

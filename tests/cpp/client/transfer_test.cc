@@ -3,17 +3,23 @@
 // for that digest, committed only if they hash to it. The Python package
 // drives these through Ray (tests/python/test_cluster.py); here two real
 // daemons stand for two nodes.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include <catch2/catch.hpp>
 
 #include "support.h"
 #include "zerocopy/client.h"
+#include "zerocopy/digest.h"
+#include "zerocopy/unique_fd.h"
 
 namespace zerocopy {
 namespace {
@@ -233,6 +239,77 @@ TEST_CASE("a preload from a path of any characters records where it came from", 
   const auto& origin = list->models(0).origin();
   REQUIRE(origin.kind() == "preloaded");
   REQUIRE(origin.source() == dir.path() + "/mod\xc3\xa8le ?.safetensors");  // UTF-8 kept, control character replaced
+}
+
+}  // namespace
+}  // namespace zerocopy
+
+namespace zerocopy {
+namespace {
+
+TEST_CASE("a model's leaf digests come with it and check every chunk of a transfer before it is written",
+          "[transfer]") {
+  TwoNodes nodes(MakeModel(3, 2 << 20, 15));  // 24 MiB: six leaves
+  DaemonProcess& b = nodes.b;
+  const Published& p = nodes.p;
+  // The source's daemon keeps the leaves it hashed at commit; they and the
+  // manifest make the digest, so a receiver needs to trust only that.
+  auto got = nodes.a.NewClient()->Get(p.digest, /*with_leaves=*/true);
+  REQUIRE(got.ok());
+  REQUIRE(got->leaves().size() == DigestLeafCount(p.mapped->size()) * kLeafBytes);
+  auto leaves = DecodeLeaves(got->leaves(), p.mapped->size());
+  REQUIRE(leaves.ok());
+  REQUIRE(CombineDigest(*leaves, p.manifest) == p.digest);
+  CHECK(nodes.a.NewClient()->Get(p.digest)->leaves().empty());  // only when asked
+
+  auto client = b.NewClient();
+  auto incoming = client->Receive(p.manifest, p.digest);
+  REQUIRE(incoming.ok());
+  IncomingModel& in = **incoming;
+  CHECK_THAT(in.path(), Catch::StartsWith(b.segment_dir() + "/staging-"));
+  // Leaves that are not the model's (one flipped bit) are refused.
+  std::string forged = got->leaves();
+  forged[3] ^= 0x10;
+  CHECK(in.SetLeaves(forged).code() == absl::StatusCode::kDataLoss);
+  CHECK(in.SetLeaves(got->leaves().substr(16)).code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE(in.SetLeaves(got->leaves()).ok());
+
+  // An altered chunk is refused whole: not one byte of it reaches the file.
+  std::vector<uint8_t> chunk(p.mapped->data() + kDigestChunk, p.mapped->data() + 3 * kDigestChunk);
+  chunk[kDigestChunk + 7] ^= 0xFF;
+  absl::Status refused = in.Write(kDigestChunk, chunk.data(), chunk.size());
+  CHECK(refused.code() == absl::StatusCode::kDataLoss);
+  CHECK_THAT(std::string(refused.message()), Catch::Contains("leaf 2 of 6"));
+  {
+    std::vector<uint8_t> on_disk(chunk.size());
+    UniqueFd fd(::open(in.path().c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(fd);
+    REQUIRE(::pread(fd.get(), on_disk.data(), on_disk.size(), kDigestChunk) == static_cast<ssize_t>(on_disk.size()));
+    CHECK(std::all_of(on_disk.begin(), on_disk.end(), [](uint8_t v) { return v == 0; }));
+  }
+  // Less than a leaf is refused once leaves are set.
+  CHECK(in.Write(0, p.mapped->data(), 4096).code() == absl::StatusCode::kInvalidArgument);
+
+  // The right bytes, one chunk per thread at once, then the commit.
+  std::vector<std::thread> writers;
+  std::atomic<int> failed{0};
+  for (uint64_t off = 0; off < p.mapped->size(); off += 2 * kDigestChunk) {
+    writers.emplace_back([&, off] {
+      const uint64_t n = std::min<uint64_t>(2 * kDigestChunk, p.mapped->size() - off);
+      if (!in.Write(off, p.mapped->data() + off, n).ok()) ++failed;
+    });
+  }
+  for (auto& t : writers) t.join();
+  REQUIRE(failed == 0);
+  auto info = in.Commit(Pulled("node A"));
+  REQUIRE(info.ok());
+  CHECK(info->digest() == p.digest);
+  // The receiver's daemon has the leaves too (a relay serves from it), and
+  // keeps them across a restart.
+  CHECK(client->Get(p.digest, true)->leaves() == got->leaves());
+  b.Stop(SIGKILL);
+  b.Start();
+  CHECK(b.NewClient()->Get(p.digest, true)->leaves() == got->leaves());
 }
 
 }  // namespace

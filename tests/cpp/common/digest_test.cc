@@ -115,3 +115,55 @@ TEST_CASE("an empty model has a digest", "[digest]") {
 
 }  // namespace
 }  // namespace zerocopy
+
+namespace zerocopy {
+namespace {
+
+std::vector<Hash128> Leaves(const Segment& s) {
+  std::vector<Hash128> leaves(DigestLeafCount(s.bytes.size()));
+  for (size_t i = 0; i < leaves.size(); ++i) leaves[i] = HashLeaf(s.bytes.data(), s.bytes.size(), i);
+  return leaves;
+}
+
+TEST_CASE("a leaf list round-trips and combines into the digest", "[digest]") {
+  Segment s = Make(3 * kDigestChunk + 100);
+  const std::vector<Hash128> leaves = Leaves(s);
+  const std::string encoded = EncodeLeaves(leaves);
+  REQUIRE(encoded.size() == 4 * kLeafBytes);
+  auto decoded = DecodeLeaves(encoded, s.bytes.size());
+  REQUIRE(decoded.ok());
+  CHECK(*decoded == leaves);
+  CHECK(CombineDigest(*decoded, s.manifest) == Digest(s));
+  // The wrong number of leaves for the size is refused.
+  CHECK(DecodeLeaves(encoded.substr(16), s.bytes.size()).status().code() == absl::StatusCode::kInvalidArgument);
+  CHECK(DecodeLeaves(encoded, 2 * kDigestChunk).status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("CheckLeaves accepts whole leaves that match and names the first that does not", "[digest]") {
+  Segment s = Make(3 * kDigestChunk + 100);
+  const uint64_t size = s.bytes.size();
+  const std::vector<Hash128> leaves = Leaves(s);
+  const uint8_t* b = s.bytes.data();
+  CHECK(CheckLeaves(b, size, 0, size, leaves).ok());
+  CHECK(CheckLeaves(b + kDigestChunk, 2 * kDigestChunk, kDigestChunk, size, leaves, 2).ok());
+  CHECK(CheckLeaves(b + 3 * kDigestChunk, size - 3 * kDigestChunk, 3 * kDigestChunk, size, leaves).ok());  // the short last
+  CHECK(CheckLeaves(b, size, 0, size, EncodeLeaves(leaves)).ok());
+  // Not whole leaves, past the end, the wrong leaf list: INVALID_ARGUMENT.
+  CHECK(CheckLeaves(b + 1, kDigestChunk, 1, size, leaves).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(CheckLeaves(b, kDigestChunk - 1, 0, size, leaves).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(CheckLeaves(b, size, kDigestChunk, size, leaves).code() == absl::StatusCode::kInvalidArgument);
+  CHECK(CheckLeaves(b, size, 0, size, std::vector<Hash128>(leaves.begin(), leaves.end() - 1)).code() ==
+        absl::StatusCode::kInvalidArgument);
+  // One byte changed in the third leaf: DATA_LOSS naming it, with 1 or 4 threads.
+  std::vector<uint8_t> altered = s.bytes;
+  altered[2 * kDigestChunk + 5] ^= 0x01;
+  for (unsigned threads : {1u, 4u}) {
+    absl::Status bad = CheckLeaves(altered.data(), size, 0, size, leaves, threads);
+    CHECK(bad.code() == absl::StatusCode::kDataLoss);
+    CHECK_THAT(std::string(bad.message()), Catch::Contains("leaf 2 of 4"));
+  }
+  CHECK(CheckLeaves(altered.data(), 2 * kDigestChunk, 0, size, leaves).ok());  // the range before it
+}
+
+}  // namespace
+}  // namespace zerocopy

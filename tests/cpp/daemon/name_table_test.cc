@@ -15,11 +15,12 @@ Peer User(uid_t uid) {
 }
 
 const std::string kA(32, 'a'), kB(32, 'b');
+const AdminPolicy kNoAdmins({}, {});
 
 TEST_CASE("a name belongs to the user who created it", "[names]") {
   NameTable names;
   const AdminPolicy admins({}, {42});  // gid 42 administers
-  REQUIRE_FALSE(names.Set("llama", kA, User(1000)).has_value());
+  REQUIRE_FALSE(names.Set("llama", kA, User(1000), admins)->has_value());
   REQUIRE(*names.Find("llama") == kA);
   REQUIRE(names.Owner("llama") == 1000u);
   CHECK(names.CheckMayMove("llama", User(1000), admins).ok());
@@ -31,8 +32,16 @@ TEST_CASE("a name belongs to the user who created it", "[names]") {
   CHECK(other.code() == absl::StatusCode::kPermissionDenied);
   CHECK_THAT(std::string(other.message()), Catch::Contains("belongs to uid 1000"));
   // Moving it keeps its owner; a name nobody has is anyone's to create.
-  REQUIRE(names.Set("llama", kB, User(0)) == kA);
+  REQUIRE(*names.Set("llama", kB, User(0), admins) == kA);
   CHECK(names.Owner("llama") == 1000u);
+  // Setting checks as CheckMayMove does, in the same step: another user's
+  // set is refused and changes nothing; re-pointing at the same digest is
+  // no move.
+  auto refused = names.Set("llama", kA, User(1001), admins);
+  CHECK(refused.status().code() == absl::StatusCode::kPermissionDenied);
+  CHECK(*names.Find("llama") == kB);
+  CHECK(names.Owner("llama") == 1000u);
+  CHECK(names.Set("llama", kB, User(1001), admins).ok());
   CHECK(names.CheckMayMove("free", User(1001), admins).ok());
 }
 
@@ -48,22 +57,22 @@ TEST_CASE("a name without an owner is anyone's without admins, only theirs with"
 
 TEST_CASE("undoing a set restores the name, or removes a new one with its owner", "[names]") {
   NameTable names;
-  auto previous = names.Set("x", kA, User(7));
-  names.Undo("x", previous);
+  auto previous = names.Set("x", kA, User(7), kNoAdmins);
+  names.Undo("x", *previous);
   CHECK(names.Find("x") == nullptr);
   CHECK_FALSE(names.Owner("x").has_value());
-  names.Set("x", kA, User(7));
-  previous = names.Set("x", kB, User(7));
-  names.Undo("x", previous);
+  REQUIRE(names.Set("x", kA, User(7), kNoAdmins).ok());
+  previous = names.Set("x", kB, User(7), kNoAdmins);
+  names.Undo("x", *previous);
   CHECK(*names.Find("x") == kA);
   CHECK(names.Owner("x") == 7u);
 }
 
 TEST_CASE("names round-trip through the catalog, malformed ones dropped", "[names]") {
   NameTable names;
-  names.Set("one", kA, User(5));
-  names.Set("two", kA, User(6));
-  names.Set("three", kB, User(5));
+  REQUIRE(names.Set("one", kA, User(5), kNoAdmins).ok());
+  REQUIRE(names.Set("two", kA, User(6), kNoAdmins).ok());
+  REQUIRE(names.Set("three", kB, User(5), kNoAdmins).ok());
   CHECK(names.NamesOf(kA) == std::vector<std::string>{"one", "two"});
   v1::CatalogFile catalog;
   names.Save(&catalog);

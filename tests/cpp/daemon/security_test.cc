@@ -71,8 +71,9 @@ struct SecureDaemon {
   std::string model_digest;
 
   // `extra_config`: more TOML keys; `shared`: publish the model "shared".
+  // `env`: the daemon's environment (failpoints).
   explicit SecureDaemon(const std::string& extra_config = "", const std::string& host_budget = "1G",
-                        bool shared = true) {
+                        bool shared = true, std::vector<std::string> env = {}) {
     std::string config = config_dir.path() + "/zerocopyd.toml";
     std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
                           << "\"\nadmin_uids = [0]\n" << extra_config;
@@ -80,6 +81,7 @@ struct SecureDaemon {
     options.extra_args = {"--config", config};
     options.host_budget = host_budget;
     d = std::make_unique<DaemonProcess>(options);
+    d->set_env(std::move(env));
     d->Start();
     // The temporary directories holding the socket and the segment
     // directory: traversable by everyone, as /run and /dev/shm are.
@@ -512,5 +514,60 @@ TEST_CASE("the memory a refused huge manifest took is given back", "[security]")
   REQUIRE(d.NewClient()->Stats().ok());
 }
 #endif
+
+}  // namespace zerocopy
+
+namespace zerocopy {
+
+// The race: a commit checked that its caller may move the name, let go of
+// the registry's lock, and set the name in a second hold; another user who
+// created the name in between had it pointed at the first user's weights.
+// The failpoint holds the commit just before its name is settled (where
+// the gap was), for each order of a second user's TagModel around it.
+TEST_CASE("a commit never points another user's name at its model, whenever that user takes the name",
+          "[security][names]") {
+  testing::TempDir holds;
+  const std::string hold = holds.path() + "/hold";
+  SecureDaemon s("", "1G", /*shared=*/false, {"ZEROCOPYD_FAILPOINT=commit:naming:hold=" + hold});
+  DaemonProcess& d = *s.d;
+  auto run = [&](int uid, std::vector<std::string> args) { return s.Run(uid, kGroup, std::move(args)); };
+  // B's own model, published before any commit is held.
+  const std::string b_model = run(kUserB, {"publish", "", "2"});
+  REQUIRE_THAT(b_model, Catch::StartsWith("OK "));
+  const std::string b_digest = b_model.substr(3, 32);
+  auto named = [&](const std::string& name) {
+    auto got = d.NewClient()->Get(name);
+    REQUIRE(got.ok());
+    return std::make_pair(got->model().digest(), got->model().publisher_uid());
+  };
+
+  SECTION("B takes the name while A's commit is held before naming: A's commit is refused") {
+    { std::ofstream(hold) << "held"; }
+    Child a(s.As(kUserA, kGroup, {"publish", "llama", "1"}));
+    testing::WaitUntil([&] { return std::filesystem::exists(hold + ".reached"); }, std::chrono::seconds(30));
+    REQUIRE(std::filesystem::exists(hold + ".reached"));
+    REQUIRE_THAT(run(kUserB, {"tag", "llama", b_digest}), Catch::StartsWith("OK tagged"));
+    std::filesystem::remove(hold);
+    const std::string out = a.ReadLine();
+    a.Finish();
+    CHECK_THAT(out, Catch::Contains("PERMISSION_DENIED") && Catch::Contains("belongs to uid " + std::to_string(kUserB)));
+    CHECK(named("llama").first == b_digest);  // still where its owner set it
+    // And still B's: A cannot move it afterwards either.
+    CHECK_THAT(run(kUserA, {"publish", "llama", "3"}), Catch::Contains("PERMISSION_DENIED"));
+    CHECK(named("llama").first == b_digest);
+  }
+  SECTION("B takes the name before A commits: A's commit is refused") {
+    REQUIRE_THAT(run(kUserB, {"tag", "llama", b_digest}), Catch::StartsWith("OK tagged"));
+    CHECK_THAT(run(kUserA, {"publish", "llama", "1"}), Catch::Contains("PERMISSION_DENIED"));
+    CHECK(named("llama").first == b_digest);
+  }
+  SECTION("A's commit names first: B's TagModel is refused") {
+    const std::string a_model = run(kUserA, {"publish", "llama", "1"});
+    REQUIRE_THAT(a_model, Catch::StartsWith("OK "));
+    CHECK_THAT(run(kUserB, {"tag", "llama", b_digest}), Catch::Contains("PERMISSION_DENIED"));
+    CHECK(named("llama").first == a_model.substr(3, 32));
+    CHECK(named("llama").second == static_cast<uint32_t>(kUserA));
+  }
+}
 
 }  // namespace zerocopy

@@ -58,6 +58,8 @@ class ModelAnswer {
   const v1::Manifest& manifest() const { return *manifest_; }
   const std::shared_ptr<const v1::Manifest>& shared_manifest() const { return manifest_; }
   const v1::DeviceCopy& device() const { return device_; }
+  // The model's leaf digests (EncodeLeaves bytes), when Get asked for them.
+  const std::string& leaves() const { return leaves_; }
   // As the proto message (a copy: `zerocopy inspect --json`).
   v1::GetModelResponse ToProto() const {
     v1::GetModelResponse response;
@@ -72,6 +74,7 @@ class ModelAnswer {
   v1::ModelInfo model_;
   std::shared_ptr<const v1::Manifest> manifest_;
   v1::DeviceCopy device_;
+  std::string leaves_;
 };
 
 class Client : public std::enable_shared_from_this<Client> {
@@ -101,8 +104,10 @@ class Client : public std::enable_shared_from_this<Client> {
   // staging file could not be opened or mapped).
   absl::StatusOr<std::unique_ptr<IncomingModel>> Receive(const v1::Manifest& manifest, const std::string& digest);
 
-  // The model's info and manifest, without mapping it.
-  absl::StatusOr<ModelAnswer> Get(const std::string& ref);
+  // The model's info and manifest, without mapping it; with_leaves: and its
+  // leaf digests (ModelAnswer::leaves), what a node that pulls it checks
+  // each chunk against.
+  absl::StatusOr<ModelAnswer> Get(const std::string& ref, bool with_leaves = false);
 
   // Maps a model by name or digest, holding a lease on it (against
   // eviction) for as long as the MappedModel lives.

@@ -11,15 +11,28 @@
 // file goes); if the process dies instead, the daemon reclaims it at the
 // next CreateModel on the node (a waiter's retry is one).
 //
-// Thread safety: Write may be called concurrently for disjoint ranges;
-// Commit and destruction must not race with Write.
+// Pieces that came through other nodes (relays) are checked before they
+// are written: SetLeaves gives the model's leaf digests (digest.h), which
+// must combine with the manifest into the expected digest, and from then
+// on every Write must cover whole leaves and match them, or nothing of it
+// is written (DATA_LOSS). The commit's whole-file check stays.
+//
+// Thread safety: Write may be called from several threads at once (for
+// disjoint ranges, or the bytes are undefined); Commit, Abort and
+// SetLeaves wait for the writes under way and exclude new ones. Not
+// destruction: the owner destroys it once nothing else uses it.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "zerocopy/digest.h"
 #include "zerocopy/unique_fd.h"
 #include "zerocopy/v1/model_store.pb.h"
 
@@ -39,11 +52,22 @@ class IncomingModel {
   uint64_t size() const { return layout_.total_size(); }
   // The manifest with the daemon's layout (storage offsets).
   const v1::Manifest& layout() const { return layout_; }
+  // The staging file's path: other processes of the node (a relay serving
+  // the pieces written so far) open it read-only by this path.
+  const std::string& path() const { return path_; }
+
+  // From now on every Write is checked against these leaves (EncodeLeaves
+  // bytes). Errors: INVALID_ARGUMENT (not the model's number of leaves),
+  // DATA_LOSS (they and the manifest do not make the expected digest),
+  // FAILED_PRECONDITION after Commit or Abort.
+  absl::Status SetLeaves(std::string_view leaves);
 
   // Copies `n` bytes to segment offset `offset` (pwrite: the kernel
   // allocates the pages as it fills them). Errors: INVALID_ARGUMENT past
-  // the end, FAILED_PRECONDITION after Commit or Abort, RESOURCE_EXHAUSTED
-  // when the file system is full.
+  // the end (or, after SetLeaves, not whole leaves), DATA_LOSS (after
+  // SetLeaves: the bytes are not the model's; nothing was written),
+  // FAILED_PRECONDITION after Commit or Abort, RESOURCE_EXHAUSTED when the
+  // file system is full.
   absl::Status Write(uint64_t offset, const void* data, uint64_t n);
 
   // Seals the segment and commits it under the expected digest, recording
@@ -63,16 +87,19 @@ class IncomingModel {
         digest_(std::move(digest)),
         staging_id_(std::move(staging_id)),
         layout_(std::move(layout)),
-        file_(std::move(file)),
-        path_(std::move(path)) {}
+        path_(std::move(path)),
+        file_(std::move(file)) {}
 
-  std::shared_ptr<Client> client_;
-  std::string digest_;
-  std::string staging_id_;
-  v1::Manifest layout_;
-  UniqueFd file_;      // the staging file, written with pwrite (never mapped)
-  std::string path_;   // its path, for errors
-  bool done_ = false;  // committed or aborted
+  const std::shared_ptr<Client> client_;
+  const std::string digest_;
+  const std::string staging_id_;
+  const v1::Manifest layout_;
+  const std::string path_;
+  // Writers share it, Commit/Abort/SetLeaves hold it alone.
+  mutable absl::Mutex mu_;
+  UniqueFd file_ ABSL_GUARDED_BY(mu_);  // the staging file, written with pwrite (never mapped)
+  bool done_ ABSL_GUARDED_BY(mu_) = false;  // committed or aborted
+  std::vector<Hash128> leaves_ ABSL_GUARDED_BY(mu_);  // empty: writes unchecked
 };
 
 }  // namespace zerocopy
