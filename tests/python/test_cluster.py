@@ -6,8 +6,11 @@ its own Ray cluster, and one test run never holds two.
 Nodes: A (head; the driver's node, its daemon is the driver's), B and C
 (workers), D (a worker the fault test removes). Work is placed with the
 custom resources node_a .. node_d. Transfers use 1 MiB chunks here
-(ZEROCOPY_PULL_CHUNK_BYTES in each node's environment) so that every model
-crosses in many chunks.
+(ZEROCOPY_PULL_CHUNK_BYTES in each node's environment: one leaf of the
+digest, the smallest chunk a pull checks) so that models cross in several
+chunks. The cluster's directory (a detached actor) lives as long as the
+cluster; tests that delete models behind its back see what a stale entry
+costs (one failed attempt).
 """
 import os
 
@@ -30,7 +33,7 @@ from conftest import Daemon
 from ray_zerocopy import ActorWrapper, JITActorWrapper, ModelWrapper, TaskWrapper, _native
 from ray_zerocopy.errors import CorruptModelError, ModelNotFoundError
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 
 
 def same(a, b):
@@ -239,7 +242,7 @@ def test_ray_data_pool_tasks_and_jit_on_another_node(ray_and_nodes):
 def test_a_chunk_altered_in_flight_is_refused_and_nothing_committed(ray_and_nodes):
     ray, nodes = ray_and_nodes
     b = nodes["b"]
-    wrapper = ActorWrapper(models.MLP(64, 2048, 64))  # ~1 MiB: two chunks
+    wrapper = ActorWrapper(models.MLP(64, 2048, 64))  # ~1 MiB: one chunk
     digest = wrapper._model_info[""]["digest"]
     actor = loader(ray).options(resources=b.resource,
                                 runtime_env={"env_vars": {"ZEROCOPY_TEST_CORRUPT_PULL": "1"}}).remote(wrapper)
@@ -294,7 +297,7 @@ def test_the_source_lost_mid_transfer_and_a_third_node_pulls_from_a_holder(ray_a
     _, c_, _ = cluster
     b, c, d = nodes["b"], nodes["c"], nodes["d"]
     torch.manual_seed(23)
-    model = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(8)])  # 32 MiB: 9 chunks
     # Published on node D (a task there), pulled by node B.
     wrapper = ray.get(ray.remote(num_cpus=1, resources=d.resource)(_publish_on_this_node).remote(model))
     digest = wrapper._model_info[""]["digest"]
@@ -315,7 +318,7 @@ def test_the_source_lost_mid_transfer_and_a_third_node_pulls_from_a_holder(ray_a
     ray.get(pending, timeout=180)  # finished from node B
     on_c = {m["digest"]: m for m in c.client().list()}
     assert on_c[digest]["origin"]["source"] == f"node {b.id}"
-    x = torch.randn(3, 512)
+    x = torch.randn(3, 1024)
     with torch.no_grad():
         assert same(ray.get(slow.run.remote(x)), model.eval()(x))
     assert c.staging_files() == []

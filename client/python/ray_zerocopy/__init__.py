@@ -53,11 +53,14 @@ def load_state_dict(name_or_digest: str, device=None) -> dict:
 def stats() -> dict:
     """zerocopyd's figures: bytes used and budget, models, sessions, ...;
     "pulled": the models this node's daemon got from other nodes of a Ray
-    cluster (digest, names, bytes, source node, seconds the transfer took)."""
+    cluster (digest, names, bytes, source node, seconds the transfer took);
+    "recent_pulls": this process's pulls (the last 16), each with the sources it dropped
+    and why (a relay that died, stalled, or served altered bytes)."""
     from . import _cluster, _native
     client = _native.client()
     figures = client.stats()
     figures["pulled"] = _cluster.pulled(client.list())
+    figures["recent_pulls"] = _cluster.recent_pulls()
     return figures
 
 

@@ -1,29 +1,43 @@
-"""Models across the nodes of a Ray cluster: the only module that knows Ray.
+"""Models across the nodes of a Ray cluster: the only module that knows Ray
+(with _directory, the state of its one actor).
 
 Each node runs its own zerocopyd. A wrapper names its models by digest;
 when this node's daemon lacks one and this process is part of a Ray
-cluster, pull() brings the bytes from a node whose daemon holds it:
+cluster, pull() brings the bytes from other nodes:
 
-1. Sources, in order: the node that published the model (recorded in the
-   wrapper), then every other live node whose daemon holds the digest (a
-   node that pulled it serves the next). A probe is a zero-CPU Ray task
-   pinned to the node (NodeAffinitySchedulingStrategy, soft=False) that
-   asks that node's daemon for the model's manifest.
+1. Where: the cluster's directory (_directory.py, a detached Ray actor)
+   knows which nodes hold the digest, whole or in part (a node still
+   pulling it serves what it has), with the model's manifest and leaf
+   digests. When it knows none (a model preloaded with the CLI, a
+   directory that was lost), probes find holders: the node that published
+   the model first, then every other live node at once (zero-CPU tasks
+   pinned to each, asking its daemon); what they find goes into the
+   directory, so the next pullers ask it once instead.
 2. Claim: Client.receive(manifest, digest) reserves a staging segment for
    that digest in this node's daemon. The daemon allows one per digest, so
    one process per node transfers and the others (AlreadyExistsError) poll
    until the model appears. A claimant that dies leaves a staging file the
    daemon reclaims at the next waiter's retry, which then takes over.
-3. Transfer: CHUNK_BYTES chunks, each read by a task pinned to the source
-   (a read-only view of its mapping, which Ray copies into the source's
-   object store once) and fetched with ray.get; at most IN_FLIGHT chunks
-   exist at a time (object store use per transfer <= IN_FLIGHT x
-   CHUNK_BYTES on each side), each written into the staging segment and
-   dropped. A source that fails mid-way is replaced by the next one, from
-   the first chunk not yet written.
-4. Commit under the expected digest: the daemon hashes the file and refuses
-   anything else, so an altered byte commits nothing. The model records its
-   origin ("pulled from node X in T s": zerocopy ls, ray_zerocopy.stats()).
+3. Source: the directory picks it and records this node as a holder that
+   pulls from it, in one step (see _directory.py): the holder with the
+   fewest pulls under way (at most MAX_SERVES each), complete before
+   partial. Pullers that start together so form a chain in which every
+   node's link carries the model once.
+4. Transfer: one streaming generator task pinned to the source (_serve)
+   yields CHUNK_BYTES chunks in this node's order, from its committed
+   segment or, on a node still pulling, from its staging file as each
+   chunk arrives there. At most IN_FLIGHT chunks are unconsumed in the
+   source's object store and as many on their way here: the object store
+   holds a few chunks per pull, whatever the model's size. Every chunk is
+   checked against the model's leaf digests before it is written (the
+   leaves were checked against the digest first), so a relay that serves
+   altered bytes is caught at the chunk, dropped as a source for good,
+   and the pull goes on from another holder; one that fails or stalls is
+   dropped and replaced, from the first chunk not yet written.
+5. Commit under the expected digest: the daemon hashes the file and refuses
+   anything else. The model records its origin ("pulled from node X in
+   T s": zerocopy ls, ray_zerocopy.stats()), and the directory now lists
+   this node as a complete holder.
 
 No new listener, no transport of our own: Ray moves the bytes.
 """
@@ -33,24 +47,30 @@ import collections
 import functools
 import itertools
 import os
+import re
 import sys
 import time
 
-from . import _native
+from . import _directory, _native
 from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableError, InvalidModelError,
                      ModelNotFoundError, ZeroCopyError)
 
-CHUNK_BYTES = int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 32 << 20))
+LEAF_BYTES = 4 << 20  # the digest's leaf (common/include/zerocopy/digest.h): chunks are whole leaves
+CHUNK_BYTES = -(-int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 16 << 20)) // LEAF_BYTES) * LEAF_BYTES
 IN_FLIGHT = 2
 # How long a process waits for another one of its node to finish a pull,
-# and for one chunk or probe to arrive.
+# and for one chunk or probe to arrive; how long a relay waits for a chunk
+# it does not have yet before its puller looks elsewhere.
 WAIT_TIMEOUT_S = float(os.environ.get("ZEROCOPY_PULL_TIMEOUT_S", 600))
 CHUNK_TIMEOUT_S = 120.0
+STALL_S = float(os.environ.get("ZEROCOPY_PULL_STALL_S", 30))
 # Test hooks, never set outside tests: the receiver flips one byte of the
 # first chunk it receives (a transfer altered in flight); the receiver
-# sleeps this many seconds after each chunk (a slow transfer to kill).
+# sleeps this many seconds after each chunk (a slow transfer to kill); a
+# node serves every chunk with one byte flipped (a corrupt relay).
 _CORRUPT_ENV = "ZEROCOPY_TEST_CORRUPT_PULL"
 _PAUSE_ENV = "ZEROCOPY_TEST_PULL_PAUSE_S"
+_CORRUPT_SERVE_ENV = "ZEROCOPY_TEST_CORRUPT_SERVE"
 
 
 def ray_module():
@@ -70,21 +90,83 @@ def node_id() -> str | None:
 
 # --- run on the source node (module level: Ray ships them by reference) ---
 
-def _probe(digest: str) -> bytes | None:
-    """The model's manifest if this node's daemon holds it, else None."""
+def _probe(digest: str) -> tuple | None:
+    """(manifest, leaves) if this node's daemon holds the model, else None."""
     try:
-        return _native.client().get(digest)["manifest"]
+        got = _native.client().get(digest, with_leaves=True)
     except (ModelNotFoundError, DaemonUnavailableError):
+        return None
+    return got["manifest"], got["leaves"]
+
+
+def _committed(client, digest: str):
+    """A read-only mapping of the model if this node's daemon holds it."""
+    try:
+        return client.map(digest, read_only=True)
+    except ModelNotFoundError:
         return None
 
 
-def _read(digest: str, offset: int, length: int):
-    """Bytes [offset, offset+length) of the model's segment: a read-only
-    view of this node's mapping (it stays mapped until Ray has copied the
-    view into the object store)."""
+def _serve(digest: str, chunks: list, staging: str | None, leaves: bytes, size: int):
+    """Yields chunks (offset, length) of the model, in order, from this
+    node (a streaming generator task pinned here): from its committed
+    segment, or while it still pulls the model, from the staging file
+    `staging` as each chunk arrives there (its leaves match), waiting up to
+    STALL_S for one. Raises ModelNotFoundError when this node has neither
+    (it evicted the model, or its pull failed), ZeroCopyError (stalled)."""
     import numpy as np
-    mapping = _native.client().map(digest, read_only=True)
-    return np.frombuffer(mapping, dtype=np.uint8, count=length, offset=offset)
+    client = _native.client()
+    mapping = _committed(client, digest)
+    corrupt = os.environ.get(_CORRUPT_SERVE_ENV) == "1"
+    fd = None
+    try:
+        for offset, length in chunks:
+            if mapping is None:
+                buf = np.empty(length, dtype=np.uint8)
+                deadline = time.monotonic() + STALL_S
+                while True:
+                    mapping = _committed(client, digest)
+                    if mapping is not None:
+                        break
+                    if fd is None:
+                        if staging is None:
+                            raise ModelNotFoundError(f"model {digest} is neither here nor being pulled here",
+                                                     "NOT_FOUND")
+                        try:
+                            fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
+                        except FileNotFoundError:
+                            continue  # committed (renamed) or failed: the mapping says which
+                    if _arrived(fd, buf, offset, size, leaves):
+                        break
+                    if os.fstat(fd).st_nlink == 0 and _committed(client, digest) is None:
+                        raise ModelNotFoundError(f"the pull of model {digest} on this node ended without it",
+                                                 "NOT_FOUND")
+                    if time.monotonic() > deadline:
+                        raise ZeroCopyError(f"chunk at {offset} of model {digest} did not arrive here within "
+                                            f"{STALL_S:.0f} s (ZEROCOPY_PULL_STALL_S)", "DEADLINE_EXCEEDED")
+                    time.sleep(0.005)
+            out = buf if mapping is None else np.frombuffer(mapping, dtype=np.uint8, count=length, offset=offset)
+            if corrupt:
+                out = out.copy()
+                out[length // 2] ^= 0xFF
+            yield out
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _arrived(fd: int, buf, offset: int, size: int, leaves: bytes) -> bool:
+    """Whether the chunk at `offset` of a staging file is written (read
+    into `buf`): its last leaf first (cheap, and the last to be written),
+    then all of them."""
+    last = (len(buf) - 1) // LEAF_BYTES * LEAF_BYTES
+    if os.preadv(fd, [memoryview(buf)[last:]], offset + last) != len(buf) - last:
+        return False
+    if not _native.leaves_match(buf[last:], offset + last, size, leaves):
+        return False
+    if last and os.preadv(fd, [memoryview(buf)[:last]], offset) != last:
+        return False
+    return _native.leaves_match(buf, offset, size, leaves)
 
 
 def _publish(publish, obj):
@@ -99,11 +181,130 @@ def _remote(fn):
     return sys.modules["ray"].remote(fn)
 
 
-def _on(ray, fn, node: str):
+def _on(ray, fn, node: str, **options):
     """fn as a zero-CPU task pinned to `node` (never elsewhere, never retried)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     return _remote(fn).options(num_cpus=0, max_retries=0,
-                               scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                               scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False), **options)
+
+
+class _Directory:
+    """This process's handle on the cluster's directory actor. A directory
+    that cannot be reached (it died with its node, its call timed out)
+    answers nothing: pulls then find sources by probing, as without it."""
+
+    CALL_TIMEOUT_S = 30.0
+
+    def __init__(self, ray):
+        self.ray = ray
+        self.actor = None
+        try:
+            self.actor = _directory_actor(ray)
+        except Exception:  # no directory: probes only
+            self.actor = None
+
+    def ask(self, method: str, *args, **kwargs):
+        """The answer of one call, or None (no directory)."""
+        if self.actor is None:
+            return None
+        try:
+            return self.ray.get(getattr(self.actor, method).remote(*args, **kwargs), timeout=self.CALL_TIMEOUT_S)
+        except Exception:
+            self.actor = None
+            return None
+
+    def tell(self, method: str, *args, **kwargs) -> None:
+        """One call whose answer nobody waits for (progress, staging)."""
+        if self.actor is not None:
+            getattr(self.actor, method).remote(*args, **kwargs)
+
+
+def _directory_actor(ray):
+    try:
+        return ray.get_actor(_directory.NAME, namespace=_directory.NAMESPACE)
+    except ValueError:
+        pass
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    return _remote(_directory.Directory).options(
+        name=_directory.NAME, namespace=_directory.NAMESPACE, lifetime="detached", get_if_exists=True,
+        num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id(), soft=True)).remote()
+
+
+def directory(ray=None) -> _Directory | None:
+    """The directory's handle, or None outside Ray."""
+    ray = ray or ray_module()
+    return _Directory(ray) if ray is not None else None
+
+
+def register(digest: str, name: str = "", socket: str | None = None) -> None:
+    """Tells the cluster's directory that this node holds `digest` (just
+    published here), with its manifest and leaf digests (so that the first
+    pullers need no probe), and under `name` too. Nothing outside Ray."""
+    ray = ray_module()
+    if ray is None:
+        return
+    d = _Directory(ray)
+    try:
+        got = _native.client(socket).get(digest, with_leaves=True)
+        d.tell("describe", digest, got["manifest"], got["leaves"])
+    except ZeroCopyError:
+        pass  # pullers ask a holder instead
+    d.tell("add", digest, node_id(), True)
+    if name:
+        d.tell("name", name, digest)
+
+
+def bring(ref: str, socket: str | None = None) -> str | None:
+    """For a model this node's daemon lacks, by digest or by name: inside
+    Ray, its digest once pulled here (a name resolved through the cluster's
+    directory, or where it knows none, by asking every node's daemon; then
+    tagged with the name on this node too, where the name is free). None
+    outside Ray, or when no node knows the name."""
+    ray = ray_module()
+    if ray is None:
+        return None
+    if _DIGEST.fullmatch(ref):
+        return ref if pull(ref, socket=socket) else None
+    d = _Directory(ray)
+    digest = d.ask("resolve", ref)
+    if digest is None:
+        digest = _probe_name(ray, ref)
+        if digest is None:
+            return None
+        d.tell("name", ref, digest)
+    pull(digest, socket=socket)
+    try:
+        _native.client(socket).tag(ref, digest)
+    except ZeroCopyError:
+        pass  # the name is someone else's here: the model is used by digest
+    return digest
+
+
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
+def _resolve_here(name: str) -> str | None:
+    """The digest this node's daemon has `name` point at, if it holds it."""
+    try:
+        return _native.client().get(name)["digest"]
+    except (ModelNotFoundError, DaemonUnavailableError):
+        return None
+
+
+def _probe_name(ray, name: str) -> str | None:
+    """The digest of the first live node whose daemon holds a model named
+    `name` (the fallback when the directory knows no such name)."""
+    here = node_id()
+    refs = [_on(ray, _resolve_here, n).remote(name) for n in _alive_nodes(ray) if n != here]
+    for ref in refs:
+        try:
+            digest = ray.get(ref, timeout=CHUNK_TIMEOUT_S)
+        except Exception:  # a dead node: the others may know it
+            continue
+        if digest is not None:
+            return digest
+    return None
 
 
 def _alive_nodes(ray) -> list[str]:
@@ -156,7 +357,12 @@ def _not_found(digest: str, tried: list) -> ModelNotFoundError:
 
 class _SourceFailed(Exception):
     """A source node could not deliver a chunk (it died, its daemon went,
-    its object store refused, a timeout): the next holder takes over."""
+    its object store refused, a timeout, it stalled) or delivered one that
+    is not the model's (`corrupt`): another holder takes over."""
+
+    def __init__(self, message: str, corrupt: bool = False):
+        super().__init__(message)
+        self.corrupt = corrupt
 
 
 def _unavailable(digest: str, tried: list) -> ZeroCopyError:
@@ -166,57 +372,156 @@ def _unavailable(digest: str, tried: list) -> ZeroCopyError:
                          "UNAVAILABLE")
 
 
-def _copy(ray, incoming, digest: str, sources, tried: list) -> str:
-    """Writes every chunk of the model into `incoming`, from the first source
-    and then the next whenever one fails (from the first chunk not yet
-    written). Returns the source that finished. Errors of this node (a
-    write) are not blamed on a source: they propagate."""
-    size = incoming.size
-    offsets = list(range(0, size, CHUNK_BYTES))
-    corrupt = os.environ.get(_CORRUPT_ENV) == "1"
-    pause = float(os.environ.get(_PAUSE_ENV, 0))
-    written = 0
-    for node, _ in sources:
-        read = _on(ray, _read, node)
+def _chunks(size: int) -> list:
+    return [(offset, min(CHUNK_BYTES, size - offset)) for offset in range(0, size, CHUNK_BYTES)]
+
+
+def _order(n: int, start: int) -> list:
+    return [(start + i) % n for i in range(n)] if n else []
+
+
+class _Transfer:
+    """One pull's chunks, written into `incoming` from the sources the
+    directory hands out (or, without one, the holders probes found)."""
+
+    def __init__(self, ray, d: _Directory, incoming, digest: str, leaves: bytes, here: str, tried: list):
+        self.ray, self.d, self.incoming, self.digest, self.leaves = ray, d, incoming, digest, leaves
+        self.here, self.tried = here, tried
+        self.chunks = _chunks(incoming.size)
+        self.need = set(range(len(self.chunks)))
+        self.order = _order(len(self.chunks), 0)
+        self.exclude: list = []
+        self.corrupt: list = []  # sources that served bytes that are not the model's
+        self.reported: list = []
+        self.last_report = time.monotonic()
+
+    def run(self, assignment: dict | None, probed) -> str:
+        """Writes every chunk; returns the node that delivered the last."""
+        if assignment is not None and assignment.get("order"):
+            self.order = list(assignment["order"])  # follow a relay in the order its chunks arrive
+        self.d.tell("staging", self.digest, self.here, getattr(self.incoming, "path", None), self.order)
+        source = assignment
+        while True:
+            if source is not None and source.get("busy"):
+                source = self.wait_for_source(next(i for i in self.order if i in self.need))
+            while source is None or source.get("busy") or source["source"] in self.exclude:
+                source = next(probed, None)  # no directory, or none of its holders could serve
+                if source is None:
+                    if self.corrupt:
+                        raise CorruptModelError(
+                            f"model {self.digest} arrived altered from node(s) "
+                            f"{', '.join(n[:12] for n in self.corrupt)} (caught at the chunk by its leaf digests; "
+                            f"nothing was committed) and no other holder could deliver it: "
+                            f"{_tried_text(self.tried)}", "DATA_LOSS")
+                    if len(self.need) == len(self.chunks):
+                        raise _not_found(self.digest, self.tried)  # nobody delivered a byte
+                    raise _unavailable(self.digest, self.tried)
+            node = source["source"]
+            try:
+                self._from(node, source.get("staging"))
+                self._report(force=True)
+                return node
+            except _SourceFailed as e:
+                self.tried.append((node, f"failed with {len(self.need)} of {len(self.chunks)} chunks to go: "
+                                         f"{e}"[:300]))
+                self.exclude.append(node)
+                if e.corrupt:
+                    self.corrupt.append(node)
+                self._report(force=True)
+                first = next(i for i in self.order if i in self.need)
+                source = self.d.ask("switch", self.digest, self.here, node, first, self.exclude)
+
+    def wait_for_source(self, first: int) -> dict | None:
+        """A source for chunk `first` once a holder that has it is below its
+        limit of pulls (STALL_S at most); None when none has it."""
+        deadline = time.monotonic() + STALL_S
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            source = self.d.ask("switch", self.digest, self.here, None, first, self.exclude)
+            if source is None or not source.get("busy"):
+                return source
+        return None
+
+    def _from(self, node: str, staging: str | None) -> None:
+        ray = self.ray
+        todo = [i for i in self.order if i in self.need]
+        gen = _on(ray, _serve, node, _generator_backpressure_num_objects=IN_FLIGHT).remote(
+            self.digest, [self.chunks[i] for i in todo], staging, self.leaves, self.incoming.size)
+        corrupt_test = os.environ.get(_CORRUPT_ENV) == "1"
+        pause = float(os.environ.get(_PAUSE_ENV, 0))
         pending: collections.deque = collections.deque()
-        submitted = written
         try:
-            while written < len(offsets):
-                if submitted < len(offsets) and len(pending) < IN_FLIGHT:
-                    while submitted < len(offsets) and len(pending) < IN_FLIGHT:
-                        offset = offsets[submitted]
-                        pending.append(read.remote(digest, offset, min(CHUNK_BYTES, size - offset)))
-                        submitted += 1
-                    # Start moving every chunk in flight to this node now:
+            for i in todo:
+                while len(pending) < IN_FLIGHT:
+                    # Take every chunk the source has ready and start moving it here:
                     # the next ones cross while this one is written.
-                    ray.wait(list(pending), num_returns=len(pending), timeout=0, fetch_local=True)
-                expected = min(CHUNK_BYTES, size - offsets[written])
+                    ready, _ = ray.wait([gen], timeout=0 if pending else STALL_S + CHUNK_TIMEOUT_S,
+                                        fetch_local=False)
+                    if not ready:
+                        if pending:
+                            break
+                        raise _SourceFailed("no chunk arrived in time")
+                    try:
+                        ref = next(gen)
+                    except StopIteration:
+                        break
+                    ray.wait([ref], timeout=0, fetch_local=True)
+                    pending.append(ref)
+                if not pending:
+                    raise _SourceFailed("its generator ended early")
+                offset, length = self.chunks[i]
                 try:
                     chunk = ray.get(pending.popleft(), timeout=CHUNK_TIMEOUT_S)
                 except ray.exceptions.RayError as e:
-                    raise _SourceFailed(f"{type(e).__name__}: {e}") from e
-                if len(chunk) != expected:
-                    raise _SourceFailed(f"chunk at {offsets[written]} has {len(chunk)} bytes, not {expected}")
-                if corrupt and written == 0 and expected:
+                    cause = getattr(e, "cause", None) or e
+                    raise _SourceFailed(f"{type(cause).__name__}: {str(cause)[:200]}") from e
+                if len(chunk) != length:
+                    raise _SourceFailed(f"chunk at {offset} has {len(chunk)} bytes, not {length}")
+                if corrupt_test and self.need == set(range(len(self.chunks))) and length:
                     chunk = chunk.copy()
                     chunk[0] ^= 0xFF
-                incoming.write(offsets[written], chunk)
+                try:
+                    self.incoming.write(offset, chunk)  # checked against the leaves first
+                except CorruptModelError as e:
+                    raise _SourceFailed(f"served bytes that are not the model's ({e})", corrupt=True) from e
                 del chunk
-                written += 1
+                self.need.discard(i)
+                self.reported.append(i)
+                self._report()
                 if pause:
                     time.sleep(pause)
-            return node
-        except _SourceFailed as e:
-            tried.append((node, f"failed after {written} of {len(offsets)} chunks: {e}"[:300]))
-            for ref in pending:
-                ray.cancel(ref)
+        finally:
             pending.clear()  # dropping the refs frees their objects
-    raise _unavailable(digest, tried)
+            ray.cancel(gen)
+
+    def _report(self, force: bool = False) -> None:
+        """Tells the directory which chunks this node has (its relays' pullers
+        choose by it): every few chunks, or when asked."""
+        if self.reported and (force or len(self.reported) >= 4 or time.monotonic() - self.last_report > 0.5):
+            self.d.tell("progress", self.digest, self.here, self.reported)
+            self.reported = []
+            self.last_report = time.monotonic()
+
+
+def _probed_sources(ray, d: _Directory, digest: str, origin: str | None, here: str, tried: list):
+    """Holders found by probing, as assignments, each told to the directory."""
+    for node, _ in _sources(ray, digest, origin, here, tried):
+        d.tell("add", digest, node, True)
+        yield {"source": node, "complete": True, "staging": None, "order": None}
+
+
+_RECENT: collections.deque = collections.deque(maxlen=16)
+
+
+def recent_pulls() -> list[dict]:
+    """This process's last pulls: digest, ok, the node that delivered the
+    last chunk, seconds, and the sources dropped on the way, with why."""
+    return list(_RECENT)
 
 
 def pull(digest: str, origin: str | None = None, socket: str | None = None, size: int = 0) -> bool:
     """Brings model `digest` (of `size` bytes, if known) into this node's
-    daemon from another node of the Ray cluster (see the module's comment).
+    daemon from other nodes of the Ray cluster (see the module's comment).
     Returns False outside Ray (nothing to pull from); True once the model is
     here, whoever brought it. Raises ModelNotFoundError when no live node
     holds it (naming the nodes tried), CorruptModelError when the bytes that
@@ -232,10 +537,9 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
         return False
     client = _native.client(socket)
     here = node_id()
+    d = _Directory(ray)
     deadline = time.monotonic() + WAIT_TIMEOUT_S + size / (8 << 20)
     tried: list = []
-    sources = None
-    first = None
     backoff = 0.05
 
     def wait(why: str):
@@ -251,31 +555,64 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
         try:
             if _is_here(client, digest):
                 return True
-            if sources is None:
-                sources = _sources(ray, digest, origin, here, tried)
-                first = next(sources, None)
-                if first is None:
-                    raise _not_found(digest, tried)
+            probed = _probed_sources(ray, d, digest, origin, here, tried)
+            described = d.ask("lookup", digest)
+            if described is None or described["manifest"] is None:
+                described, probed = _describe(ray, d, digest, probed, tried)
+                if described is None:
+                    continue  # the holder lost it meanwhile: probe again
             try:
-                incoming = client.receive(first[1], digest)
+                incoming = client.receive(described["manifest"], digest)
             except AlreadyExistsError:
                 wait("another process of this node has been transferring it")  # or just did
                 continue
+            committed = False
             try:
+                try:
+                    incoming.set_leaves(described["leaves"])
+                except CorruptModelError as e:
+                    raise CorruptModelError(f"model {digest}: the leaf digests a holder gave are not the model's "
+                                            f"({e}); nothing was written", e.code) from None
                 start = time.monotonic()
-                node = _copy(ray, incoming, digest, itertools.chain([first], sources), tried)
-                incoming.commit("pulled", f"node {node}", int((time.monotonic() - start) * 1000))
+                transfer = _Transfer(ray, d, incoming, digest, described["leaves"], here, tried)
+                try:
+                    node = transfer.run(d.ask("join", digest, here), probed)
+                    incoming.commit("pulled", f"node {node}", int((time.monotonic() - start) * 1000))
+                except ZeroCopyError:
+                    _RECENT.append({"digest": digest, "ok": False, "source": None,
+                                    "seconds": time.monotonic() - start, "dropped": list(tried)})
+                    raise
+                committed = True
+                _RECENT.append({"digest": digest, "ok": True, "source": node, "seconds": time.monotonic() - start,
+                                "dropped": list(tried)})
                 return True
             except InvalidModelError as e:
                 raise CorruptModelError(f"model {digest} arrived altered, and this node's zerocopyd refused it "
                                         f"(nothing was committed): {e}", e.code) from None
             except ModelNotFoundError:
                 wait("this node's zerocopyd lost the transfer (it restarted?)")  # its staging model is gone
-                sources = None  # begin again
             finally:
                 incoming.abort()  # no-op after a commit
+                d.tell("done", digest, here, committed)
         except DaemonUnavailableError:
             wait("this node's zerocopyd has been unreachable")
+
+
+def _describe(ray, d: _Directory, digest: str, probed, tried: list):
+    """The model's manifest and leaves from the first holder probes find
+    (told to the directory), or None if it lost the model meanwhile; and
+    the probed holders, that one first. Raises ModelNotFoundError when no
+    live node holds it."""
+    first = next(probed, None)
+    if first is None:
+        raise _not_found(digest, tried)
+    got = ray.get(_on(ray, _probe, first["source"]).remote(digest), timeout=CHUNK_TIMEOUT_S)
+    if got is None:
+        tried.append((first["source"], "its daemon lost it"))
+        return None, probed
+    manifest, leaves = got
+    d.tell("describe", digest, manifest, leaves)
+    return {"manifest": manifest, "leaves": leaves}, itertools.chain([first], probed)
 
 
 def _is_here(client, digest: str) -> bool:

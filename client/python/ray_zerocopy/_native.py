@@ -25,3 +25,9 @@ def default_socket() -> str:
 def torch_dtypes() -> list[tuple[str, str]]:
     """(torch's name of a dtype, its wire name) for each dtype zerocopy holds."""
     return _zerocopy.torch_dtypes()
+
+
+def leaves_match(data, offset: int, size: int, leaves: bytes) -> bool:
+    """Whether `data`, bytes [offset, offset + len(data)) of a model of
+    `size` bytes (whole leaves), matches the model's leaf digests."""
+    return _zerocopy.leaves_match(data, offset, size, leaves)

@@ -28,8 +28,9 @@ import torch
 import os
 import re
 
-from . import _native
-from .errors import GpuSharingUnavailableError, InvalidModelError, PermissionDeniedError, ZeroCopyError
+from . import _cluster, _native
+from .errors import (GpuSharingUnavailableError, InvalidModelError, ModelNotFoundError, PermissionDeniedError,
+                     ZeroCopyError)
 
 # A pickled skeleton's first line. /2 may refer to manifest tensors
 # ("tensor" persistent ids); /1 (before 2026-12) only to storages. A loader
@@ -152,7 +153,9 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
     buffer.write(MAGIC)
     Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     regions = [(s.data_ptr(), s.nbytes()) for s in storages.host]
-    return _native.client(socket).publish(regions, tensors, buffer.getvalue(), "torch", name, pin)
+    info = _native.client(socket).publish(regions, tensors, buffer.getvalue(), "torch", name, pin)
+    _cluster.register(info["digest"], name, socket)
+    return info
 
 
 # torch.utils.dlpack.from_dlpack's own import of a capsule, without the
@@ -215,7 +218,19 @@ def _map(ref: str, socket, read_only=False, populate=False, device=None, segment
     """The host mapping, or the shared device copy on a CUDA `device`. With
     the `segment_path` a digest had (a wrapper records it when publishing),
     the mapping is made from the daemon's sealed files at once and the lease
-    taken in the background (Client::MapSegment), when they are there."""
+    taken in the background (Client::MapSegment), when they are there.
+    Inside Ray, a model this node's daemon lacks (by digest, or by a name
+    the cluster knows) is pulled here first (_cluster.bring)."""
+    try:
+        return _map_here(ref, socket, read_only, populate, device, segment_path)
+    except ModelNotFoundError:
+        digest = _cluster.bring(ref, socket)
+        if digest is None:
+            raise
+    return _map_here(ref if ref == digest else digest, socket, read_only, populate, device, None)
+
+
+def _map_here(ref: str, socket, read_only, populate, device, segment_path):
     gpu = gpu_device(device)
     if gpu is None:
         if segment_path and _DIGEST.fullmatch(ref):
@@ -495,7 +510,9 @@ def publish_jit(module, name: str = "", pin: bool = False, socket: str | None = 
         for owner, leaf, t in reversed(swapped):
             owner._c.setattr(leaf, t)
     regions = [(s.data_ptr(), s.nbytes()) for s in storages.host]
-    return _native.client(socket).publish(regions, tensors, JIT_MAGIC + archive.getvalue(), "torchscript", name, pin)
+    info = _native.client(socket).publish(regions, tensors, JIT_MAGIC + archive.getvalue(), "torchscript", name, pin)
+    _cluster.register(info["digest"], name, socket)
+    return info
 
 
 def load_jit(ref: str, socket: str | None = None, device=None, segment_path=None):
