@@ -23,6 +23,13 @@ instance (127.0.0.1, no dashboard, usage stats off), then measures:
  7. across nodes (bench_cluster.py, a two-node Ray cluster of its own): time
     for a node that lacks the model to get it, against a plain ray.get of
     the same bytes, and the object store's peak meanwhile.
+ 8. fan-out on a simulated multi-host cluster (simcluster.py: a network
+    namespace and a rate-limited link per node; bench_fanout.py as the
+    driver): time until every node holds a model published on node 0, ours
+    (relayed pulls) against Ray's broadcast (ray.get of the same bytes on
+    every node at once), at 4 and 8 nodes; fanout_model.py fits a model of
+    both to these runs and projects it to 50 and 500 nodes. Skipped, with
+    the reason, without root, `ip` or `tc`.
 
 Each number is the median of several runs, with min and max, and the ratio
 against ours. Writes results.json, results.md and PNG plots to --out.
@@ -524,6 +531,41 @@ def across_nodes(args):
     return json.loads(lines[-1])
 
 
+def fan_out(args):
+    """Section 8: one simulated cluster per configuration (nodes, link rate,
+    size), each its own process tree, one at a time."""
+    sys.path.insert(0, str(HERE))
+    import fanout_model
+    import simcluster
+    reason = simcluster.skip_reason()
+    if reason:
+        return {"skipped": reason}
+    # 2 Gbit/s links at 4 nodes; 1 Gbit/s at 8, where two cores cannot
+    # forward more for eight nodes at once.
+    configs = [(4, "2gbit", 256)] if args.quick else [(4, "2gbit", 256), (4, "2gbit", 1024), (8, "1gbit", 256),
+                                                         (8, "1gbit", 1024)]
+    runs = []
+    for nodes, rate, mib in configs:
+        log(f"bench: fan-out to {nodes} nodes at {rate}, {mib} MiB")
+        v = sys.executable
+        argv = [v, str(HERE / "simcluster.py"), "--nodes", str(nodes), "--rate", rate, "--build", args.build,
+                "--object-store", "3G", "--", v, str(HERE / "bench_fanout.py"), "--mib", str(mib), "--ours",
+                "--warmup", "1", "--repeats", "1" if args.quick else "2"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=1800,
+                           env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+        lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+        if r.returncode != 0 or not lines:
+            runs.append({"nodes": nodes, "rate": rate, "mib": mib, "error": (r.stderr or r.stdout)[-3000:]})
+            continue
+        out = json.loads(lines[-1])
+        runs.append({"nodes": nodes, "rate": rate, "mib": mib, "rate_bits": out["rate_bits"],
+                     "bytes": out["ours"]["bytes"], "link_s": out.get("link_s"), "ray": out["ray"],
+                     "ours": out["ours"]})
+    m = fanout_model.fit(runs)
+    return {"runs": runs, "model": m, "check": fanout_model.check(m, runs) if m else [],
+            "projection": fanout_model.project(m) if m else [], "ray_published": fanout_model.RAY_PUBLISHED}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one small model, fewer runs: about 5 minutes")
@@ -551,6 +593,7 @@ def main():
         bench.stop()
     if not args.gpu_only:
         results["across_nodes"] = across_nodes(args)
+        results["fan_out"] = fan_out(args)
     results = json.loads(json.dumps(results))  # the same keys (strings) as a reader of the file sees
     (out / "results.json").write_text(json.dumps(results, indent=1))
     import report

@@ -78,7 +78,16 @@ def receivers(ray, indices, ours: bool) -> dict:
         def load(self, wrapper):
             t0 = time.perf_counter()
             self.held = wrapper.load()
-            return {"call_s": time.perf_counter() - t0}
+            out = {"call_s": time.perf_counter() - t0}
+            import ray_zerocopy
+            pulls = ray_zerocopy.stats()["recent_pulls"]
+            if pulls:  # where this node's pull came from, and when its chunks arrived
+                p = pulls[-1]
+                out.update(source=p["source"], pull_s=round(p["seconds"], 4),
+                           first_chunk_s=p["first_chunk_s"] and round(p["first_chunk_s"], 4),
+                           last_chunk_s=p["last_chunk_s"] and round(p["last_chunk_s"], 4),
+                           dropped=[(n[:8], why[:200]) for n, why in p["dropped"]])
+            return out
 
         def forget(self, digests=()):
             """Drops what the last call kept and removes `digests` from this
@@ -102,10 +111,23 @@ def receivers(ray, indices, ours: bool) -> dict:
     return actors, dict(zip(actors, where))
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds this machine has spent busy (every process, the kernel's
+    networking included) since boot: /proc/stat, all cores."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def fanout(ray, actors: dict, submit, timeout: float) -> dict:
     """Calls submit(i, actor) for every receiver at once (the clock starts
     just before) and waits for all; per node: done_s (as the driver saw it)
-    and what the call returned. max_s: the slowest node's done_s."""
+    and what the call returned. max_s: the slowest node's done_s; cpu_s:
+    the CPU seconds the whole machine spent meanwhile (on a simulated
+    cluster every node shares this machine's cores: a run whose cpu_s
+    nears max_s x cores was bound by them, not by the links)."""
+    cpu0 = busy_cpu_s()
     t0 = time.perf_counter()
     pending = {submit(i, a): i for i, a in actors.items()}
     per_node = {}
@@ -121,7 +143,8 @@ def fanout(ray, actors: dict, submit, timeout: float) -> dict:
             per_node[i] = dict(ray.get(ref), done_s=round(now, 4))
     for v in per_node.values():
         v["call_s"] = round(v["call_s"], 4)
-    return {"per_node": dict(sorted(per_node.items())), "max_s": max(v["done_s"] for v in per_node.values())}
+    return {"per_node": dict(sorted(per_node.items())), "max_s": max(v["done_s"] for v in per_node.values()),
+            "cpu_s": round(busy_cpu_s() - cpu0, 2)}
 
 
 def measure_ray(ray, actors, nbytes: int, repeats: int, timeout: float) -> list:

@@ -210,6 +210,7 @@ def markdown(r):
         lines.append("")
     lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
     lines += across_nodes_lines(r.get("across_nodes"))
+    lines += fan_out_lines(r.get("fan_out"))
     if r.get("errors"):
         lines += ["## Failed measurements", ""] + [f"- {k}: `{why(v)}`" for k, v in r["errors"].items()] + [""]
     lines += targets(r)
@@ -365,8 +366,70 @@ def targets(r):
                    f"{', '.join(f'×{v:.2f} ({size(k)})' for k, v in ratios.items())} the throughput of a plain "
                    f"ray.get of the same bytes, object store peak {peak / MiB:,.0f} MiB "
                    f"({'met' if met else 'NOT met'}: ≥ ×0.8, peak ≤ 256 MiB whatever the size).")
+    for f in (r.get("fan_out") or {}).get("runs", []):
+        if "error" in f:
+            continue
+        ours, theirs, link = f["ours"]["max_s_median"], f["ray"]["max_s_median"], f["link_s"]
+        goal = 1.5 * link + 1
+        ratio_goal = 0.3 if f["nodes"] >= 8 else None
+        met = ours <= goal and (ratio_goal is None or ours <= ratio_goal * theirs)
+        out.append(f"- fan-out to {f['nodes']} nodes at {f['rate']}, {size(f['mib'])}: ours {t(ours)} = "
+                   f"{ours / link:.1f} link-times, ×{ours / theirs:.2f} Ray's broadcast ({t(theirs)}) "
+                   f"({'met' if met else 'NOT met'}: ≤ 1.5 link-times + 1 s = {t(goal)}"
+                   f"{', ≤ ×0.3 Ray' if ratio_goal else ''}).")
     out.append("")
     return out
+
+
+def fan_out_lines(x):
+    """Section 8 (simcluster.py, bench_fanout.py, fanout_model.py)."""
+    if not x:
+        return []
+    if "skipped" in x:
+        return ["## 8. Fan-out on a simulated multi-host cluster", "", f"skipped: {x['skipped']}", ""]
+    lines = ["## 8. Fan-out on a simulated multi-host cluster", "",
+             "One network namespace per node with a token-bucket link each way, a Ray node and a zerocopyd in "
+             "each, the driver on node 0 (bench/simcluster.py). Time until every other node holds a model "
+             "published on node 0: ours, `ActorWrapper.load()` in a warm actor on every node at once (relayed "
+             "pulls); Ray, `ray.get` of as many bytes `ray.put` on node 0, on every node at once (the published "
+             "ray-zerocopy 0.2.0 moves its weights this way: `ray.put` in the driver, `ray.get` in each actor). "
+             "Medians of the runs after a first one (cold: Ray starts the workers of the sources' tasks); cpu: "
+             "the whole machine's busy CPU seconds during the run (all nodes share 2 cores).", "",
+             "| nodes | link | model | link-time | ours | Ray broadcast | ours / Ray | ours, cold | cpu ours / Ray |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for f in x.get("runs", []):
+        if "error" in f:
+            lines.append(f"| {f['nodes']} | {f['rate']} | {size(f['mib'])} | not measured: `{why(f['error'])}` "
+                         "| | | | | |")
+            continue
+        o, rr = f["ours"], f["ray"]
+        cold = o["runs"][0]["max_s"]
+        cpu_o = statistics.median(run["cpu_s"] for run in o["runs"][1:] or o["runs"])
+        cpu_r = statistics.median(run["cpu_s"] for run in rr["runs"][1:] or rr["runs"])
+        lines.append(f"| {f['nodes']} | {f['rate']} | {size(f['mib'])} | {t(f['link_s'])} | "
+                     f"{t(o['max_s_median'])} | {t(rr['max_s_median'])} | ×{o['max_s_median'] / rr['max_s_median']:.2f} "
+                     f"| {t(cold)} | {cpu_o:.1f} s / {cpu_r:.1f} s |")
+    m = x.get("model") or {}
+    if not m:
+        lines += ["", "No model fitted: it needs runs at two node counts at least (`make bench` has 4 and 8)."]
+    if m:
+        lines += ["", f"Model (bench/fanout_model.py), fitted to these runs: ours = {m['t0']:.2f} s + S/B + (N − 2) × "
+                  f"(8 MiB/B + {m['h'] * 1000:.0f} ms); Ray = {m['r0']:.2f} s + (N − 1) × S/B.", "",
+                  "| nodes | link | model | measured ours | model | measured Ray | model |", "|---|---|---|---|---|---|---|"]
+        for c in x.get("check", []):
+            lines.append(f"| {c['nodes']} | {c['gbit']:g} Gbit/s | {size(c['mib'])} | {t(c['ours_s'])} | "
+                         f"{t(c['ours_model_s'])} | {t(c['ray_s'])} | {t(c['ray_model_s'])} |")
+        pub = x.get("ray_published") or {}
+        lines += ["", "Projected, 1 GiB (the per-relay cost h as measured here, with 8 nodes sharing 2 cores: "
+                  "pessimistic for real nodes):", "",
+                  "| nodes | link | link-time | ours | Ray broadcast, all at once |", "|---|---|---|---|---|"]
+        for p_ in x.get("projection", []):
+            lines.append(f"| {p_['nodes']} | {p_['gbit']} Gbit/s | {t(p_['link_s'])} | {t(p_['ours_s'])} | "
+                         f"{t(p_['ray_s'])} |")
+        if pub:
+            lines += ["", f"For comparison: {pub['source']}."]
+    lines.append("")
+    return lines
 
 
 def across_nodes_lines(x):
@@ -429,6 +492,30 @@ def plots(r, out_dir):
         ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / "memory.png", dpi=110)
+        plt.close(fig)
+    fan = r.get("fan_out") or {}
+    if fan.get("model"):
+        import fanout_model
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for gbit, style in ((1, "-"), (10, "--")):
+            ns = list(range(2, 65))
+            ax.plot(ns, [fanout_model.ours(fan["model"], n, 256 * MiB, gbit * 1e9) for n in ns], style,
+                    color="C0", label=f"ours, model, {gbit} Gbit/s")
+            ax.plot(ns, [fanout_model.ray(fan["model"], n, 256 * MiB, gbit * 1e9) for n in ns], style,
+                    color="C1", label=f"Ray broadcast, model, {gbit} Gbit/s")
+        for f in fan.get("runs", []):
+            if "error" in f or f["mib"] != 256:
+                continue
+            ax.plot([f["nodes"]], [f["ours"]["max_s_median"]], "o", color="C0")
+            ax.plot([f["nodes"]], [f["ray"]["max_s_median"]], "s", color="C1")
+        ax.set_yscale("log")
+        ax.set_xlabel("nodes")
+        ax.set_ylabel("seconds until every node holds 256 MiB (log)")
+        ax.set_title("Fan-out: measured (points, simulated cluster) and modelled (lines)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "fan_out.png", dpi=110)
         plt.close(fig)
 
 

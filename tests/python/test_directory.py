@@ -19,9 +19,9 @@ def test_pullers_that_join_at_once_form_a_chain_each_link_carrying_the_model_onc
     assert got == {"n1": "n0", "n2": "n1", "n3": "n2", "n4": "n3"}
     sources = d.sources(D)
     assert all(sources[n]["serving"] <= 1 for n in sources)
-    # A relay's puller follows its source's order of chunks.
-    d.staging(D, "n1", "/dev/shm/x/staging-1", [0, 1, 2])
-    assert d.join(D, "n5")["source"] in {"n0", "n4"}
+    # A relay's downstream learns where the relay writes (its relays read there).
+    assert d.join(D, "n5", "/dev/shm/x/staging-5")["source"] in {"n0", "n4"}
+    assert d.join(D, "n6")["staging"] == "/dev/shm/x/staging-5"
 
 
 def test_no_holder_serves_more_than_its_limit_and_the_least_busy_is_chosen():

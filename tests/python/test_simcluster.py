@@ -49,11 +49,15 @@ class Driver:
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=30)
-            pytest.fail(f"the driver exited ({self.proc.returncode}): {self.proc.stderr.read()[-4000:]}")
-        return json.loads(line)
+        """The driver's next report (Ray prints lines of its own there too,
+        such as a dead node's missed heartbeats)."""
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait(timeout=30)
+                pytest.fail(f"the driver exited ({self.proc.returncode}): {self.proc.stderr.read()[-4000:]}")
+            if line.startswith("{"):
+                return json.loads(line)
 
     def tell(self, **what):
         self.proc.stdin.write(json.dumps(what) + "\n")

@@ -56,8 +56,8 @@ from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableErr
                      ModelNotFoundError, ZeroCopyError)
 
 LEAF_BYTES = 4 << 20  # the digest's leaf (common/include/zerocopy/digest.h): chunks are whole leaves
-CHUNK_BYTES = -(-int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 16 << 20)) // LEAF_BYTES) * LEAF_BYTES
-IN_FLIGHT = 2
+CHUNK_BYTES = -(-int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 8 << 20)) // LEAF_BYTES) * LEAF_BYTES
+IN_FLIGHT = int(os.environ.get("ZEROCOPY_PULL_IN_FLIGHT", 4))
 # How long a process waits for another one of its node to finish a pull,
 # and for one chunk or probe to arrive; how long a relay waits for a chunk
 # it does not have yet before its puller looks elsewhere.
@@ -112,61 +112,68 @@ def _serve(digest: str, chunks: list, staging: str | None, leaves: bytes, size: 
     node (a streaming generator task pinned here): from its committed
     segment, or while it still pulls the model, from the staging file
     `staging` as each chunk arrives there (its leaves match), waiting up to
-    STALL_S for one. Raises ModelNotFoundError when this node has neither
-    (it evicted the model, or its pull failed), ZeroCopyError (stalled)."""
+    STALL_S for one. Both are read through a read-only mapping: the one
+    copy of a chunk is Ray's, into the object store. Raises
+    ModelNotFoundError when this node has neither (it evicted the model,
+    or its pull failed), ZeroCopyError (stalled)."""
+    import mmap
+
     import numpy as np
     client = _native.client()
     mapping = _committed(client, digest)
+    partial = None
+    if mapping is None:
+        try:
+            fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC) if staging else None
+        except FileNotFoundError:  # committed (renamed) or failed since the directory heard of it
+            fd = None
+        if fd is None:
+            mapping = _committed(client, digest)
+            if mapping is None:
+                raise ModelNotFoundError(f"model {digest} is neither here nor being pulled here", "NOT_FOUND")
+        else:
+            # Still readable once committed (renamed: the bytes are all there)
+            # or aborted (unlinked: the last link gone says so).
+            partial = np.frombuffer(mmap.mmap(fd, size, prot=mmap.PROT_READ), dtype=np.uint8)
     corrupt = os.environ.get(_CORRUPT_SERVE_ENV) == "1"
-    fd = None
     try:
         for offset, length in chunks:
-            if mapping is None:
-                buf = np.empty(length, dtype=np.uint8)
+            if partial is not None:
+                out = partial[offset:offset + length]
                 deadline = time.monotonic() + STALL_S
+                seen = -1  # the staging file's allocated blocks at the last look
                 while True:
-                    mapping = _committed(client, digest)
-                    if mapping is not None:
+                    # Hashed again only once the file has grown since the last look.
+                    st = os.fstat(fd)
+                    if st.st_blocks != seen and _arrived(out, offset, size, leaves):
                         break
-                    if fd is None:
-                        if staging is None:
-                            raise ModelNotFoundError(f"model {digest} is neither here nor being pulled here",
-                                                     "NOT_FOUND")
-                        try:
-                            fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC)
-                        except FileNotFoundError:
-                            continue  # committed (renamed) or failed: the mapping says which
-                    if _arrived(fd, buf, offset, size, leaves):
-                        break
-                    if os.fstat(fd).st_nlink == 0 and _committed(client, digest) is None:
+                    seen = st.st_blocks
+                    if st.st_nlink == 0:
                         raise ModelNotFoundError(f"the pull of model {digest} on this node ended without it",
                                                  "NOT_FOUND")
                     if time.monotonic() > deadline:
                         raise ZeroCopyError(f"chunk at {offset} of model {digest} did not arrive here within "
                                             f"{STALL_S:.0f} s (ZEROCOPY_PULL_STALL_S)", "DEADLINE_EXCEEDED")
                     time.sleep(0.005)
-            out = buf if mapping is None else np.frombuffer(mapping, dtype=np.uint8, count=length, offset=offset)
+            else:
+                out = np.frombuffer(mapping, dtype=np.uint8, count=length, offset=offset)
             if corrupt:
                 out = out.copy()
                 out[length // 2] ^= 0xFF
             yield out
     finally:
-        if fd is not None:
-            os.close(fd)
+        if partial is not None:
+            os.close(fd)  # the mapping lives on until its last view goes
 
 
-def _arrived(fd: int, buf, offset: int, size: int, leaves: bytes) -> bool:
-    """Whether the chunk at `offset` of a staging file is written (read
-    into `buf`): its last leaf first (cheap, and the last to be written),
-    then all of them."""
-    last = (len(buf) - 1) // LEAF_BYTES * LEAF_BYTES
-    if os.preadv(fd, [memoryview(buf)[last:]], offset + last) != len(buf) - last:
+def _arrived(chunk, offset: int, size: int, leaves: bytes) -> bool:
+    """Whether a chunk of a staging file (a view of it) is written: its last
+    leaf first (cheap while waiting, and the last to be written), then the
+    others. A hole reads as zeros: only the leaves tell."""
+    last = (len(chunk) - 1) // LEAF_BYTES * LEAF_BYTES
+    if not _native.leaves_match(chunk[last:], offset + last, size, leaves):
         return False
-    if not _native.leaves_match(buf[last:], offset + last, size, leaves):
-        return False
-    if last and os.preadv(fd, [memoryview(buf)[:last]], offset) != last:
-        return False
-    return _native.leaves_match(buf, offset, size, leaves)
+    return last == 0 or _native.leaves_match(chunk[:last], offset, size, leaves)
 
 
 def _publish(publish, obj):
@@ -198,8 +205,9 @@ class _Directory:
     def __init__(self, ray):
         self.ray = ray
         self.actor = None
+        self.created = False  # by this call: the actor is starting
         try:
-            self.actor = _directory_actor(ray)
+            self.actor, self.created = _directory_actor(ray)
         except Exception:  # no directory: probes only
             self.actor = None
 
@@ -220,15 +228,16 @@ class _Directory:
 
 
 def _directory_actor(ray):
+    """The directory's actor handle, and whether this call made it."""
     try:
-        return ray.get_actor(_directory.NAME, namespace=_directory.NAMESPACE)
+        return ray.get_actor(_directory.NAME, namespace=_directory.NAMESPACE), False
     except ValueError:
         pass
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     return _remote(_directory.Directory).options(
         name=_directory.NAME, namespace=_directory.NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_restarts=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id(), soft=True)).remote()
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id(), soft=True)).remote(), True
 
 
 def directory(ray=None) -> _Directory | None:
@@ -250,9 +259,15 @@ def register(digest: str, name: str = "", socket: str | None = None) -> None:
         d.tell("describe", digest, got["manifest"], got["leaves"])
     except ZeroCopyError:
         pass  # pullers ask a holder instead
-    d.tell("add", digest, node_id(), True)
     if name:
         d.tell("name", name, digest)
+    if d.created:
+        # The cluster's first publish starts the directory (a second or so,
+        # once): waited for, or the first pullers would find it empty and
+        # probe every node instead.
+        d.ask("add", digest, node_id(), True)
+    else:
+        d.tell("add", digest, node_id(), True)
 
 
 def bring(ref: str, socket: str | None = None) -> str | None:
@@ -394,12 +409,13 @@ class _Transfer:
         self.corrupt: list = []  # sources that served bytes that are not the model's
         self.reported: list = []
         self.last_report = time.monotonic()
+        self.started = time.monotonic()
+        self.first_s = self.last_s = None  # when the first and the last chunk were written
 
     def run(self, assignment: dict | None, probed) -> str:
         """Writes every chunk; returns the node that delivered the last."""
         if assignment is not None and assignment.get("order"):
             self.order = list(assignment["order"])  # follow a relay in the order its chunks arrive
-        self.d.tell("staging", self.digest, self.here, getattr(self.incoming, "path", None), self.order)
         source = assignment
         while True:
             if source is not None and source.get("busy"):
@@ -485,6 +501,9 @@ class _Transfer:
                 except CorruptModelError as e:
                     raise _SourceFailed(f"served bytes that are not the model's ({e})", corrupt=True) from e
                 del chunk
+                self.last_s = time.monotonic() - self.started
+                if self.first_s is None:
+                    self.first_s = self.last_s
                 self.need.discard(i)
                 self.reported.append(i)
                 self._report()
@@ -493,6 +512,12 @@ class _Transfer:
         finally:
             pending.clear()  # dropping the refs frees their objects
             ray.cancel(gen)
+
+    def report(self, ok: bool, node: str | None, start: float, tried: list) -> dict:
+        """What recent_pulls() lists for this pull."""
+        return {"digest": self.digest, "ok": ok, "source": node, "seconds": time.monotonic() - start,
+                "first_chunk_s": self.first_s, "last_chunk_s": self.last_s, "chunks": len(self.chunks),
+                "dropped": list(tried)}
 
     def _report(self, force: bool = False) -> None:
         """Tells the directory which chunks this node has (its relays' pullers
@@ -515,7 +540,9 @@ _RECENT: collections.deque = collections.deque(maxlen=16)
 
 def recent_pulls() -> list[dict]:
     """This process's last pulls: digest, ok, the node that delivered the
-    last chunk, seconds, and the sources dropped on the way, with why."""
+    last chunk, seconds (and when the first and the last chunk were
+    written, from the transfer's start), and the sources dropped on the
+    way, with why."""
     return list(_RECENT)
 
 
@@ -576,15 +603,13 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
                 start = time.monotonic()
                 transfer = _Transfer(ray, d, incoming, digest, described["leaves"], here, tried)
                 try:
-                    node = transfer.run(d.ask("join", digest, here), probed)
+                    node = transfer.run(d.ask("join", digest, here, incoming.path), probed)
                     incoming.commit("pulled", f"node {node}", int((time.monotonic() - start) * 1000))
                 except ZeroCopyError:
-                    _RECENT.append({"digest": digest, "ok": False, "source": None,
-                                    "seconds": time.monotonic() - start, "dropped": list(tried)})
+                    _RECENT.append(transfer.report(False, None, start, tried))
                     raise
                 committed = True
-                _RECENT.append({"digest": digest, "ok": True, "source": node, "seconds": time.monotonic() - start,
-                                "dropped": list(tried)})
+                _RECENT.append(transfer.report(True, node, start, tried))
                 return True
             except InvalidModelError as e:
                 raise CorruptModelError(f"model {digest} arrived altered, and this node's zerocopyd refused it "

@@ -70,17 +70,19 @@ class Directory:
         elif complete:
             self._finish(m, node, h)
 
-    def join(self, digest: str, node: str, exclude: list | tuple = ()) -> dict | None:
+    def join(self, digest: str, node: str, staging: str | None = None, exclude: list | tuple = ()) -> dict | None:
         """Picks the source of `node`'s pull and records `node` as a holder
-        that pulls from it, in one step: pullers that join at once see each
-        other. None when no holder is known (the caller probes); {"busy":
-        True} when every holder serves its limit (the caller waits)."""
+        that pulls from it into `staging` (the file its relays read), in
+        one step: pullers that join at once see each other. None when no
+        holder is known (the caller probes); {"busy": True} when every
+        holder serves its limit (the caller waits)."""
         m = self.models.get(digest)
         if m is None:
             return None
         h = m["holders"].get(node)
         if h is None or h["complete"]:
             h = m["holders"][node] = self._holder(False)
+        h["staging"] = staging
         return self._assign(m, node, h, 0, exclude, follow=True)
 
     def switch(self, digest: str, node: str, failed: str | None, chunk: int, exclude: list | tuple = ()) -> dict | None:
@@ -98,13 +100,6 @@ class Directory:
             h = m["holders"][node] = self._holder(False)
         self._release(m, h)
         return self._assign(m, node, h, chunk, exclude, follow=False)
-
-    def staging(self, digest: str, node: str, path: str, order: list) -> None:
-        """`node`'s puller writes into `path` (its relays read it there), in
-        chunk order `order`."""
-        h = self._model(digest)["holders"].get(node)
-        if h is not None:
-            h["staging"], h["order"] = path, list(order)
 
     def progress(self, digest: str, node: str, have: list) -> None:
         """The chunks `node` has written and checked so far."""
@@ -190,6 +185,8 @@ class Directory:
         _, n, c = best
         c["serving"] += 1
         h["source"] = n
+        if not c["complete"]:
+            h["order"] = c["order"]  # a relay's downstream takes the chunks in the order they reach it
         return {"source": n, "complete": c["complete"], "staging": c["staging"], "order": c["order"],
                 "manifest": m["manifest"], "leaves": m["leaves"]}
 
