@@ -3,7 +3,7 @@ multi-host cluster (bench/simcluster.py). It speaks to the test through
 one JSON object per line: on stdout what it did and measured, on stdin
 what the test did in between (a node it killed).
 
-    simcluster_driver.py fanout|corrupt|kill MIB
+    simcluster_driver.py fanout|corrupt|join|kill MIB
 """
 import json
 import os
@@ -135,6 +135,27 @@ def kill(mib):
     say(event="done", digest=digest, ids=ids, relay=index, results=results)
 
 
+def join(mib):
+    """Nodes 1 and 2 load at once, slowly; meanwhile the test adds a node,
+    whose actor then loads too: it joins the fan-out under way."""
+    m = model(mib, 4)
+    wrapper = ActorWrapper(m)
+    digest = wrapper._model_info[""]["digest"]
+    actors, ids = loaders(PULLERS, env={"ZEROCOPY_TEST_PULL_PAUSE_S": "0.4"})
+    pending = {i: a.load.remote(wrapper) for i, a in actors.items()}
+    say(event="add")
+    new = json.loads(sys.stdin.readline())["added"]
+    late, late_ids = loaders([new])
+    t0 = time.monotonic()
+    joined = ray.get(late[new].load.remote(wrapper), timeout=300)
+    results = {i: ray.get(ref, timeout=300) for i, ref in pending.items()}
+    results[new] = joined
+    still_pulling = [i for i, r in results.items() if i != new]
+    check_outputs(m, {**actors, **late}, results)
+    say(event="done", digest=digest, ids={**ids, **late_ids}, results=results, new=new,
+        joined_after_s=time.monotonic() - t0, others=still_pulling, node0=ray.get_runtime_context().get_node_id())
+
+
 if __name__ == "__main__":
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False)
-    {"fanout": fanout, "corrupt": corrupt, "kill": kill}[sys.argv[1]](int(sys.argv[2]))
+    {"fanout": fanout, "corrupt": corrupt, "join": join, "kill": kill}[sys.argv[1]](int(sys.argv[2]))

@@ -375,3 +375,40 @@ def test_a_driver_without_a_daemon_publishes_through_a_task(ray_and_nodes, clust
     assert done.returncode == 0, done.stderr[-3000:]
     node = done.stdout.split()[-1]
     assert node in {n.id for n in nodes.values()}
+
+
+def _load_by_name(name):
+    import ray_zerocopy
+    weights = ray_zerocopy.load_state_dict(name)
+    return {k: v.clone() for k, v in weights.items()}, ray_zerocopy.stats()["recent_pulls"]
+
+
+def test_a_name_preloaded_on_one_node_loads_on_another(ray_and_nodes, tmp_path):
+    ray, nodes = ray_and_nodes
+    a, b, c = nodes["a"], nodes["b"], nodes["c"]
+    from safetensors.torch import save_file
+    torch.manual_seed(25)
+    weights = {"w": torch.randn(256, 256), "b": torch.randn(256)}
+    save_file(weights, str(tmp_path / "m.safetensors"))
+    # Preloaded with the CLI on node C only: no process of the cluster told
+    # the directory about it, so node B finds the name on C's daemon.
+    done = c.daemon.run_cli("preload", str(tmp_path / "m.safetensors"), "--name", "cluster-name")
+    assert done.returncode == 0, done.stderr
+    digest = c.client().get("cluster-name")["digest"]
+    assert not b.has(digest)
+    got, pulls = ray.get(ray.remote(num_cpus=1, resources=b.resource)(_load_by_name).remote("cluster-name"))
+    assert set(got) == set(weights) and all(torch.equal(got[k], weights[k]) for k in weights)
+    assert pulls[-1]["digest"] == digest and pulls[-1]["source"] == c.id
+    # Node B now holds it under that name too (its own tag, for its own uid).
+    assert b.client().get("cluster-name")["digest"] == digest
+    # The directory learned the name: node A resolves it without asking every daemon.
+    from ray_zerocopy import _cluster
+    assert _cluster.directory().ask("resolve", "cluster-name") == digest
+    got, _ = ray.get(ray.remote(num_cpus=1, resources=a.resource)(_load_by_name).remote("cluster-name"))
+    assert all(torch.equal(got[k], weights[k]) for k in weights)
+    # A name no node knows is NOT_FOUND, as on one node.
+    with pytest.raises(ModelNotFoundError):
+        try:
+            ray.get(ray.remote(num_cpus=1, resources=b.resource)(_load_by_name).remote("nobody-has-this"))
+        except ray.exceptions.RayTaskError as e:
+            raise e.cause

@@ -126,6 +126,26 @@ def test_a_relay_serving_altered_chunks_is_caught_at_the_chunk_and_nothing_is_co
     assert has(cluster, 1, digest)
 
 
+def test_a_node_that_joins_while_a_fan_out_runs_gets_the_model_too(cluster):
+    driver = Driver(cluster, "join", str(MIB))
+    asked = driver.read()
+    assert asked["event"] == "add", asked
+    node = cluster.add_node()
+    driver.tell(added=node.index)
+    done = driver.read()
+    driver.finish()
+    digest, new = done["digest"], done["new"]
+    assert "error" not in done["results"][str(new)], done["results"]
+    assert has(cluster, new, digest)
+    assert staging_files(cluster, new) == []
+    for i in PULLERS:
+        assert has(cluster, i, digest)
+    # It pulled while the others still were: from whichever holder had the
+    # fewest pulls under way then, a relay or node 0.
+    pull = done["results"][str(new)]["pulls"][-1]
+    assert pull["ok"] and pull["source"] in set(done["ids"].values()) | {done["node0"]}
+
+
 def test_a_relay_killed_mid_transfer_its_pullers_finish_from_other_holders(cluster):
     driver = Driver(cluster, "kill", str(MIB))
     asked = driver.read()
