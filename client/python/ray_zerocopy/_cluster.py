@@ -63,7 +63,7 @@ IN_FLIGHT = int(os.environ.get("ZEROCOPY_PULL_IN_FLIGHT", 4))
 # it does not have yet before its puller looks elsewhere.
 WAIT_TIMEOUT_S = float(os.environ.get("ZEROCOPY_PULL_TIMEOUT_S", 600))
 CHUNK_TIMEOUT_S = 120.0
-STALL_S = float(os.environ.get("ZEROCOPY_PULL_STALL_S", 30))
+STALL_S = float(os.environ.get("ZEROCOPY_PULL_STALL_S", 10))
 # Test hooks, never set outside tests: the receiver flips one byte of the
 # first chunk it receives (a transfer altered in flight); the receiver
 # sleeps this many seconds after each chunk (a slow transfer to kill); a
@@ -121,7 +121,7 @@ def _serve(digest: str, chunks: list, staging: str | None, leaves: bytes, size: 
     import numpy as np
     client = _native.client()
     mapping = _committed(client, digest)
-    partial = None
+    partial = fd = None
     if mapping is None:
         try:
             fd = os.open(staging, os.O_RDONLY | os.O_CLOEXEC) if staging else None
@@ -141,13 +141,25 @@ def _serve(digest: str, chunks: list, staging: str | None, leaves: bytes, size: 
             if partial is not None:
                 out = partial[offset:offset + length]
                 deadline = time.monotonic() + STALL_S
-                seen = -1  # the staging file's allocated blocks at the last look
+                seen, again = -1, 0.0  # the staging file's allocated blocks at the last look, and when to look anyway
+                committed_check = time.monotonic() + 0.5
                 while True:
-                    # Hashed again only once the file has grown since the last look.
+                    # Hashed again once the file has grown since the last look,
+                    # and every 50 ms: a page is allocated before its bytes are
+                    # copied in, so the last page's bytes land after its block.
                     st = os.fstat(fd)
-                    if st.st_blocks != seen and _arrived(out, offset, size, leaves):
+                    if (st.st_blocks != seen or time.monotonic() >= again) and _arrived(out, offset, size, leaves):
                         break
-                    seen = st.st_blocks
+                    seen, again = st.st_blocks, time.monotonic() + 0.05
+                    if time.monotonic() >= committed_check:
+                        # This node's pull may have finished: from then on the
+                        # daemon's copy (checked whole at commit) serves.
+                        mapping = _committed(client, digest)
+                        if mapping is not None:
+                            partial = None
+                            out = np.frombuffer(mapping, dtype=np.uint8, count=length, offset=offset)
+                            break
+                        committed_check = time.monotonic() + 0.5
                     if st.st_nlink == 0:
                         raise ModelNotFoundError(f"the pull of model {digest} on this node ended without it",
                                                  "NOT_FOUND")
@@ -162,7 +174,7 @@ def _serve(digest: str, chunks: list, staging: str | None, leaves: bytes, size: 
                 out[length // 2] ^= 0xFF
             yield out
     finally:
-        if partial is not None:
+        if fd is not None:
             os.close(fd)  # the mapping lives on until its last view goes
 
 
@@ -327,9 +339,9 @@ def _alive_nodes(ray) -> list[str]:
 
 
 def _sources(ray, digest: str, origin: str | None, here: str, tried: list):
-    """Yields (node, manifest) for each live node whose daemon holds
-    `digest`: the origin first, then the others, probed together. Nodes
-    that do not hold it are added to `tried` with the reason."""
+    """Yields (node, (manifest, leaves)) for each live node whose daemon
+    holds `digest`: the origin first, then the others, probed together.
+    Nodes that do not hold it are added to `tried` with the reason."""
     alive = _alive_nodes(ray)
     if origin and origin != here:
         if origin not in alive:
@@ -346,15 +358,15 @@ def _probe_all(ray, digest: str, nodes: list[str], tried: list):
     found = []
     for node, ref in refs.items():
         try:
-            manifest = ray.get(ref, timeout=CHUNK_TIMEOUT_S)
+            described = ray.get(ref, timeout=CHUNK_TIMEOUT_S)
         except Exception as e:  # a dead node, a worker that could not start
             ray.cancel(ref)
             tried.append((node, f"probe failed: {type(e).__name__}"))
             continue
-        if manifest is None:
+        if described is None:
             tried.append((node, "its daemon lacks it"))
         else:
-            found.append((node, manifest))
+            found.append((node, described))
     return found
 
 
@@ -391,10 +403,6 @@ def _chunks(size: int) -> list:
     return [(offset, min(CHUNK_BYTES, size - offset)) for offset in range(0, size, CHUNK_BYTES)]
 
 
-def _order(n: int, start: int) -> list:
-    return [(start + i) % n for i in range(n)] if n else []
-
-
 class _Transfer:
     """One pull's chunks, written into `incoming` from the sources the
     directory hands out (or, without one, the holders probes found)."""
@@ -404,7 +412,7 @@ class _Transfer:
         self.here, self.tried = here, tried
         self.chunks = _chunks(incoming.size)
         self.need = set(range(len(self.chunks)))
-        self.order = _order(len(self.chunks), 0)
+        self.order = list(range(len(self.chunks)))
         self.exclude: list = []
         self.corrupt: list = []  # sources that served bytes that are not the model's
         self.reported: list = []

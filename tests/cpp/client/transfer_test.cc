@@ -5,6 +5,7 @@
 // daemons stand for two nodes.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +13,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -310,6 +313,37 @@ TEST_CASE("a model's leaf digests come with it and check every chunk of a transf
   b.Stop(SIGKILL);
   b.Start();
   CHECK(b.NewClient()->Get(p.digest, true)->leaves() == got->leaves());
+}
+
+TEST_CASE("a model whose record predates leaf digests gets them hashed on first request", "[transfer]") {
+  testing::TempDir config_dir;
+  const std::string config = config_dir.path() + "/zerocopyd.toml";
+  std::ofstream(config) << "verify_on_start = false\n";  // recovery then reads the record as it is
+  DaemonProcess::Options options;
+  options.extra_args = {"--config", config};
+  DaemonProcess d(options);
+  d.Start();
+  auto model = MakeModel(2, 1 << 20, 16);  // 8 MiB: two leaves
+  auto info = d.NewClient()->Publish(model.source);
+  REQUIRE(info.ok());
+  const std::string expected = d.NewClient()->Get(info->digest(), true)->leaves();
+  REQUIRE(!expected.empty());
+  d.Stop(SIGKILL);
+  // The record as a daemon before leaf digests wrote it.
+  const std::string record_path = d.segment_dir() + "/" + info->digest() + ".manifest";
+  v1::ModelRecord record;
+  {
+    std::ifstream in(record_path, std::ios::binary);
+    REQUIRE(record.ParseFromString(std::string(std::istreambuf_iterator<char>(in), {})));
+  }
+  REQUIRE(!record.leaves().empty());
+  record.clear_leaves();
+  ::chmod(record_path.c_str(), 0640);
+  { std::ofstream(record_path, std::ios::binary | std::ios::trunc) << record.SerializeAsString(); }
+  ::chmod(record_path.c_str(), 0440);
+  d.Start();
+  CHECK(d.NewClient()->Get(info->digest(), true)->leaves() == expected);
+  CHECK(d.NewClient()->Get(info->digest(), true)->leaves() == expected);  // kept from the first
 }
 
 }  // namespace
