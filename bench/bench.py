@@ -562,7 +562,7 @@ def fan_out(args):
         out = json.loads(lines[-1])
         runs.append({"nodes": nodes, "rate": rate, "mib": mib, "rate_bits": out["rate_bits"],
                      "bytes": out["ours"]["bytes"], "link_s": out.get("link_s"), "ray": out["ray"],
-                     "ours": out["ours"]})
+                     "ours": out["ours"], "node_ids": out.get("node_ids", {})})
     m = fanout_model.fit(runs)
     return {"runs": runs, "model": m, "check": fanout_model.check(m, runs) if m else [],
             "projection": fanout_model.project(m) if m else [], "ray_published": fanout_model.RAY_PUBLISHED}

@@ -227,6 +227,7 @@ def main():
         raise SystemExit(f"no other node with a zc_node<i> resource (nodes: {nodes}, driver on {me})")
     actors, where = receivers(ray, others, args.ours)
     out = {"driver_node": me, "receivers": others, "mib": args.mib, "rate_bits": args.rate_bits,
+           "node_ids": {i: where[i][0] for i in others}, "driver_node_id": ray.get_runtime_context().get_node_id(),
            "setup_s": round(time.perf_counter() - t_init, 2)}
     nbytes = args.mib * MiB
     if not args.no_ray:

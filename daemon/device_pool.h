@@ -106,8 +106,6 @@ class DevicePool {
     uint64_t evictions = 0;
   };
 
-  // The GPU's entry, querying the backend the first time (outside the lock).
-  absl::StatusOr<Gpu*> FindGpu(const std::string& uuid, absl::MutexLock* lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Unleased ready copies on `uuid`, least recently used first, until
   // `needed` bytes fit; moved into `freed` (destroyed outside the lock).
   // Returns whether it fits.

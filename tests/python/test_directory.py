@@ -92,3 +92,15 @@ def test_names_resolve_to_digests():
     d.name("llama", D)
     assert d.resolve("llama") == D
     assert d.lookup(D)["holders"] == {"n0": True}
+
+
+def test_a_chain_never_grows_past_its_depth_limit_a_new_branch_starts_higher_up():
+    d = Directory(max_serves=2, max_depth=3)
+    d.add(D, "n0")
+    got = {n: d.join(D, n)["source"] for n in ["n1", "n2", "n3", "n4", "n5", "n6"]}
+    # n1 <- n0, n2 <- n1, n3 <- n2 (depth 3: the limit); n4 branches off
+    # the least busy shallow holder, and its own chain grows from there.
+    assert [got[n] for n in ["n1", "n2", "n3"]] == ["n0", "n1", "n2"]
+    assert got["n4"] == "n0"
+    assert got["n5"] == "n4" and got["n6"] == "n5"
+    assert all(v["serving"] <= 2 for v in d.sources(D).values())

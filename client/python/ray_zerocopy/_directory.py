@@ -21,7 +21,9 @@ first chunk the puller needs (a complete holder has all; a puller still
 pulling counts when it has it, or when the caller follows it from the
 start) and are not at their limit of ``max_serves`` pulls, the one with
 the fewest pulls under way; then complete before partial; then the one
-that started first. A holder that failed a puller (died, lacked the model,
+that started first; a puller never extends a chain past MAX_DEPTH relays
+(it branches off a shallower holder instead), so a large cluster is a
+tree of chains of bounded depth. A holder that failed a puller (died, lacked the model,
 stalled, served bytes that are not the model's) is dropped; probes find it
 again if it still holds the model. N pullers that join at once so
 form a chain (node 0 -> 1 -> 2 ...) in which every link carries the model
@@ -34,14 +36,19 @@ import time
 NAME = "zerocopy_directory"
 NAMESPACE = "zerocopy"
 MAX_SERVES = 2
+# The longest chain a puller may extend: every relay adds its latency to
+# each chunk, so past this depth a puller starts a new branch higher up
+# (a relay serving two halves its rate to each, once).
+MAX_DEPTH = 16
 
 
 class Directory:
     """The actor's state. Plain methods, one caller at a time (a Ray
     actor's default): every decision and its bookkeeping in one call."""
 
-    def __init__(self, max_serves: int = MAX_SERVES):
+    def __init__(self, max_serves: int = MAX_SERVES, max_depth: int = MAX_DEPTH):
         self.max_serves = max_serves
+        self.max_depth = max_depth
         self.models: dict[str, dict] = {}  # digest -> {"manifest", "leaves", "holders"}
         self.names: dict[str, str] = {}  # name -> digest
 
@@ -177,7 +184,8 @@ class Directory:
             if c["serving"] >= self.max_serves:
                 busy = True
                 continue
-            key = (c["serving"], not c["complete"], c["since"])
+            too_deep = not c["complete"] and self._depth(m, n) >= self.max_depth
+            key = (too_deep, c["serving"], not c["complete"], c["since"])
             if best is None or key < best[0]:
                 best = (key, n, c)
         if best is None:
@@ -189,6 +197,18 @@ class Directory:
             h["order"] = c["order"]  # a relay's downstream takes the chunks in the order they reach it
         return {"source": n, "complete": c["complete"], "staging": c["staging"], "order": c["order"],
                 "manifest": m["manifest"], "leaves": m["leaves"]}
+
+    def _depth(self, m: dict, n: str) -> int:
+        """How many relays are between holder `n` and a complete holder."""
+        depth, seen = 0, set()
+        while n is not None and n not in seen:
+            h = m["holders"].get(n)
+            if h is None or h["complete"]:
+                break
+            seen.add(n)
+            depth += 1
+            n = h["source"]
+        return depth
 
     def _downstream(self, m: dict, n: str, node: str) -> bool:
         """Whether holder `n` pulls, directly or through others, from `node`."""

@@ -1,7 +1,7 @@
 // Error handling helpers shared by the daemon, the client and the CLI.
 //
 // Everything returns absl::Status / absl::StatusOr; the codes are gRPC's
-// (see STYLE.md for which situation gets which code).
+// (docs/status-codes.md says which situation gets which code).
 #pragma once
 
 #include <cerrno>

@@ -7,7 +7,7 @@
 // child every method returns FAILED_PRECONDITION instead of touching the
 // parent's gRPC channel; use Client::ForThisProcess(), which connects
 // afresh in each process. Mappings inherited from the parent stay valid.
-// Errors: the daemon's codes (see the proto and STYLE.md); UNAVAILABLE when
+// Errors: the daemon's codes (docs/status-codes.md); UNAVAILABLE when
 // the daemon cannot be reached (the message names the socket).
 #pragma once
 
