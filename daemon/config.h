@@ -60,10 +60,6 @@ Config DefaultConfig();
 // value (the message names the key and line).
 absl::Status LoadConfigFile(const std::string& path, Config* config);
 
-// "4096", "8G", "512MiB", "1.5T", "50%" (of physical RAM). Errors:
-// INVALID_ARGUMENT.
-absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text);
-
 // The configuration as TOML, every key present (for --print-config).
 std::string ConfigToToml(const Config& config);
 
@@ -71,8 +67,5 @@ std::string ConfigToToml(const Config& config);
 // bracketed IPv6 one ("[::1]") and PORT in [0, 65535] (0: any free port).
 // Errors: INVALID_ARGUMENT, saying what is expected.
 absl::Status CheckMetricsAddress(absl::string_view address);
-
-// "1.50 GiB" style.
-std::string FormatBytes(uint64_t bytes);
 
 }  // namespace zerocopy::daemon

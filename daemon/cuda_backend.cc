@@ -3,9 +3,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
-#include "config.h"
 #include "device_backend.h"
 #include "log.h"
+#include "zerocopy/byte_size.h"
 #include "zerocopy/cuda_device.h"
 #include "zerocopy/status.h"
 

@@ -6,10 +6,10 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
-#include "config.h"
 #include "failpoint.h"
 #include "ids.h"
 #include "log.h"
+#include "zerocopy/byte_size.h"
 #include "zerocopy/cuda_device.h"  // IsGpuUuid
 #include "zerocopy/status.h"
 

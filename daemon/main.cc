@@ -9,11 +9,14 @@
 
 #include "absl/synchronization/mutex.h"
 #include "config.h"
+#include "zerocopy/byte_size.h"
 #include "log.h"
 #include "server.h"
 #include "spdlog/sinks/stdout_sinks.h"
 
 using namespace zerocopy::daemon;
+using zerocopy::FormatBytes;
+using zerocopy::ParseByteSize;
 
 int main(int argc, char** argv) {
   // Debian's Abseil is built with its debug checks, which keep a graph of

@@ -1,7 +1,7 @@
 #include "staging_table.h"
 
 #include "absl/strings/str_cat.h"
-#include "config.h"
+#include "zerocopy/byte_size.h"
 
 namespace zerocopy::daemon {
 

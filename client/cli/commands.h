@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include <google/protobuf/message.h>
+#include "zerocopy/byte_size.h"
 #include "zerocopy/client.h"
 
 namespace zerocopy::cli {
@@ -32,7 +33,6 @@ void AddAdminCommands(CLI::App& app, Globals& globals);
 int Fail(const Globals& globals, const absl::Status& status);
 // The message as JSON (--json) on stdout.
 void PrintJson(const google::protobuf::Message& message);
-std::string HumanBytes(uint64_t bytes);
 std::string HumanTime(int64_t unix_ms);
 // "pulled from node 5f3c... in 1.20 s", "preloaded /models/m.safetensors",
 // "published", or "-" for a model committed before origins were kept.

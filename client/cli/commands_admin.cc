@@ -53,15 +53,15 @@ int Stats(Globals& g, bool prometheus) {
   }
   const auto& s = *stats;
   std::printf("zerocopyd %s, pid %d, up since %s\n", s.version().c_str(), s.pid(), HumanTime(s.started_unix_ms()).c_str());
-  std::printf("memory:     %s used of %s budget (%.1f%%), %s being published\n", HumanBytes(s.bytes_used()).c_str(),
-              HumanBytes(s.host_budget()).c_str(), s.host_budget() ? 100.0 * s.bytes_used() / s.host_budget() : 0.0,
-              HumanBytes(s.bytes_staging()).c_str());
+  std::printf("memory:     %s used of %s budget (%.1f%%), %s being published\n", FormatBytes(s.bytes_used(), 1).c_str(),
+              FormatBytes(s.host_budget(), 1).c_str(), s.host_budget() ? 100.0 * s.bytes_used() / s.host_budget() : 0.0,
+              FormatBytes(s.bytes_staging(), 1).c_str());
   std::printf("segments:   %s, %s free, huge pages %s\n", s.segment_dir().c_str(),
-              HumanBytes(s.segment_dir_free()).c_str(), s.huge_pages() ? "yes" : "no");
+              FormatBytes(s.segment_dir_free(), 1).c_str(), s.huge_pages() ? "yes" : "no");
   std::printf("models:     %llu\nevictions:  %llu (%s)\npulled:     %llu from other nodes (%s)\nerrors:     %llu\n",
               static_cast<unsigned long long>(s.models()), static_cast<unsigned long long>(s.evictions()),
-              HumanBytes(s.bytes_evicted()).c_str(), static_cast<unsigned long long>(s.pulls()),
-              HumanBytes(s.bytes_pulled()).c_str(), static_cast<unsigned long long>(s.errors()));
+              FormatBytes(s.bytes_evicted(), 1).c_str(), static_cast<unsigned long long>(s.pulls()),
+              FormatBytes(s.bytes_pulled(), 1).c_str(), static_cast<unsigned long long>(s.errors()));
   std::printf("requests:  ");
   for (const auto& [method, count] : s.requests()) {
     if (count) std::printf(" %s=%llu", method.c_str(), static_cast<unsigned long long>(count));
@@ -79,7 +79,7 @@ int Stats(Globals& g, bool prometheus) {
   std::printf("gpus:       %s backend, %d with device copies\n", s.gpu_backend().c_str(), s.gpus_size());
   for (const auto& gpu : s.gpus()) {
     std::printf("  %s  %s used of %s budget, %u copies, %u leases, %llu uploads, %llu evictions\n", gpu.uuid().c_str(),
-                HumanBytes(gpu.bytes_used()).c_str(), HumanBytes(gpu.budget()).c_str(), gpu.copies(), gpu.leases(),
+                FormatBytes(gpu.bytes_used(), 1).c_str(), FormatBytes(gpu.budget(), 1).c_str(), gpu.copies(), gpu.leases(),
                 static_cast<unsigned long long>(gpu.uploads()), static_cast<unsigned long long>(gpu.evictions()));
   }
   return 0;
@@ -193,27 +193,27 @@ int Doctor(Globals& g) {
       uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
       uint64_t total = static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize;
       bool space_ok = free_bytes >= (1ull << 30) || free_bytes * 10 >= total;
-      checks.push_back({space_ok, absl::StrCat("segment file system: ", HumanBytes(free_bytes), " free of ", HumanBytes(total)),
+      checks.push_back({space_ok, absl::StrCat("segment file system: ", FormatBytes(free_bytes, 1), " free of ", FormatBytes(total, 1)),
                         space_ok ? "" : "enlarge the tmpfs (mount -o remount,size=... /dev/shm; docker --shm-size) or remove models"});
       const uint64_t budget = stats->host_budget();
       if (total <= (64ull << 20)) {
         // What a container gets for /dev/shm unless told otherwise.
-        checks.push_back({false, absl::StrCat("the segment directory is on a file system of ", HumanBytes(total),
+        checks.push_back({false, absl::StrCat("the segment directory is on a file system of ", FormatBytes(total, 1),
                                               ": a container's default /dev/shm"),
                           "give the daemon and every client the host's tmpfs at this path (Kubernetes: a hostPath volume, "
                           "deploy/kubernetes; docker: -v /dev/shm/zerocopy:/dev/shm/zerocopy or --ipc=host)"});
       } else if (budget > total + total / 20) {
         // The daemon checks the free space before every publish and evicts
         // for room, so this works; but the budget says what it does not mean.
-        checks.push_back({false, absl::StrCat("host budget ", HumanBytes(budget), " exceeds the segment file system's ",
-                                              HumanBytes(total)),
+        checks.push_back({false, absl::StrCat("host budget ", FormatBytes(budget, 1), " exceeds the segment file system's ",
+                                              FormatBytes(total, 1)),
                           "lower host_budget to the tmpfs size, or enlarge the tmpfs (mount -o remount,size=... ; "
                           "Kubernetes/docker: the host's tmpfs, not the container's)"});
       }
       if (uint64_t limit = CgroupMemoryLimit(); limit != 0) {
         const bool room = budget == 0 || limit >= budget;
-        checks.push_back({room, absl::StrCat("this process's memory cgroup allows ", HumanBytes(limit),
-                                             room ? "" : absl::StrCat(", less than the host budget ", HumanBytes(budget))),
+        checks.push_back({room, absl::StrCat("this process's memory cgroup allows ", FormatBytes(limit, 1),
+                                             room ? "" : absl::StrCat(", less than the host budget ", FormatBytes(budget, 1))),
                           room ? "" : "a model this process publishes or preloads is charged to its cgroup (tmpfs "
                                       "pages count against the writer) for as long as the model exists: raise the "
                                       "limit (limits.memory, MemoryMax=) to hold the largest such model, or publish "

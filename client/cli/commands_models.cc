@@ -36,8 +36,8 @@ class Progress {
     int filled = total ? static_cast<int>(width * done / total) : width;
     std::fprintf(stderr, "\r[%s%s] %5.1f%% %s/%s %s/s ", std::string(filled, '#').c_str(),
                  std::string(width - filled, ' ').c_str(), total ? 100.0 * done / total : 100.0,
-                 HumanBytes(done).c_str(), HumanBytes(total).c_str(),
-                 HumanBytes(s > 0 ? static_cast<uint64_t>(done / s) : 0).c_str());
+                 FormatBytes(done, 1).c_str(), FormatBytes(total, 1).c_str(),
+                 FormatBytes(s > 0 ? static_cast<uint64_t>(done / s) : 0, 1).c_str());
     if (done >= total) std::fprintf(stderr, "\n");
   }
 
@@ -49,7 +49,7 @@ class Progress {
 
 void PrintInfoLine(const v1::ModelInfo& m) {
   std::printf("%-32s  %-24s  %10s  %7u  %-6s  %6u  %6s  %s\n", m.digest().c_str(),
-              m.names().empty() ? "-" : absl::StrJoin(m.names(), ",").c_str(), HumanBytes(m.size()).c_str(),
+              m.names().empty() ? "-" : absl::StrJoin(m.names(), ",").c_str(), FormatBytes(m.size(), 1).c_str(),
               m.tensor_count(), m.pinned() ? "yes" : "no", m.leases(),
               m.has_publisher_uid() ? std::to_string(m.publisher_uid()).c_str() : "-", OriginText(m.origin()).c_str());
 }
@@ -121,7 +121,7 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
     std::printf("%s\n", info->digest().c_str());
     std::fprintf(stderr, "preloaded %s (%s): %u tensors, %s in %.2f s (%s/s)%s%s\n", path.c_str(),
                  CheckpointFormatName(*format), info->tensor_count(),
-                 HumanBytes(info->size()).c_str(), s, HumanBytes(static_cast<uint64_t>(info->size() / s)).c_str(),
+                 FormatBytes(info->size(), 1).c_str(), s, FormatBytes(static_cast<uint64_t>(info->size() / s), 1).c_str(),
                  name.empty() ? "" : ", named ", name.c_str());
   }
   return 0;
@@ -153,7 +153,7 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
               "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n"
               "origin:      %s\npublisher:   %s\n",
               m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
-              HumanBytes(m.size()).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
+              FormatBytes(m.size(), 1).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
               m.tensor_count(), m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(),
               m.huge_pages() ? "yes" : "no", m.gpu_uuids().empty() ? "-" : absl::StrJoin(m.gpu_uuids(), ", ").c_str(),
               HumanTime(m.created_unix_ms()).c_str(),
@@ -172,7 +172,7 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
     uint64_t offset = got->manifest().storages(static_cast<int>(t.storage())).offset() + t.byte_offset();
     std::printf("%-48s  %-6s  %-20s  %10s  %llu\n", t.name().c_str(), std::string(DTypeName(t.dtype())).c_str(),
                 absl::StrCat("[", absl::StrJoin(t.shape(), ", "), "]").c_str(),
-                HumanBytes(extent.ok() ? *extent : 0).c_str(), static_cast<unsigned long long>(offset));
+                FormatBytes(extent.ok() ? *extent : 0, 1).c_str(), static_cast<unsigned long long>(offset));
   }
   return 0;
 }
@@ -200,7 +200,7 @@ int Verify(Globals& g, const std::string& ref) {
                             .dump()
                             .c_str());
   } else if (ok) {
-    std::printf("ok %s (%s hashed in %.2f s)\n", actual.c_str(), HumanBytes((*mapped)->size()).c_str(), s);
+    std::printf("ok %s (%s hashed in %.2f s)\n", actual.c_str(), FormatBytes((*mapped)->size(), 1).c_str(), s);
   }
   if (!ok) {
     std::fprintf(stderr, "zerocopy: %s is corrupt: its bytes hash to %s (remove it and preload it again)\n",

@@ -36,16 +36,6 @@ void PrintJson(const google::protobuf::Message& message) {
   std::printf("%s", out.c_str());
 }
 
-std::string HumanBytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrFormat("%d B", bytes) : absl::StrFormat("%.1f %s", v, kUnits[u]);
-}
 
 std::string HumanTime(int64_t unix_ms) {
   std::time_t t = static_cast<std::time_t>(unix_ms / 1000);

@@ -10,24 +10,6 @@
 namespace zerocopy::daemon {
 namespace {
 
-TEST_CASE("byte sizes parse with units", "[config]") {
-  REQUIRE(*ParseByteSize("4096") == 4096);
-  REQUIRE(*ParseByteSize("8G") == 8ull << 30);
-  REQUIRE(*ParseByteSize("8g") == 8ull << 30);
-  REQUIRE(*ParseByteSize("512MiB") == 512ull << 20);
-  REQUIRE(*ParseByteSize("512MB") == 512ull << 20);
-  REQUIRE(*ParseByteSize("1.5T") == 3ull << 39);
-  REQUIRE(*ParseByteSize(" 64K ") == 64ull << 10);
-  uint64_t half = *ParseByteSize("50%");
-  uint64_t all = *ParseByteSize("100%");
-  REQUIRE(half > 0);
-  REQUIRE(all / 2 == half);
-  for (const char* bad : {"", "G", "-1G", "8X", "0%", "101%", "1e30", "99999999999T", "8 G B"}) {
-    INFO(bad);
-    REQUIRE(ParseByteSize(bad).status().code() == absl::StatusCode::kInvalidArgument);
-  }
-}
-
 std::string Write(const testing::TempDir& dir, const std::string& text) {
   std::string path = dir.path() + "/zerocopyd.toml";
   std::ofstream(path) << text;
