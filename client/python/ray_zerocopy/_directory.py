@@ -21,13 +21,14 @@ first chunk the puller needs (a complete holder has all; a puller still
 pulling counts when it has it, or when the caller follows it from the
 start) and are not at their limit of ``max_serves`` pulls, the one with
 the fewest pulls under way; then complete before partial; then the one
-that started first; a puller never extends a chain past MAX_DEPTH relays
-(it branches off a shallower holder instead), so a large cluster is a
-tree of chains of bounded depth. A holder that failed a puller (died, lacked the model,
-stalled, served bytes that are not the model's) is dropped; probes find it
-again if it still holds the model. N pullers that join at once so
-form a chain (node 0 -> 1 -> 2 ...) in which every link carries the model
-once: about one link-time for all, instead of N-1 through node 0's link.
+that started first. N pullers that join at once so form a chain (node 0
+-> 1 -> 2 ...) in which every link carries the model once: about one
+link-time for all, instead of N - 1 through node 0's link. A puller never
+extends a chain past ``max_depth`` relays (each adds its latency to every
+chunk): it branches off a shallower holder instead, so a large cluster is
+a tree of chains of bounded depth. A holder that failed a puller (died,
+lacked the model, stalled, served bytes that are not the model's) is
+dropped; probes find it again if it still holds the model.
 """
 from __future__ import annotations
 
