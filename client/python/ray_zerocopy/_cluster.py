@@ -261,9 +261,18 @@ def directory(ray=None) -> _Directory | None:
 def register(digest: str, name: str = "", socket: str | None = None) -> None:
     """Tells the cluster's directory that this node holds `digest` (just
     published here), with its manifest and leaf digests (so that the first
-    pullers need no probe), and under `name` too. Nothing outside Ray."""
+    pullers need no probe), and under `name` too. Nothing outside Ray, and
+    on a one-node cluster nothing until a directory exists (no process is
+    started for it there)."""
     ray = ray_module()
     if ray is None:
+        return
+    try:
+        ray.get_actor(_directory.NAME, namespace=_directory.NAMESPACE)
+    except ValueError:
+        if len(_alive_nodes(ray)) < 2:
+            return  # one node: nobody to pull from it; a node that joins later finds it by probing
+    except Exception:
         return
     d = _Directory(ray)
     try:
