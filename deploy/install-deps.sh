@@ -23,6 +23,7 @@ debian_packages=(
   lintian                 # make deb: the package checked (tests/deploy)
   clang libclang-rt-dev   # libFuzzer targets (make fuzz)
   python3 python3-venv python3-dev
+  iproute2                # ip, tc: the simulated multi-host cluster (bench/simcluster.py, python_simcluster)
 )
 
 missing=()

@@ -31,8 +31,8 @@ cluster, pull() brings the bytes from other nodes:
    holds a few chunks per pull, whatever the model's size. Every chunk is
    checked against the model's leaf digests before it is written (the
    leaves were checked against the digest first), so a relay that serves
-   altered bytes is caught at the chunk, dropped as a source for good,
-   and the pull goes on from another holder; one that fails or stalls is
+   altered bytes is caught at the chunk, dropped as a source, and the
+   pull goes on from another holder; one that fails or stalls is
    dropped and replaced, from the first chunk not yet written.
 5. Commit under the expected digest: the daemon hashes the file and refuses
    anything else. The model records its origin ("pulled from node X in
@@ -214,12 +214,13 @@ class _Directory:
 
     CALL_TIMEOUT_S = 30.0
 
-    def __init__(self, ray):
+    def __init__(self, ray, create=lambda: True):
+        """`create()`: whether to start the directory when there is none."""
         self.ray = ray
         self.actor = None
         self.created = False  # by this call: the actor is starting
         try:
-            self.actor, self.created = _directory_actor(ray)
+            self.actor, self.created = _directory_actor(ray, create)
         except Exception:  # no directory: probes only
             self.actor = None
 
@@ -234,17 +235,19 @@ class _Directory:
             return None
 
     def tell(self, method: str, *args, **kwargs) -> None:
-        """One call whose answer nobody waits for (progress, staging)."""
+        """One call whose answer nobody waits for (progress, names)."""
         if self.actor is not None:
             getattr(self.actor, method).remote(*args, **kwargs)
 
 
-def _directory_actor(ray):
-    """The directory's actor handle, and whether this call made it."""
+def _directory_actor(ray, create):
+    """The directory's actor handle (None when there is none and not
+    create()), and whether this call made it."""
     try:
         return ray.get_actor(_directory.NAME, namespace=_directory.NAMESPACE), False
     except ValueError:
-        pass
+        if not create():
+            return None, False
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     return _remote(_directory.Directory).options(
         name=_directory.NAME, namespace=_directory.NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -267,14 +270,10 @@ def register(digest: str, name: str = "", socket: str | None = None) -> None:
     ray = ray_module()
     if ray is None:
         return
-    try:
-        ray.get_actor(_directory.NAME, namespace=_directory.NAMESPACE)
-    except ValueError:
-        if len(_alive_nodes(ray)) < 2:
-            return  # one node: nobody to pull from it; a node that joins later finds it by probing
-    except Exception:
+    # One node: nobody to pull from it; a node that joins later finds it by probing.
+    d = _Directory(ray, create=lambda: len(_alive_nodes(ray)) >= 2)
+    if d.actor is None:
         return
-    d = _Directory(ray)
     try:
         got = _native.client(socket).get(digest, with_leaves=True)
         d.tell("describe", digest, got["manifest"], got["leaves"])
@@ -300,7 +299,7 @@ def bring(ref: str, socket: str | None = None) -> str | None:
     ray = ray_module()
     if ray is None:
         return None
-    if _DIGEST.fullmatch(ref):
+    if DIGEST.fullmatch(ref):
         return ref if pull(ref, socket=socket) else None
     d = _Directory(ray)
     digest = d.ask("resolve", ref)
@@ -317,7 +316,7 @@ def bring(ref: str, socket: str | None = None) -> str | None:
     return digest
 
 
-_DIGEST = re.compile(r"[0-9a-f]{32}")
+DIGEST = re.compile(r"[0-9a-f]{32}")  # a model reference that is a digest, not a name
 
 
 def _resolve_here(name: str) -> str | None:

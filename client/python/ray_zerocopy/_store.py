@@ -26,7 +26,6 @@ import pickle
 import torch
 
 import os
-import re
 
 from . import _cluster, _native
 from .errors import (GpuSharingUnavailableError, InvalidModelError, ModelNotFoundError, PermissionDeniedError,
@@ -246,7 +245,7 @@ def _map_here(ref: str, socket, read_only, populate, device, segment_path):
         raise
 
 
-_DIGEST = re.compile(r"[0-9a-f]{32}")
+_DIGEST = _cluster.DIGEST
 
 
 def _trusted_ids(variable: str) -> set[int]:
