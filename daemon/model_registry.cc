@@ -411,8 +411,10 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     committed_bytes_ += m.size;
     existing = models_.emplace(*digest, std::move(m)).first;
   }
-  if (pin) existing->second.pinned = true;
-  if (dedup || pin) SaveCatalog();
+  if (pin) {
+    existing->second.pinned = true;
+    SaveCatalog();  // a name is saved above, when it is set
+  }
   existing->second.last_used_ms = NowUnixMs();
   *response.mutable_model() = Info(existing->second);
   response.set_deduplicated(dedup);

@@ -545,10 +545,12 @@ class _Transfer:
 
 
 def _probed_sources(ray, d: _Directory, digest: str, origin: str | None, here: str, tried: list):
-    """Holders found by probing, as assignments, each told to the directory."""
-    for node, _ in _sources(ray, digest, origin, here, tried):
+    """Holders found by probing, as assignments (with the manifest and
+    leaves their daemons gave), each told to the directory."""
+    for node, (manifest, leaves) in _sources(ray, digest, origin, here, tried):
         d.tell("add", digest, node, True)
-        yield {"source": node, "complete": True, "staging": None, "order": None}
+        yield {"source": node, "complete": True, "staging": None, "order": None, "manifest": manifest,
+               "leaves": leaves}
 
 
 _RECENT: collections.deque = collections.deque(maxlen=16)
@@ -601,9 +603,7 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
             probed = _probed_sources(ray, d, digest, origin, here, tried)
             described = d.ask("lookup", digest)
             if described is None or described["manifest"] is None:
-                described, probed = _describe(ray, d, digest, probed, tried)
-                if described is None:
-                    continue  # the holder lost it meanwhile: probe again
+                described, probed = _describe(d, digest, probed, tried)
             try:
                 incoming = client.receive(described["manifest"], digest)
             except AlreadyExistsError:
@@ -639,21 +639,15 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
             wait("this node's zerocopyd has been unreachable")
 
 
-def _describe(ray, d: _Directory, digest: str, probed, tried: list):
-    """The model's manifest and leaves from the first holder probes find
-    (told to the directory), or None if it lost the model meanwhile; and
-    the probed holders, that one first. Raises ModelNotFoundError when no
-    live node holds it."""
+def _describe(d: _Directory, digest: str, probed, tried: list):
+    """The model's manifest and leaves as the first holder probes find gave
+    them (told to the directory); and the probed holders, that one first.
+    Raises ModelNotFoundError when no live node holds it."""
     first = next(probed, None)
     if first is None:
         raise _not_found(digest, tried)
-    got = ray.get(_on(ray, _probe, first["source"]).remote(digest), timeout=CHUNK_TIMEOUT_S)
-    if got is None:
-        tried.append((first["source"], "its daemon lost it"))
-        return None, probed
-    manifest, leaves = got
-    d.tell("describe", digest, manifest, leaves)
-    return {"manifest": manifest, "leaves": leaves}, itertools.chain([first], probed)
+    d.tell("describe", digest, first["manifest"], first["leaves"])
+    return {"manifest": first["manifest"], "leaves": first["leaves"]}, itertools.chain([first], probed)
 
 
 def _is_here(client, digest: str) -> bool:
