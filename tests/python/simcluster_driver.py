@@ -3,7 +3,7 @@ multi-host cluster (bench/simcluster.py). It speaks to the test through
 one JSON object per line: on stdout what it did and measured, on stdin
 what the test did in between (a node it killed).
 
-    simcluster_driver.py fanout|corrupt|join|kill MIB
+    simcluster_driver.py fanout|corrupt|join|publisher|kill MIB
 """
 import json
 import os
@@ -16,9 +16,8 @@ import torch
 import ray_zerocopy
 from ray_zerocopy import ActorWrapper, _cluster
 
-NODES = int(os.environ["SIMCLUSTER_NODES"])
-BAD = NODES - 1  # the node that serves altered chunks (the test's node_env)
-PULLERS = range(1, BAD)
+BAD = int(os.environ["SIMCLUSTER_CORRUPT_NODE"])  # the node that serves altered chunks (the test's node_env)
+PULLERS = range(1, BAD)  # the sound nodes the cluster started with, but node 0
 
 
 def say(**what):
@@ -156,6 +155,53 @@ def join(mib):
         joined_after_s=time.monotonic() - t0, others=still_pulling, node0=ray.get_runtime_context().get_node_id())
 
 
+@ray.remote(num_cpus=0.01)
+def publish(mib: int, seed: int):
+    """A model published on the node this task runs on: the model, its
+    wrapper, the node and the model's size in bytes."""
+    m = model(mib, seed)
+    wrapper = ActorWrapper(m)
+    digest = wrapper._model_info[""]["digest"]
+    size = next(x["size"] for x in ray_zerocopy._native.client().list() if x["digest"] == digest)
+    return m, wrapper, ray.get_runtime_context().get_node_id(), size
+
+
+def publisher(mib):
+    """A model published on a node the test adds (P) is loaded at once by
+    nodes 1 and 2, slowly, each straight from P (a chain of one each:
+    ZEROCOPY_PULL_MAX_DEPTH=1), so their chains start apart. Once the
+    chunks they hold between them make up the whole model, and before
+    either finished, the test kills node P: each finishes from the other."""
+    say(event="add")
+    p = json.loads(sys.stdin.readline())["added"]
+    m, wrapper, node, size = ray.get(publish.options(resources={f"zc_node{p}": 0.01}).remote(mib, 5), timeout=120)
+    digest = wrapper._model_info[""]["digest"]
+    actors, ids = loaders(PULLERS, env={"ZEROCOPY_TEST_PULL_PAUSE_S": "0.4", "ZEROCOPY_PULL_MAX_DEPTH": "1"})
+    ids[p] = node
+    pending = {i: a.load.remote(wrapper) for i, a in actors.items()}
+    chunk = int(os.environ["ZEROCOPY_PULL_CHUNK_BYTES"])
+    chunks = -(-size // chunk)
+    deadline = time.monotonic() + 120
+    while True:
+        s = sources(digest)
+        pulling = {n: set(v["have"]) for n, v in s.items() if n != ids[p] and not v["complete"]}
+        finished = [n for n, v in s.items() if n != ids[p] and v["complete"]]
+        if finished or time.monotonic() > deadline:
+            index = {n: i for i, n in ids.items()}
+            say(event="missed", chunks=chunks, sources={index.get(n, n): v for n, v in s.items()})
+            return
+        if len(pulling) == len(PULLERS) and len(set().union(*pulling.values())) == chunks:
+            break
+        time.sleep(0.05)
+    say(event="kill", node=p, sources=s)
+    json.loads(sys.stdin.readline())  # {"killed": p}
+    results = {i: ray.get(ref, timeout=300) for i, ref in pending.items()}
+    check_outputs(m, actors, results)
+    say(event="done", digest=digest, ids=ids, publisher=p, held=s, chunks=chunks, results=results,
+        after=sources(digest))
+
+
 if __name__ == "__main__":
     ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, configure_logging=False)
-    {"fanout": fanout, "corrupt": corrupt, "join": join, "kill": kill}[sys.argv[1]](int(sys.argv[2]))
+    {"fanout": fanout, "corrupt": corrupt, "join": join, "publisher": publisher,
+     "kill": kill}[sys.argv[1]](int(sys.argv[2]))

@@ -104,3 +104,34 @@ def test_a_chain_never_grows_past_its_depth_limit_a_new_branch_starts_higher_up(
     assert got["n4"] == "n0"
     assert got["n5"] == "n4" and got["n6"] == "n5"
     assert all(v["serving"] <= 2 for v in d.sources(D).values())
+
+
+def test_chains_from_a_complete_holder_start_apart_and_their_relays_follow_their_order():
+    d = described(max_serves=2)
+    a, b = d.join(D, "a"), d.join(D, "b", max_depth=1)  # both straight from n0: two chains
+    assert (a["source"], b["source"]) == ("n0", "n0")
+    assert (a["start"], b["start"]) == (0.0, 0.5)
+    follower = d.join(D, "a2")
+    assert follower["source"] in {"a", "b"} and follower["start"] == d.sources(D)[follower["source"]]["start"]
+    d.add(D, "c1")
+    assert [d.join(D, n, max_depth=1)["start"] for n in ["x", "y"]] == [0.25, 0.75]  # the next chains, from c1
+
+
+def test_when_the_complete_holders_go_the_chains_finish_from_each_other_taking_what_each_has_first():
+    d = described(max_serves=2)
+    d.join(D, "a")
+    d.join(D, "b", max_depth=1)
+    d.progress(D, "a", [0, 1])  # 4 chunks: a went from 0, b from the middle
+    d.progress(D, "b", [2, 3])
+    got = d.switch(D, "a", "n0", chunk=2)  # the publisher died under a
+    assert got["source"] == "b" and got["have"] == [2, 3] and not got["complete"]
+    assert "n0" not in d.sources(D)
+    got = d.switch(D, "b", None, chunk=0, exclude=["n0"])
+    assert got["source"] == "a" and got["have"] == [0, 1]
+
+
+def test_a_puller_that_accepts_no_relay_starts_a_chain_of_its_own():
+    d = described(max_serves=2)
+    d.join(D, "a")
+    assert d.join(D, "b", max_depth=1)["source"] == "n0"  # behind a, b would end a chain of two
+    assert d.join(D, "c")["source"] in {"a", "b"}

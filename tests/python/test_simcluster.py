@@ -44,7 +44,8 @@ def cluster():
 
 class Driver:
     def __init__(self, cluster, *args):
-        env = {"PYTHONPATH": os.pathsep.join([str(cluster.build / "python"), str(DRIVER.parent)])}
+        env = {"PYTHONPATH": os.pathsep.join([str(cluster.build / "python"), str(DRIVER.parent)]),
+               "SIMCLUSTER_CORRUPT_NODE": str(NODES - 1)}
         self.proc = cluster.popen(0, [sys.executable, str(DRIVER), *args], env=env, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -144,6 +145,31 @@ def test_a_node_that_joins_while_a_fan_out_runs_gets_the_model_too(cluster):
     # fewest pulls under way then, a relay or node 0.
     pull = done["results"][str(new)]["pulls"][-1]
     assert pull["ok"] and pull["source"] in set(done["ids"].values()) | {done["node0"]}
+
+
+def test_the_publisher_gone_before_anyone_finished_the_pullers_finish_from_what_they_hold_between_them(cluster):
+    driver = Driver(cluster, "publisher", str(MIB))
+    asked = driver.read()
+    assert asked["event"] == "add", asked
+    driver.tell(added=cluster.add_node().index)
+    asked = driver.read()
+    assert asked["event"] == "kill", asked  # not "missed": someone finished, or they never covered the model
+    cluster.kill_node(asked["node"])
+    driver.tell(killed=asked["node"])
+    done = driver.read()
+    driver.finish()
+    digest, ids, gone = done["digest"], done["ids"], done["ids"][str(done["publisher"])]
+    held = {n: set(v["have"]) for n, v in done["held"].items() if n != gone}
+    assert all(0 < len(h) < done["chunks"] for h in held.values()), held  # each had part of it
+    assert not any("error" in r for r in done["results"].values()), json.dumps(done, indent=1)
+    for i in PULLERS:
+        r = done["results"][str(i)]
+        assert has(cluster, i, digest)
+        assert staging_files(cluster, i) == []
+        # It lost the publisher on the way and got the rest from the other puller.
+        pull = r["pulls"][-1]
+        assert gone in [node for node, _ in pull["dropped"]], pull
+        assert pull["source"] == ids[str(3 - i)], (pull, ids)
 
 
 def test_a_relay_killed_mid_transfer_its_pullers_finish_from_other_holders(cluster):

@@ -24,9 +24,10 @@ cluster, pull() brings the bytes from other nodes:
    partial. Pullers that start together so form a chain in which every
    node's link carries the model once.
 4. Transfer: one streaming generator task pinned to the source (_serve)
-   yields CHUNK_BYTES chunks in this node's order, from its committed
-   segment or, on a node still pulling, from its staging file as each
-   chunk arrives there. At most IN_FLIGHT chunks are unconsumed in the
+   yields CHUNK_BYTES chunks in this node's order (its chain's rotation,
+   see _directory.py; after a switch, what the new source has first),
+   from its committed segment or, on a node still pulling, from its
+   staging file as each chunk arrives there. At most IN_FLIGHT chunks are unconsumed in the
    source's object store and as many on their way here: the object store
    holds a few chunks per pull, whatever the model's size. Every chunk is
    checked against the model's leaf digests before it is written (the
@@ -64,6 +65,10 @@ IN_FLIGHT = int(os.environ.get("ZEROCOPY_PULL_IN_FLIGHT", 4))
 WAIT_TIMEOUT_S = float(os.environ.get("ZEROCOPY_PULL_TIMEOUT_S", 600))
 CHUNK_TIMEOUT_S = 120.0
 STALL_S = float(os.environ.get("ZEROCOPY_PULL_STALL_S", 10))
+# The longest chain of pulls (each relaying to the next) a pull may end:
+# 1 pulls only straight from a complete holder. Longer chains add latency
+# to each chunk; shorter ones start more chains at the complete holders.
+MAX_DEPTH = int(os.environ.get("ZEROCOPY_PULL_MAX_DEPTH", _directory.MAX_DEPTH))
 # Test hooks, never set outside tests: the receiver flips one byte of the
 # first chunk it receives (a transfer altered in flight); the receiver
 # sleeps this many seconds after each chunk (a slow transfer to kill); a
@@ -219,10 +224,11 @@ class _Directory:
         self.ray = ray
         self.actor = None
         self.created = False  # by this call: the actor is starting
+        self.error = None  # why there is no directory (for error messages)
         try:
             self.actor, self.created = _directory_actor(ray, create)
-        except Exception:  # no directory: probes only
-            self.actor = None
+        except Exception as e:  # no directory: probes only
+            self.actor, self.error = None, e
 
     def ask(self, method: str, *args, **kwargs):
         """The answer of one call, or None (no directory)."""
@@ -230,8 +236,8 @@ class _Directory:
             return None
         try:
             return self.ray.get(getattr(self.actor, method).remote(*args, **kwargs), timeout=self.CALL_TIMEOUT_S)
-        except Exception:
-            self.actor = None
+        except Exception as e:
+            self.actor, self.error = None, e
             return None
 
     def tell(self, method: str, *args, **kwargs) -> None:
@@ -249,10 +255,21 @@ def _directory_actor(ray, create):
         if not create():
             return None, False
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    head = _head_node(ray)
+    # On the head (only there: a soft choice may land it elsewhere), else here.
+    where = NodeAffinitySchedulingStrategy(head, soft=False) if head else NodeAffinitySchedulingStrategy(node_id(),
+                                                                                                      soft=True)
     return _remote(_directory.Directory).options(
         name=_directory.NAME, namespace=_directory.NAMESPACE, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_restarts=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id(), soft=True)).remote(), True
+        num_cpus=0, max_restarts=0, scheduling_strategy=where).remote(), True
+
+
+def _head_node(ray) -> str | None:
+    """The head node (the GCS's): the directory lives there, so that it
+    goes only with the cluster, not with the node that published first."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+    return next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_NODE_RESOURCE_NAME in n["Resources"]),
+                None)
 
 
 def directory(ray=None) -> _Directory | None:
@@ -379,8 +396,9 @@ def _probe_all(ray, digest: str, nodes: list[str], tried: list):
 
 
 def _tried_text(tried: list) -> str:
-    """The nodes tried and why each failed, for an error message."""
-    return "; ".join(f"node {n[:12]}: {why}" for n, why in tried)
+    """The nodes tried and why each failed (and what the directory said
+    when it had no other source), for an error message."""
+    return "; ".join(f"the directory {why}" if n == "directory" else f"node {n[:12]}: {why}" for n, why in tried)
 
 
 def _not_found(digest: str, tried: list) -> ModelNotFoundError:
@@ -430,8 +448,10 @@ class _Transfer:
 
     def run(self, assignment: dict | None, probed) -> str:
         """Writes every chunk; returns the node that delivered the last."""
-        if assignment is not None and assignment.get("order"):
-            self.order = list(assignment["order"])  # follow a relay in the order its chunks arrive
+        if assignment is not None and assignment.get("start"):
+            # This chain's order (a relay's, which it follows): a rotation.
+            first = int(assignment["start"] * len(self.chunks)) % max(len(self.chunks), 1)
+            self.order = self.order[first:] + self.order[:first]
         source = assignment
         while True:
             if source is not None and source.get("busy"):
@@ -450,7 +470,7 @@ class _Transfer:
                     raise _unavailable(self.digest, self.tried)
             node = source["source"]
             try:
-                self._from(node, source.get("staging"))
+                self._from(node, source.get("staging"), source.get("have"))
                 self._report(force=True)
                 return node
             except _SourceFailed as e:
@@ -462,6 +482,10 @@ class _Transfer:
                 self._report(force=True)
                 first = next(i for i in self.order if i in self.need)
                 source = self.d.ask("switch", self.digest, self.here, node, first, self.exclude)
+                if source is None:
+                    why = (f"unreachable ({type(self.d.error).__name__}: {str(self.d.error)[:200]})"
+                           if self.d.actor is None else f"knows no other holder of chunk {first}")
+                    self.tried.append(("directory", why))
 
     def wait_for_source(self, first: int) -> dict | None:
         """A source for chunk `first` once a holder that has it is below its
@@ -474,9 +498,14 @@ class _Transfer:
                 return source
         return None
 
-    def _from(self, node: str, staging: str | None) -> None:
+    def _from(self, node: str, staging: str | None, have: list | None = None) -> None:
+        """The chunks still needed from `node`: those it has (`have`, for a
+        holder still pulling) first, then the others as they reach it."""
         ray = self.ray
         todo = [i for i in self.order if i in self.need]
+        if have:
+            held = set(have)
+            todo = [i for i in todo if i in held] + [i for i in todo if i not in held]
         gen = _on(ray, _serve, node, _generator_backpressure_num_objects=IN_FLIGHT).remote(
             self.digest, [self.chunks[i] for i in todo], staging, self.leaves, self.incoming.size)
         corrupt_test = os.environ.get(_CORRUPT_ENV) == "1"
@@ -549,7 +578,7 @@ def _probed_sources(ray, d: _Directory, digest: str, origin: str | None, here: s
     leaves their daemons gave), each told to the directory."""
     for node, (manifest, leaves) in _sources(ray, digest, origin, here, tried):
         d.tell("add", digest, node, True)
-        yield {"source": node, "complete": True, "staging": None, "order": None, "manifest": manifest,
+        yield {"source": node, "complete": True, "staging": None, "start": 0.0, "have": None, "manifest": manifest,
                "leaves": leaves}
 
 
@@ -619,7 +648,7 @@ def pull(digest: str, origin: str | None = None, socket: str | None = None, size
                 start = time.monotonic()
                 transfer = _Transfer(ray, d, incoming, digest, described["leaves"], here, tried)
                 try:
-                    node = transfer.run(d.ask("join", digest, here, incoming.path), probed)
+                    node = transfer.run(d.ask("join", digest, here, incoming.path, max_depth=MAX_DEPTH), probed)
                     incoming.commit("pulled", f"node {node}", int((time.monotonic() - start) * 1000))
                 except ZeroCopyError:
                     _RECENT.append(transfer.report(False, None, start, tried))

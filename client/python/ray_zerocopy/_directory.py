@@ -1,8 +1,8 @@
 """The cluster's directory of models: which node holds which digest, and
 how much of it while it pulls. One detached Ray actor per cluster
 (``zerocopy_directory`` in namespace ``zerocopy``), made by the first
-process that needs it, on its own node (any node's processes find it by
-name). Only ``_cluster`` talks to it.
+process that needs it, on the head node (it goes only with the cluster;
+any node's processes find it by name). Only ``_cluster`` talks to it.
 
 What it keeps is a hint, never trusted for integrity: a puller checks
 every chunk against the model's leaf digests, and those leaves against the
@@ -29,6 +29,15 @@ chunk): it branches off a shallower holder instead, so a large cluster is
 a tree of chains of bounded depth. A holder that failed a puller (died,
 lacked the model, stalled, served bytes that are not the model's) is
 dropped; probes find it again if it still holds the model.
+
+Where a chain starts: each chain that starts at a complete holder takes the
+model's chunks in a rotated order, starting at a fraction of the model
+(``start``: 0, 1/2, 1/4, 3/4, ... for the model's successive chains), and
+its relays follow it in that order. Chains so hold different parts of the
+model while they pull: when the complete holders go (the publisher's node
+died) before anyone finished, the chains that hold every chunk between
+them finish from each other (``switch`` answers with what the new source
+has, which the puller takes first).
 """
 from __future__ import annotations
 
@@ -78,12 +87,15 @@ class Directory:
         elif complete:
             self._finish(m, node, h)
 
-    def join(self, digest: str, node: str, staging: str | None = None, exclude: list | tuple = ()) -> dict | None:
+    def join(self, digest: str, node: str, staging: str | None = None, exclude: list | tuple = (),
+             max_depth: int | None = None) -> dict | None:
         """Picks the source of `node`'s pull and records `node` as a holder
         that pulls from it into `staging` (the file its relays read), in
-        one step: pullers that join at once see each other. None when no
-        holder is known (the caller probes); {"busy": True} when every
-        holder serves its limit (the caller waits)."""
+        one step: pullers that join at once see each other. `max_depth`:
+        the longest chain of pulls the caller may end (1: only straight
+        from a complete holder; the directory's limit by default). None when no holder is known
+        (the caller probes); {"busy": True} when every holder serves its
+        limit (the caller waits)."""
         m = self.models.get(digest)
         if m is None:
             return None
@@ -91,7 +103,8 @@ class Directory:
         if h is None or h["complete"]:
             h = m["holders"][node] = self._holder(False)
         h["staging"] = staging
-        return self._assign(m, node, h, 0, exclude, follow=True)
+        return self._assign(m, node, h, 0, exclude, follow=True,
+                            max_depth=self.max_depth if max_depth is None else max_depth)
 
     def switch(self, digest: str, node: str, failed: str | None, chunk: int, exclude: list | tuple = ()) -> dict | None:
         """`node`'s source `failed` (died, lacked the model, stalled, or
@@ -138,13 +151,13 @@ class Directory:
             self._drop(m, node)
 
     def sources(self, digest: str) -> dict:
-        """{node: {"complete", "serving", "source", "have"}}: for tests and
-        `ray_zerocopy.stats()`."""
+        """{node: {"complete", "serving", "source", "start", "have" (the
+        chunks it reported)}}: for tests and `ray_zerocopy.stats()`."""
         m = self.models.get(digest)
         if m is None:
             return {}
         return {n: {"complete": h["complete"], "serving": h["serving"], "source": h["source"],
-                    "have": len(h["have"])} for n, h in m["holders"].items()}
+                    "start": h["start"], "have": sorted(h["have"])} for n, h in m["holders"].items()}
 
     # --- names ------------------------------------------------------------
 
@@ -159,19 +172,21 @@ class Directory:
     def _model(self, digest: str) -> dict:
         m = self.models.get(digest)
         if m is None:
-            m = self.models[digest] = {"manifest": None, "leaves": None, "holders": {}}
+            m = self.models[digest] = {"manifest": None, "leaves": None, "holders": {}, "chains": 0}
         return m
 
     @staticmethod
     def _holder(complete: bool) -> dict:
-        return {"complete": complete, "serving": 0, "source": None, "staging": None, "order": None,
+        return {"complete": complete, "serving": 0, "source": None, "staging": None, "start": 0.0,
                 "have": set(), "since": time.monotonic()}
 
     @staticmethod
     def _has(h: dict, chunk: int) -> bool:
         return h["complete"] or chunk in h["have"]
 
-    def _assign(self, m: dict, node: str, h: dict, chunk: int, exclude, follow: bool) -> dict | None:
+    def _assign(self, m: dict, node: str, h: dict, chunk: int, exclude, follow: bool,
+                max_depth: int | None = None) -> dict | None:
+        max_depth = self.max_depth if max_depth is None else max_depth
         best = None
         busy = False
         for n, c in m["holders"].items():
@@ -185,7 +200,7 @@ class Directory:
             if c["serving"] >= self.max_serves:
                 busy = True
                 continue
-            too_deep = not c["complete"] and self._depth(m, n) >= self.max_depth
+            too_deep = not c["complete"] and self._depth(m, n) >= max_depth
             key = (too_deep, c["serving"], not c["complete"], c["since"])
             if best is None or key < best[0]:
                 best = (key, n, c)
@@ -194,9 +209,14 @@ class Directory:
         _, n, c = best
         c["serving"] += 1
         h["source"] = n
-        if not c["complete"]:
-            h["order"] = c["order"]  # a relay's downstream takes the chunks in the order they reach it
-        return {"source": n, "complete": c["complete"], "staging": c["staging"], "order": c["order"],
+        if follow:  # a new pull: it sets its order once
+            if c["complete"]:
+                h["start"] = _spread(m["chains"])  # a new chain
+                m["chains"] += 1
+            else:
+                h["start"] = c["start"]  # a relay's downstream takes the chunks in the order they reach it
+        return {"source": n, "complete": c["complete"], "staging": c["staging"], "start": h["start"],
+                "have": None if c["complete"] else sorted(c["have"]),
                 "manifest": m["manifest"], "leaves": m["leaves"]}
 
     def _depth(self, m: dict, n: str) -> int:
@@ -236,3 +256,16 @@ class Directory:
         h = m["holders"].pop(node, None)
         if h is not None:
             self._release(m, h)
+
+
+def _spread(k: int) -> float:
+    """The k-th chain's start, as a fraction of the model: 0, 1/2, 1/4,
+    3/4, 1/8, ... (the van der Corput sequence), so any number of chains
+    start as far apart as their count allows."""
+    start, scale = 0.0, 0.5
+    while k:
+        if k & 1:
+            start += scale
+        k >>= 1
+        scale /= 2
+    return start
