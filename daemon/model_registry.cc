@@ -219,8 +219,9 @@ absl::Status ModelRegistry::MakeRoom(uint64_t size, const absl::StatusOr<uint64_
 absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateModelRequest& request,
                                                               const Peer& peer) {
   ReapOnExit reap{devices_.get()};
-  if (request.manifest().tensors_size() == 0 && request.manifest().metadata().empty()) {
-    return absl::InvalidArgumentError("the manifest is empty: a model needs tensors or metadata");
+  if (request.manifest().tensors_size() == 0 && request.manifest().metadata().empty() &&
+      request.manifest().files().empty()) {
+    return absl::InvalidArgumentError("the manifest is empty: a model needs tensors, metadata or files");
   }
   if (static_cast<uint64_t>(request.manifest().tensors_size()) > options_.max_tensors) {
     return absl::InvalidArgumentError(absl::StrCat("the model has ", request.manifest().tensors_size(),

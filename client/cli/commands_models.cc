@@ -24,6 +24,8 @@ namespace zerocopy::cli {
 
 namespace {
 
+using json = nlohmann::json;
+
 // A one-line progress bar on stderr when it is a terminal.
 class Progress {
  public:
@@ -96,8 +98,7 @@ absl::StatusOr<Checkpoint> ReadAny(const Globals& g, const std::string& path, Ch
 }
 
 int Preload(Globals& g, const std::string& path, const std::string& format_name, const std::string& name, bool pin) {
-  absl::StatusOr<CheckpointFormat> format =
-      format_name == "auto" ? DetectCheckpointFormat(path) : ParseCheckpointFormat(format_name);
+  absl::StatusOr<CheckpointFormat> format = CheckpointFormatFor(path, format_name);
   if (!format.ok()) return Fail(g, format.status());
   auto checkpoint = ReadAny(g, path, *format);
   if (!checkpoint.ok()) return Fail(g, checkpoint.status());
@@ -106,9 +107,7 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
   PublishOptions options;
   options.name = name;
   options.pin = pin;
-  options.origin.set_kind("preloaded");
-  char resolved[PATH_MAX];
-  options.origin.set_source(OriginSource(::realpath(path.c_str(), resolved) ? resolved : path));
+  options.origin = PreloadedFrom(path);
   options.progress = [&](uint64_t done, uint64_t total) { progress.Update(done, total); };
   auto start = std::chrono::steady_clock::now();
   auto info = g.client()->Publish(source, options);
@@ -119,8 +118,10 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
     PrintJson(*info);
   } else {
     std::printf("%s\n", info->digest().c_str());
-    std::fprintf(stderr, "preloaded %s (%s): %u tensors, %s in %.2f s (%s/s)%s%s\n", path.c_str(),
+    const int files = source.manifest.files_size();
+    std::fprintf(stderr, "preloaded %s (%s): %u tensors%s, %s in %.2f s (%s/s)%s%s\n", path.c_str(),
                  CheckpointFormatName(*format), info->tensor_count(),
+                 files ? absl::StrCat(" and ", files, files == 1 ? " file" : " files").c_str() : "",
                  FormatBytes(info->size(), 1).c_str(), s, FormatBytes(static_cast<uint64_t>(info->size() / s), 1).c_str(),
                  name.empty() ? "" : ", named ", name.c_str());
   }
@@ -138,6 +139,69 @@ int List(Globals& g) {
               "UID", "ORIGIN");
   for (const auto& m : list->models()) PrintInfoLine(m);
   return 0;
+}
+
+// What a Hugging Face config.json kept with a model says: the
+// architecture, model type and dtype; "" when it says nothing readable.
+std::string ConfigSummary(absl::string_view text) {
+  json config = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (!config.is_object()) return "";
+  auto str = [&](const char* key) {
+    auto it = config.find(key);
+    return it != config.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  std::string architecture;
+  if (auto it = config.find("architectures"); it != config.end() && it->is_array() && !it->empty() &&
+                                              (*it)[0].is_string()) {
+    architecture = (*it)[0].get<std::string>();
+  }
+  std::string dtype = str("dtype").empty() ? str("torch_dtype") : str("dtype");
+  return absl::StrCat(architecture.empty() ? "-" : architecture, " (model_type ",
+                      str("model_type").empty() ? "-" : str("model_type"), ", dtype ", dtype.empty() ? "-" : dtype,
+                      ")");
+}
+
+// Elements of every tensor of the manifest (a model's parameter and buffer count).
+uint64_t ElementCount(const v1::Manifest& manifest) {
+  uint64_t total = 0;
+  for (const auto& t : manifest.tensors()) {
+    uint64_t n = 1;
+    for (int64_t d : t.shape()) n *= static_cast<uint64_t>(d);
+    total += n;
+  }
+  return total;
+}
+
+// "1.23B", "45.6M", "789K", "12".
+std::string HumanCount(uint64_t n) {
+  if (n >= 1'000'000'000) return absl::StrFormat("%.2fB", n / 1e9);
+  if (n >= 1'000'000) return absl::StrFormat("%.1fM", n / 1e6);
+  if (n >= 10'000) return absl::StrFormat("%.0fK", n / 1e3);
+  return std::to_string(n);
+}
+
+// The files kept with a model, and what its config.json says.
+void PrintFiles(Globals& g, const std::string& digest, const v1::Manifest& manifest) {
+  if (manifest.files().empty()) return;
+  std::vector<std::string> files;
+  uint64_t bytes = 0;
+  for (const auto& f : manifest.files()) {
+    files.push_back(f.name());
+    bytes += manifest.storages(static_cast<int>(f.storage())).size();
+  }
+  std::printf("files:       %d (%s): %s\n", manifest.files_size(), FormatBytes(bytes, 1).c_str(),
+              absl::StrJoin(files, ", ").c_str());
+  MapOptions options;
+  options.read_only = true;
+  auto mapped = g.client()->Map(digest, options);
+  if (!mapped.ok()) return;
+  auto config = (*mapped)->File("config.json");
+  if (!config.ok()) return;
+  std::string summary = ConfigSummary(*config);
+  if (!summary.empty()) {
+    std::printf("config:      %s, %s parameters and buffers\n", summary.c_str(),
+                HumanCount(ElementCount(manifest)).c_str());
+  }
 }
 
 int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
@@ -161,6 +225,7 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
               OriginText(m.origin()).c_str(),
               m.has_publisher_uid() ? absl::StrCat("uid ", m.publisher_uid(), " gid ", m.publisher_gid()).c_str()
                                     : "unknown (committed before publishers were recorded)");
+  PrintFiles(g, m.digest(), got->manifest());
   std::printf("\n%-48s  %-6s  %-20s  %10s  %s\n", "TENSOR", "DTYPE", "SHAPE", "BYTES", "OFFSET");
   size_t shown = 0;
   for (const auto& t : got->manifest().tensors()) {

@@ -1,12 +1,14 @@
 #include "zerocopy/manifest.h"
 
 #include <algorithm>
+#include <vector>
 
 
 #include "absl/strings/string_view.h"
 #include "absl/strings/escaping.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/status.h"
 
@@ -101,6 +103,41 @@ bool IsContiguous(const v1::Tensor& tensor) {
   return true;
 }
 
+// The files part of ValidateManifest (the tensors are checked first).
+static absl::Status ValidateFiles(const Manifest& manifest, const ManifestLimits& limits) {
+  if (manifest.files().empty()) return absl::OkStatus();
+  if (static_cast<uint64_t>(manifest.files_size()) > limits.max_files) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest has ", manifest.files_size(), " files; the limit is ", limits.max_files));
+  }
+  // Which storages tensors view, and which a file already holds.
+  std::vector<bool> used(manifest.storages_size(), false);
+  for (const auto& tensor : manifest.tensors()) used[tensor.storage()] = true;
+  absl::flat_hash_set<absl::string_view> names;
+  uint64_t total = 0;
+  for (const auto& file : manifest.files()) {
+    ZC_RETURN_IF_ERROR(ValidateFileName(file.name()));
+    if (!names.insert(file.name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("file '", file.name(), "' appears twice"));
+    }
+    if (file.storage() >= static_cast<uint32_t>(manifest.storages_size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("file '", file.name(), "' names storage ", file.storage(), " of ", manifest.storages_size()));
+    }
+    if (used[file.storage()]) {
+      return absl::InvalidArgumentError(absl::StrCat("file '", file.name(), "' names storage ", file.storage(),
+                                                     ", which a tensor or another file uses"));
+    }
+    used[file.storage()] = true;
+    total += manifest.storages(file.storage()).size();  // each at most the model's size: no overflow
+    if (total > limits.max_file_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("the model's files take over ", limits.max_file_bytes,
+                                                     " bytes; that is the limit"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& limits) {
   if (static_cast<uint64_t>(manifest.storages_size()) > limits.max_storages) {
     return absl::InvalidArgumentError(absl::StrCat("manifest has ", manifest.storages_size(),
@@ -165,7 +202,7 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
                                                      ") outside its storage of ", storage_size, " bytes"));
     }
   }
-  return absl::OkStatus();
+  return ValidateFiles(manifest, limits);
 }
 
 absl::Status AssignOffsets(Manifest* manifest, const ManifestLimits& limits) {
@@ -193,6 +230,28 @@ absl::Status CheckLayout(const Manifest& manifest) {
   if (manifest.total_size() != expected.total_size()) {
     return absl::InvalidArgumentError(absl::StrCat("total size ", manifest.total_size(), " does not match the layout's ",
                                                    expected.total_size()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateFileName(absl::string_view name) {
+  if (name.empty() || name.size() > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat("file name of ", name.size(), " bytes: it must have 1 to 1024"));
+  }
+  if (!IsUtf8(name)) {
+    return absl::InvalidArgumentError(absl::StrCat("file name \"", absl::CHexEscape(name), "\" is not valid UTF-8"));
+  }
+  for (unsigned char c : name) {
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("file name \"", absl::CHexEscape(name), "\" contains a control character"));
+    }
+  }
+  for (absl::string_view part : absl::StrSplit(name, '/')) {
+    if (part.empty() || part == "." || part == ".." || part.size() > 255) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "file name '", name, "' is not a relative path of parts of 1 to 255 bytes, none '.' or '..'"));
+    }
   }
   return absl::OkStatus();
 }

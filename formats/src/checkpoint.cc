@@ -1,6 +1,8 @@
 #include "zerocopy/checkpoint.h"
 
 #include <dirent.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,12 +10,15 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "zerocopy/byte_size.h"
+#include "zerocopy/manifest.h"
 #include "zerocopy/safetensors_file.h"
 #include "zerocopy/status.h"
 #include "zerocopy/torch_save_file.h"
@@ -108,6 +113,18 @@ absl::StatusOr<CheckpointFormat> ParseCheckpointFormat(absl::string_view name) {
   }
   return Invalid(absl::StrCat("unknown format '", name,
                               "': expected safetensors, safetensors-sharded, torch or torchscript"));
+}
+
+absl::StatusOr<CheckpointFormat> CheckpointFormatFor(const std::string& path, absl::string_view name) {
+  return name == "auto" ? DetectCheckpointFormat(path) : ParseCheckpointFormat(name);
+}
+
+v1::Origin PreloadedFrom(const std::string& path) {
+  v1::Origin origin;
+  origin.set_kind("preloaded");
+  char resolved[PATH_MAX];
+  origin.set_source(OriginSource(::realpath(path.c_str(), resolved) ? resolved : path));
+  return origin;
 }
 
 absl::StatusOr<std::string> ResolveCheckpointPath(const std::string& path) {
@@ -274,8 +291,9 @@ absl::StatusOr<Checkpoint> ReadTorchSave(const std::string& path) {
   return Owning(std::move(file), [](const TorchSaveFile& f) { return f.source(); });
 }
 
-absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& input, CheckpointFormat format) {
-  ZC_ASSIGN_OR_RETURN(std::string path, ResolveCheckpointPath(input));
+namespace {
+
+absl::StatusOr<Checkpoint> ReadWeights(const std::string& path, CheckpointFormat format) {
   switch (format) {
     case CheckpointFormat::kSafetensors: {
       ZC_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(path));
@@ -290,6 +308,71 @@ absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& input, Checkp
   }
   return absl::UnimplementedError(absl::StrCat(path, " is a ", CheckpointFormatName(format),
                                                " file, which needs a build with LibTorch (ZEROCOPY_WITH_TORCH)"));
+}
+
+// Whether a directory entry is weights, an index of them, a document or
+// hidden: not kept with the model.
+bool LeftOut(absl::string_view name) {
+  static constexpr const char* kWeights[] = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
+                                             ".onnx", ".gguf", ".tflite", ".ot", ".npz", ".index.json", ".md"};
+  if (absl::StartsWith(name, ".") || absl::StartsWith(name, "README") || absl::StartsWith(name, "LICENSE")) {
+    return true;
+  }
+  for (const char* suffix : kWeights) {
+    if (absl::EndsWith(name, suffix)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status AddDirectoryFiles(const std::string& dir, Checkpoint* checkpoint, uint64_t limit) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), &::closedir);
+  if (!d) return ErrnoStatus(errno, absl::StrCat("open directory ", dir));
+  std::vector<std::pair<std::string, uint64_t>> found;  // name, size
+  uint64_t total = 0;
+  while (const dirent* e = ::readdir(d.get())) {
+    std::string name = e->d_name;
+    if (LeftOut(name)) continue;
+    struct stat st;
+    if (::stat(absl::StrCat(dir, "/", name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    found.emplace_back(std::move(name), static_cast<uint64_t>(st.st_size));
+    total += static_cast<uint64_t>(st.st_size);
+  }
+  std::sort(found.begin(), found.end());
+  if (total > limit) {
+    auto largest = found;
+    std::sort(largest.begin(), largest.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    std::string names;
+    for (size_t i = 0; i < largest.size() && i < 3; ++i) {
+      absl::StrAppend(&names, i ? ", " : "", largest[i].first, " (", FormatBytes(largest[i].second, 1), ")");
+    }
+    return Invalid(absl::StrCat(dir, ": the files kept with the weights (config, tokenizer, ...) take ",
+                                FormatBytes(total, 1), ", more than the ", FormatBytes(limit, 0),
+                                " a model keeps; the largest: ", names,
+                                ". Move what the model does not need out of the directory"));
+  }
+  auto& manifest = checkpoint->source.manifest;
+  for (const auto& [name, size] : found) {
+    const std::string path = absl::StrCat(dir, "/", name);
+    ZC_ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile(path, limit));
+    ZC_RETURN_IF_ERROR(Annotate(ValidateFileName(name), path));
+    auto owned = std::make_shared<std::string>(std::move(bytes));
+    manifest.add_storages()->set_size(owned->size());
+    auto* file = manifest.add_files();
+    file->set_name(name);
+    file->set_storage(static_cast<uint32_t>(manifest.storages_size() - 1));
+    checkpoint->source.storage_data.push_back(owned->data());
+    checkpoint->owners.push_back(std::move(owned));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& input, CheckpointFormat format) {
+  ZC_ASSIGN_OR_RETURN(std::string path, ResolveCheckpointPath(input));
+  ZC_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadWeights(path, format));
+  if (IsDirectory(input)) ZC_RETURN_IF_ERROR(AddDirectoryFiles(input, &checkpoint));
+  return checkpoint;
 }
 
 }  // namespace zerocopy

@@ -412,3 +412,30 @@ def test_a_name_preloaded_on_one_node_loads_on_another(ray_and_nodes, tmp_path):
             ray.get(ray.remote(num_cpus=1, resources=b.resource)(_load_by_name).remote("nobody-has-this"))
         except ray.exceptions.RayTaskError as e:
             raise e.cause
+
+
+def _from_pretrained(name, ids):
+    import ray_zerocopy
+    model = ray_zerocopy.from_pretrained(name)
+    with torch.no_grad():
+        return model(ids).logits, ray_zerocopy.tokenizer(name)("hello world")["input_ids"]
+
+
+def test_a_hugging_face_directory_preloaded_on_one_node_loads_on_another_with_its_files(ray_and_nodes, tmp_path):
+    import transformers
+    from test_hf import bpe_tokenizer
+    ray, nodes = ray_and_nodes
+    b, c = nodes["b"], nodes["c"]
+    torch.manual_seed(26)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=32,
+                                                                 n_layer=1, n_head=2)).eval()
+    model.save_pretrained(tmp_path / "gpt2", max_shard_size="50KB")
+    bpe_tokenizer(tmp_path / "gpt2")
+    done = c.daemon.run_cli("preload", str(tmp_path / "gpt2"), "--name", "hf-across")
+    assert done.returncode == 0, done.stderr
+    ids = torch.tensor([[1, 2, 3, 4]])
+    logits, tokens = ray.get(ray.remote(num_cpus=1, resources=b.resource)(_from_pretrained).remote("hf-across", ids))
+    with torch.no_grad():
+        same(logits, model(ids).logits)
+    assert tokens == transformers.AutoTokenizer.from_pretrained(tmp_path / "gpt2")("hello world")["input_ids"]
+    assert b.client().get("hf-across")["digest"] == c.client().get("hf-across")["digest"]  # pulled, files and all

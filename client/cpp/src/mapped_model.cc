@@ -50,4 +50,18 @@ std::string MappedModel::ComputeDigest(unsigned threads) const {
   return ::zerocopy::ComputeDigest(region_.data(), region_.size(), manifest(), threads);
 }
 
+absl::StatusOr<absl::string_view> MappedModel::File(absl::string_view name) const {
+  const v1::Manifest& m = manifest();
+  std::string names;
+  for (const auto& file : m.files()) {
+    if (file.name() == name) {
+      const auto& storage = m.storages(static_cast<int>(file.storage()));
+      return absl::string_view(reinterpret_cast<const char*>(data() + storage.offset()), storage.size());
+    }
+    absl::StrAppend(&names, names.empty() ? "" : ", ", file.name());
+  }
+  return absl::NotFoundError(absl::StrCat("model ", digest(), " keeps no file '", name, "' (it keeps ",
+                                          names.empty() ? "none" : names, ")"));
+}
+
 }  // namespace zerocopy

@@ -12,7 +12,9 @@ from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableErr
 # only moves bytes (the cluster pull's tasks on a source node, a Ray worker
 # started for them) does not pay torch's import.
 _LAZY = {"ModelWrapper": "model_wrappers", "JITModelWrapper": "model_wrappers", "ActorWrapper": "wrappers",
-         "JITActorWrapper": "wrappers", "JITTaskWrapper": "wrappers", "TaskWrapper": "wrappers"}
+         "JITActorWrapper": "wrappers", "JITTaskWrapper": "wrappers", "TaskWrapper": "wrappers",
+         # Hugging Face models (transformers imported when called)
+         "from_pretrained": "_hf", "tokenizer": "_hf", "preload_pretrained": "_hf"}
 
 
 def __getattr__(name):
@@ -65,7 +67,7 @@ def stats() -> dict:
 
 
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
-           "connect", "load_state_dict", "stats", "errors", "ZeroCopyError", "DaemonUnavailableError",
+           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
            "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "FailedPreconditionError",
            "ZerocopyError"]

@@ -1,6 +1,6 @@
 // _zerocopy: the C++ client for Python. It only binds: a Client (publish,
-// get, map, list, delete, tag, pin, stats) and a Mapping whose storages and
-// tensors leave as DLPack capsules. Weights never pass through Python
+// preload, get, map, list, delete, tag, pin, stats) and a Mapping whose
+// storages and tensors leave as DLPack capsules (and its files as bytes). Weights never pass through Python
 // objects; the GIL is released for every daemon call and every copy
 // (Unlocked). Protos reach Python through one generic conversion
 // (ToPython); errors raise the class ray_zerocopy.errors.from_status
@@ -20,12 +20,15 @@
 #include <google/protobuf/message.h>
 
 #include "absl/strings/str_cat.h"
+#include "zerocopy/checkpoint.h"
 #include "zerocopy/client.h"
 #include "zerocopy/device_model.h"
 #include "zerocopy/digest.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/mapped_model.h"
+#include "zerocopy/manifest.h"
 #include "zerocopy/model_source.h"
+#include "zerocopy/status.h"
 
 namespace py = pybind11;
 
@@ -340,6 +343,21 @@ class PyClient {
     return ToPython(Unlocked([&] { return client_->Publish(source, options); }));
   }
 
+  // A checkpoint file or model directory published as `zerocopy preload`
+  // does it (formats' ReadNativeCheckpoint: a directory's small files come
+  // along), recorded as preloaded from its real path.
+  py::object Preload(const std::string& path, const std::string& format_name, const std::string& name, bool pin) {
+    return ToPython(Unlocked([&]() -> absl::StatusOr<v1::ModelInfo> {
+      ZC_ASSIGN_OR_RETURN(CheckpointFormat format, CheckpointFormatFor(path, format_name));
+      ZC_ASSIGN_OR_RETURN(Checkpoint checkpoint, ReadNativeCheckpoint(path, format));
+      PublishOptions options;
+      options.name = name;
+      options.pin = pin;
+      options.origin = PreloadedFrom(path);
+      return client_->Publish(checkpoint.source, options);
+    }));
+  }
+
   std::shared_ptr<Mapping> Map(const std::string& ref, bool read_only, bool populate) {
     MapOptions options;
     options.read_only = read_only;
@@ -437,6 +455,18 @@ PYBIND11_MODULE(_zerocopy, m) {
              py::gil_scoped_release unlocked;  // hashes the whole model
              return self.model()->ComputeDigest();
            })
+      .def(
+          "files",
+          [](const Mapping& self) {
+            py::dict out;
+            for (const auto& f : self.model()->manifest().files()) {
+              auto bytes = self.model()->File(f.name());
+              Check(bytes.status());
+              out[py::str(f.name())] = py::bytes(bytes->data(), bytes->size());
+            }
+            return out;
+          },
+          "{name: bytes} of the files kept with the model (a config, a tokenizer, a program)")
       .def_buffer([](const Mapping& self) {
         const auto& model = self.model();
         return py::buffer_info(const_cast<uint8_t*>(model->data()), 1, py::format_descriptor<uint8_t>::format(), 1,
@@ -461,6 +491,8 @@ PYBIND11_MODULE(_zerocopy, m) {
       .def_property_readonly("socket", &PyClient::socket)
       .def("publish", &PyClient::Publish, py::arg("storages"), py::arg("tensors"), py::arg("metadata") = py::bytes(),
            py::arg("format") = "torch", py::arg("name") = "", py::arg("pin") = false)
+      .def("preload", &PyClient::Preload, py::arg("path"), py::arg("format") = "auto", py::arg("name") = "",
+           py::arg("pin") = false)
       .def("map", &PyClient::Map, py::arg("ref"), py::arg("read_only") = false, py::arg("populate") = false)
       .def("map_segment", &PyClient::MapSegment, py::arg("digest"), py::arg("segment_path"), py::arg("read_only") = false,
            py::arg("populate") = false)

@@ -28,12 +28,16 @@ struct ManifestLimits {
   uint64_t max_tensor_name = 4096;
   uint64_t max_metadata = 256ull << 20;
   uint64_t max_total_size = 1ull << 50;
+  uint64_t max_files = 10'000;
+  uint64_t max_file_bytes = 1ull << 30;  // all files together
 };
 
 // Checks every rule a manifest must follow, without looking at offsets the
 // daemon assigns: storage count and sizes, tensors inside their storages
 // (overflow-checked), dtypes, shapes, strides, unique non-empty names
-// without NUL. Errors: INVALID_ARGUMENT naming the offending tensor.
+// without NUL; files with valid names (ValidateFileName), each the only
+// user of its storage (no tensor, no other file). Errors: INVALID_ARGUMENT
+// naming the offending tensor or file.
 absl::Status ValidateManifest(const Manifest& manifest,
                               const ManifestLimits& limits = ManifestLimits());
 
@@ -57,6 +61,12 @@ bool IsContiguous(const ::zerocopy::v1::Tensor& tensor);
 // starting with '.', '-' or ':', and not 32 hex digits (those are digests).
 // Errors: INVALID_ARGUMENT saying which rule is broken.
 absl::Status ValidateModelName(absl::string_view name);
+
+// The name of a file kept with a model: a relative path of 1-1024 bytes,
+// '/'-separated parts of 1-255 bytes each, none "." or "..", no NUL or
+// control characters, valid UTF-8. Errors: INVALID_ARGUMENT saying which
+// rule is broken.
+absl::Status ValidateFileName(absl::string_view name);
 
 // True for 32 lowercase hex digits.
 bool IsDigest(absl::string_view s);

@@ -46,6 +46,14 @@ struct Checkpoint {
 // content, an empty or ambiguous directory).
 absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& path);
 
+// The format `name` names for `path`: "auto" looks at the content
+// (DetectCheckpointFormat), anything else is parsed (ParseCheckpointFormat).
+absl::StatusOr<CheckpointFormat> CheckpointFormatFor(const std::string& path, absl::string_view name);
+
+// What a preload of `path` records as the model's origin: kind
+// "preloaded", source its real path (`path` itself if that fails).
+::zerocopy::v1::Origin PreloadedFrom(const std::string& path);
+
 // The file a directory stands for (the index, or the single safetensors
 // file); a file path is returned as is.
 absl::StatusOr<std::string> ResolveCheckpointPath(const std::string& path);
@@ -67,8 +75,23 @@ absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view json_text);
 // present twice. Errors: NOT_FOUND (a shard), INVALID_ARGUMENT.
 absl::StatusOr<Checkpoint> ReadShardedSafetensors(const std::string& path);
 
+// The small files a model directory keeps beside its weights (a Hugging
+// Face model's config.json, generation_config.json, tokenizer and processor
+// files), added to `checkpoint` as files (Manifest.files): every regular
+// file at the top of `dir`, symlinks followed (a Hugging Face cache
+// snapshot links into its blobs/), but weights (*.safetensors, *.bin, *.pt,
+// *.pth, *.ckpt, *.h5, *.msgpack, *.onnx, *.gguf, *.tflite, *.ot, *.npz),
+// their indexes, documents (README*, LICENSE*, *.md) and hidden files;
+// subdirectories are left out. Errors: INVALID_ARGUMENT when they take
+// more than `limit` bytes in all (naming the largest), or a file could not
+// be read.
+inline constexpr uint64_t kMaxDirectoryFileBytes = 64ull << 20;
+absl::Status AddDirectoryFiles(const std::string& dir, Checkpoint* checkpoint,
+                               uint64_t limit = kMaxDirectoryFileBytes);
+
 // safetensors, safetensors-sharded and torch; torchscript needs
-// libzerocopy_torch (ReadCheckpoint in torch_formats.h).
+// libzerocopy_torch (ReadCheckpoint in torch_formats.h). A directory's
+// small files come along (AddDirectoryFiles).
 absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& path, CheckpointFormat format);
 
 // A torch.save file of a state dict (TorchSaveFile), without LibTorch.

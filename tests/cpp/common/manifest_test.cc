@@ -141,6 +141,50 @@ TEST_CASE("bad manifests are refused with the reason", "[manifest]") {
   }
 }
 
+// OneTensor plus a file of `bytes` bytes in a storage of its own.
+Manifest WithFile(const std::string& name, uint64_t bytes = 10) {
+  Manifest m = OneTensor();
+  m.add_storages()->set_size(bytes);
+  auto* f = m.add_files();
+  f->set_name(name);
+  f->set_storage(1);
+  return m;
+}
+
+TEST_CASE("files kept with a model: relative names, a storage of their own, within the limits", "[manifest]") {
+  REQUIRE(ValidateManifest(WithFile("config.json")).ok());
+  REQUIRE(ValidateManifest(WithFile("tokenizer/vocab.txt")).ok());
+  for (const char* bad : {"", "/etc/passwd", "a/../b", "..", "./config.json", "a//b", "a/", "tab\tname"}) {
+    INFO(bad);
+    RequireInvalid(WithFile(bad), "file name");
+  }
+  RequireInvalid(WithFile(std::string(256, 'x')), "parts of 1 to 255 bytes");
+  RequireInvalid(WithFile("bad\xff"), "UTF-8");
+  Manifest twice = WithFile("config.json");
+  *twice.add_files() = twice.files(0);
+  RequireInvalid(twice, "appears twice");
+  Manifest tensor_storage = WithFile("config.json");
+  tensor_storage.mutable_files(0)->set_storage(0);  // the tensor's
+  RequireInvalid(tensor_storage, "which a tensor or another file uses");
+  Manifest shared = WithFile("config.json");
+  auto* other = shared.add_files();
+  other->set_name("copy.json");
+  other->set_storage(1);
+  RequireInvalid(shared, "which a tensor or another file uses");
+  Manifest past = WithFile("config.json");
+  past.mutable_files(0)->set_storage(2);
+  RequireInvalid(past, "names storage 2 of 2");
+  ManifestLimits limits;
+  limits.max_file_bytes = 9;
+  auto status = ValidateManifest(WithFile("config.json", 10), limits);
+  REQUIRE(status.code() == absl::StatusCode::kInvalidArgument);
+  REQUIRE_THAT(std::string(status.message()), Catch::Contains("files take over 9 bytes"));
+  limits = ManifestLimits();
+  limits.max_files = 0;
+  REQUIRE_THAT(std::string(ValidateManifest(WithFile("config.json"), limits).message()),
+               Catch::Contains("1 files; the limit is 0"));
+}
+
 TEST_CASE("offsets are aligned and the layout is checked", "[manifest]") {
   Manifest m;
   for (uint64_t size : {3u, 100u, 0u, 64u}) m.add_storages()->set_size(size);

@@ -1,6 +1,9 @@
 // The checkpoint readers that need no LibTorch: format detection,
 // torch.save archives and shard indexes. End-to-end round trips against torch itself are in
 // tests/python/test_formats.py.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <fstream>
 #include <iterator>
@@ -10,6 +13,7 @@
 
 #include "support.h"
 #include "zerocopy/checkpoint.h"
+#include "zerocopy/manifest.h"
 #include "zerocopy/torch_save_file.h"
 
 namespace zerocopy {
@@ -174,6 +178,47 @@ TEST_CASE("a sharded checkpoint reads as one model, and a missing shard is named
   auto missing = ReadNativeCheckpoint(d, CheckpointFormat::kShardedSafetensors);
   REQUIRE(missing.status().code() == absl::StatusCode::kNotFound);
   CHECK_THAT(std::string(missing.status().message()), Catch::Contains("s2.safetensors"));
+}
+
+TEST_CASE("a model directory keeps its small files and leaves weights, documents and subdirectories out",
+          "[checkpoint]") {
+  TempDir dir;
+  const std::string d = dir.path();
+  auto model = testing::MakeModel(2, 16, 1);
+  testing::WriteSafetensors(model, d + "/model.safetensors");
+  Spit(d + "/config.json", R"({"architectures": ["LlamaForCausalLM"]})");
+  Spit(d + "/tokenizer.json", "{}");
+  Spit(d + "/pytorch_model.bin", "weights we do not read");
+  Spit(d + "/README.md", "# a model card");
+  Spit(d + "/.gitattributes", "*.bin filter=lfs");
+  REQUIRE(::mkdir((d + "/onnx").c_str(), 0755) == 0);
+  Spit(d + "/onnx/model.onnx", "x");
+  // A Hugging Face cache snapshot links its files into blobs/.
+  REQUIRE(::mkdir((d + "/blobs").c_str(), 0755) == 0);
+  Spit(d + "/blobs/0a1b", "a\nb\n");
+  REQUIRE(::symlink("blobs/0a1b", (d + "/vocab.txt").c_str()) == 0);
+
+  auto ckpt = ReadNativeCheckpoint(d, CheckpointFormat::kSafetensors);
+  REQUIRE(ckpt.ok());
+  const auto& m = ckpt->source.manifest;
+  std::vector<std::string> names;
+  for (const auto& f : m.files()) names.push_back(f.name());
+  CHECK(names == std::vector<std::string>{"config.json", "tokenizer.json", "vocab.txt"});
+  CHECK(m.tensors_size() == model.source.manifest.tensors_size());
+  REQUIRE(ValidateManifest(m).ok());
+  for (const auto& f : m.files()) {
+    const auto& bytes = *static_cast<const char*>(ckpt->source.storage_data[f.storage()]);
+    CHECK(std::string(&bytes, m.storages(static_cast<int>(f.storage())).size()) == Slurp(d + "/" + f.name()));
+  }
+  // A single weights file, not its directory: no files.
+  auto file = ReadNativeCheckpoint(d + "/model.safetensors", CheckpointFormat::kSafetensors);
+  REQUIRE(file.ok());
+  CHECK(file->source.manifest.files().empty());
+  // Over the limit: refused, naming the largest.
+  Checkpoint limited;
+  auto status = AddDirectoryFiles(d, &limited, 8);
+  REQUIRE(status.code() == absl::StatusCode::kInvalidArgument);
+  CHECK_THAT(std::string(status.message()), Catch::Contains("config.json (") && Catch::Contains("more than"));
 }
 
 }  // namespace

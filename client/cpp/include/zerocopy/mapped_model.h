@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/mapped_region.h"
 #include "zerocopy/model_view.h"
@@ -58,6 +59,11 @@ class MappedModel final : public ModelView {
   TensorView tensor(size_t index) const;
   // Errors: NOT_FOUND.
   absl::StatusOr<TensorView> Find(const std::string& name) const;
+
+  // The bytes of file `name` kept with the model (Manifest.files: a Hugging
+  // Face config, a tokenizer, a program), a view into the mapping. Errors:
+  // NOT_FOUND naming the files the model has.
+  absl::StatusOr<absl::string_view> File(absl::string_view name) const;
 
   // Recomputes the digest from the mapped bytes (zerocopy verify).
   std::string ComputeDigest(unsigned threads = 0) const;
