@@ -30,6 +30,10 @@ instance (127.0.0.1, no dashboard, usage stats off), then measures:
     every node at once), at 4 and 8 nodes; fanout_model.py fits a model of
     both to these runs and projects it to 50 and 500 nodes. Skipped, with
     the reason, without root, `ip` or `tc`.
+ 9. a Hugging Face model in a fresh process (bench_hf.py): from_pretrained
+    of ours against transformers' own, safetensors load_file +
+    load_state_dict, runai-model-streamer and fastsafetensors; 4 processes'
+    PSS.
 
 Each number is the median of several runs, with min and max, and the ratio
 against ours. Writes results.json, results.md and PNG plots to --out.
@@ -531,6 +535,19 @@ def across_nodes(args):
     return json.loads(lines[-1])
 
 
+def hugging_face(args):
+    """Section 9 in its own process (bench_hf.py, a zerocopyd of its own)."""
+    log("bench: a Hugging Face model in a fresh process")
+    argv = [sys.executable, str(HERE / "bench_hf.py"), "--build", args.build, "--repeats", "1" if args.quick else "3"]
+    if args.quick:
+        argv += ["--hidden", "512", "--layers", "4"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        return {"error": (r.stderr or r.stdout)[-3000:]}
+    return json.loads(lines[-1])
+
+
 def fan_out(args):
     """Section 8: one simulated cluster per configuration (nodes, link rate,
     size), each its own process tree, one at a time."""
@@ -598,6 +615,7 @@ def main():
     if not args.gpu_only:
         results["across_nodes"] = across_nodes(args)
         results["fan_out"] = fan_out(args)
+        results["hugging_face"] = hugging_face(args)
     results = json.loads(json.dumps(results))  # the same keys (strings) as a reader of the file sees
     (out / "results.json").write_text(json.dumps(results, indent=1))
     import report

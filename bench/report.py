@@ -211,6 +211,7 @@ def markdown(r):
     lines += gpu_lines(r.get("gpu", {"skipped": "not measured"}))
     lines += across_nodes_lines(r.get("across_nodes"))
     lines += fan_out_lines(r.get("fan_out"))
+    lines += hugging_face_lines(r.get("hugging_face"))
     if r.get("errors"):
         lines += ["## Failed measurements", ""] + [f"- {k}: `{why(v)}`" for k, v in r["errors"].items()] + [""]
     lines += targets(r)
@@ -439,6 +440,51 @@ def fan_out_lines(x):
                          f"{t(p_['ray_s'])} | {p_['cpu_per_node_s']:.1f} s |")
         if pub:
             lines += ["", f"For comparison: {pub['source']}."]
+    lines.append("")
+    return lines
+
+
+HF_LOADERS = {"ours": "ours: `ray_zerocopy.from_pretrained(name)`",
+              "transformers": "`AutoModelForCausalLM.from_pretrained(DIR)`",
+              "safetensors": "the class from the config, `load_file` of each shard, `load_state_dict`",
+              "runai": "runai-model-streamer into a state dict, then transformers",
+              "fastsafetensors": "fastsafetensors (CPU) into a state dict, then transformers"}
+
+
+def hugging_face_lines(x):
+    """Section 9 (bench_hf.py)."""
+    if not x:
+        return []
+    if "error" in x:
+        return ["## 9. A Hugging Face model in a fresh process", "", f"not measured: `{why(x['error'])}`", ""]
+    m = x["model"]
+    loaders = x["loaders"]
+    base = loaders.get("transformers", {}).get("ready_s")
+    lines = ["## 9. A Hugging Face model in a fresh process", "",
+             f"A Llama-style causal LM from a config (hidden {m['hidden']}, {m['layers']} layers, random weights, "
+             f"{m['dtype']}, {size(m['bytes'] / MiB)}), saved sharded with a tokenizer, preloaded once "
+             f"({t(x['preload_s'])}). Each loader in a fresh process, the page cache warm, transformers' modeling "
+             "code imported before the clock (its cost below, paid by every loader alike). Ready: the model "
+             "returned in eval mode; first logits: ready plus one forward of 16 tokens. Medians.", "",
+             "| loader | ready | first logits | ready / transformers |", "|---|---|---|---|"]
+    for key, label in HF_LOADERS.items():
+        v = loaders.get(key)
+        if v is None:
+            continue
+        if "error" in v:
+            lines.append(f"| {label} | does not run here: `{why(v['error'])}` | | |")
+            continue
+        ratio = f"×{v['ready_s'] / base:.3f}" if base else ""
+        lines.append(f"| {label} | {t(v['ready_s'])} | {t(v['logits_s'])} | {ratio} |")
+    imports = [v["import_s"] for v in loaders.values() if "import_s" in v]
+    if imports:
+        lines += ["", f"Importing `transformers.modeling_utils` and the Llama modeling module first costs "
+                      f"{t(statistics.median(imports))} in a fresh process here (median over the loaders' "
+                      "processes), before any of the times above."]
+    p = x.get("pss")
+    if p:
+        lines += ["", f"{p['processes']} processes holding ours at once: their segment PSS sums to "
+                      f"×{p['ratio']:.2f} the model's segment (one copy between them)."]
     lines.append("")
     return lines
 

@@ -270,3 +270,30 @@ def test_a_transformers_model_goes_through_the_seeds_wrappers(saved, ray_local):
     torch.testing.assert_close(ray_local.get(actor.logits.remote(ids)), want, rtol=1e-5, atol=1e-6)
     task = TaskWrapper(model)
     torch.testing.assert_close(task(ids).logits, want, rtol=1e-5, atol=1e-6)
+
+
+class Classify:
+    """README "Hugging Face models": the Ray Data example's actor."""
+
+    def __init__(self):
+        self.tokenizer = ray_zerocopy.tokenizer("hf-bert")
+        self.model = ray_zerocopy.from_pretrained("hf-bert")
+
+    def __call__(self, batch):
+        inputs = self.tokenizer(list(batch["text"]), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            batch["label"] = self.model(**inputs).logits.argmax(-1).numpy()
+        return batch
+
+
+def test_the_readmes_ray_data_pool_classifies_with_the_shared_model(saved, ray_local):
+    from ray.data import ActorPoolStrategy
+    texts = [f"{a} {b}" for a in TEXT for b in TEXT]
+    ds = ray_local.data.from_items([{"text": t} for t in texts]).map_batches(
+        Classify, batch_size=4, compute=ActorPoolStrategy(size=2))
+    got = {r["text"]: int(r["label"]) for r in ds.take_all()}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(saved["bert"])
+    model = transformers.BertForSequenceClassification.from_pretrained(saved["bert"]).eval()
+    with torch.no_grad():
+        want = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
+    assert got == dict(zip(texts, want))
