@@ -28,6 +28,7 @@
 #include "zerocopy/manifest.h"
 #include "zerocopy/mapped_region.h"
 #include "zerocopy/parallel_for.h"
+#include "zerocopy/segment_layout.h"
 #include "zerocopy/status.h"
 #include "zerocopy/unique_fd.h"
 
@@ -37,9 +38,7 @@ namespace v1 = ::zerocopy::v1;
 
 namespace {
 
-constexpr char kLockName[] = ".lock";
 constexpr char kCatalogName[] = "catalog.pb";
-constexpr char kStagingPrefix[] = "staging-";
 
 // The mount options of the file system holding `dir`: huge pages are on
 // when a tmpfs is mounted with huge=always|within_size. Not huge=advise:
@@ -117,8 +116,8 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
   }
   if (::fchmod(dir_fd.get(), 0710) != 0) return ErrnoStatus(errno, absl::StrCat("chmod 0710 ", dir));
 
-  UniqueFd lock_fd(::openat(dir_fd.get(), kLockName, O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!lock_fd) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", kLockName));
+  UniqueFd lock_fd(::openat(dir_fd.get(), kLockFileName, O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock_fd) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", kLockFileName));
   if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno != EWOULDBLOCK) return ErrnoStatus(errno, absl::StrCat("lock ", dir));
     char buf[32] = {};
@@ -130,13 +129,13 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
   }
   std::string pid = absl::StrCat(::getpid(), "\n");
   if (::ftruncate(lock_fd.get(), 0) != 0 || ::pwrite(lock_fd.get(), pid.data(), pid.size(), 0) < 0) {
-    return ErrnoStatus(errno, absl::StrCat("write ", dir, "/", kLockName));
+    return ErrnoStatus(errno, absl::StrCat("write ", dir, "/", kLockFileName));
   }
   // Readable by the segment group: see RecordServing.
   if (gid != static_cast<gid_t>(-1) && ::fchown(lock_fd.get(), static_cast<uid_t>(-1), gid) != 0) {
-    return ErrnoStatus(errno, absl::StrCat("chown ", dir, "/", kLockName));
+    return ErrnoStatus(errno, absl::StrCat("chown ", dir, "/", kLockFileName));
   }
-  if (::fchmod(lock_fd.get(), 0640) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", dir, "/", kLockName));
+  if (::fchmod(lock_fd.get(), 0640) != 0) return ErrnoStatus(errno, absl::StrCat("chmod ", dir, "/", kLockFileName));
   char real[PATH_MAX];
   std::string resolved = ::realpath(dir.c_str(), real) ? std::string(real) : dir;
   struct stat dir_stat;
@@ -148,15 +147,15 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
 }
 
 absl::Status SegmentStore::RecordServing(ino_t socket_inode) {
-  const std::string line = absl::StrCat(::getpid(), " ", socket_inode, "\n");
+  const std::string line = ServingLine(::getpid(), socket_inode);
   if (::ftruncate(lock_fd_.get(), 0) != 0 || ::pwrite(lock_fd_.get(), line.data(), line.size(), 0) < 0) {
-    return ErrnoStatus(errno, absl::StrCat("write ", dir_, "/", kLockName));
+    return ErrnoStatus(errno, absl::StrCat("write ", dir_, "/", kLockFileName));
   }
   return absl::OkStatus();
 }
 
 std::string SegmentStore::SegmentPath(const std::string& digest) const {
-  return absl::StrCat(dir_, "/", digest, ".seg");
+  return absl::StrCat(dir_, "/", SegmentFileName(digest));
 }
 
 std::string SegmentStore::StagingPath(const std::string& staging_id) const {
@@ -276,13 +275,13 @@ absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, con
 
 absl::Status SegmentStore::CommitStaging(const std::string& staging_id, const v1::ModelRecord& record) {
   const std::string& digest = record.digest();
-  ZC_RETURN_IF_ERROR(WriteFileAtomically(dir_fd_.get(), absl::StrCat(digest, ".manifest"),
+  ZC_RETURN_IF_ERROR(WriteFileAtomically(dir_fd_.get(), RecordFileName(digest),
                                          record.SerializeAsString(), 0440));
   std::string from = absl::StrCat(kStagingPrefix, staging_id);
-  std::string to = absl::StrCat(digest, ".seg");
+  std::string to = SegmentFileName(digest);
   if (::renameat(dir_fd_.get(), from.c_str(), dir_fd_.get(), to.c_str()) != 0) {
     int err = errno;
-    ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".manifest").c_str(), 0);
+    ::unlinkat(dir_fd_.get(), RecordFileName(digest).c_str(), 0);
     return ErrnoStatus(err, absl::StrCat("rename ", from, " to ", to));
   }
   return absl::OkStatus();
@@ -312,8 +311,8 @@ void SegmentStore::RemoveStaging(const std::string& staging_id) {
 void SegmentStore::RemoveModel(const std::string& digest) {
   // The segment first: a crash in between leaves a manifest without a
   // segment, which recovery removes.
-  ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".seg").c_str(), 0);
-  ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".manifest").c_str(), 0);
+  ::unlinkat(dir_fd_.get(), SegmentFileName(digest).c_str(), 0);
+  ::unlinkat(dir_fd_.get(), RecordFileName(digest).c_str(), 0);
 }
 
 absl::Status SegmentStore::WriteCatalog(const v1::CatalogFile& catalog) {
@@ -356,21 +355,21 @@ SegmentStore::RecoveryReport SegmentStore::Recover(bool verify, unsigned hash_th
     if (absl::StartsWith(name, kStagingPrefix) || absl::EndsWith(name, ".tmp")) {
       ::unlinkat(dir_fd_.get(), name.c_str(), 0);
       ++report.staging_removed;
-    } else if (absl::EndsWith(name, ".seg")) {
-      segments.insert(name.substr(0, name.size() - 4));
-    } else if (absl::EndsWith(name, ".manifest")) {
-      manifests.insert(name.substr(0, name.size() - 9));
+    } else if (absl::EndsWith(name, kSegmentSuffix)) {
+      segments.insert(name.substr(0, name.size() - (sizeof kSegmentSuffix - 1)));
+    } else if (absl::EndsWith(name, kRecordSuffix)) {
+      manifests.insert(name.substr(0, name.size() - (sizeof kRecordSuffix - 1)));
     }
   }
   for (const auto& digest : manifests) {
     if (!segments.count(digest)) {
-      ::unlinkat(dir_fd_.get(), absl::StrCat(digest, ".manifest").c_str(), 0);
+      ::unlinkat(dir_fd_.get(), RecordFileName(digest).c_str(), 0);
       ++report.orphans_removed;
     }
   }
   for (const auto& digest : segments) {
-    std::string seg = absl::StrCat(digest, ".seg");
-    std::string man = absl::StrCat(digest, ".manifest");
+    std::string seg = SegmentFileName(digest);
+    std::string man = RecordFileName(digest);
     if (!manifests.count(digest)) {
       Quarantine(seg, "no manifest", &report);
       continue;

@@ -103,6 +103,12 @@ bool IsContiguous(const v1::Tensor& tensor) {
   return true;
 }
 
+bool CoversStorage(const v1::Tensor& tensor, const v1::Storage& storage) {
+  if (tensor.byte_offset() != 0 || !IsContiguous(tensor)) return false;
+  auto extent = TensorExtent(tensor);
+  return extent.ok() && *extent == storage.size();
+}
+
 // The files part of ValidateManifest (the tensors are checked first).
 static absl::Status ValidateFiles(const Manifest& manifest, const ManifestLimits& limits) {
   if (manifest.files().empty()) return absl::OkStatus();

@@ -12,6 +12,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <grpcpp/generic/generic_stub.h>
@@ -25,6 +26,7 @@
 #include "zerocopy/digest.h"
 #include "zerocopy/grpc_status.h"
 #include "zerocopy/manifest.h"
+#include "zerocopy/segment_layout.h"
 #include "zerocopy/parallel_for.h"
 #include "zerocopy/status.h"
 #include "zerocopy/unique_fd.h"
@@ -532,7 +534,7 @@ std::function<void()> Client::Releaser(uint64_t session_id, std::string digest, 
 namespace {
 
 // The daemon's committed model `digest` read straight from `segment_path`
-// (<dir>/<digest>.seg, with <dir>/<digest>.manifest beside it): its record,
+// (segment_layout.h: <dir>/<digest>.seg, its record beside it): the record,
 // once the directory and both files prove to be the daemon's (owned by its
 // uid, writable by nobody else: their bytes are the ones it hashed and
 // sealed) and the directory the one it serves now (its .lock names the
@@ -541,7 +543,7 @@ namespace {
 absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, const std::string& segment_path,
                                                  const struct stat& socket) {
   const uid_t daemon_uid = socket.st_uid;
-  const std::string name = digest + ".seg";
+  const std::string name = SegmentFileName(digest);
   const size_t slash = segment_path.rfind('/');
   if (!IsDigest(digest) || slash == std::string::npos || segment_path.compare(slash + 1, std::string::npos, name) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(segment_path, " is not the segment of ", digest));
@@ -561,25 +563,28 @@ absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, cons
   // The directory the daemon at our socket serves now (its lock file names
   // that socket's inode: SegmentStore::RecordServing), not one another
   // daemon, or a dead one, left.
-  UniqueFd lock(::openat(dir_fd.get(), ".lock", O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!lock) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/.lock"));
-  ZC_RETURN_IF_ERROR(owned(lock.get(), S_IWGRP | S_IWOTH, dir + "/.lock"));
+  const std::string lock_path = absl::StrCat(dir, "/", kLockFileName);
+  UniqueFd lock(::openat(dir_fd.get(), kLockFileName, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!lock) return ErrnoStatus(errno, absl::StrCat("open ", lock_path));
+  ZC_RETURN_IF_ERROR(owned(lock.get(), S_IWGRP | S_IWOTH, lock_path));
   char holder[64] = {};
   const ssize_t got = ::pread(lock.get(), holder, sizeof holder - 1, 0);
-  const char* inode = got > 0 ? std::strchr(holder, ' ') : nullptr;
-  if (inode == nullptr || std::strtoull(inode + 1, nullptr, 10) != socket.st_ino) {
+  const std::optional<uint64_t> inode =
+      ServingSocketInode(absl::string_view(holder, got > 0 ? static_cast<size_t>(got) : 0));
+  if (!inode || *inode != static_cast<uint64_t>(socket.st_ino)) {
     return absl::FailedPreconditionError(absl::StrCat(dir, " is not the directory of the zerocopyd at our socket"));
   }
   UniqueFd segment(::openat(dir_fd.get(), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!segment) return ErrnoStatus(errno, absl::StrCat("open ", segment_path));
   ZC_RETURN_IF_ERROR(owned(segment.get(), S_IWUSR | S_IWGRP | S_IWOTH, segment_path));
-  UniqueFd manifest(::openat(dir_fd.get(), (digest + ".manifest").c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!manifest) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", digest, ".manifest"));
-  ZC_RETURN_IF_ERROR(owned(manifest.get(), S_IWUSR | S_IWGRP | S_IWOTH, digest + ".manifest"));
-  ZC_ASSIGN_OR_RETURN(std::string bytes, ReadAll(manifest.get(), digest + ".manifest", kMaxMessage));
+  const std::string record_name = RecordFileName(digest);
+  UniqueFd manifest(::openat(dir_fd.get(), record_name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!manifest) return ErrnoStatus(errno, absl::StrCat("open ", dir, "/", record_name));
+  ZC_RETURN_IF_ERROR(owned(manifest.get(), S_IWUSR | S_IWGRP | S_IWOTH, record_name));
+  ZC_ASSIGN_OR_RETURN(std::string bytes, ReadAll(manifest.get(), record_name, kMaxMessage));
   v1::ModelRecord record;
   if (!record.ParseFromString(bytes) || record.digest() != digest) {
-    return absl::FailedPreconditionError(absl::StrCat(digest, ".manifest does not hold model ", digest));
+    return absl::FailedPreconditionError(absl::StrCat(record_name, " does not hold model ", digest));
   }
   return record;
 }
@@ -594,17 +599,7 @@ absl::StatusOr<std::shared_ptr<MappedModel>> Client::MapSegment(const std::strin
   if (::stat(impl_->options.socket.c_str(), &socket_st) != 0) return Map(digest, options);  // Map says why
   auto record = ReadSealedRecord(digest, segment_path, socket_st);
   if (!record.ok()) return Map(digest, options);  // not here (another node, evicted) or not provably the daemon's
-  v1::ModelInfo info;
-  info.set_digest(digest);
-  info.set_size(record->manifest().total_size());
-  info.set_tensor_count(static_cast<uint32_t>(record->manifest().tensors_size()));
-  info.set_storage_count(static_cast<uint32_t>(record->manifest().storages_size()));
-  info.set_segment_path(segment_path);
-  info.set_format(record->manifest().format());
-  info.set_created_unix_ms(record->created_unix_ms());
-  *info.mutable_origin() = record->origin();
-  if (record->has_publisher_uid()) info.set_publisher_uid(record->publisher_uid());
-  if (record->has_publisher_gid()) info.set_publisher_gid(record->publisher_gid());
+  v1::ModelInfo info = InfoFromRecord(*record, segment_path);
   auto lease = std::make_shared<BackgroundLease>();
   std::shared_ptr<Client> self = shared_from_this();
   auto release = [self, lease, digest] {

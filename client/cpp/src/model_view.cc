@@ -30,6 +30,18 @@ absl::StatusOr<size_t> ModelView::IndexOf(const std::string& name) const {
   return it->second;
 }
 
+std::vector<bool> ModelView::SoleCoveringTensors() const {
+  const v1::Manifest& m = *manifest_;
+  std::vector<uint32_t> users(static_cast<size_t>(m.storages_size()), 0);
+  for (const auto& t : m.tensors()) ++users[t.storage()];
+  std::vector<bool> out(static_cast<size_t>(m.tensors_size()));
+  for (int i = 0; i < m.tensors_size(); ++i) {
+    const v1::Tensor& t = m.tensors(i);
+    out[static_cast<size_t>(i)] = users[t.storage()] == 1 && CoversStorage(t, m.storages(static_cast<int>(t.storage())));
+  }
+  return out;
+}
+
 uint8_t* ModelView::TensorAddress(size_t index) const {
   const v1::Tensor& spec = manifest_->tensors(static_cast<int>(index));
   const v1::Storage& storage = manifest_->storages(static_cast<int>(spec.storage()));

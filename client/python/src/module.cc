@@ -155,26 +155,14 @@ py::capsule Capsule(DLManagedTensor* tensor) {
   });
 }
 
-// Whether tensor `t` is contiguous from the start of `storage` to its end,
-// in a dtype that DLPack hands torch as the same dtype on every torch we
-// support.
-bool CoversStorage(const v1::Tensor& t, const v1::Storage& storage) {
-  switch (t.dtype()) {
+// Whether DLPack hands torch a tensor of this dtype as the same dtype on
+// every torch we support (the others are carved from their storage).
+bool SameDTypeThroughDLPack(v1::DType dtype) {
+  switch (dtype) {
     case v1::F64: case v1::F32: case v1::F16: case v1::BF16:
-    case v1::I64: case v1::I32: case v1::I16: case v1::I8: case v1::U8: case v1::BOOL: break;
+    case v1::I64: case v1::I32: case v1::I16: case v1::I8: case v1::U8: case v1::BOOL: return true;
     default: return false;
   }
-  if (t.byte_offset() != 0) return false;
-  uint64_t elements = 1;
-  for (int64_t d : t.shape()) elements *= static_cast<uint64_t>(d);
-  if (elements * DTypeSize(t.dtype()) != storage.size()) return false;
-  if (t.strides_size() == 0) return true;
-  int64_t step = 1;
-  for (int k = t.shape_size(); k-- > 0;) {
-    if (t.shape(k) != 1 && t.strides(k) != step) return false;
-    step *= t.shape(k);
-  }
-  return true;
 }
 
 // A model mapped into this process: MappedModel (host) or DeviceModel (a
@@ -208,15 +196,14 @@ class MappingOf {
   // classic set, and Python carves it from the storage.
   py::list tensor_plan() {
     const v1::Manifest& manifest = model_->manifest();
-    std::vector<uint32_t> users(static_cast<size_t>(manifest.storages_size()), 0);
-    for (const auto& t : manifest.tensors()) ++users[t.storage()];
+    const std::vector<bool> whole = model_->SoleCoveringTensors();
     std::map<int, py::str> dtype_names;  // a handful of dtypes, thousands of tensors
     py::list plan(manifest.tensors_size());
     for (int i = 0; i < manifest.tensors_size(); ++i) {
       const v1::Tensor& t = manifest.tensors(i);
       auto [name, fresh] = dtype_names.try_emplace(t.dtype());
       if (fresh) name->second = py::str(v1::DType_Name(t.dtype()));
-      if (users[t.storage()] == 1 && CoversStorage(t, manifest.storages(static_cast<int>(t.storage())))) {
+      if (whole[static_cast<size_t>(i)] && SameDTypeThroughDLPack(t.dtype())) {
         // The capsule carries shape and strides: Python needs neither.
         plan[i] = py::make_tuple(t.name(), t.storage(), t.byte_offset(), name->second, py::none(), py::none(),
                                  Capsule(Check(model_->ToDLPack(static_cast<size_t>(i)))));

@@ -57,6 +57,10 @@ absl::StatusOr<uint64_t> TensorExtent(const ::zerocopy::v1::Tensor& tensor);
 // True if the tensor's strides are row-major contiguous (or empty).
 bool IsContiguous(const ::zerocopy::v1::Tensor& tensor);
 
+// True if the tensor is contiguous from the first byte of `storage` to its
+// last: it is the whole storage (the common case: a storage per parameter).
+bool CoversStorage(const ::zerocopy::v1::Tensor& tensor, const ::zerocopy::v1::Storage& storage);
+
 // Model names (tags): 1-255 characters from [A-Za-z0-9._:@+=-], not
 // starting with '.', '-' or ':', and not 32 hex digits (those are digests).
 // Errors: INVALID_ARGUMENT saying which rule is broken.

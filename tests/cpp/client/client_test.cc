@@ -229,6 +229,25 @@ TEST_CASE("a model mapped from its segment file at once gets its lease in the ba
     testing::WaitUntil([&] { return leases() == 0; }, std::chrono::seconds(5));
     CHECK(leases() == 0);
   }
+  SECTION("taken without waiting for the daemon: a stopped daemon does not hold it up") {
+    // Through the daemon (the fallback whenever the files and the layout
+    // this client expects disagree) the call would wait for an answer and
+    // fail at its deadline.
+    ClientOptions options;
+    options.socket = d.socket();
+    options.timeout = std::chrono::seconds(2);
+    auto quick = Client::Create(options);
+    REQUIRE(quick->List().ok());  // connected before the daemon stops
+    REQUIRE(::kill(d.pid(), SIGSTOP) == 0);
+    auto mapped = quick->MapSegment(info->digest(), info->segment_path());
+    ::kill(d.pid(), SIGCONT);
+    REQUIRE(mapped.ok());
+    CHECK(std::memcmp((*mapped)->tensor(1).data, model.buffers[1].data(), 1024 * sizeof(float)) == 0);
+    mapped = absl::CancelledError("dropped");
+    quick->WaitForLeases();
+    testing::WaitUntil([&] { return leases() == 0; }, std::chrono::seconds(5));
+    CHECK(leases() == 0);
+  }
   SECTION("dropped before its lease came: the lease is given back when it does") {
     { auto mapped = client->MapSegment(info->digest(), info->segment_path()); REQUIRE(mapped.ok()); }
     client->WaitForLeases();

@@ -141,6 +141,28 @@ TEST_CASE("bad manifests are refused with the reason", "[manifest]") {
   }
 }
 
+TEST_CASE("a tensor covers its storage when it is all of it, contiguous from its first byte", "[manifest]") {
+  Manifest m = OneTensor(16);  // 64 bytes of F32
+  REQUIRE(CoversStorage(m.tensors(0), m.storages(0)));
+  m.mutable_storages(0)->set_size(68);  // a byte past the tensor
+  REQUIRE_FALSE(CoversStorage(m.tensors(0), m.storages(0)));
+  m = OneTensor(6);
+  auto* t = m.mutable_tensors(0);
+  t->clear_shape();
+  t->add_shape(3);
+  t->add_shape(2);
+  t->add_strides(2);
+  t->add_strides(1);
+  REQUIRE(CoversStorage(*t, m.storages(0)));  // contiguous strides spelled out
+  t->set_strides(0, 1);
+  t->set_strides(1, 3);
+  REQUIRE_FALSE(CoversStorage(*t, m.storages(0)));  // transposed: all the bytes, not in order
+  m = OneTensor(4);
+  m.mutable_storages(0)->set_size(20);
+  m.mutable_tensors(0)->set_byte_offset(4);
+  REQUIRE_FALSE(CoversStorage(m.tensors(0), m.storages(0)));  // starts past the first byte
+}
+
 // OneTensor plus a file of `bytes` bytes in a storage of its own.
 Manifest WithFile(const std::string& name, uint64_t bytes = 10) {
   Manifest m = OneTensor();

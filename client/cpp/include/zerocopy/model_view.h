@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -34,6 +35,11 @@ class ModelView : public std::enable_shared_from_this<ModelView> {
   size_t tensor_count() const { return static_cast<size_t>(manifest_->tensors_size()); }
   // The index of tensor `name`. Errors: NOT_FOUND.
   absl::StatusOr<size_t> IndexOf(const std::string& name) const;
+  // For each tensor, whether it is the only one viewing its storage and
+  // covers it (CoversStorage in manifest.h): such a tensor is its storage,
+  // and a consumer can take it whole (one DLPack import) instead of
+  // carving it from the storage.
+  std::vector<bool> SoleCoveringTensors() const;
 
   // A DLPack tensor over tensor `index` (on the view's device) whose
   // deleter drops a reference to this view. Errors: OUT_OF_RANGE,
