@@ -186,3 +186,23 @@ def test_torchscript_and_state_dicts_load_onto_the_shared_copy(gpu_daemon, monke
     assert max(t.data_ptr() for t in state.values()) - base < info["size"]  # all in one allocation
     for name, t in model.state_dict().items():
         assert torch.equal(state[name].cpu(), t)
+
+
+def test_a_hugging_face_model_on_the_shared_device_copy(gpu_daemon, monkeypatch, tmp_path):
+    import transformers
+
+    import ray_zerocopy
+    from test_hf import make
+    monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
+    d = make(tmp_path, "llama")
+    info = ray_zerocopy.preload_pretrained(str(d), name="hf-gpu")
+    model = ray_zerocopy.from_pretrained("hf-gpu", device="cuda:0")
+    params = list(model.parameters())
+    assert all(p.device == torch.device("cuda", 0) for p in params)
+    assert all(b.device == torch.device("cuda", 0) for b in model.buffers())
+    base = min(p.data_ptr() for p in params)
+    assert max(p.data_ptr() for p in params) - base < info["size"]  # all in the one shared copy
+    theirs = transformers.LlamaForCausalLM.from_pretrained(d).to("cuda:0").eval()
+    ids = torch.tensor([[1, 2, 3, 4]], device="cuda:0")
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, theirs(ids).logits, rtol=1e-4, atol=1e-5)
