@@ -569,19 +569,25 @@ def fan_out(args):
     for nodes, rate, mib in configs:
         log(f"bench: fan-out to {nodes} nodes at {rate}, {mib} MiB")
         v = sys.executable
+        repeats = "1" if args.quick else "2"
+        fanout = f"{v} {HERE / 'bench_fanout.py'} --mib {mib} --warmup 1 --repeats {repeats}"
+        # Then (b), the published ray-zerocopy 0.2.0, as a second driver on the
+        # same cluster with it first on PYTHONPATH (same import name as ours).
+        baseline = Path(sys.executable).parent.parent / "baseline-ray-zerocopy"
+        published = f" && PYTHONPATH={baseline}:$PYTHONPATH {fanout} --published" if baseline.is_dir() else ""
         argv = [v, str(HERE / "simcluster.py"), "--nodes", str(nodes), "--rate", rate, "--build", args.build,
-                "--object-store", "2G", "--", v, str(HERE / "bench_fanout.py"), "--mib", str(mib), "--ours",
-                "--warmup", "1", "--repeats", "1" if args.quick else "2"]
+                "--object-store", "2G", "--", "/bin/sh", "-c", f"{fanout} --ours{published}"]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=1800,
                            env=dict(os.environ, RAY_AUTH_MODE="disabled"))
         lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
         if r.returncode != 0 or not lines:
             runs.append({"nodes": nodes, "rate": rate, "mib": mib, "error": (r.stderr or r.stdout)[-3000:]})
             continue
-        out = json.loads(lines[-1])
+        out = next(json.loads(line) for line in lines if '"ours"' in line)
+        pub = next((json.loads(line)["published"] for line in lines if '"published"' in line), None)
         runs.append({"nodes": nodes, "rate": rate, "mib": mib, "rate_bits": out["rate_bits"],
                      "bytes": out["ours"]["bytes"], "link_s": out.get("link_s"), "ray": out["ray"],
-                     "ours": out["ours"], "node_ids": out.get("node_ids", {})})
+                     "ours": out["ours"], "published": pub, "node_ids": out.get("node_ids", {})})
     m = fanout_model.fit(runs)
     return {"runs": runs, "model": m, "check": fanout_model.check(m, runs) if m else [],
             "projection": fanout_model.project(m) if m else [], "ray_published": fanout_model.RAY_PUBLISHED}

@@ -8,6 +8,11 @@ simulated cluster (bench/simcluster.py), e.g.
     <venv>/bin/python bench/simcluster.py --nodes 4 --rate 2gbit -- \\
         <venv>/bin/python bench/bench_fanout.py --mib 256 --ours
 
+With --published (a second driver on the same cluster, the published
+ray-zerocopy 0.2.0 first on its PYTHONPATH): only (b), its
+ModelWrapper.from_model on node 0 and .load() on every other node, which
+is ray.put and ray.get of the weights.
+
 Prints one JSON line. One receiver actor per other node, pinned by its
 resource zc_node<i> (simcluster declares one per node), created and warm
 (numpy, and with --ours torch and ray_zerocopy, imported; a first call
@@ -33,9 +38,13 @@ import time
 MiB = 1 << 20
 
 
-def connect():
+def connect(published: bool = False):
+    """This driver's Ray; with `published`, its workers import ray_zerocopy
+    from this process's PYTHONPATH (the published 0.2.0 first)."""
     import ray
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False, configure_logging=False)
+    env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if published else None
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False, configure_logging=False,
+             runtime_env=env)
     return ray
 
 
@@ -53,16 +62,18 @@ def zc_nodes(ray) -> tuple[dict, int | None]:
     return nodes, mine[0] if mine else None
 
 
-def receivers(ray, indices, ours: bool) -> dict:
+def receivers(ray, indices, ours: bool, published: bool = False) -> dict:
     """One warm actor per node index, pinned there by its zc_node<i>."""
 
     @ray.remote(num_cpus=1, max_restarts=0)
     class Receiver:
-        def __init__(self, ours):
+        def __init__(self, ours, published):
             import numpy  # noqa: F401  (imports paid before any clock)
-            if ours:
+            self.ours = ours
+            if ours or published:
                 import torch  # noqa: F401
                 import ray_zerocopy  # noqa: F401
+            if ours:
                 from ray_zerocopy import _cluster, _native, _store  # noqa: F401
             self.held = None
 
@@ -79,6 +90,8 @@ def receivers(ray, indices, ours: bool) -> dict:
             t0 = time.perf_counter()
             self.held = wrapper.load()
             out = {"call_s": time.perf_counter() - t0}
+            if not self.ours:
+                return out
             import ray_zerocopy
             pulls = ray_zerocopy.stats()["recent_pulls"]
             if pulls:  # where this node's pull came from, and when its chunks arrived
@@ -106,7 +119,7 @@ def receivers(ray, indices, ours: bool) -> dict:
                         pass
                     directory.tell("remove", d, _cluster.node_id())  # or the next run tries it first
 
-    actors = {i: Receiver.options(resources={f"zc_node{i}": 0.01}).remote(ours) for i in indices}
+    actors = {i: Receiver.options(resources={f"zc_node{i}": 0.01}).remote(ours, published) for i in indices}
     where = ray.get([a.where.remote() for a in actors.values()], timeout=300)
     return actors, dict(zip(actors, where))
 
@@ -195,6 +208,30 @@ def measure_ours(ray, actors, mib: int, repeats: int, timeout: float) -> tuple[l
     return runs, {"bytes": info["bytes"], "digest": info["digest"], "publish_s": round(publish_s, 4)}
 
 
+def measure_published(ray, actors, mib: int, repeats: int, timeout: float) -> tuple[list, dict]:
+    """(b) the published ray-zerocopy 0.2.0 (this process and its workers
+    import it: connect(published=True)): ModelWrapper.from_model(model,
+    mode="actor") on the driver's node (ray.put of its weights), then
+    every other node's actor calls .load() at once (ray.get of them). A
+    fresh wrapper each run: no node holds a copy of its objects yet."""
+    import ray_zerocopy
+    assert ray_zerocopy.__version__ == "0.2.0", ray_zerocopy.__file__
+    runs, nbytes = [], 0
+    for _ in range(repeats):
+        model = make_model(mib)
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        t0 = time.perf_counter()
+        wrapper = ray_zerocopy.ModelWrapper.from_model(model, mode="actor")
+        publish_s = time.perf_counter() - t0
+        del model
+        run = fanout(ray, actors, lambda i, a: a.load.remote(wrapper), timeout)
+        run["publish_s"] = round(publish_s, 4)
+        runs.append(run)
+        ray.get([a.forget.remote() for a in actors.values()])
+        del wrapper  # its object refs: every copy goes
+    return runs, {"bytes": nbytes}
+
+
 def summary(runs: list, warmup: int) -> dict:
     """Median, min and max of the slowest node's time over the runs after
     the first `warmup` (which are listed too, marked)."""
@@ -215,21 +252,28 @@ def main():
                     help="runs before the measured ones, reported but not counted: the first pull also starts "
                          "Ray workers on the source node for its chunk tasks")
     ap.add_argument("--ours", action="store_true", help="also (c): ModelWrapper publish + load() on every node")
+    ap.add_argument("--published", action="store_true",
+                    help="only (b): the published ray-zerocopy 0.2.0, first on this process's PYTHONPATH")
     ap.add_argument("--no-ray", action="store_true", help="skip (a)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds one fan-out may take at most")
     args = ap.parse_args()
 
     t_init = time.perf_counter()
-    ray = connect()
+    ray = connect(args.published)
     nodes, me = zc_nodes(ray)
     others = sorted(i for i in nodes if i != me)
     if not others:
         raise SystemExit(f"no other node with a zc_node<i> resource (nodes: {nodes}, driver on {me})")
-    actors, where = receivers(ray, others, args.ours)
+    actors, where = receivers(ray, others, args.ours and not args.published, args.published)
     out = {"driver_node": me, "receivers": others, "mib": args.mib, "rate_bits": args.rate_bits,
            "node_ids": {i: where[i][0] for i in others}, "driver_node_id": ray.get_runtime_context().get_node_id(),
            "setup_s": round(time.perf_counter() - t_init, 2)}
     nbytes = args.mib * MiB
+    if args.published:
+        runs, info = measure_published(ray, actors, args.mib, args.warmup + args.repeats, args.timeout)
+        out["published"] = dict(summary(runs, args.warmup), **info)
+        print(json.dumps(out), flush=True)
+        return
     if not args.no_ray:
         runs = measure_ray(ray, actors, nbytes, args.warmup + args.repeats, args.timeout)
         out["ray"] = dict(summary(runs, args.warmup), bytes=nbytes)

@@ -397,24 +397,28 @@ def fan_out_lines(x):
              "One network namespace per node with a token-bucket link each way, a Ray node and a zerocopyd in "
              "each, the driver on node 0 (bench/simcluster.py). Time until every other node holds a model "
              "published on node 0: ours, `ActorWrapper.load()` in a warm actor on every node at once (relayed "
-             "pulls); Ray, `ray.get` of as many bytes `ray.put` on node 0, on every node at once (the published "
-             "ray-zerocopy 0.2.0 moves its weights this way: `ray.put` in the driver, `ray.get` in each actor). "
+             "pulls); Ray, `ray.get` of as many bytes `ray.put` on node 0, on every node at once; the published "
+             "ray-zerocopy 0.2.0, `ModelWrapper.from_model` on node 0 and `load()` on every node at once (its "
+             "weights by `ray.put` and `ray.get`), a second driver on the same cluster after ours. "
              "Medians of the runs after a first one (cold: Ray starts the workers of the sources' tasks); cpu: "
              "the whole machine's busy CPU seconds during the run (all nodes share 2 cores).", "",
-             "| nodes | link | model | link-time | ours | Ray broadcast | ours / Ray | ours, cold | cpu ours / Ray |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| nodes | link | model | link-time | ours | Ray broadcast | ours / Ray | ray-zerocopy 0.2.0 | "
+             "ours, cold | cpu ours / Ray |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for f in x.get("runs", []):
         if "error" in f:
             lines.append(f"| {f['nodes']} | {f['rate']} | {size(f['mib'])} | not measured: `{why(f['error'])}` "
-                         "| | | | | |")
+                         "| | | | | | |")
             continue
         o, rr = f["ours"], f["ray"]
         cold = o["runs"][0]["max_s"]
         cpu_o = statistics.median(run["cpu_s"] for run in o["runs"][1:] or o["runs"])
         cpu_r = statistics.median(run["cpu_s"] for run in rr["runs"][1:] or rr["runs"])
+        pub = f.get("published")
+        pub = t(pub["max_s_median"]) if pub else "-"
         lines.append(f"| {f['nodes']} | {f['rate']} | {size(f['mib'])} | {t(f['link_s'])} | "
                      f"{t(o['max_s_median'])} | {t(rr['max_s_median'])} | ×{o['max_s_median'] / rr['max_s_median']:.2f} "
-                     f"| {t(cold)} | {cpu_o:.1f} s / {cpu_r:.1f} s |")
+                     f"| {pub} | {t(cold)} | {cpu_o:.1f} s / {cpu_r:.1f} s |")
     m = x.get("model") or {}
     if not m:
         lines += ["", "No model: no fan-out was measured."]
