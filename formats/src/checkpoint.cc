@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "zerocopy/byte_size.h"
 #include "zerocopy/manifest.h"
+#include "zerocopy/pt2_archive.h"
 #include "zerocopy/safetensors_file.h"
 #include "zerocopy/status.h"
 #include "zerocopy/torch_save_file.h"
@@ -80,6 +81,7 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t limit)
 
 // Tells a torch.save archive from a TorchScript one by the entries.
 absl::StatusOr<CheckpointFormat> ZipKind(const std::string& path, const std::vector<ZipEntry>& entries) {
+  if (IsPt2Archive(entries)) return CheckpointFormat::kTorchExport;
   bool data_pkl = false, constants_pkl = false;
   for (const auto& e : entries) {
     const std::string& n = e.name;
@@ -90,8 +92,8 @@ absl::StatusOr<CheckpointFormat> ZipKind(const std::string& path, const std::vec
   }
   if (data_pkl && constants_pkl) return CheckpointFormat::kTorchScript;
   if (data_pkl) return CheckpointFormat::kTorch;
-  return Invalid(absl::StrCat(path, " is a zip archive but neither a torch.save file nor a TorchScript archive "
-                                    "(no <archive>/data.pkl entry)"));
+  return Invalid(absl::StrCat(path, " is a zip archive but not a torch.save file or TorchScript archive (no "
+                                    "<archive>/data.pkl entry) or torch.export archive (no <archive>/archive_format)"));
 }
 
 }  // namespace
@@ -102,17 +104,18 @@ const char* CheckpointFormatName(CheckpointFormat format) {
     case CheckpointFormat::kShardedSafetensors: return "safetensors-sharded";
     case CheckpointFormat::kTorch: return "torch";
     case CheckpointFormat::kTorchScript: return "torchscript";
+    case CheckpointFormat::kTorchExport: return kTorchExportFormat;
   }
   return "unknown";
 }
 
 absl::StatusOr<CheckpointFormat> ParseCheckpointFormat(absl::string_view name) {
   for (auto f : {CheckpointFormat::kSafetensors, CheckpointFormat::kShardedSafetensors, CheckpointFormat::kTorch,
-                 CheckpointFormat::kTorchScript}) {
+                 CheckpointFormat::kTorchScript, CheckpointFormat::kTorchExport}) {
     if (name == CheckpointFormatName(f)) return f;
   }
   return Invalid(absl::StrCat("unknown format '", name,
-                              "': expected safetensors, safetensors-sharded, torch or torchscript"));
+                              "': expected safetensors, safetensors-sharded, torch, torchscript or torch-export"));
 }
 
 absl::StatusOr<CheckpointFormat> CheckpointFormatFor(const std::string& path, absl::string_view name) {
@@ -183,7 +186,7 @@ absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& input
     }
   }
   return Invalid(absl::StrCat(path, " is not a checkpoint zerocopy knows (safetensors, a torch.save file, "
-                                    "a TorchScript archive, or a directory with ", kIndexName, ")"));
+                                    "a TorchScript or torch.export archive, or a directory with ", kIndexName, ")"));
 }
 
 absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view text) {
@@ -303,6 +306,8 @@ absl::StatusOr<Checkpoint> ReadWeights(const std::string& path, CheckpointFormat
       return ReadShardedSafetensors(path);
     case CheckpointFormat::kTorch:
       return ReadTorchSave(path);
+    case CheckpointFormat::kTorchExport:
+      return ReadPt2Archive(path);
     case CheckpointFormat::kTorchScript:
       break;
   }

@@ -103,3 +103,31 @@ def legacy_views():
 
 
 put("torch_save", "legacy_views", legacy_views())
+
+
+# torch.export.save archives (.pt2): weights, buffers, a tensor constant,
+# tied weights (one record, two names), several dtypes.
+class _Exported(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.emb = torch.nn.Embedding(5, 4)
+        self.head = torch.nn.Linear(4, 5, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("scale", torch.ones(3, dtype=torch.float16))
+        self.register_buffer("steps", torch.arange(2, dtype=torch.int64))
+        self.const = torch.arange(3.0)  # a tensor constant
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        return self.fc(h) * self.scale.float() + self.const, self.head(h), self.steps + 1
+
+
+def export_bytes(module, args):
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(module, args), buf)
+    return buf.getvalue()
+
+
+put("pt2", "exported", export_bytes(_Exported().eval(), (torch.tensor([[1, 2]]),)))
+put("pt2", "linear", export_bytes(torch.nn.Linear(2, 2).to(torch.bfloat16), (torch.ones(1, 2, dtype=torch.bfloat16),)))

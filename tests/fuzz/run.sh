@@ -10,7 +10,7 @@ seconds=${2:?seconds per target}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$build/fuzz-artifacts"
 status=0
-for target in safetensors shard_index torch_save manifest requests; do
+for target in safetensors shard_index torch_save pt2 manifest requests; do
   bin="$build/tests/fuzz/fuzz_$target"
   work="$build/fuzz-corpus/$target"
   mkdir -p "$work"

@@ -439,3 +439,25 @@ def test_a_hugging_face_directory_preloaded_on_one_node_loads_on_another_with_it
         same(logits, model(ids).logits)
     assert tokens == transformers.AutoTokenizer.from_pretrained(tmp_path / "gpt2")("hello world")["input_ids"]
     assert b.client().get("hf-across")["digest"] == c.client().get("hf-across")["digest"]  # pulled, files and all
+
+
+def _load_exported(name, x):
+    import ray_zerocopy
+    with torch.no_grad():
+        return ray_zerocopy.load_exported(name).module()(x)
+
+
+def test_a_torch_export_program_preloaded_on_one_node_runs_on_another(ray_and_nodes, tmp_path):
+    from test_export import ConvNet
+    ray, nodes = ray_and_nodes
+    a, c = nodes["a"], nodes["c"]
+    torch.manual_seed(27)
+    x = torch.randn(2, 3, 8, 8)
+    ep = torch.export.export(ConvNet().eval(), (x,))
+    torch.export.save(ep, tmp_path / "conv.pt2")
+    done = c.daemon.run_cli("preload", str(tmp_path / "conv.pt2"), "--name", "export-across")
+    assert done.returncode == 0, done.stderr
+    got = ray.get(ray.remote(num_cpus=1, resources=a.resource)(_load_exported).remote("export-across", x))
+    with torch.no_grad():
+        same(got, torch.export.load(tmp_path / "conv.pt2").module()(x))
+    assert a.client().get("export-across")["digest"] == c.client().get("export-across")["digest"]  # the program too

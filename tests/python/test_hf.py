@@ -18,7 +18,7 @@ import transformers  # pinned in requirements.txt
 import ray_zerocopy
 from ray_zerocopy import InvalidModelError, ModelNotFoundError
 
-from test_ray import segment_pss
+from test_ray import processes_ready, segment_pss
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello zerocopy", "weights shared by all"]
 
@@ -164,18 +164,10 @@ def test_four_processes_share_one_copy(saved, daemon):
         print("ready", flush=True)
         sys.stdin.readline()
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True) for _ in range(4)]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready"
+    with processes_ready(code) as procs:
         pss = [segment_pss(p.pid, digest) for p in procs]
         assert all(rss > 0.9 * size for rss, _ in pss), (pss, size)  # each maps the whole model
         assert sum(p for _, p in pss) <= 1.1 * size, (pss, size)  # one copy between them
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=60)
 
 
 def test_errors_name_what_is_wrong_and_nothing_is_returned(saved, daemon, tmp_path):

@@ -1,5 +1,8 @@
 """The seed documents' examples on a real local Ray instance, and sharing
 between Ray actors proved with the kernel's accounting."""
+import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,23 @@ def segment_pss(pid: int, digest: str) -> tuple[int, int]:
             elif inside and line.startswith("Pss:"):
                 pss += int(line.split()[1]) * 1024
     return rss, pss
+
+
+@contextlib.contextmanager
+def processes_ready(code: str, n: int = 4):
+    """n Python processes running `code`, which prints "ready" once it holds
+    what is measured and then waits for its stdin to close; yields them
+    once all are ready."""
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(n)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        yield procs
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
 
 
 def test_task_wrapper_calls_and_forwarded_methods(ray_local):

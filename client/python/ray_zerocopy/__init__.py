@@ -14,7 +14,9 @@ from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableErr
 _LAZY = {"ModelWrapper": "model_wrappers", "JITModelWrapper": "model_wrappers", "ActorWrapper": "wrappers",
          "JITActorWrapper": "wrappers", "JITTaskWrapper": "wrappers", "TaskWrapper": "wrappers",
          # Hugging Face models (transformers imported when called)
-         "from_pretrained": "_hf", "tokenizer": "_hf", "preload_pretrained": "_hf"}
+         "from_pretrained": "_hf", "tokenizer": "_hf", "preload_pretrained": "_hf",
+         # torch.export programs
+         "load_exported": "_export", "preload_exported": "_export"}
 
 
 def __getattr__(name):
@@ -67,7 +69,7 @@ def stats() -> dict:
 
 
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
-           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained", "errors", "ZeroCopyError", "DaemonUnavailableError",
+           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained", "load_exported", "preload_exported", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
            "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "FailedPreconditionError",
            "ZerocopyError"]

@@ -148,6 +148,12 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
                 return ("storage", storages.add(o), "U8")
             return None
 
+        def reducer_override(self, o):
+            if _is_exported_module(o):
+                return _portable_graph_module(o).__reduce__()
+            base = getattr(super(), "reducer_override", None)  # cloudpickle's; the standard Pickler has none
+            return base(o) if base is not None else NotImplemented
+
     buffer = io.BytesIO()
     buffer.write(MAGIC)
     Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
@@ -155,6 +161,35 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
     info = _native.client(socket).publish(regions, tensors, buffer.getvalue(), "torch", name, pin)
     _cluster.register(info["digest"], name, socket)
     return info
+
+
+def _is_exported_module(o) -> bool:
+    """An ExportedProgram's module() (torch.export's unlifted graph module)."""
+    try:
+        from torch.export._unlift import _StatefulGraphModule
+    except ImportError:
+        return False
+    return isinstance(o, _StatefulGraphModule)
+
+
+def _portable_graph_module(m) -> torch.fx.GraphModule:
+    """ExportedProgram.module() as a plain GraphModule that pickles (torch
+    pickles neither the original's hooks and guard function, closures, nor
+    its shape environment): the same graph and the same parameters,
+    buffers and constants (not copies), without the input guards
+    (``_guards_fn``), so inputs of shapes the program was not exported for
+    fail inside the graph rather than with torch's guard message."""
+    graph = torch.fx.Graph()
+    graph._codegen = m.graph._codegen  # the pytree in/out specs: callers pass what they passed before
+    graph.output(graph.graph_copy(m.graph, {}))
+    for node in list(graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            graph.erase_node(node)
+    out = torch.fx.GraphModule(m, graph)
+    out.meta = {}
+    out.__dict__.pop("shape_env", None)
+    out.train(m.training)
+    return out
 
 
 # torch.utils.dlpack.from_dlpack's own import of a capsule, without the

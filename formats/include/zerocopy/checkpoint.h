@@ -10,6 +10,9 @@
 //                         archive or the legacy (pre-1.6) format
 //                         (TorchSaveFile: our own restricted unpickler)
 //   torchscript           a torch.jit.save archive; libzerocopy_torch
+//   torch-export          a torch.export.save archive (.pt2) of an
+//                         ExportedProgram (Pt2Archive: the weights and
+//                         constants as tensors, the program as files)
 //
 // Thread safety: a Checkpoint is immutable after it is read.
 #pragma once
@@ -24,9 +27,9 @@
 
 namespace zerocopy {
 
-enum class CheckpointFormat { kSafetensors, kShardedSafetensors, kTorch, kTorchScript };
+enum class CheckpointFormat { kSafetensors, kShardedSafetensors, kTorch, kTorchScript, kTorchExport };
 
-// "safetensors", "safetensors-sharded", "torch", "torchscript".
+// "safetensors", "safetensors-sharded", "torch", "torchscript", "torch-export".
 const char* CheckpointFormatName(CheckpointFormat format);
 // Errors: INVALID_ARGUMENT naming the accepted values.
 absl::StatusOr<CheckpointFormat> ParseCheckpointFormat(absl::string_view name);
@@ -40,8 +43,8 @@ struct Checkpoint {
 
 // Looks at the content: a directory holding model.safetensors.index.json
 // (sharded), model.safetensors or one *.safetensors file; a file starting
-// with the zip magic (torch or torchscript: tells them apart by the
-// archive's entries); the legacy torch.save magic number (torch); a
+// with the zip magic (torch, torchscript or torch-export: tells them apart
+// by the archive's entries); the legacy torch.save magic number (torch); a
 // safetensors header. Errors: NOT_FOUND, INVALID_ARGUMENT (unknown
 // content, an empty or ambiguous directory).
 absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& path);
@@ -89,7 +92,7 @@ inline constexpr uint64_t kMaxDirectoryFileBytes = 64ull << 20;
 absl::Status AddDirectoryFiles(const std::string& dir, Checkpoint* checkpoint,
                                uint64_t limit = kMaxDirectoryFileBytes);
 
-// safetensors, safetensors-sharded and torch; torchscript needs
+// safetensors, safetensors-sharded, torch and torch-export; torchscript needs
 // libzerocopy_torch (ReadCheckpoint in torch_formats.h). A directory's
 // small files come along (AddDirectoryFiles).
 absl::StatusOr<Checkpoint> ReadNativeCheckpoint(const std::string& path, CheckpointFormat format);

@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "seed_files.h"
 #include "support.h"
 #include "zerocopy/checkpoint.h"
 #include "zerocopy/manifest.h"
@@ -19,22 +20,13 @@
 namespace zerocopy {
 namespace {
 
+using testing::Slurp;
+using testing::Spit;
+using testing::U8;
+
 using testing::TempDir;
 
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good());
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-void Spit(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary);
-  f << bytes;
-}
-
-const std::string kSeeds = ZEROCOPY_SOURCE_DIR "/tests/fuzz/corpus/";
-
-const uint8_t* U8(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+const std::string kSeeds = testing::kSeedCorpus;
 
 TEST_CASE("a torch.save file flattens to dotted names, ties and metadata", "[checkpoint]") {
   // {"model": {"w", "w_tied", "w_t", "row"}, "epoch": 3, "cfg": {...}, "none": None, "opt": {0: {"step"}}}

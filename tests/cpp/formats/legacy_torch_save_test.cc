@@ -12,11 +12,16 @@
 
 #include <catch2/catch.hpp>
 
+#include "seed_files.h"
+
 #include "zerocopy/checkpoint.h"
 #include "zerocopy/torch_save_file.h"
 
 namespace zerocopy {
 namespace {
+
+using testing::Slurp;
+using testing::U8;
 
 // The float at `byte_offset` of legacy storage data, which is unaligned
 // (read through memcpy: a float* there is undefined behaviour).
@@ -26,15 +31,7 @@ float FloatAt(const void* data, uint64_t byte_offset) {
   return v;
 }
 
-const std::string kSeeds = ZEROCOPY_SOURCE_DIR "/tests/fuzz/corpus/torch_save/";
-
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good());
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-const uint8_t* U8(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+const std::string kSeeds = testing::kSeedCorpus + "torch_save/";
 
 absl::StatusOr<TorchSaveFile> Parse(const std::string& bytes) { return TorchSaveFile::Parse(U8(bytes), bytes.size()); }
 

@@ -7,18 +7,15 @@
 
 #include <catch2/catch.hpp>
 
+#include "seed_files.h"
+
 namespace zerocopy {
 namespace {
 
-std::string Slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  REQUIRE(f.good());
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+using testing::Slurp;
+using testing::U8;
 
-const std::string kSeeds = ZEROCOPY_SOURCE_DIR "/tests/fuzz/corpus/";
-
-const uint8_t* U8(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
+const std::string kSeeds = testing::kSeedCorpus;
 
 TEST_CASE("the zip directory: entries, spans and truncation", "[zip]") {
   std::string bytes = Slurp(kSeeds + "torch_save/parameters");

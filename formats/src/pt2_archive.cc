@@ -1,0 +1,320 @@
+#include "zerocopy/pt2_archive.h"
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "zerocopy/dtype.h"
+#include "zerocopy/manifest.h"
+#include "zerocopy/mapped_region.h"
+#include "zerocopy/status.h"
+#include "json_nesting.h"
+
+namespace zerocopy {
+
+namespace {
+
+using json = nlohmann::json;
+
+absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
+
+constexpr int kMaxNesting = 16;
+constexpr uint64_t kMaxConfigBytes = 64ull << 20;  // a config entry per tensor: a few MiB for the largest models
+
+// torch/_export/serde/schema.py ScalarType -> ours (the ones we hold).
+std::optional<v1::DType> DTypeOfScalarType(int64_t code) {
+  switch (code) {
+    case 1: return v1::U8;        // BYTE
+    case 2: return v1::I8;        // CHAR
+    case 3: return v1::I16;       // SHORT
+    case 4: return v1::I32;       // INT
+    case 5: return v1::I64;       // LONG
+    case 6: return v1::F16;       // HALF
+    case 7: return v1::F32;       // FLOAT
+    case 8: return v1::F64;       // DOUBLE
+    case 10: return v1::C64;      // COMPLEXFLOAT
+    case 11: return v1::C128;     // COMPLEXDOUBLE
+    case 12: return v1::BOOL;     // BOOL
+    case 13: return v1::BF16;     // BFLOAT16
+    case 28: return v1::U16;      // UINT16
+    case 29: return v1::F8_E4M3;  // FLOAT8E4M3FN
+    case 30: return v1::F8_E5M2;  // FLOAT8E5M2
+    case 34: return v1::U32;      // UINT32
+    case 35: return v1::U64;      // UINT64
+    default: return std::nullopt;
+  }
+}
+constexpr int64_t kStridedLayout = 7;
+
+// The archive's entries by their path under the top directory.
+class Entries {
+ public:
+  static absl::StatusOr<Entries> Of(const uint8_t* base, const std::vector<ZipEntry>& entries) {
+    Entries out;
+    out.base_ = base;
+    for (const auto& e : entries) {
+      const size_t slash = e.name.find('/');
+      if (slash == std::string::npos || slash == 0) {
+        return Invalid(absl::StrCat("entry '", e.name, "' is not under the archive's top directory"));
+      }
+      if (out.top_.empty()) out.top_ = e.name.substr(0, slash);
+      if (e.name.compare(0, slash, out.top_) != 0) {
+        return Invalid(absl::StrCat("entries under two top directories ('", out.top_, "/' and '",
+                                    e.name.substr(0, slash + 1), "')"));
+      }
+      std::string rest = e.name.substr(slash + 1);
+      if (rest.empty() || rest.back() == '/') continue;  // a directory entry
+      if (e.method != 0) {
+        return Invalid(absl::StrCat("entry '", e.name, "' is compressed; torch.export.save stores every entry"));
+      }
+      if (!out.by_path_.emplace(std::move(rest), &e).second) return Invalid(absl::StrCat("entry '", e.name, "' twice"));
+    }
+    return out;
+  }
+
+  const ZipEntry* Find(const std::string& path) const {
+    auto it = by_path_.find(path);
+    return it == by_path_.end() ? nullptr : it->second;
+  }
+  absl::string_view Bytes(const ZipEntry& e) const {
+    return absl::string_view(reinterpret_cast<const char*>(base_ + e.data_offset), e.size);
+  }
+  const uint8_t* Data(const ZipEntry& e) const { return base_ + e.data_offset; }
+  const std::map<std::string, const ZipEntry*>& all() const { return by_path_; }
+
+ private:
+  const uint8_t* base_ = nullptr;
+  std::string top_;
+  std::map<std::string, const ZipEntry*> by_path_;
+};
+
+absl::StatusOr<json> ParseConfig(const Entries& entries, const ZipEntry& e, const std::string& path) {
+  if (e.size > kMaxConfigBytes) return Invalid(absl::StrCat(path, " is ", e.size, " bytes; the limit is ", kMaxConfigBytes));
+  absl::string_view text = entries.Bytes(e);
+  if (!internal::JsonNestingWithin(text, kMaxNesting)) return Invalid(absl::StrCat(path, " is nested too deeply"));
+  json doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded()) return Invalid(absl::StrCat(path, " is not valid JSON"));
+  auto config = doc.is_object() ? doc.find("config") : doc.end();
+  if (config == doc.end() || !config->is_object()) return Invalid(absl::StrCat(path, " has no \"config\" object"));
+  return std::move(*config);
+}
+
+// {"as_int": n} (sizes, strides, offsets); symbolic values are refused.
+absl::StatusOr<int64_t> AsInt(const json& v, const std::string& what) {
+  auto it = v.is_object() ? v.find("as_int") : v.end();
+  if (it == v.end() || !it->is_number_integer()) {
+    return Invalid(absl::StrCat(what, " is not a plain integer (a symbolic size?): ", v.dump()));
+  }
+  return it->get<int64_t>();
+}
+
+absl::StatusOr<std::vector<int64_t>> AsInts(const json& meta, const char* key, const std::string& tensor) {
+  auto it = meta.find(key);
+  if (it == meta.end() || !it->is_array()) return Invalid(absl::StrCat("tensor '", tensor, "' has no ", key));
+  std::vector<int64_t> out;
+  for (const auto& v : *it) {
+    ZC_ASSIGN_OR_RETURN(int64_t n, AsInt(v, absl::StrCat("tensor '", tensor, "': a value of ", key)));
+    out.push_back(n);
+  }
+  return out;
+}
+
+// Adds the tensors of one payload config (weights or constants) whose
+// records lie in `dir`, each record a storage (shared by the tensors that
+// name it).
+class PayloadReader {
+ public:
+  PayloadReader(const Entries& entries, Checkpoint& out) : entries_(entries), out_(out) {}
+
+  absl::Status Add(const std::string& config_path, const std::string& dir, const char* record_prefix,
+                   const char* kind) {
+    const ZipEntry* e = entries_.Find(config_path);
+    if (e == nullptr) return absl::OkStatus();  // a program without weights (or constants)
+    ZC_ASSIGN_OR_RETURN(json config, ParseConfig(entries_, *e, config_path));
+    for (auto it = config.begin(); it != config.end(); ++it) {
+      const std::string& fqn = it.key();
+      const json& p = it.value();
+      if (!p.is_object()) return Invalid(absl::StrCat(config_path, ": entry '", fqn, "' is not an object"));
+      auto path_name = p.find("path_name");
+      if (path_name == p.end() || !path_name->is_string()) {
+        return Invalid(absl::StrCat(kind, " '", fqn, "' has no path_name"));
+      }
+      const std::string record = path_name->get<std::string>();
+      if (!absl::StartsWith(record, record_prefix)) {
+        return Invalid(absl::StrCat(kind, " '", fqn, "' is a ", record.substr(0, record.find('_') + 1),
+                                    " object (a script object or opaque constant), which zerocopy does not hold"));
+      }
+      if (p.value("use_pickle", false)) {
+        return Invalid(absl::StrCat(kind, " '", fqn, "' is stored as a pickle (a tensor subclass), which zerocopy "
+                                    "does not hold; plain tensors only"));
+      }
+      auto meta = p.find("tensor_meta");
+      if (meta == p.end() || !meta->is_object()) return Invalid(absl::StrCat(kind, " '", fqn, "' has no tensor_meta"));
+      ZC_RETURN_IF_ERROR(AddTensor(fqn, *meta, dir + record, kind));
+    }
+    return absl::OkStatus();
+  }
+
+  const std::set<std::string>& used() const { return used_; }
+
+ private:
+  absl::Status AddTensor(const std::string& fqn, const json& meta, const std::string& record, const char* kind) {
+    if (!names_.insert(fqn).second) {
+      return Invalid(absl::StrCat("'", fqn, "' names both a weight and a constant"));
+    }
+    if (meta.value("layout", kStridedLayout) != kStridedLayout) {
+      return Invalid(absl::StrCat(kind, " '", fqn, "' is not a strided (dense) tensor"));
+    }
+    const auto code = meta.find("dtype");
+    std::optional<v1::DType> dtype;
+    if (code != meta.end() && code->is_number_integer()) dtype = DTypeOfScalarType(code->get<int64_t>());
+    if (!dtype) {
+      return Invalid(absl::StrCat(kind, " '", fqn, "' has dtype ", code == meta.end() ? "none" : code->dump(),
+                                  ", which zerocopy does not hold"));
+    }
+    ZC_ASSIGN_OR_RETURN(std::vector<int64_t> sizes, AsInts(meta, "sizes", fqn));
+    ZC_ASSIGN_OR_RETURN(std::vector<int64_t> strides, AsInts(meta, "strides", fqn));
+    auto offset_it = meta.find("storage_offset");
+    int64_t offset = 0;
+    if (offset_it != meta.end()) {
+      ZC_ASSIGN_OR_RETURN(offset, AsInt(*offset_it, absl::StrCat("tensor '", fqn, "' offset")));
+    }
+    if (offset < 0 || offset > (int64_t{1} << 48)) {
+      return Invalid(absl::StrCat(kind, " '", fqn, "' has storage offset ", offset));
+    }
+    ZC_ASSIGN_OR_RETURN(uint32_t storage, Storage(record, *dtype, fqn));
+
+    auto* t = out_.source.manifest.add_tensors();
+    t->set_name(fqn);
+    t->set_storage(storage);
+    t->set_dtype(*dtype);
+    t->set_byte_offset(static_cast<uint64_t>(offset) * DTypeSize(*dtype));
+    for (int64_t d : sizes) t->add_shape(d);
+    for (int64_t s : strides) t->add_strides(s);
+    // The tensor lies inside its record (ValidateManifest checks it again
+    // with the whole manifest; here the error names the archive's tensor).
+    if (sizes.size() != strides.size()) {
+      return Invalid(absl::StrCat(kind, " '", fqn, "' has ", sizes.size(), " sizes and ", strides.size(), " strides"));
+    }
+    auto extent = TensorExtent(*t);
+    if (!extent.ok()) return Annotate(extent.status(), absl::StrCat(kind, " '", fqn, "'"));
+    const uint64_t size = out_.source.manifest.storages(static_cast<int>(storage)).size();
+    if (t->byte_offset() > size || *extent > size - t->byte_offset()) {
+      return Invalid(absl::StrCat(kind, " '", fqn, "' reaches past the end of its record ", record, " (", size,
+                                  " bytes)"));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint32_t> Storage(const std::string& record, v1::DType dtype, const std::string& fqn) {
+    auto it = storages_.find(record);
+    if (it != storages_.end()) return it->second;
+    const ZipEntry* e = entries_.Find(record);
+    if (e == nullptr) return Invalid(absl::StrCat("tensor '", fqn, "' names record ", record, ", which is missing"));
+    if (e->size % DTypeSize(dtype) != 0) {
+      return Invalid(absl::StrCat("record ", record, " of tensor '", fqn, "' holds ", e->size,
+                                  " bytes, not a whole number of ", DTypeName(dtype)));
+    }
+    used_.insert(record);
+    out_.source.manifest.add_storages()->set_size(e->size);
+    out_.source.storage_data.push_back(entries_.Data(*e));
+    const auto index = static_cast<uint32_t>(out_.source.manifest.storages_size() - 1);
+    storages_.emplace(record, index);
+    return index;
+  }
+
+  const Entries& entries_;
+  Checkpoint& out_;
+  std::set<std::string> names_;
+  std::map<std::string, uint32_t> storages_;
+  std::set<std::string> used_;
+};
+
+}  // namespace
+
+bool IsPt2Archive(const std::vector<ZipEntry>& entries) {
+  for (const auto& e : entries) {
+    const size_t slash = e.name.find('/');
+    if (slash != std::string::npos && e.name.compare(slash + 1, std::string::npos, "archive_format") == 0) return true;
+  }
+  return false;
+}
+
+absl::StatusOr<Checkpoint> ParsePt2Archive(const uint8_t* data, size_t size) {
+  ZC_ASSIGN_OR_RETURN(std::vector<ZipEntry> zip, ReadZipDirectory(data, size));
+  ZC_ASSIGN_OR_RETURN(Entries entries, Entries::Of(data, zip));
+  auto marker = [&](const std::string& path) -> std::optional<absl::string_view> {
+    const ZipEntry* e = entries.Find(path);
+    if (e == nullptr) return std::nullopt;
+    return entries.Bytes(*e);
+  };
+  auto format = marker("archive_format");
+  if (!format || *format != "pt2") return Invalid("not a pt2 archive (no archive_format entry saying pt2)");
+  auto version = marker("archive_version");
+  if (!version || *version != "0") {
+    return Invalid(absl::StrCat("pt2 archive version ", version ? std::string(*version) : "none",
+                                "; zerocopy reads version 0 (torch.export.save of torch 2.x)"));
+  }
+  auto order = marker("byteorder");
+  if (order && *order != "little") return Invalid(absl::StrCat("pt2 archive of byte order ", *order, "; only little"));
+
+  std::vector<std::string> programs;
+  bool aoti = false;
+  for (const auto& [path, e] : entries.all()) {
+    if (absl::StartsWith(path, "models/") && absl::EndsWith(path, ".json") && path.find('/', 7) == std::string::npos) {
+      programs.push_back(path.substr(7, path.size() - 12));
+    }
+    if (absl::StartsWith(path, "data/aotinductor/")) aoti = true;
+  }
+  if (aoti) {
+    return Invalid("an AOTInductor package (entries under data/aotinductor/): zerocopy preloads torch.export.save "
+                   "archives of an ExportedProgram, not compiled packages yet");
+  }
+  if (programs.empty()) return Invalid("pt2 archive without a program (no models/<name>.json)");
+  if (programs.size() > 1) {
+    return Invalid(absl::StrCat("pt2 archive with ", programs.size(), " programs (", programs[0], ", ", programs[1],
+                                ", ...); zerocopy takes archives of one, as torch.export.save writes"));
+  }
+  const std::string& model = programs[0];
+
+  Checkpoint out;
+  out.source.manifest.set_format(kTorchExportFormat);
+  PayloadReader reader(entries, out);
+  ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/weights/", model, "_weights_config.json"), "data/weights/",
+                                "weight_", "weight"));
+  ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/constants/", model, "_constants_config.json"),
+                                "data/constants/", "tensor_", "constant"));
+  // Everything else is the program's: kept as files.
+  uint64_t file_bytes = 0;
+  for (const auto& [path, e] : entries.all()) {
+    if (reader.used().count(path)) continue;
+    ZC_RETURN_IF_ERROR(Annotate(ValidateFileName(path), "pt2 archive entry"));
+    file_bytes += e->size;
+    if (file_bytes > kMaxProgramFileBytes) {
+      return Invalid(absl::StrCat("the program's entries (all but the weights and constants) take over ",
+                                  kMaxProgramFileBytes, " bytes"));
+    }
+    out.source.manifest.add_storages()->set_size(e->size);
+    out.source.storage_data.push_back(entries.Data(*e));
+    auto* file = out.source.manifest.add_files();
+    file->set_name(path);
+    file->set_storage(static_cast<uint32_t>(out.source.manifest.storages_size() - 1));
+  }
+  return out;
+}
+
+absl::StatusOr<Checkpoint> ReadPt2Archive(const std::string& path) {
+  ZC_ASSIGN_OR_RETURN(MappedRegion region, MappedRegion::MapFile(path));
+  auto shared = std::make_shared<MappedRegion>(std::move(region));
+  auto checkpoint = ParsePt2Archive(shared->data(), shared->size());
+  if (!checkpoint.ok()) return Annotate(checkpoint.status(), path);
+  checkpoint->owners.push_back(std::move(shared));
+  return checkpoint;
+}
+
+}  // namespace zerocopy

@@ -1,0 +1,274 @@
+"""torch.export programs (formats/pt2_archive.h, ray_zerocopy/_export.py):
+real exports made here, saved by torch.export.save, preloaded (the CLI and
+preload_exported) and loaded with load_exported against
+torch.export.load(path).module() on the same archive."""
+import json
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import ray_zerocopy
+from ray_zerocopy import InvalidModelError
+
+from test_hf import segment_ranges
+from test_ray import processes_ready, segment_pss
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvNet(torch.nn.Module):  # batch norm: running stats are buffers
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class Tied(torch.nn.Module):  # tied weights, buffers of two dtypes, a tensor constant
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.head = torch.nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 16).half())
+        self.register_buffer("offset", torch.arange(50))
+        self.const = torch.randn(16)
+
+    def forward(self, ids):
+        h = self.emb(ids) * self.scale.float() + self.const
+        return self.head(h) + self.offset
+
+
+class Dynamic(torch.nn.Module):  # a dynamic batch and sequence length
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+        self.register_buffer("bias", torch.randn(8))
+
+    def forward(self, x):
+        return torch.softmax(self.proj(x) + self.bias, dim=-1).cumsum(1)
+
+
+def make(kind: str):
+    torch.manual_seed(0)
+    if kind == "mlp":
+        return torch.export.export(MLP().eval(), (torch.randn(2, 16),)), [torch.randn(2, 16)]
+    if kind == "conv":
+        m = ConvNet()
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+        return torch.export.export(m.eval(), (torch.randn(2, 3, 8, 8),)), [torch.randn(2, 3, 8, 8)]
+    if kind == "tied":
+        return torch.export.export(Tied().eval(), (torch.tensor([[1, 2, 3]]),)), [torch.tensor([[4, 5, 6]])]
+    batch, seq = torch.export.Dim("batch", max=64), torch.export.Dim("seq", max=128)
+    ep = torch.export.export(Dynamic().eval(), (torch.randn(2, 5, 8),), dynamic_shapes=({0: batch, 1: seq},))
+    return ep, [torch.randn(3, 7, 8), torch.randn(1, 20, 8)]
+
+
+KINDS = ["mlp", "conv", "tied", "dynamic"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, daemon):
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for kind in KINDS:
+        ep, inputs = make(kind)
+        path = root / f"{kind}.pt2"
+        torch.export.save(ep, path)
+        if kind == "tied":
+            ray_zerocopy.preload_exported(ep, name=f"ep-{kind}")  # from Python, the program itself
+        else:
+            p = daemon.run_cli("preload", str(path), "--name", f"ep-{kind}")  # the CLI
+            assert p.returncode == 0, p.stderr
+        out[kind] = (path, inputs)
+    return out
+
+
+def mapped_tensors(module):
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        yield name, t
+    for name, value in vars(module).items():  # constants: plain tensor attributes of the graph module
+        if isinstance(value, torch.Tensor):
+            yield name, value
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, kind):
+    path, inputs = exported[kind]
+    ep = ray_zerocopy.load_exported(f"ep-{kind}")
+    theirs = torch.export.load(path)
+    assert isinstance(ep, torch.export.ExportedProgram)
+    assert set(ep.state_dict) == set(theirs.state_dict) and set(ep.constants) == set(theirs.constants)
+    ours_m, theirs_m = ep.module(), theirs.module()
+    for x in inputs:  # the dynamic program at two shapes it was not exported with
+        with torch.no_grad():
+            assert torch.equal(ours_m(x), theirs_m(x))
+    # Every weight, buffer and constant of the program and of its module is
+    # a view of the model's segment.
+    ranges = segment_ranges(ray_zerocopy._native.client().get(f"ep-{kind}")["digest"])
+    assert ranges
+    tensors = [*ep.state_dict.items(), *ep.constants.items(), *mapped_tensors(ours_m)]
+    assert len(tensors) > len(ep.state_dict)
+    for name, t in tensors:
+        assert any(lo <= t.data_ptr() < hi for lo, hi in ranges), name
+    assert not any(p.requires_grad for p in ours_m.parameters())
+    if kind == "tied":
+        assert ep.state_dict["emb.weight"].data_ptr() == ep.state_dict["head.weight"].data_ptr()
+        assert ours_m.emb.weight.data_ptr() == ours_m.head.weight.data_ptr()
+        assert ep.state_dict["scale"].dtype == torch.float16 and ep.state_dict["offset"].dtype == torch.int64
+    if kind == "dynamic":
+        assert ep.range_constraints.keys() == theirs.range_constraints.keys()
+
+
+def test_inspect_says_torch_export_and_lists_the_program(exported, daemon):
+    p = daemon.run_cli("inspect", "ep-conv")
+    assert p.returncode == 0, p.stderr
+    assert "torch-export" in p.stdout, p.stdout
+    assert "models/model.json" in p.stdout and "data/weights/model_weights_config.json" in p.stdout, p.stdout
+    assert "bn.running_var" in p.stdout, p.stdout
+    files = [line for line in p.stdout.splitlines() if line.startswith("files:")]
+    assert files and "weight_0" not in files[0], p.stdout  # the weights are tensors, not files
+
+
+def test_four_processes_share_one_copy(exported, daemon):
+    info = ray_zerocopy._native.client().get("ep-mlp")
+    code = textwrap.dedent("""
+        import sys, torch, ray_zerocopy
+        m = ray_zerocopy.load_exported("ep-mlp").module()
+        with torch.no_grad():
+            m(torch.randn(2, 16))
+        for p in m.parameters():
+            p.sum()  # every page of the weights touched
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)
+    with processes_ready(code) as procs:
+        pss = [segment_pss(p.pid, info["digest"]) for p in procs]
+        weights = sum(t.numel() * t.element_size() for t in MLP().parameters())
+        assert all(rss >= weights for rss, _ in pss), (pss, weights)  # each maps the weights
+        assert sum(p for _, p in pss) <= 1.1 * info["size"], (pss, info["size"])  # one copy between them
+
+
+def rewrite(src: Path, dst: Path, change=None, add=(), compress=None):
+    """A copy of archive `src` with each entry's bytes passed through
+    change(name, bytes) (None drops it), entries added, and optionally one
+    entry compressed."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        top = zin.namelist()[0].split("/")[0]
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if change is not None:
+                data = change(info.filename[len(top) + 1:], data)
+            if data is None:
+                continue
+            method = zipfile.ZIP_DEFLATED if compress and info.filename.endswith(compress) else zipfile.ZIP_STORED
+            zout.writestr(info.filename, data, compress_type=method)
+        for name, data in add:
+            zout.writestr(f"{top}/{name}", data)
+    return dst
+
+
+def edit_config(kind, key, fn):
+    def change(name, data):
+        if name != f"data/{kind}/model_{kind}_config.json":
+            return data
+        doc = json.loads(data)
+        fn(doc["config"][key])
+        return json.dumps(doc).encode()
+    return change
+
+
+def test_bad_archives_are_refused_at_preload_and_publish_nothing(exported, daemon, tmp_path):
+    mlp = exported["mlp"][0]
+    tied = exported["tied"][0]
+    cases = [
+        ("not-pt2", rewrite(mlp, tmp_path / "a.pt2", lambda n, d: None if n == "archive_format" else d),
+         "torch.export archive"),
+        ("version", rewrite(mlp, tmp_path / "b.pt2", lambda n, d: b"1" if n == "archive_version" else d),
+         "pt2 archive version 1; zerocopy reads version 0"),
+        ("compressed", rewrite(mlp, tmp_path / "c.pt2", compress="weight_0"), "compressed"),
+        ("pickled", rewrite(mlp, tmp_path / "d.pt2", edit_config("weights", "net.0.weight",
+                                                                  lambda p: p.update(use_pickle=True))),
+         "weight 'net.0.weight' is stored as a pickle"),
+        ("too-big", rewrite(mlp, tmp_path / "e.pt2", edit_config(
+            "weights", "net.2.bias", lambda p: p["tensor_meta"].update(sizes=[{"as_int": 5}]))),
+         "weight 'net.2.bias' reaches past the end of its record data/weights/"),
+        ("symbolic", rewrite(mlp, tmp_path / "f.pt2", edit_config(
+            "weights", "net.2.bias", lambda p: p["tensor_meta"].update(sizes=[{"as_expr": {"expr_str": "s0"}}]))),
+         "not a plain integer"),
+        ("dtype", rewrite(mlp, tmp_path / "g.pt2", edit_config(
+            "weights", "net.2.bias", lambda p: p["tensor_meta"].update(dtype=9))),
+         "weight 'net.2.bias' has dtype 9"),
+        ("aoti", rewrite(mlp, tmp_path / "h.pt2", add=[("data/aotinductor/model/model.so", b"\x7fELF")]),
+         "AOTInductor package"),
+        ("two", rewrite(mlp, tmp_path / "i.pt2", add=[("models/other.json", b"{}")]), "2 programs"),
+        ("missing", rewrite(mlp, tmp_path / "j.pt2", lambda n, d: None if n == "data/weights/weight_1" else d),
+         "names record data/weights/weight_1, which is missing"),
+        ("script-object", rewrite(tied, tmp_path / "k.pt2", edit_config(
+            "constants", "const", lambda p: p.update(path_name="custom_obj_0"))), "script object"),
+        ("truncated", tmp_path / "l.pt2", "zip"),
+    ]
+    (tmp_path / "l.pt2").write_bytes(mlp.read_bytes()[:-100])
+    before = len(ray_zerocopy._native.client().list())
+    for what, path, message in cases:
+        p = daemon.run_cli("preload", str(path), "--name", f"bad-{what}")
+        assert p.returncode != 0, (what, p.stderr)
+        assert message in p.stderr, (what, p.stderr)
+    assert len(ray_zerocopy._native.client().list()) == before
+    # Not a torch.export model, and no such model.
+    ray_zerocopy._store.publish(MLP().state_dict(), name="plain-state-dict")
+    with pytest.raises(InvalidModelError, match="not a torch.export program"):
+        ray_zerocopy.load_exported("plain-state-dict")
+    with pytest.raises(ray_zerocopy.ModelNotFoundError):
+        ray_zerocopy.load_exported("ep-no-such-model")
+
+
+def test_a_program_this_torch_cannot_read_is_an_error_at_load(exported, daemon, tmp_path):
+    def change(name, data):
+        if name != "models/model.json":
+            return data
+        doc = json.loads(data)
+        doc["schema_version"]["major"] += 1  # a program from a future torch
+        return json.dumps(doc).encode()
+    path = rewrite(exported["mlp"][0], tmp_path / "future.pt2", change)
+    p = daemon.run_cli("preload", str(path), "--name", "ep-future")
+    assert p.returncode == 0, p.stderr  # preload reads only the configs
+    with pytest.raises(InvalidModelError, match="cannot read its program.*schema version"):
+        ray_zerocopy.load_exported("ep-future")
+
+
+def test_an_exported_module_goes_through_the_seeds_wrappers(exported, ray_local):
+    from ray_zerocopy import ActorWrapper, TaskWrapper
+    path, inputs = exported["conv"]
+    module = ray_zerocopy.load_exported("ep-conv").module()
+    x = inputs[0]
+    with torch.no_grad():
+        want = torch.export.load(path).module()(x)
+
+    @ray_local.remote
+    class Actor:
+        def __init__(self, wrapper):
+            self.model = wrapper.load()
+
+        def run(self, x):
+            with torch.no_grad():
+                return self.model(x)
+
+    actor = Actor.remote(ActorWrapper(module))
+    assert torch.equal(ray_local.get(actor.run.remote(x)), want)
+    task = TaskWrapper(module)
+    assert torch.equal(task(x), want)
