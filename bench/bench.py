@@ -548,6 +548,18 @@ def hugging_face(args):
     return json.loads(lines[-1])
 
 
+def exported(args):
+    """Section 10 in its own process (bench_export.py, a zerocopyd of its own)."""
+    log("bench: a torch.export program in a fresh process")
+    argv = [sys.executable, str(HERE / "bench_export.py"), "--build", args.build, "--repeats",
+            "1" if args.quick else "3"] + (["--quick"] if args.quick else [])
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode != 0 or not lines:
+        return {"error": (r.stderr or r.stdout)[-3000:]}
+    return json.loads(lines[-1])
+
+
 def fan_out(args):
     """Section 8: one simulated cluster per configuration (nodes, link rate,
     size), each its own process tree, one at a time."""
@@ -622,6 +634,7 @@ def main():
         results["across_nodes"] = across_nodes(args)
         results["fan_out"] = fan_out(args)
         results["hugging_face"] = hugging_face(args)
+        results["exported"] = exported(args)
     results = json.loads(json.dumps(results))  # the same keys (strings) as a reader of the file sees
     (out / "results.json").write_text(json.dumps(results, indent=1))
     import report

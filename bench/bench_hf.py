@@ -23,11 +23,8 @@ their summed PSS of its segment against its size. One JSON line on stdout.
 """
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -116,21 +113,6 @@ def make_model(d: Path, hidden: int, layers: int) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def child(loader: str, d: Path, name: str, env: dict, hold=False):
-    argv = [sys.executable, "-c", CHILD, loader, str(d), name] + (["hold"] if hold else [])
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-                            text=True)
-
-
-def run_once(loader, d, name, env) -> dict:
-    p = child(loader, d, name, env)
-    out, err = p.communicate(timeout=600)
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    if p.returncode != 0 or not lines:
-        return {"error": (err or out).strip().splitlines()[-1][:300] if (err or out).strip() else "no output"}
-    return json.loads(lines[-1])
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", default=str(ROOT / "build"))
@@ -141,24 +123,19 @@ def main():
     build = Path(args.build)
     sys.path.insert(0, str(build / "python"))
     sys.path.insert(0, str(HERE))
-    from bench import Daemon
+    from fresh_process import run_once, scratch_daemon, spawn
     from test_ray import segment_pss
 
-    work = Path(tempfile.mkdtemp(prefix="zc-bench-hf-"))
-    segments = tempfile.mkdtemp(prefix="zc-bench-hf-", dir="/dev/shm")
-    daemon = Daemon(build, segments, "4G")
-    try:
+    with scratch_daemon(build, "zc-bench-hf-") as (daemon, work, env):
         d = work / "llama"
         nbytes = make_model(d, args.hidden, args.layers)
         name = "bench-hf"
         t0 = time.perf_counter()
         daemon.run("preload", str(d), "--name", name)
         preload_s = time.perf_counter() - t0
-        env = dict(os.environ, ZEROCOPY_SOCKET=daemon.socket,
-                   PYTHONPATH=os.pathsep.join([str(build / "python"), os.environ.get("PYTHONPATH", "")]))
         results = {}
         for loader in LOADERS:
-            runs = [run_once(loader, d, name, env) for _ in range(args.repeats + 1)][1:]  # the first warms the cache
+            runs = [run_once(CHILD, [loader, d, name], env) for _ in range(args.repeats + 1)][1:]  # the first warms the cache
             errors = [r["error"] for r in runs if "error" in r]
             if errors:
                 results[loader] = {"error": errors[0]}
@@ -168,7 +145,7 @@ def main():
             print(f"bench_hf: {loader}: {results[loader]['ready_s']:.3f} s", file=sys.stderr, flush=True)
         # Four processes of ours at once: one copy between them.
         digest = daemon.run("inspect", name)["model"]["digest"]
-        procs = [child("ours", d, name, env, hold=True) for _ in range(4)]
+        procs = [spawn(CHILD, ["ours", d, name], env, hold=True) for _ in range(4)]
         try:
             for p in procs:
                 p.stdout.readline()
@@ -182,11 +159,6 @@ def main():
                                     "segment_bytes": size},
                           "preload_s": preload_s, "loaders": results,
                           "pss": {"processes": 4, "sum_bytes": sum(pss), "ratio": sum(pss) / size}}))
-    finally:
-        daemon.stop()
-        import shutil
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(segments, ignore_errors=True)
 
 
 if __name__ == "__main__":

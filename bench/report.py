@@ -212,6 +212,7 @@ def markdown(r):
     lines += across_nodes_lines(r.get("across_nodes"))
     lines += fan_out_lines(r.get("fan_out"))
     lines += hugging_face_lines(r.get("hugging_face"))
+    lines += exported_lines(r.get("exported"))
     if r.get("errors"):
         lines += ["## Failed measurements", ""] + [f"- {k}: `{why(v)}`" for k, v in r["errors"].items()] + [""]
     lines += targets(r)
@@ -489,6 +490,42 @@ def hugging_face_lines(x):
     if p:
         lines += ["", f"{p['processes']} processes holding ours at once: their segment PSS sums to "
                       f"×{p['ratio']:.2f} the model's segment (one copy between them)."]
+    lines.append("")
+    return lines
+
+
+def exported_lines(x):
+    """Section 10 (bench_export.py)."""
+    if not x:
+        return []
+    title = "## 10. A torch.export program in a fresh process"
+    if "error" in x:
+        return [title, "", f"not measured: `{why(x['error'])}`", ""]
+    lines = [title, "",
+             "bench_model's transformer-like model exported with `torch.export` and saved with `torch.export.save`, "
+             "preloaded once. Each loader in a fresh process, torch and its export deserializer imported before the "
+             "clock, the archive in the page cache. Ready: `ray_zerocopy.load_exported(name).module()` against "
+             "`torch.export.load(path).module()`, and for the AOTInductor package (compiled with its weights beside "
+             "the library) `ray_zerocopy.load_aoti(name)` against torch's `load_pt2(path, "
+             "load_weights_from_disk=True)`; first output: ready plus one forward of 16 tokens. Medians.", "",
+             "| model | program | ours ready | torch ready | ours / torch | ours first output | torch first output |",
+             "|---|---|---|---|---|---|---|"]
+    for label, m in x["models"].items():
+        ours, theirs = m["loaders"].get("ours", {}), m["loaders"].get("torch", {})
+        if "error" in ours or "error" in theirs:
+            lines.append(f"| {label} | | `{why(ours.get('error') or theirs.get('error'))}` | | | | |")
+            continue
+        program = "compiled" if m.get("aoti") else "exported"
+        lines.append(f"| {label} ({size(m['bytes'] / MiB)}) | {program}, {m['blocks']} blocks, {m['nodes']} nodes | "
+                     f"{t(ours['ready_s'])} | {t(theirs['ready_s'])} | ×{ours['ready_s'] / theirs['ready_s']:.2f} | "
+                     f"{t(ours['output_s'])} | {t(theirs['output_s'])} |")
+    for label, m in x["models"].items():
+        if m.get("pss"):
+            p = m["pss"]
+            lines += ["", f"{p['processes']} processes holding ours ({label}) at once: their segment PSS sums to "
+                          f"×{p['ratio']:.2f} the model's segment (one copy between them)."]
+        if m["loaders"].get("mismatch"):
+            lines += ["", f"{label}: {m['loaders']['mismatch']}"]
     lines.append("")
     return lines
 

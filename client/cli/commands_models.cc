@@ -120,7 +120,7 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
     std::printf("%s\n", info->digest().c_str());
     const int files = source.manifest.files_size();
     std::fprintf(stderr, "preloaded %s (%s): %u tensors%s, %s in %.2f s (%s/s)%s%s\n", path.c_str(),
-                 CheckpointFormatName(*format), info->tensor_count(),
+                 source.manifest.format().c_str(), info->tensor_count(),
                  files ? absl::StrCat(" and ", files, files == 1 ? " file" : " files").c_str() : "",
                  FormatBytes(info->size(), 1).c_str(), s, FormatBytes(static_cast<uint64_t>(info->size() / s), 1).c_str(),
                  name.empty() ? "" : ", named ", name.c_str());

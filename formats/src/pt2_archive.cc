@@ -13,6 +13,7 @@
 #include "zerocopy/manifest.h"
 #include "zerocopy/mapped_region.h"
 #include "zerocopy/status.h"
+#include "zerocopy/torch_save_file.h"
 #include "json_nesting.h"
 
 namespace zerocopy {
@@ -160,6 +161,42 @@ class PayloadReader {
     return absl::OkStatus();
   }
 
+  // An AOTInductor package's weights (aoti_compile_and_package with
+  // package_constants_in_so off and the "pickle_weights" disk format):
+  // `config_path` maps each fqn to [record, sizes, strides, offset], the
+  // record under data/weights/ a torch.save of one tensor whose storage
+  // holds the weight (read by TorchSaveFile, in place).
+  absl::Status AddAotiWeights(const std::string& config_path) {
+    const ZipEntry* e = entries_.Find(config_path);
+    if (e == nullptr) return absl::OkStatus();
+    if (e->size > kMaxConfigBytes) return Invalid(absl::StrCat(config_path, " is ", e->size, " bytes"));
+    absl::string_view text = entries_.Bytes(*e);
+    if (!internal::JsonNestingWithin(text, kMaxNesting)) return Invalid(absl::StrCat(config_path, " is nested too deeply"));
+    json config = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+    if (config.is_discarded() || !config.is_object()) return Invalid(absl::StrCat(config_path, " is not a JSON object"));
+    for (auto it = config.begin(); it != config.end(); ++it) {
+      const std::string& fqn = it.key();
+      const json& w = it.value();
+      if (!w.is_array() || w.size() != 4 || !w[0].is_string() || !w[1].is_array() || !w[2].is_array() ||
+          !w[3].is_number_integer()) {
+        return Invalid(absl::StrCat(config_path, ": weight '", fqn, "' is not [record, sizes, strides, offset]"));
+      }
+      if (!names_.insert(fqn).second) return Invalid(absl::StrCat(config_path, ": weight '", fqn, "' twice"));
+      std::vector<int64_t> sizes, strides;
+      for (const auto* list : {&w[1], &w[2]}) {
+        auto& out = list == &w[1] ? sizes : strides;
+        for (const auto& v : *list) {
+          if (!v.is_number_integer()) return Invalid(absl::StrCat("weight '", fqn, "' has a size or stride ", v.dump()));
+          out.push_back(v.get<int64_t>());
+        }
+      }
+      const std::string record = absl::StrCat("data/weights/", w[0].get<std::string>());
+      ZC_ASSIGN_OR_RETURN(auto held, SavedTensor(record, fqn));
+      ZC_RETURN_IF_ERROR(Place(fqn, "weight", held.second, sizes, strides, w[3].get<int64_t>(), held.first, record));
+    }
+    return absl::OkStatus();
+  }
+
   const std::set<std::string>& used() const { return used_; }
 
  private:
@@ -184,16 +221,21 @@ class PayloadReader {
     if (offset_it != meta.end()) {
       ZC_ASSIGN_OR_RETURN(offset, AsInt(*offset_it, absl::StrCat("tensor '", fqn, "' offset")));
     }
+    ZC_ASSIGN_OR_RETURN(uint32_t storage, Storage(record, *dtype, fqn));
+    return Place(fqn, kind, *dtype, sizes, strides, offset, storage, record);
+  }
+
+  // Tensor `fqn` over storage `storage` (of `record`): `offset` in elements.
+  absl::Status Place(const std::string& fqn, const char* kind, v1::DType dtype, const std::vector<int64_t>& sizes,
+                     const std::vector<int64_t>& strides, int64_t offset, uint32_t storage, const std::string& record) {
     if (offset < 0 || offset > (int64_t{1} << 48)) {
       return Invalid(absl::StrCat(kind, " '", fqn, "' has storage offset ", offset));
     }
-    ZC_ASSIGN_OR_RETURN(uint32_t storage, Storage(record, *dtype, fqn));
-
     auto* t = out_.source.manifest.add_tensors();
     t->set_name(fqn);
     t->set_storage(storage);
-    t->set_dtype(*dtype);
-    t->set_byte_offset(static_cast<uint64_t>(offset) * DTypeSize(*dtype));
+    t->set_dtype(dtype);
+    t->set_byte_offset(static_cast<uint64_t>(offset) * DTypeSize(dtype));
     for (int64_t d : sizes) t->add_shape(d);
     for (int64_t s : strides) t->add_strides(s);
     // The tensor lies inside its record (ValidateManifest checks it again
@@ -211,6 +253,7 @@ class PayloadReader {
     return absl::OkStatus();
   }
 
+  // Storage of `record`, a raw record of `dtype` elements (added once).
   absl::StatusOr<uint32_t> Storage(const std::string& record, v1::DType dtype, const std::string& fqn) {
     auto it = storages_.find(record);
     if (it != storages_.end()) return it->second;
@@ -228,8 +271,26 @@ class PayloadReader {
     return index;
   }
 
+  // The storage and dtype of the one tensor a torch.save record holds.
+  absl::StatusOr<std::pair<uint32_t, v1::DType>> SavedTensor(const std::string& record, const std::string& fqn) {
+    auto it = saved_.find(record);
+    if (it != saved_.end()) return it->second;
+    const ZipEntry* e = entries_.Find(record);
+    if (e == nullptr) return Invalid(absl::StrCat("weight '", fqn, "' names record ", record, ", which is missing"));
+    auto file = TorchSaveFile::ParseTensor(entries_.Data(*e), e->size);
+    if (!file.ok()) return Annotate(file.status(), absl::StrCat("record ", record, " of weight '", fqn, "'"));
+    const ModelSource& inner = file->source();
+    const v1::Tensor& t = inner.manifest.tensors(0);
+    used_.insert(record);
+    out_.source.manifest.add_storages()->set_size(inner.manifest.storages(static_cast<int>(t.storage())).size());
+    out_.source.storage_data.push_back(inner.storage_data[t.storage()]);  // inside the record: our bytes
+    const auto index = static_cast<uint32_t>(out_.source.manifest.storages_size() - 1);
+    return saved_[record] = {index, t.dtype()};
+  }
+
   const Entries& entries_;
   Checkpoint& out_;
+  std::map<std::string, std::pair<uint32_t, v1::DType>> saved_;
   std::set<std::string> names_;
   std::map<std::string, uint32_t> storages_;
   std::set<std::string> used_;
@@ -263,32 +324,48 @@ absl::StatusOr<Checkpoint> ParsePt2Archive(const uint8_t* data, size_t size) {
   auto order = marker("byteorder");
   if (order && *order != "little") return Invalid(absl::StrCat("pt2 archive of byte order ", *order, "; only little"));
 
-  std::vector<std::string> programs;
-  bool aoti = false;
+  std::set<std::string> programs, compiled;  // models/<m>.json; data/aotinductor/<m>/...
+  constexpr absl::string_view kCompiledDir = "data/aotinductor/";
   for (const auto& [path, e] : entries.all()) {
     if (absl::StartsWith(path, "models/") && absl::EndsWith(path, ".json") && path.find('/', 7) == std::string::npos) {
-      programs.push_back(path.substr(7, path.size() - 12));
+      programs.insert(path.substr(7, path.size() - 12));
     }
-    if (absl::StartsWith(path, "data/aotinductor/")) aoti = true;
+    const size_t slash = path.find('/', kCompiledDir.size());
+    if (absl::StartsWith(path, kCompiledDir) && slash != std::string::npos) {
+      compiled.insert(path.substr(kCompiledDir.size(), slash - kCompiledDir.size()));
+    }
   }
-  if (aoti) {
-    return Invalid("an AOTInductor package (entries under data/aotinductor/): zerocopy preloads torch.export.save "
-                   "archives of an ExportedProgram, not compiled packages yet");
+  const std::set<std::string>& models = compiled.empty() ? programs : compiled;
+  const char* what = compiled.empty() ? "programs" : "compiled models";
+  if (models.empty()) return Invalid("pt2 archive without a program (no models/<name>.json)");
+  if (models.size() > 1) {
+    return Invalid(absl::StrCat("pt2 archive with ", models.size(), " ", what, " (", *models.begin(), ", ",
+                                *std::next(models.begin()), ", ...); zerocopy takes archives of one, as "
+                                "torch.export.save and aoti_compile_and_package write"));
   }
-  if (programs.empty()) return Invalid("pt2 archive without a program (no models/<name>.json)");
-  if (programs.size() > 1) {
-    return Invalid(absl::StrCat("pt2 archive with ", programs.size(), " programs (", programs[0], ", ", programs[1],
-                                ", ...); zerocopy takes archives of one, as torch.export.save writes"));
-  }
-  const std::string& model = programs[0];
+  const std::string& model = *models.begin();
 
   Checkpoint out;
-  out.source.manifest.set_format(kTorchExportFormat);
   PayloadReader reader(entries, out);
-  ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/weights/", model, "_weights_config.json"), "data/weights/",
-                                "weight_", "weight"));
-  ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/constants/", model, "_constants_config.json"),
-                                "data/constants/", "tensor_", "constant"));
+  if (!compiled.empty()) {
+    // An AOTInductor package: its weights beside the compiled library, or
+    // inside it (torch's default), where no other process can share them.
+    const std::string config = absl::StrCat(kCompiledDir, model, "/weights_config.json");
+    if (entries.Find(config) == nullptr) {
+      return Invalid("an AOTInductor package whose weights are inside its compiled library (torch's default): "
+                     "compile it with inductor_configs={\"aot_inductor.package_constants_in_so\": False, "
+                     "\"aot_inductor.package_constants_on_disk_format\": \"pickle_weights\"} so that zerocopy "
+                     "can share them");
+    }
+    out.source.manifest.set_format(kAotInductorFormat);
+    ZC_RETURN_IF_ERROR(reader.AddAotiWeights(config));
+  } else {
+    out.source.manifest.set_format(kTorchExportFormat);
+    ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/weights/", model, "_weights_config.json"), "data/weights/",
+                                  "weight_", "weight"));
+    ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/constants/", model, "_constants_config.json"),
+                                  "data/constants/", "tensor_", "constant"));
+  }
   // Everything else is the program's: kept as files.
   uint64_t file_bytes = 0;
   for (const auto& [path, e] : entries.all()) {

@@ -220,14 +220,16 @@ class Flattener {
   uint64_t visits_ = 0;
 };
 
-// The state dict `root` as `out`'s manifest and storages.
-absl::Status Flatten(const Obj* root, ModelSource* out) {
-  if (root->kind != Kind::kDict) {
-    return Invalid(absl::StrCat("the file holds a ", KindName(root->kind), ", not a dict of tensors"));
+// The state dict `root` as `out`'s manifest and storages; with
+// `bare_tensor`, a tensor alone (named "tensor").
+absl::Status Flatten(const Obj* root, ModelSource* out, bool bare_tensor) {
+  if (root->kind != (bare_tensor ? Kind::kTensor : Kind::kDict)) {
+    return Invalid(absl::StrCat("the file holds a ", KindName(root->kind),
+                                bare_tensor ? ", not a tensor" : ", not a dict of tensors"));
   }
   out->manifest.set_format("torch");
   Flattener flattener(*out);
-  ZC_RETURN_IF_ERROR(flattener.Flatten(root, "", 0));
+  ZC_RETURN_IF_ERROR(flattener.Flatten(root, bare_tensor ? "tensor" : "", 0));
   return flattener.Finish();
 }
 
@@ -242,17 +244,25 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::Open(const std::string& path) {
 
 absl::StatusOr<TorchSaveFile> TorchSaveFile::Parse(const uint8_t* data, size_t size) {
   try {
-    return ParseUnchecked(data, size);
+    return ParseUnchecked(data, size, /*bare_tensor=*/false);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError("out of memory parsing the torch.save archive");
   }
 }
 
-absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data, size_t size) {
+absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseTensor(const uint8_t* data, size_t size) {
+  try {
+    return ParseUnchecked(data, size, /*bare_tensor=*/true);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory parsing the torch.save archive");
+  }
+}
+
+absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data, size_t size, bool bare_tensor) {
   if (internal::LegacyTorchMagicEnd(data, size)) {
     ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled, internal::ReadLegacyTorchSave(data, size));
     TorchSaveFile file;
-    ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_));
+    ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_, bare_tensor));
     return file;
   }
   if (size < 4 || std::memcmp(data, "PK\x03\x04", 4) != 0) {
@@ -288,7 +298,7 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data,
   ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled, pickle::Unpickle(data + pickle->data_offset, pickle->size,
                                                                     {"data.pkl"}, &storages));
   TorchSaveFile file;
-  ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_));
+  ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_, bare_tensor));
   return file;
 }
 

@@ -45,6 +45,7 @@ put("torch_save", "dtypes", tsave(collections.OrderedDict(
     (str(d), torch.zeros(2, dtype=d)) for d in (torch.float64, torch.float16, torch.bfloat16, torch.int8,
                                                 torch.bool, torch.complex64))))
 put("torch_save", "parameters", tsave(dict(torch.nn.Linear(2, 2).named_parameters())))
+put("torch_save", "bare_tensor", tsave(torch.arange(6.0).view(2, 3)))  # as AOTInductor packages keep weights
 put("torch_save", "untyped_v3", tsave({"u16": torch.tensor([1, 2]).to(torch.uint16),
                                        "f8": torch.zeros(3).to(torch.float8_e4m3fn)}))
 

@@ -3,6 +3,9 @@ real exports made here, saved by torch.export.save, preloaded (the CLI and
 preload_exported) and loaded with load_exported against
 torch.export.load(path).module() on the same archive."""
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -132,6 +135,14 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
         assert ep.state_dict["scale"].dtype == torch.float16 and ep.state_dict["offset"].dtype == torch.int64
     if kind == "dynamic":
         assert ep.range_constraints.keys() == theirs.range_constraints.keys()
+    # The program's JSON read into the same schema objects as torch reads it.
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import _bytes_to_dataclass
+    from ray_zerocopy._export import _to_dataclass
+    with zipfile.ZipFile(path) as z:
+        program = z.read(next(n for n in z.namelist() if n.endswith("models/model.json")))
+    assert _to_dataclass(schema.ExportedProgram, json.loads(program)) == _bytes_to_dataclass(schema.ExportedProgram,
+                                                                                            program)
 
 
 def test_inspect_says_torch_export_and_lists_the_program(exported, daemon):
@@ -272,3 +283,149 @@ def test_an_exported_module_goes_through_the_seeds_wrappers(exported, ray_local)
     assert torch.equal(ray_local.get(actor.run.remote(x)), want)
     task = TaskWrapper(module)
     assert torch.equal(task(x), want)
+
+
+# -- AOTInductor packages ------------------------------------------------------
+
+EXTERNAL_WEIGHTS = {"aot_inductor.package_constants_in_so": False,
+                    "aot_inductor.package_constants_on_disk_format": "pickle_weights"}
+
+
+class Small(torch.nn.Module):  # weights, a buffer, tied weights
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(32, 16)
+        self.fc = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 32, bias=False)
+        self.head.weight = self.emb.weight
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 16))
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.fc(self.emb(ids))) * self.scale)
+
+
+@pytest.fixture(scope="module")
+def aoti(tmp_path_factory, daemon):
+    """A package compiled here (CPU, about 30 s) with its weights beside its
+    library, preloaded with the CLI as aoti-small."""
+    torch.manual_seed(1)
+    root = tmp_path_factory.mktemp("aoti")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    ep = torch.export.export(Small().eval(), (ids,))
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(root / "small.pt2"),
+                                                    inductor_configs=EXTERNAL_WEIGHTS)
+    p = daemon.run_cli("preload", path, "--name", "aoti-small")
+    assert p.returncode == 0, p.stderr
+    return Path(path), ids
+
+
+def torch_runner(path):
+    from torch.export.pt2_archive._package import load_pt2
+    return load_pt2(str(path), load_weights_from_disk=True).aoti_runners["model"]
+
+
+def test_an_aoti_package_runs_on_the_mapped_weights(aoti, daemon, tmp_path, monkeypatch):
+    path, ids = aoti
+    monkeypatch.setenv("ZEROCOPY_AOTI_CACHE", str(tmp_path / "cache"))
+    runner = ray_zerocopy.load_aoti("aoti-small")
+    assert torch.equal(runner(ids), torch_runner(path)(ids))
+    info = ray_zerocopy._native.client().get("aoti-small")
+    ranges = segment_ranges(info["digest"])
+    assert ranges
+    for fqn, t in runner._zerocopy_constants.items():
+        assert any(lo <= t.data_ptr() < hi for lo, hi in ranges), fqn
+    program = tmp_path / "cache" / info["digest"]  # the program's files, not the weights
+    assert list((tmp_path / "cache").iterdir()) == [program]
+    assert (program / "data/aotinductor/model").is_dir() and not (program / "data/weights").exists()
+    p = daemon.run_cli("inspect", "aoti-small")
+    assert "format:      aoti" in p.stdout and ".wrapper.so" in p.stdout and "head.weight" in p.stdout, p.stdout
+    # The library reads the mapping itself, not a copy: weights zeroed in this
+    # process's (copy-on-write) view change what it computes, to what torch's
+    # own runner computes with zero weights. In a process of its own, which
+    # the altered pages stay in.
+    code = textwrap.dedent(f"""
+        import torch, ray_zerocopy
+        runner = ray_zerocopy.load_aoti("aoti-small")
+        ids = torch.tensor({ids.tolist()})
+        before = runner(ids)
+        for t in runner._zerocopy_constants.values():
+            t.zero_()
+        after = runner(ids)
+        print(bool(before.abs().sum() > 0), bool(after.abs().sum() == 0))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "True"], done.stdout
+    # The shared copy is untouched: this process still computes torch's result.
+    assert torch.equal(ray_zerocopy.load_aoti("aoti-small")(ids), torch_runner(path)(ids))
+
+
+def test_four_processes_share_one_aoti_copy(aoti, daemon):
+    info = ray_zerocopy._native.client().get("aoti-small")
+    code = textwrap.dedent("""
+        import sys, torch, ray_zerocopy
+        runner = ray_zerocopy.load_aoti("aoti-small")
+        runner(torch.tensor([[1, 2, 3, 4]]))
+        for t in runner._zerocopy_constants.values():
+            t.sum()
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)
+    with processes_ready(code) as procs:
+        pss = [segment_pss(p.pid, info["digest"]) for p in procs]
+        # Each maps the weights (whole pages of the segment); the four hold
+        # one copy of the model between them.
+        assert all(rss > 0 for rss, _ in pss), pss
+        assert sum(p for _, p in pss) <= 1.1 * info["size"], (pss, info["size"])
+
+
+def test_aoti_packages_that_cannot_be_shared_or_run_here_are_refused(aoti, daemon, tmp_path, monkeypatch):
+    path, _ = aoti
+    monkeypatch.setenv("ZEROCOPY_AOTI_CACHE", str(tmp_path / "cache"))
+    # torch's default: the weights inside the library.
+    inside = rewrite(path, tmp_path / "inside.pt2", lambda n, d: None if n.endswith("weights_config.json") else d)
+    p = daemon.run_cli("preload", str(inside), "--name", "aoti-inside")
+    assert p.returncode != 0 and "inside its compiled library" in p.stderr, p.stderr
+    assert "package_constants_in_so" in p.stderr
+    # Compiled for instructions this CPU lacks: preloads, refused at load
+    # (torch's loader would only warn, then run it).
+    def other_cpu(name, data):
+        if not name.endswith("wrapper_metadata.json"):
+            return data
+        doc = json.loads(data)
+        doc["AOTI_CPU_ISA"] = "AVX512 NO_SUCH_ISA"
+        return json.dumps(doc).encode()
+    p = daemon.run_cli("preload", str(rewrite(path, tmp_path / "other.pt2", other_cpu)), "--name", "aoti-other")
+    assert p.returncode == 0, p.stderr
+    with pytest.raises(ray_zerocopy.FailedPreconditionError, match="compiled for another machine.*NO_SUCH_ISA"):
+        ray_zerocopy.load_aoti("aoti-other")
+    # Each loader takes its own kind.
+    ray_zerocopy._store.publish(MLP().state_dict(), name="plain-for-aoti")
+    with pytest.raises(InvalidModelError, match="not an AOTInductor package"):
+        ray_zerocopy.load_aoti("plain-for-aoti")
+    with pytest.raises(InvalidModelError, match="not a torch.export program"):
+        ray_zerocopy.load_exported("aoti-small")
+
+
+def test_the_cpp_example_runs_the_package_on_the_mapped_weights(aoti, daemon, tmp_path):
+    """zerocopy::LoadAotInductor (client/cpp/examples/aoti_infer.cc): no
+    Python, the same outputs as torch's runner in Python."""
+    from conftest import BUILD
+    path, _ = aoti
+    binary = BUILD / "client/cpp/zerocopy_aoti_infer"
+    if not binary.exists():
+        pytest.skip("built without LibTorch (ZEROCOPY_WITH_TORCH=OFF)")
+    env = dict(os.environ, ZEROCOPY_SOCKET=daemon.socket, ZEROCOPY_AOTI_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([str(binary), "aoti-small", "1,4", "3", "long"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    want = float(torch_runner(path)(torch.tensor([[0, 1, 2, 3]])).sum())
+    assert "output shape [1,4,32]" in done.stdout, done.stdout
+    assert f"sum {want:.6f}" in done.stdout or abs(float(done.stdout.split("sum ")[1]) - want) < 1e-4, done.stdout
+    assert "4 constants" in done.stdout, done.stdout
+    info = ray_zerocopy._native.client().get("aoti-small")
+    assert (tmp_path / "cache" / info["digest"] / "data/aotinductor/model").is_dir()  # the layout Python writes
+    # Not a package: a precise error, exit 1.
+    ray_zerocopy._store.publish(MLP().state_dict(), name="plain-for-cpp")
+    done = subprocess.run([str(binary), "plain-for-cpp", "1,4"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1 and "not an AOTInductor package" in done.stderr, done.stderr

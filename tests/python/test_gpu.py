@@ -206,3 +206,31 @@ def test_a_hugging_face_model_on_the_shared_device_copy(gpu_daemon, monkeypatch,
     ids = torch.tensor([[1, 2, 3, 4]], device="cuda:0")
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, theirs(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_an_exported_program_and_a_cuda_aoti_package_on_the_shared_device_copy(gpu_daemon, monkeypatch, tmp_path):
+    import ray_zerocopy
+    from test_export import EXTERNAL_WEIGHTS, ConvNet
+    monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
+    monkeypatch.setenv("ZEROCOPY_AOTI_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 8, device="cuda:0")
+    ep = torch.export.export(ConvNet().eval().to("cuda:0"), (x,))
+    # The exported program: saved on cuda:0, so load_exported puts it there.
+    info = ray_zerocopy.preload_exported(ep, name="ep-gpu")
+    ours = ray_zerocopy.load_exported("ep-gpu")
+    tensors = [*ours.state_dict.values(), *ours.constants.values()]
+    assert all(t.device == torch.device("cuda", 0) for t in tensors)
+    base = min(t.data_ptr() for t in tensors)
+    assert max(t.data_ptr() for t in tensors) - base < info["size"]  # all in the one shared copy
+    with torch.no_grad():
+        want = ep.module()(x)
+        torch.testing.assert_close(ours.module()(x), want)
+    # The same program compiled for CUDA, its constants the GPU's shared copy.
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "conv.pt2"),
+                                                    inductor_configs=EXTERNAL_WEIGHTS)
+    done = gpu_daemon.run_cli("preload", path, "--name", "aoti-gpu")
+    assert done.returncode == 0, done.stderr
+    runner = ray_zerocopy.load_aoti("aoti-gpu", device_index=0)
+    assert all(t.device == torch.device("cuda", 0) for t in runner._zerocopy_constants.values())
+    torch.testing.assert_close(runner(x), want, rtol=1e-4, atol=1e-5)

@@ -76,6 +76,8 @@ def test_a_skeleton_by_name_from_another_user_does_not_run(shared, monkeypatch):
         _store.load_jit("llama")
     with pytest.raises(PermissionDeniedError, match="torch.export program"):
         ray_zerocopy.load_exported("llama")
+    with pytest.raises(PermissionDeniedError, match="AOTInductor library"):
+        ray_zerocopy.load_aoti("llama")
     assert not shared.marker.exists()
     # Weights are data: open to every publisher.
     state = ray_zerocopy.load_state_dict("llama")

@@ -4,17 +4,30 @@
 // LibTorch: torch_save_file.cc.)
 #include "zerocopy/torch.h"
 
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
 #include <map>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "zerocopy/dtype.h"
 #include "zerocopy/status.h"
 #include "zerocopy/torch_formats.h"
+#include "zerocopy/unique_fd.h"
 
 namespace zerocopy {
 
@@ -215,6 +228,150 @@ absl::StatusOr<torch::jit::Module> LoadTorchScript(const std::shared_ptr<MappedM
     module.eval();
     return module;
   });
+}
+
+namespace {
+
+constexpr char kAotiFormat[] = "aoti";
+constexpr char kCompiledDir[] = "data/aotinductor/";
+
+absl::Status MakeDirs(const std::string& path, mode_t mode) {
+  for (size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
+    const std::string prefix = path.substr(0, slash);
+    if (::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST) return ErrnoStatus(errno, absl::StrCat("mkdir ", prefix));
+    if (slash == std::string::npos) return absl::OkStatus();
+  }
+}
+
+absl::Status WriteWhole(const std::string& path, absl::string_view bytes) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd) return ErrnoStatus(errno, absl::StrCat("create ", path));
+  for (size_t done = 0; done < bytes.size();) {
+    ssize_t n = ::write(fd.get(), bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, absl::StrCat("write ", path));
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+void RemoveTree(const std::string& path) {
+  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+         FTW_DEPTH | FTW_PHYS);
+}
+
+// The program files of `model` under `cache`/<digest>/, written once
+// (into a temporary directory renamed into place, so a reader never sees
+// half of them).
+absl::StatusOr<std::string> ProgramDirectory(const MappedModel& model, std::string cache) {
+  if (cache.empty()) {
+    const char* env = std::getenv("ZEROCOPY_AOTI_CACHE");
+    const char* home = std::getenv("HOME");
+    if (env != nullptr && *env != '\0') {
+      cache = env;
+    } else if (home != nullptr && *home != '\0') {
+      cache = absl::StrCat(home, "/.cache/zerocopy/aoti");
+    } else {
+      return absl::FailedPreconditionError("no cache directory for AOTInductor programs: set ZEROCOPY_AOTI_CACHE");
+    }
+  }
+  const std::string dir = absl::StrCat(cache, "/", model.digest());
+  struct stat st;
+  if (::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return dir;
+  ZC_RETURN_IF_ERROR(MakeDirs(cache, 0700));
+  std::string tmp = absl::StrCat(cache, "/.", model.digest(), ".XXXXXX");
+  if (::mkdtemp(tmp.data()) == nullptr) return ErrnoStatus(errno, absl::StrCat("mkdtemp in ", cache));
+  for (const auto& file : model.manifest().files()) {
+    auto bytes = model.File(file.name());
+    absl::Status written = bytes.status();
+    const std::string path = absl::StrCat(tmp, "/", file.name());
+    if (written.ok()) written = MakeDirs(path.substr(0, path.rfind('/')), 0700);
+    if (written.ok()) written = WriteWhole(path, *bytes);
+    if (!written.ok()) {
+      RemoveTree(tmp);
+      return written;
+    }
+  }
+  if (::rename(tmp.c_str(), dir.c_str()) != 0) {
+    const int err = errno;
+    RemoveTree(tmp);
+    if (err != EEXIST && err != ENOTEMPTY) return ErrnoStatus(err, absl::StrCat("rename ", tmp, " to ", dir));
+  }
+  return dir;  // ours, or another process's written first
+}
+
+// The CPU features a package's AOTI_CPU_ISA names that this CPU lacks
+// (those we can ask the CPU about; others are taken as present).
+std::vector<std::string> MissingInstructions(absl::string_view isa) {
+  std::vector<std::string> missing;
+  __builtin_cpu_init();
+  for (absl::string_view token : absl::StrSplit(isa, ' ', absl::SkipEmpty())) {
+    bool have = true;
+    if (token == "AVX2") have = __builtin_cpu_supports("avx2");
+    if (token == "AVX512") have = __builtin_cpu_supports("avx512f");
+    if (token == "AVX512_VNNI") have = __builtin_cpu_supports("avx512vnni");
+    if (!have) missing.emplace_back(token);
+  }
+  return missing;
+}
+
+}  // namespace
+
+AotInductorModel::~AotInductorModel() = default;
+
+absl::StatusOr<std::vector<at::Tensor>> AotInductorModel::Run(const std::vector<at::Tensor>& inputs) {
+  return Guard(model_->digest(), [&]() -> absl::StatusOr<std::vector<at::Tensor>> { return loader_->run(inputs); });
+}
+
+absl::StatusOr<std::unique_ptr<AotInductorModel>> LoadAotInductor(const std::shared_ptr<MappedModel>& model,
+                                                                  const std::string& cache_dir) {
+  if (model->manifest().format() != kAotiFormat) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", model->digest(), " (", model->manifest().format(),
+                                                   ") is not an AOTInductor package"));
+  }
+  std::set<std::string> names;
+  for (const auto& f : model->manifest().files()) {
+    if (absl::StartsWith(f.name(), kCompiledDir)) {
+      const std::string rest = f.name().substr(sizeof kCompiledDir - 1);
+      if (rest.find('/') != std::string::npos) names.insert(rest.substr(0, rest.find('/')));
+    }
+  }
+  if (names.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", model->digest(), " keeps ", names.size(),
+                                                   " compiled models; a package has one"));
+  }
+  ZC_ASSIGN_OR_RETURN(std::string dir, ProgramDirectory(*model, cache_dir));
+  ZC_ASSIGN_OR_RETURN(auto state, TorchStateDict(model));
+  std::unique_ptr<AotInductorModel> out(new AotInductorModel());
+  out->model_ = model;
+  for (const auto& item : state) out->constants_.emplace(item.key(), item.value());
+  ZC_RETURN_IF_ERROR(Guard(model->digest(), [&]() -> absl::Status {
+    auto metadata = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(dir, *names.begin());
+    std::vector<std::string> problems;
+    if (metadata.count("AOTI_DEVICE_KEY") && metadata["AOTI_DEVICE_KEY"] != "cpu") {
+      problems.push_back(absl::StrCat("device ", metadata["AOTI_DEVICE_KEY"],
+                                      " (LoadAotInductor runs CPU packages; ray_zerocopy.load_aoti runs CUDA ones)"));
+    }
+    struct utsname host;
+    if (::uname(&host) == 0 && metadata.count("AOTI_MACHINE") && metadata["AOTI_MACHINE"] != host.machine) {
+      problems.push_back(absl::StrCat("machine ", metadata["AOTI_MACHINE"], " (this one: ", host.machine, ")"));
+    }
+    if (metadata.count("AOTI_PLATFORM") && metadata["AOTI_PLATFORM"] != "linux") {
+      problems.push_back(absl::StrCat("platform ", metadata["AOTI_PLATFORM"]));
+    }
+    if (auto missing = MissingInstructions(metadata["AOTI_CPU_ISA"]); !missing.empty()) {
+      problems.push_back(absl::StrCat("instructions ", absl::StrJoin(missing, " "), " that this CPU lacks"));
+    }
+    if (!problems.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("model ", model->digest(), " was compiled for another "
+                                                        "machine: ", absl::StrJoin(problems, "; ")));
+    }
+    out->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(dir, *names.begin());
+    out->loader_->load_constants(out->constants_, /*use_inactive=*/false, /*check_full_update=*/true,
+                                 /*user_managed=*/true);
+    return absl::OkStatus();
+  }));
+  return out;
 }
 
 }  // namespace zerocopy

@@ -16,7 +16,7 @@ _LAZY = {"ModelWrapper": "model_wrappers", "JITModelWrapper": "model_wrappers", 
          # Hugging Face models (transformers imported when called)
          "from_pretrained": "_hf", "tokenizer": "_hf", "preload_pretrained": "_hf",
          # torch.export programs
-         "load_exported": "_export", "preload_exported": "_export"}
+         "load_exported": "_export", "preload_exported": "_export", "load_aoti": "_export"}
 
 
 def __getattr__(name):
@@ -69,7 +69,7 @@ def stats() -> dict:
 
 
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
-           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained", "load_exported", "preload_exported", "errors", "ZeroCopyError", "DaemonUnavailableError",
+           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained", "load_exported", "preload_exported", "load_aoti", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
            "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "FailedPreconditionError",
            "ZerocopyError"]

@@ -1,6 +1,7 @@
 // Pt2Archive: a torch.export.save archive (.pt2, an ExportedProgram: the
-// program as JSON, its weights and tensor constants as raw bytes), read
-// without LibTorch and without running anything from it.
+// program as JSON, its weights and tensor constants as raw bytes) or an
+// AOTInductor package, read without LibTorch and without running anything
+// from it.
 //
 // The archive (torch/export/pt2_archive, format "pt2", version 0) is a zip
 // of stored entries under one top directory <a>/:
@@ -26,9 +27,21 @@
 // (tensor subclasses), script objects and opaque constants, layouts other
 // than strided, symbolic sizes, dtypes zerocopy does not hold, a tensor
 // outside its record, a name used by a weight and a constant, program
-// files over kMaxProgramFileBytes in all. AOTInductor packages (entries
-// under data/aotinductor/) are refused with that said: their program is a
-// compiled library this reader does not take yet.
+// files over kMaxProgramFileBytes in all.
+//
+// An AOTInductor package (aoti_compile_and_package: entries under
+// data/aotinductor/<m>/, the compiled library and its metadata) is read
+// the same way when it keeps its weights beside the library
+// (inductor_configs aot_inductor.package_constants_in_so False and
+// package_constants_on_disk_format "pickle_weights"): its
+// data/aotinductor/<m>/weights_config.json maps each fqn to [record,
+// sizes, strides, offset], each record under data/weights/ a torch.save of
+// one tensor (TorchSaveFile::ParseTensor: its storage used in place).
+// Format "aoti"; the library and everything else kept as files, loaded by
+// torch's own AOTIModelPackageLoader with the mapped tensors as its
+// constants (ray_zerocopy.load_aoti, zerocopy::LoadAotInductor). A package
+// with its weights inside the library (torch's default) is refused, saying
+// how to compile it instead.
 //
 // Thread safety: the Checkpoint it returns is immutable.
 #pragma once
@@ -44,10 +57,11 @@
 namespace zerocopy {
 
 inline constexpr char kTorchExportFormat[] = "torch-export";
+inline constexpr char kAotInductorFormat[] = "aoti";
 inline constexpr uint64_t kMaxProgramFileBytes = 256ull << 20;
 
 // The archive at `path`, its storages pointing into the file's mapping
-// (which the Checkpoint keeps alive). Format "torch-export".
+// (which the Checkpoint keeps alive). Format "torch-export" or "aoti".
 absl::StatusOr<Checkpoint> ReadPt2Archive(const std::string& path);
 
 // The same over bytes the caller keeps alive while the result is used.

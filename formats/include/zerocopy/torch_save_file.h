@@ -52,6 +52,9 @@ class TorchSaveFile {
   static absl::StatusOr<TorchSaveFile> Open(const std::string& path);
   // Bytes the caller keeps alive while this object is used.
   static absl::StatusOr<TorchSaveFile> Parse(const uint8_t* data, size_t size);
+  // torch.save of one tensor (an AOTInductor package's weight records):
+  // one tensor named "tensor". Errors as Parse's, and for anything else.
+  static absl::StatusOr<TorchSaveFile> ParseTensor(const uint8_t* data, size_t size);
 
   TorchSaveFile(TorchSaveFile&&) = default;
   TorchSaveFile& operator=(TorchSaveFile&&) = default;
@@ -61,7 +64,7 @@ class TorchSaveFile {
 
  private:
   TorchSaveFile() = default;
-  static absl::StatusOr<TorchSaveFile> ParseUnchecked(const uint8_t* data, size_t size);
+  static absl::StatusOr<TorchSaveFile> ParseUnchecked(const uint8_t* data, size_t size, bool bare_tensor);
   std::shared_ptr<MappedRegion> region_;
   ModelSource source_;
 };

@@ -64,6 +64,26 @@ TEST_CASE("a torch.save file flattens to dotted names, ties and metadata", "[che
   }
 }
 
+TEST_CASE("a torch.save of one tensor reads as that tensor, and only where one is asked for", "[checkpoint]") {
+  const std::string bare = Slurp(kSeeds + "torch_save/bare_tensor");  // torch.arange(6.0).view(2, 3)
+  auto file = TorchSaveFile::ParseTensor(U8(bare), bare.size());
+  REQUIRE(file.ok());
+  const auto& m = file->source().manifest;
+  REQUIRE(m.tensors_size() == 1);
+  CHECK(m.tensors(0).name() == "tensor");
+  CHECK(m.tensors(0).dtype() == v1::F32);
+  REQUIRE(m.tensors(0).shape_size() == 2);
+  CHECK(m.storages(0).size() == 24);
+  CHECK(static_cast<const float*>(file->source().storage_data[0])[5] == 5.0f);  // in place, in the file's bytes
+  auto as_state_dict = TorchSaveFile::Parse(U8(bare), bare.size());
+  REQUIRE_FALSE(as_state_dict.ok());
+  CHECK_THAT(std::string(as_state_dict.status().message()), Catch::Contains("not a dict of tensors"));
+  const std::string state = Slurp(kSeeds + "torch_save/state_dict");
+  auto as_tensor = TorchSaveFile::ParseTensor(U8(state), state.size());
+  REQUIRE_FALSE(as_tensor.ok());
+  CHECK_THAT(std::string(as_tensor.status().message()), Catch::Contains("not a tensor"));
+}
+
 TEST_CASE("every truncation of a torch.save file is refused", "[checkpoint]") {
   const std::string seed = GENERATE(as<std::string>(), "state_dict", "legacy_nested");
   INFO(seed);

@@ -1,0 +1,46 @@
+"""A loader run in a fresh Python process (sections 9 and 10): the child's
+code prints one JSON line; with `hold`, it then waits for its stdin to
+close (the parent reads memory meanwhile)."""
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def spawn(code: str, argv: list, env: dict, hold=False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, argv)] + (["hold"] if hold else []), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+
+
+def run_once(code: str, argv: list, env: dict) -> dict:
+    """The child's JSON line, or {"error": its last line of output}."""
+    p = spawn(code, argv, env)
+    out, err = p.communicate(timeout=600)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if p.returncode != 0 or not lines:
+        return {"error": (err or out).strip().splitlines()[-1][:300] if (err or out).strip() else "no output"}
+    return json.loads(lines[-1])
+
+
+@contextlib.contextmanager
+def scratch_daemon(build: Path, prefix: str):
+    """A zerocopyd of its own (segments in /dev/shm), a work directory, and
+    the environment a child needs to reach both (AOTInductor programs
+    cached in the work directory); all removed on exit.
+    Yields (daemon, work directory, environment)."""
+    from bench import Daemon
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    segments = tempfile.mkdtemp(prefix=prefix, dir="/dev/shm")
+    daemon = Daemon(build, segments, "4G")
+    env = dict(os.environ, ZEROCOPY_SOCKET=daemon.socket, ZEROCOPY_AOTI_CACHE=str(work / "aoti-cache"),
+               PYTHONPATH=os.pathsep.join([str(build / "python"), os.environ.get("PYTHONPATH", "")]))
+    try:
+        yield daemon, work, env
+    finally:
+        daemon.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(segments, ignore_errors=True)
