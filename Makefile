@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build demo test test-asan test-tsan fuzz fuzz-build bench bench-quick loadtest deb clean
+.PHONY: all deps build demo test test-asan test-tsan fuzz fuzz-build bench bench-quick loadtest deb lint format clean
 
 all: build
 
@@ -91,6 +91,20 @@ test-tsan: deps
 	  -DZEROCOPY_WITH_TORCH=OFF -DZEROCOPY_PYTHON=$(PYTHON)
 	cmake --build build-tsan -j$(JOBS)
 	tests/tsan/run.sh build-tsan
+
+# Formatting and lint: the C++ against .clang-format (clang-format from
+# Debian), the Python against ruff.toml (ruff, pinned in requirements.txt).
+# `make format` applies both fixes that lint asks for.
+CXX_SOURCES = $(shell git ls-files '*.cc' '*.h' '*.cu')
+lint: deps
+	@clang-format --style=file --dry-run -Werror $(CXX_SOURCES) || \
+	  { echo "make lint: C++ formatting differs from .clang-format; fix with: make format"; exit 1; }
+	@$(VENV)/bin/ruff check . || { echo "make lint: ruff found problems; fix them (make format fixes some)"; exit 1; }
+	@echo "make lint: C++ and Python clean"
+
+format: deps
+	clang-format --style=file -i $(CXX_SOURCES)
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan $(FUZZ_BUILD)

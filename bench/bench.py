@@ -423,7 +423,8 @@ class Bench:
         for label, extra in (("Map", []), ("MapSegment", ["--segment", segment])):
             runs = []
             for _ in range(5 * self.args.repeats):
-                p = subprocess.run([str(self.build / "bench/zerocopy_bench"), "firstmap", "--socket", self.daemon.socket,
+                p = subprocess.run([str(self.build / "bench/zerocopy_bench"), "firstmap", "--socket",
+                                    self.daemon.socket,
                                     "--model", digest, *extra], capture_output=True, text=True, check=True)
                 runs.append(json.loads(p.stdout))
             out[label] = {k: summary([run[k] / 1000 for run in runs]) for k in runs[0] if k.endswith("_ms")}
@@ -456,7 +457,8 @@ class Bench:
                 free_before = free_start if label == "ours" else torch.cuda.mem_get_info(0)[0]
                 procs = []
                 for _ in range(n):
-                    p = subprocess.Popen([self.python, str(HERE / "bench_worker.py"), mode, str(files["wrapper"]), "hold"],
+                    p = subprocess.Popen([self.python, str(HERE / "bench_worker.py"), mode, str(files["wrapper"]),
+                                          "hold"],
                                          env=self.env_ours, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                     p.stdout.readline()
                     procs.append(p)
@@ -486,7 +488,8 @@ class Bench:
                 for key, label, fn in (
                         ("first_forward", "first forward",
                          lambda: {"mib": mib, "results": self.first_forward(mib, files, digest)}),
-                        ("publish", "publish", lambda: {"mib": mib, "results": self.publish(mib, model, files, nbytes)}),
+                        ("publish", "publish",
+                         lambda: {"mib": mib, "results": self.publish(mib, model, files, nbytes)}),
                         ("getmodel", "GetModel", lambda: self.getmodel(digest)),
                         ("first_map", "first Map in a fresh process", lambda: self.first_map(digest)),
                         ("jit_load", "TorchScript load", self.jit_load),
@@ -501,7 +504,7 @@ class Bench:
                         res.setdefault("errors", {})[key] = str(e)[-2000:]
                 if self.huge_note and "first_forward" in res:
                     res["first_forward"]["note"] = self.huge_note
-            del model
+            model = None  # its memory back to the next size
             for f in files.values():
                 f.unlink()
         res["wall_seconds"] = time.perf_counter() - t0
@@ -617,7 +620,8 @@ def main():
         args.sizes, args.detail_mib, args.repeats, args.actors, args.rpc_seconds = [256], 256, 2, [2], 1
         args.by_value_max_mib = 256
     else:
-        args.sizes, args.detail_mib, args.repeats, args.actors, args.rpc_seconds = [256, 1024, 4096], 1024, 5, [1, 2, 4, 8], 3
+        args.sizes, args.detail_mib, args.repeats = [256, 1024, 4096], 1024, 5
+        args.actors, args.rpc_seconds = [1, 2, 4, 8], 3
         args.by_value_max_mib = 4096
     out = Path(args.out or (ROOT / ("build/bench-quick" if args.quick else "bench/results")))
     out.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,8 @@ def main():
             preload_s = time.perf_counter() - t0
             results = {}
             for loader in LOADERS:
-                runs = [run_once(CHILD, [loader, path, name], env) for _ in range(args.repeats + 1)][1:]  # the first warms
+                # The first run warms the page cache: not counted.
+                runs = [run_once(CHILD, [loader, path, name], env) for _ in range(args.repeats + 1)][1:]
                 errors = [r["error"] for r in runs if "error" in r]
                 if errors:
                     results[loader] = {"error": errors[0]}

@@ -172,7 +172,7 @@ def measure_ray(ray, actors, nbytes: int, repeats: int, timeout: float) -> list:
         run["put_s"] = round(put_s, 4)
         runs.append(run)
         ray.get([a.forget.remote() for a in actors.values()])
-        del ref  # the owner's reference: every copy goes
+        ref = None  # the owner's reference: every copy goes
     return runs
 
 
@@ -223,12 +223,12 @@ def measure_published(ray, actors, mib: int, repeats: int, timeout: float) -> tu
         t0 = time.perf_counter()
         wrapper = ray_zerocopy.ModelWrapper.from_model(model, mode="actor")
         publish_s = time.perf_counter() - t0
-        del model
+        model = None
         run = fanout(ray, actors, lambda i, a: a.load.remote(wrapper), timeout)
         run["publish_s"] = round(publish_s, 4)
         runs.append(run)
         ray.get([a.forget.remote() for a in actors.values()])
-        del wrapper  # its object refs: every copy goes
+        wrapper = None  # its object refs: every copy goes
     return runs, {"bytes": nbytes}
 
 

@@ -187,7 +187,8 @@ def main() -> int:
     for label, group in (("zerocopy (mapped)", shared), ("read file (private)", private)):
         for i, r in enumerate(group):
             name = label if i == 0 else ""
-            print(f"{name:22}{r['pid']:>8}{r['load_ms']:>8.1f} ms{r['checksum_ms']:>9.1f} ms{mib(r['rss']):>12}{mib(r['pss']):>12}  {r['checksum']}")
+            print(f"{name:22}{r['pid']:>8}{r['load_ms']:>8.1f} ms{r['checksum_ms']:>9.1f} ms"
+                  f"{mib(r['rss']):>12}{mib(r['pss']):>12}  {r['checksum']}")
     sum_shared = sum(r["pss"] for r in shared)
     sum_private = sum(r["pss"] for r in private)
     print()

@@ -196,7 +196,8 @@ def markdown(r):
                   "| method | median | min | max |", "|---|---|---|---|"]
         for k, v in j.items():
             if isinstance(v, dict):
-                lines.append(f"| {k} | {v['median'] * 1000:.2f} ms | {v['min'] * 1000:.2f} ms | {v['max'] * 1000:.2f} ms |")
+                lines.append(f"| {k} | {v['median'] * 1000:.2f} ms | {v['min'] * 1000:.2f} ms | "
+                             f"{v['max'] * 1000:.2f} ms |")
         lines += ["", f"ours / torch.jit.load: ×{j['ratio']:.2f}", ""]
     if "many_tensors" in r:
         mt = r["many_tensors"]
@@ -321,8 +322,8 @@ def targets(r):
     speedups = [b / a for a, b in zip(ours, torchl)]
     at_1g = dict(zip(sizes, speedups)).get("1024")
     verdict = "not measured at 1 GiB" if at_1g is None else ("met" if at_1g >= 100 else "NOT met")
-    out.append(f"- against torch.load from page cache: {', '.join(f'{size(s)} ×{x:,.0f}' for s, x in zip(sizes, speedups))} "
-               f"({verdict}: at least ×100 for a 1 GiB model).")
+    shown = ", ".join(f"{size(s)} ×{x:,.0f}" for s, x in zip(sizes, speedups))
+    out.append(f"- against torch.load from page cache: {shown} ({verdict}: at least ×100 for a 1 GiB model).")
     if "memory" in r:
         per_n = r["memory"]["results"].get("ours", {})
         ns = sorted(per_n, key=int)
@@ -333,8 +334,8 @@ def targets(r):
             base = r["memory"]["results"].get("baseline", {})
             other = ""
             if ns[0] in base and ns[-1] in base:
-                other = (f"; ray-zerocopy 0.2.0 grows by {(total(base[ns[-1]]) - total(base[ns[0]])) / (int(ns[-1]) - int(ns[0])) / MiB:,.0f} "
-                         f"MiB per actor")
+                per_actor = (total(base[ns[-1]]) - total(base[ns[0]])) / (int(ns[-1]) - int(ns[0]))
+                other = f"; ray-zerocopy 0.2.0 grows by {per_actor / MiB:,.0f} MiB per actor"
             out.append(f"- Σ PSS per extra actor: {grow / MiB:,.1f} MiB{other} "
                        f"({'met' if grow < 64 * MiB else 'NOT met'}: a few MiB per extra process beyond the process "
                        f"itself; this measures whole processes, so it includes each Ray worker's own interpreter, "
@@ -418,8 +419,9 @@ def fan_out_lines(x):
         pub = f.get("published")
         pub = t(pub["max_s_median"]) if pub else "-"
         lines.append(f"| {f['nodes']} | {f['rate']} | {size(f['mib'])} | {t(f['link_s'])} | "
-                     f"{t(o['max_s_median'])} | {t(rr['max_s_median'])} | ×{o['max_s_median'] / rr['max_s_median']:.2f} "
-                     f"| {pub} | {t(cold)} | {cpu_o:.1f} s / {cpu_r:.1f} s |")
+                     f"{t(o['max_s_median'])} | {t(rr['max_s_median'])} | "
+                     f"×{o['max_s_median'] / rr['max_s_median']:.2f} | {pub} | {t(cold)} | "
+                     f"{cpu_o:.1f} s / {cpu_r:.1f} s |")
     m = x.get("model") or {}
     if not m:
         lines += ["", "No model: no fan-out was measured."]
@@ -431,7 +433,8 @@ def fan_out_lines(x):
                   "networking, our checks and copies). Ours = max(t0 + S/B + (N − 2)(8 MiB/B + h), "
                   "t0 + (N − 1)·k·S / 2 cores), and past 16 relays in a chain (the directory's depth limit: a tree "
                   "of chains) t0 + 2S/B + 16(2·8 MiB/B + h); Ray = (N − 1)·S/B.", "",
-                  "| nodes | link | model | measured ours | model | measured Ray | model |", "|---|---|---|---|---|---|---|"]
+                  "| nodes | link | model | measured ours | model | measured Ray | model |",
+                  "|---|---|---|---|---|---|---|"]
         for c in x.get("check", []):
             lines.append(f"| {c['nodes']} | {c['gbit']:g} Gbit/s | {size(c['mib'])} | {t(c['ours_s'])} | "
                          f"{t(c['ours_model_s'])} | {t(c['ray_s'])} | {t(c['ray_model_s'])} |")

@@ -123,10 +123,14 @@ int RoundTrips(const char* mode, const std::map<std::string, std::string>& f, co
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   std::sort(all.begin(), all.end());
-  auto pct = [&](double p) { return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p * all.size()))]; };
-  std::printf("{\"mode\": \"%s\", \"clients\": %d, \"calls\": %zu, \"errors\": %d, \"calls_per_s\": %.1f, "
-              "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f}\n",
-              mode, clients, all.size(), errors.load(), all.size() / elapsed, pct(0.50), pct(0.99), all.empty() ? 0.0 : all.back());
+  auto pct = [&](double p) {
+    return all.empty() ? 0.0 : all[std::min(all.size() - 1, static_cast<size_t>(p * all.size()))];
+  };
+  std::printf(
+      "{\"mode\": \"%s\", \"clients\": %d, \"calls\": %zu, \"errors\": %d, \"calls_per_s\": %.1f, "
+      "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f}\n",
+      mode, clients, all.size(), errors.load(), all.size() / elapsed, pct(0.50), pct(0.99),
+      all.empty() ? 0.0 : all.back());
   return errors.load() ? 1 : 0;
 }
 
@@ -143,7 +147,9 @@ int GetModel(const std::map<std::string, std::string>& f) {
 int FirstMap(const std::map<std::string, std::string>& f) {
   const std::string socket = Get(f, "--socket"), model = Get(f, "--model");
   const auto segment = f.find("--segment");
-  auto ms = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  auto ms = [](Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
   const auto t0 = Clock::now();
   zerocopy::ClientOptions options;
   options.socket = socket;
@@ -158,9 +164,10 @@ int FirstMap(const std::map<std::string, std::string>& f) {
       std::fprintf(stderr, "firstmap: %s\n", mapped.status().ToString().c_str());
       return 1;
     }
-    std::printf("{\"mode\": \"firstmap-segment\", \"create_ms\": %.3f, \"map_ms\": %.3f, \"first_total_ms\": %.3f, "
-                "\"lease_held_after_ms\": %.3f}\n",
-                ms(t0, t1), ms(t1, t2), ms(t0, t2), ms(t0, t3));
+    std::printf(
+        "{\"mode\": \"firstmap-segment\", \"create_ms\": %.3f, \"map_ms\": %.3f, \"first_total_ms\": %.3f, "
+        "\"lease_held_after_ms\": %.3f}\n",
+        ms(t0, t1), ms(t1, t2), ms(t0, t2), ms(t0, t3));
     return 0;
   }
   auto session = client->SessionId();
@@ -173,9 +180,10 @@ int FirstMap(const std::map<std::string, std::string>& f) {
     std::fprintf(stderr, "firstmap: %s\n", (!session.ok() ? session.status() : first.status()).ToString().c_str());
     return 1;
   }
-  std::printf("{\"mode\": \"firstmap\", \"create_ms\": %.3f, \"session_ms\": %.3f, \"map_ms\": %.3f, "
-              "\"first_total_ms\": %.3f, \"second_map_ms\": %.3f}\n",
-              ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t0, t3), ms(t3, t4));
+  std::printf(
+      "{\"mode\": \"firstmap\", \"create_ms\": %.3f, \"session_ms\": %.3f, \"map_ms\": %.3f, "
+      "\"first_total_ms\": %.3f, \"second_map_ms\": %.3f}\n",
+      ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t0, t3), ms(t3, t4));
   return 0;
 }
 
@@ -306,7 +314,8 @@ int Xxh3(const std::map<std::string, std::string>& f) {
   std::vector<zerocopy::Hash128> leaves(zerocopy::DigestLeafCount(bytes));
   for (int r = 0; r < repeats; ++r) {
     auto start = Clock::now();
-    zerocopy::ParallelFor(leaves.size(), threads, [&](size_t i) { leaves[i] = zerocopy::HashLeaf(src.data(), bytes, i); });
+    zerocopy::ParallelFor(leaves.size(), threads,
+                          [&](size_t i) { leaves[i] = zerocopy::HashLeaf(src.data(), bytes, i); });
     times.push_back(Seconds(Clock::now() - start));
   }
   PrintSeconds("xxh3", bytes, threads, times);
@@ -317,7 +326,10 @@ int Xxh3(const std::map<std::string, std::string>& f) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: %s getmodel|getmodel-raw|getmodel-message|health|memcpy|xxh3|firstmap [--flag value ...]  (see the source's header)\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s getmodel|getmodel-raw|getmodel-message|health|memcpy|xxh3|firstmap [--flag value ...]  "
+                 "(see the source's header)\n",
+                 argv[0]);
     return 2;
   }
   std::string mode = argv[1];

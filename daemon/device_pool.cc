@@ -36,9 +36,8 @@ absl::Status DevicePool::WouldUpload(const std::string& digest, const std::strin
 
 bool DevicePool::IsWouldUpload(const absl::Status& status) { return status.GetPayload(kWouldUpload).has_value(); }
 
-absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::string& digest,
-                                                   const std::string& uuid, uint64_t size, const HostSource& host,
-                                                   Mode mode) {
+absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::string& digest, const std::string& uuid,
+                                                   uint64_t size, const HostSource& host, Mode mode) {
   if (!cuda::IsGpuUuid(uuid)) {
     return absl::InvalidArgumentError(absl::StrCat("'", uuid,
                                                    "' is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, as "
@@ -57,8 +56,9 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
     if (!gpus_.count(uuid)) {
       Gpu& gpu = gpus_[uuid];
       gpu.total_memory = total;
-      gpu.budget = options_.budget_bytes != 0 ? options_.budget_bytes
-                                              : static_cast<uint64_t>(static_cast<double>(total) * options_.budget_fraction);
+      gpu.budget = options_.budget_bytes != 0
+                       ? options_.budget_bytes
+                       : static_cast<uint64_t>(static_cast<double>(total) * options_.budget_fraction);
     }
   }
 
@@ -87,9 +87,9 @@ absl::StatusOr<v1::DeviceCopy> DevicePool::Acquire(uint64_t session, const std::
                                                        " (gpu_budget in zerocopyd's config)"));
     }
     if (!MakeRoom(uuid, &gpu, size, false, &freed)) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "model of ", FormatBytes(size), " does not fit on GPU ", uuid, ": ", FormatBytes(gpu.used), " of ",
-          FormatBytes(gpu.budget), " hold device copies leased by running processes"));
+      return absl::ResourceExhaustedError(absl::StrCat("model of ", FormatBytes(size), " does not fit on GPU ", uuid,
+                                                       ": ", FormatBytes(gpu.used), " of ", FormatBytes(gpu.budget),
+                                                       " hold device copies leased by running processes"));
     }
     gpu.used += size;
     Copy& copy = copies_[key];
@@ -222,8 +222,10 @@ void DevicePool::DropModel(const std::string& digest) {
   for (auto it = copies_.begin(); it != copies_.end();) {
     auto next = std::next(it);
     if (it->first.second == digest) {
-      if (it->second.leases == 0 && !it->second.uploading) graveyard_.push_back(Erase(it));
-      else it->second.dropped = true;
+      if (it->second.leases == 0 && !it->second.uploading)
+        graveyard_.push_back(Erase(it));
+      else
+        it->second.dropped = true;
     }
     it = next;
   }

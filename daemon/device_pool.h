@@ -35,7 +35,7 @@
 namespace zerocopy::daemon {
 
 struct DevicePoolOptions {
-  uint64_t budget_bytes = 0;     // per GPU; 0: budget_fraction of its memory
+  uint64_t budget_bytes = 0;  // per GPU; 0: budget_fraction of its memory
   double budget_fraction = 0.9;
 };
 
@@ -115,8 +115,7 @@ class DevicePool {
   std::unique_ptr<DeviceBuffer> Erase(std::map<Key, Copy>::iterator it) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::DeviceCopy Lease(uint64_t session, const Key& key, Copy* copy) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A session let go of `key`; a dropped copy's buffer goes to `freed`.
-  void Unlease(const Key& key, std::vector<std::unique_ptr<DeviceBuffer>>* freed)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unlease(const Key& key, std::vector<std::unique_ptr<DeviceBuffer>>* freed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const std::unique_ptr<DeviceBackend> backend_;
   const std::string backend_name_;

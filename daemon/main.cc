@@ -91,8 +91,8 @@ int main(int argc, char** argv) {
     logger->critical("cannot start: {}", server.status().ToString());
     return 1;
   }
-  logger->info("serving socket={} segment_dir={} host_budget={} pid={} version={}", config.socket,
-               config.segment_dir, FormatBytes(config.host_budget), getpid(), ZEROCOPY_VERSION);
+  logger->info("serving socket={} segment_dir={} host_budget={} pid={} version={}", config.socket, config.segment_dir,
+               FormatBytes(config.host_budget), getpid(), ZEROCOPY_VERSION);
   sd_notify(0, "READY=1");
 
   int sig = 0;

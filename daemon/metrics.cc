@@ -72,8 +72,10 @@ MetricFamily Family(std::string name, std::string help, MetricType type) {
 ClientMetric Sample(double value, MetricType type, std::vector<ClientMetric::Label> labels = {}) {
   ClientMetric m;
   m.label = std::move(labels);
-  if (type == MetricType::Counter) m.counter.value = value;
-  else m.gauge.value = value;
+  if (type == MetricType::Counter)
+    m.counter.value = value;
+  else
+    m.gauge.value = value;
   return m;
 }
 
@@ -93,9 +95,9 @@ MetricFamily One(std::string name, std::string help, MetricType type, double val
 }  // namespace
 
 void RequestMetrics::AppendFamilies(std::vector<MetricFamily>* families) const {
-  MetricFamily requests = Family("zerocopy_requests_total",
-                                 "gRPC calls answered, by method and status code (Session: streams opened)",
-                                 MetricType::Counter);
+  MetricFamily requests =
+      Family("zerocopy_requests_total", "gRPC calls answered, by method and status code (Session: streams opened)",
+             MetricType::Counter);
   MetricFamily latency = Family("zerocopy_request_duration_seconds",
                                 "time from a call's arrival to its answer, by method (Session streams not included)",
                                 MetricType::Histogram);
@@ -104,9 +106,9 @@ void RequestMetrics::AppendFamilies(std::vector<MetricFamily>* families) const {
       const uint64_t n = slots_[m].codes[c].load(std::memory_order_relaxed);
       // OK always (a method's series starts at 0), errors once seen.
       if (n == 0 && c != 0) continue;
-      requests.metric.push_back(Sample(static_cast<double>(n), MetricType::Counter,
-                                       {{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(c))},
-                                        {"method", methods_[m]}}));
+      requests.metric.push_back(
+          Sample(static_cast<double>(n), MetricType::Counter,
+                 {{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(c))}, {"method", methods_[m]}}));
     }
     ClientMetric h;
     h.label = {{"method", methods_[m]}};
@@ -124,9 +126,9 @@ std::vector<MetricFamily> StatsFamilies(const v1::GetStatsResponse& s) {
   std::vector<MetricFamily> out;
 
   MetricFamily info = Family("zerocopy_info", "the daemon's version and GPU backend (always 1)", kGauge);
-  info.metric.push_back(Sample(1, kGauge, {{"gpu_backend", s.gpu_backend()},
-                                           {"huge_pages", s.huge_pages() ? "true" : "false"},
-                                           {"version", s.version()}}));
+  info.metric.push_back(Sample(
+      1, kGauge,
+      {{"gpu_backend", s.gpu_backend()}, {"huge_pages", s.huge_pages() ? "true" : "false"}, {"version", s.version()}}));
   out.push_back(std::move(info));
   out.push_back(One("zerocopy_start_time_seconds", "when the daemon started (Unix time)", kGauge,
                     static_cast<double>(s.started_unix_ms()) / 1000));
@@ -135,27 +137,26 @@ std::vector<MetricFamily> StatsFamilies(const v1::GetStatsResponse& s) {
                     d(s.bytes_used())));
   out.push_back(One("zerocopy_host_staging_bytes", "bytes of models being published (not committed yet)", kGauge,
                     d(s.bytes_staging())));
-  out.push_back(One("zerocopy_host_budget_bytes", "the host budget (config host_budget)", kGauge,
-                    d(s.host_budget())));
+  out.push_back(One("zerocopy_host_budget_bytes", "the host budget (config host_budget)", kGauge, d(s.host_budget())));
   out.push_back(One("zerocopy_segment_dir_free_bytes", "bytes free on the segment directory's file system", kGauge,
                     d(s.segment_dir_free())));
   out.push_back(One("zerocopy_models", "committed models held", kGauge, d(s.models())));
-  out.push_back(One("zerocopy_pinned_models", "committed models pinned against eviction", kGauge,
-                    d(s.models_pinned())));
+  out.push_back(
+      One("zerocopy_pinned_models", "committed models pinned against eviction", kGauge, d(s.models_pinned())));
   uint64_t leases = 0;
   for (const auto& session : s.sessions()) leases += session.leases();
-  out.push_back(One("zerocopy_sessions", "client sessions open (one per client process)", kGauge,
-                    d(s.sessions_size())));
+  out.push_back(
+      One("zerocopy_sessions", "client sessions open (one per client process)", kGauge, d(s.sessions_size())));
   out.push_back(One("zerocopy_host_leases", "host leases held (a session's lease on a model)", kGauge, d(leases)));
   out.push_back(One("zerocopy_evictions_total", "models evicted to make room", kCounter, d(s.evictions())));
   out.push_back(One("zerocopy_evicted_bytes_total", "bytes of the models evicted", kCounter, d(s.bytes_evicted())));
-  out.push_back(One("zerocopy_pulls_total", "models transferred from another node and committed here", kCounter,
-                    d(s.pulls())));
+  out.push_back(
+      One("zerocopy_pulls_total", "models transferred from another node and committed here", kCounter, d(s.pulls())));
   out.push_back(One("zerocopy_pulled_bytes_total", "bytes of those transfers", kCounter, d(s.bytes_pulled())));
 
   MetricFamily commits = Family("zerocopy_commits_total", "models committed, by origin kind", kCounter);
-  MetricFamily dedup = Family("zerocopy_deduplicated_commits_total",
-                              "commits whose bytes were here already, by origin kind", kCounter);
+  MetricFamily dedup =
+      Family("zerocopy_deduplicated_commits_total", "commits whose bytes were here already, by origin kind", kCounter);
   MetricFamily published = Family("zerocopy_published_bytes_total", "bytes committed, by origin kind", kCounter);
   MetricFamily publish_seconds = Family("zerocopy_publish_seconds_total",
                                         "time from CreateModel to the commit's answer (writing and hashing), summed "

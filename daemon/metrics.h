@@ -29,9 +29,8 @@ class LatencyHistogram {
  public:
   // Upper bounds in seconds: 25 µs (a GetModel is ~100 µs) to 60 s (the
   // commit of a large model hashes every byte).
-  static constexpr std::array<double, 19> kBounds = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3,
-                                                     5e-3,  10e-3, 25e-3,  50e-3,  0.1,   0.25, 0.5,
-                                                     1,     2.5,   5,      10,     60};
+  static constexpr std::array<double, 19> kBounds = {
+      25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60};
   void Observe(std::chrono::nanoseconds elapsed);
   prometheus::ClientMetric::Histogram Read() const;
 

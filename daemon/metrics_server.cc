@@ -56,8 +56,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   try {
     // A client that opens a connection and sends nothing holds one of the
     // two threads for at most request_timeout_ms.
-    server->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-        "listening_ports", address, "num_threads", "2", "request_timeout_ms", "10000"});
+    server->exposer_ = std::make_unique<prometheus::Exposer>(
+        std::vector<std::string>{"listening_ports", address, "num_threads", "2", "request_timeout_ms", "10000"});
   } catch (const std::exception&) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address, ": ", BindError(address)));
   }

@@ -55,8 +55,7 @@ void ModelRegistry::Adopt(const SegmentStore::RecoveryReport& report) {
   auto catalog = store_->ReadCatalog();
   if (!catalog.ok()) {
     if (!models_.empty() || !absl::IsNotFound(catalog.status())) {
-      Log().warn("catalog unreadable, models kept without tags or pins: {}",
-                                     catalog.status().ToString());
+      Log().warn("catalog unreadable, models kept without tags or pins: {}", catalog.status().ToString());
     }
     if (!absl::IsNotFound(catalog.status())) SaveCatalog();
     return;
@@ -96,8 +95,8 @@ absl::StatusOr<ModelRegistry::Model*> ModelRegistry::Resolve(const std::string& 
   ZC_RETURN_IF_ERROR(ValidateModelName(ref));
   const std::string* digest = names_.Find(ref);
   if (digest == nullptr) {
-    return absl::NotFoundError(absl::StrCat("no model named '", ref,
-                                            "' on this node ('zerocopy preload FILE --name ", ref, "' adds one)"));
+    return absl::NotFoundError(
+        absl::StrCat("no model named '", ref, "' on this node ('zerocopy preload FILE --name ", ref, "' adds one)"));
   }
   auto it = models_.find(*digest);
   if (it == models_.end()) {
@@ -159,8 +158,9 @@ absl::Status ModelRegistry::ClaimTransfer(const std::string& expected_digest) co
     return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is already on this node"));
   }
   if (const Staging* s = staging_.TransferOf(expected_digest)) {
-    return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest, " is being transferred to this node by pid ",
-                                                 s->peer.pid, " (staging ", s->id, ")"));
+    return absl::AlreadyExistsError(absl::StrCat("model ", expected_digest,
+                                                 " is being transferred to this node by pid ", s->peer.pid,
+                                                 " (staging ", s->id, ")"));
   }
   return absl::OkStatus();
 }
@@ -181,7 +181,8 @@ std::vector<std::string> ModelRegistry::ReclaimDeadStagings() {
 
 absl::Status ModelRegistry::MakeRoom(uint64_t size, const absl::StatusOr<uint64_t>& free_bytes,
                                      std::vector<std::string>* evicted) {
-  const uint64_t budget_short = UsedBytes() + size > options_.host_budget ? UsedBytes() + size - options_.host_budget : 0;
+  const uint64_t budget_short =
+      UsedBytes() + size > options_.host_budget ? UsedBytes() + size - options_.host_budget : 0;
   const uint64_t tmpfs_short =
       free_bytes.ok() && *free_bytes < size + options_.tmpfs_reserve ? size + options_.tmpfs_reserve - *free_bytes : 0;
   if (budget_short == 0 && tmpfs_short == 0) return absl::OkStatus();
@@ -216,8 +217,7 @@ absl::Status ModelRegistry::MakeRoom(uint64_t size, const absl::StatusOr<uint64_
   return absl::OkStatus();
 }
 
-absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateModelRequest& request,
-                                                              const Peer& peer) {
+absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateModelRequest& request, const Peer& peer) {
   ReapOnExit reap{devices_.get()};
   if (request.manifest().tensors_size() == 0 && request.manifest().metadata().empty() &&
       request.manifest().files().empty()) {
@@ -278,7 +278,8 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
     staging.manifest_bytes = manifest_bytes;
     staging_.Add(std::move(staging));
   }
-  if (!expected.empty()) log.info("transfer of digest={} ({}) begins: staging={} pid={}", expected, FormatBytes(size), id, peer.pid);
+  if (!expected.empty())
+    log.info("transfer of digest={} ({}) begins: staging={} pid={}", expected, FormatBytes(size), id, peer.pid);
   for (const auto& digest : evicted) log.info("evicted digest={} to make room for {}", digest, FormatBytes(size));
   auto undo = [&] {
     absl::MutexLock lock(&mu_);
@@ -287,10 +288,10 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   auto free_bytes = store_->FreeBytes();
   if (free_bytes.ok() && *free_bytes < size + options_.tmpfs_reserve) {
     undo();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "model of ", FormatBytes(size), " does not fit in ", store_->dir(), ": ", FormatBytes(*free_bytes),
-        " free, ", FormatBytes(options_.tmpfs_reserve),
-        " kept in reserve (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("model of ", FormatBytes(size), " does not fit in ", store_->dir(), ": ", FormatBytes(*free_bytes),
+                     " free, ", FormatBytes(options_.tmpfs_reserve),
+                     " kept in reserve (enlarge the tmpfs, e.g. docker --shm-size, or remove models)"));
   }
   // Reclaimed between the hold above and this file only if the caller died
   // mid-Create: the file then has no pages and no owner, and the next
@@ -307,8 +308,7 @@ absl::StatusOr<v1::CreateModelResponse> ModelRegistry::Create(const v1::CreateMo
   return response;
 }
 
-absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitModelRequest& request,
-                                                              const Peer& peer) {
+absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitModelRequest& request, const Peer& peer) {
   v1::Manifest manifest;
   std::string name;
   std::string expected;
@@ -318,8 +318,8 @@ absl::StatusOr<v1::CommitModelResponse> ModelRegistry::Commit(const v1::CommitMo
     absl::MutexLock lock(&mu_);
     Staging* staging = staging_.Find(request.staging_id());
     if (staging == nullptr || staging->committing) {
-      return absl::NotFoundError(absl::StrCat("no staging model '", request.staging_id(),
-                                              "' (already committed, aborted, or never created)"));
+      return absl::NotFoundError(
+          absl::StrCat("no staging model '", request.staging_id(), "' (already committed, aborted, or never created)"));
     }
     if (!SameOwner(staging->peer, peer)) {
       return absl::PermissionDeniedError("this staging model belongs to another user");
@@ -456,8 +456,8 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
   v1::GetModelResponse& response = leased.response;
   const bool gpu = !request.gpu_uuid().empty();
   if (request.manifests_held_size() > kMaxManifestsHeld) {
-    return absl::InvalidArgumentError(absl::StrCat("manifests_held lists ", request.manifests_held_size(),
-                                                   " digests; at most ", kMaxManifestsHeld));
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifests_held lists ", request.manifests_held_size(), " digests; at most ", kMaxManifestsHeld));
   }
   if (gpu && request.manifests_held_size() > 0) {
     return absl::InvalidArgumentError("manifests_held is not for GPU requests");
@@ -499,8 +499,10 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
       UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
       if (!fd) return ErrnoStatus(errno, absl::StrCat("open ", path));
       std::vector<Hash128> hashed;
-      ZC_ASSIGN_OR_RETURN(std::string check, SegmentStore::HashSegment(fd.get(), size, *manifest, options_.hash_threads, &hashed));
-      if (check != digest) return absl::DataLossError(absl::StrCat("the segment of model ", digest, " no longer hashes to it"));
+      ZC_ASSIGN_OR_RETURN(std::string check,
+                          SegmentStore::HashSegment(fd.get(), size, *manifest, options_.hash_threads, &hashed));
+      if (check != digest)
+        return absl::DataLossError(absl::StrCat("the segment of model ", digest, " no longer hashes to it"));
       leaves = std::make_shared<const std::string>(EncodeLeaves(hashed));
       absl::MutexLock lock(&mu_);
       if (auto m = models_.find(digest); m != models_.end()) m->second.leaves = leaves;
@@ -530,8 +532,8 @@ absl::StatusOr<LeasedModel> ModelRegistry::Get(const v1::GetModelRequest& reques
       // this lease existed, so it must not outlive the session.
       (void)devices_->Release(request.session_id(), digest, request.gpu_uuid());
       leased.device.HandOver();  // released just now
-      return absl::FailedPreconditionError(absl::StrCat("unknown session ", request.session_id(),
-                                                        " (it ended while the device copy was made)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("unknown session ", request.session_id(), " (it ended while the device copy was made)"));
     }
     auto m = models_.find(digest);
     if (m == models_.end()) {
@@ -586,7 +588,8 @@ absl::Status ModelRegistry::ReturnLease(uint64_t session_id, const std::string& 
 // Leases are counted per (session, digest), without a generation: a stale
 // give-back after a delete and a recommit of the same bytes can only make
 // the model evictable early, and the client's mapping survives an unlink.
-absl::Status ModelRegistry::ReturnLeaseLocked(Session& session, const std::string& digest, const std::string& gpu_uuid) {
+absl::Status ModelRegistry::ReturnLeaseLocked(Session& session, const std::string& digest,
+                                              const std::string& gpu_uuid) {
   if (!gpu_uuid.empty()) return devices_->Release(session.id, digest, gpu_uuid);
   ZC_ASSIGN_OR_RETURN(bool last, SessionTable::Give(session, digest));
   if (last) {
@@ -605,8 +608,7 @@ v1::ListModelsResponse ModelRegistry::List() {
   return response;
 }
 
-absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteModelRequest& request,
-                                                              const Peer& peer) {
+absl::StatusOr<v1::DeleteModelResponse> ModelRegistry::Delete(const v1::DeleteModelRequest& request, const Peer& peer) {
   ReapOnExit reap{devices_.get()};
   v1::DeleteModelResponse response;
   // One hold: a model found here is the one removed (an eviction between

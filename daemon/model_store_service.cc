@@ -14,8 +14,8 @@
 namespace zerocopy::daemon {
 
 const char* ModelStoreService::MethodName(Method m) {
-  static const char* kNames[] = {"CreateModel", "CommitModel", "AbortModel", "GetModel", "ReleaseModel", "ListModels",
-                                 "DeleteModel", "TagModel", "PinModel", "UnpinModel", "GetStats", "Session"};
+  static const char* kNames[] = {"CreateModel", "CommitModel", "AbortModel", "GetModel",   "ReleaseModel", "ListModels",
+                                 "DeleteModel", "TagModel",    "PinModel",   "UnpinModel", "GetStats",     "Session"};
   return kNames[m];
 }
 
@@ -46,17 +46,17 @@ grpc::ServerUnaryReactor* ModelStoreService::Finish(grpc::CallbackServerContext*
   if (!status.ok()) {
     Peer peer = peers_->Lookup(ctx->peer());
     auto level = absl::IsNotFound(status) || waiting ? spdlog::level::debug : spdlog::level::warn;
-    Log().log(level, "method={} pid={} uid={} {} code={} error=\"{}\"", MethodName(method), peer.pid, peer.uid,
-              context, absl::StatusCodeToString(status.code()), std::string(status.message()));
+    Log().log(level, "method={} pid={} uid={} {} code={} error=\"{}\"", MethodName(method), peer.pid, peer.uid, context,
+              absl::StatusCodeToString(status.code()), std::string(status.message()));
   }
   reactor->Finish(ToGrpcStatus(status));  // last: then gRPC may end the call and free ctx
   return reactor;
 }
 
-#define ZC_UNARY(method_enum, call, context)                   \
-  const auto start = Clock::now();                             \
-  auto result = (call);                                        \
-  if (result.ok()) *resp = std::move(result).value();          \
+#define ZC_UNARY(method_enum, call, context)          \
+  const auto start = Clock::now();                    \
+  auto result = (call);                               \
+  if (result.ok()) *resp = std::move(result).value(); \
   return Finish(ctx, method_enum, start, result.status(), (context))
 
 grpc::ServerUnaryReactor* ModelStoreService::CreateModel(grpc::CallbackServerContext* ctx,
@@ -114,8 +114,8 @@ grpc::ServerUnaryReactor* ModelStoreService::AbortModel(grpc::CallbackServerCont
                 absl::StrCat("staging=", req->staging_id()));
 }
 
-grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx,
-                                                      const v1::GetModelRequest* req, v1::GetModelResponse* resp) {
+grpc::ServerUnaryReactor* ModelStoreService::GetModel(grpc::CallbackServerContext* ctx, const v1::GetModelRequest* req,
+                                                      v1::GetModelResponse* resp) {
   const auto start = Clock::now();
   std::string context = absl::StrCat("ref=", req->model().ref());
   // Who asked, read now while the call is live (see CommitModel).
@@ -159,8 +159,8 @@ grpc::ServerUnaryReactor* ModelStoreService::ReleaseModel(grpc::CallbackServerCo
                 absl::StrCat("digest=", req->digest()));
 }
 
-grpc::ServerUnaryReactor* ModelStoreService::ListModels(grpc::CallbackServerContext* ctx,
-                                                        const v1::ListModelsRequest*, v1::ListModelsResponse* resp) {
+grpc::ServerUnaryReactor* ModelStoreService::ListModels(grpc::CallbackServerContext* ctx, const v1::ListModelsRequest*,
+                                                        v1::ListModelsResponse* resp) {
   const auto start = Clock::now();
   *resp = registry_->List();
   return Finish(ctx, kList, start, absl::OkStatus(), "");
@@ -178,14 +178,14 @@ grpc::ServerUnaryReactor* ModelStoreService::DeleteModel(grpc::CallbackServerCon
   return Finish(ctx, kDelete, start, result.status(), absl::StrCat("ref=", req->model().ref()));
 }
 
-grpc::ServerUnaryReactor* ModelStoreService::TagModel(grpc::CallbackServerContext* ctx,
-                                                      const v1::TagModelRequest* req, v1::TagModelResponse* resp) {
+grpc::ServerUnaryReactor* ModelStoreService::TagModel(grpc::CallbackServerContext* ctx, const v1::TagModelRequest* req,
+                                                      v1::TagModelResponse* resp) {
   ZC_UNARY(kTag, registry_->Tag(*req, peers_->Lookup(ctx->peer())),
            absl::StrCat("name=", req->name(), " ref=", req->model().ref()));
 }
 
-grpc::ServerUnaryReactor* ModelStoreService::PinModel(grpc::CallbackServerContext* ctx,
-                                                      const v1::PinModelRequest* req, v1::PinModelResponse* resp) {
+grpc::ServerUnaryReactor* ModelStoreService::PinModel(grpc::CallbackServerContext* ctx, const v1::PinModelRequest* req,
+                                                      v1::PinModelResponse* resp) {
   ZC_UNARY(kPin, registry_->SetPinned(*req, true, peers_->Lookup(ctx->peer())),
            absl::StrCat("ref=", req->model().ref()));
 }

@@ -56,11 +56,24 @@ class ModelStoreService final : public v1::ModelStore::CallbackService {
                                        v1::PinModelResponse* resp) override;
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* ctx, const v1::GetStatsRequest* req,
                                      v1::GetStatsResponse* resp) override;
-  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(
-      grpc::CallbackServerContext* ctx) override;
+  grpc::ServerBidiReactor<v1::SessionRequest, v1::SessionResponse>* Session(grpc::CallbackServerContext* ctx) override;
 
  private:
-  enum Method { kCreate, kCommit, kAbort, kGet, kRelease, kList, kDelete, kTag, kPin, kUnpin, kStats, kSession, kCount };
+  enum Method {
+    kCreate,
+    kCommit,
+    kAbort,
+    kGet,
+    kRelease,
+    kList,
+    kDelete,
+    kTag,
+    kPin,
+    kUnpin,
+    kStats,
+    kSession,
+    kCount
+  };
   static const char* MethodName(Method m);
   using Clock = std::chrono::steady_clock;
   // Counts and times the request (from `start`, its handler's entry), logs

@@ -17,7 +17,8 @@ absl::Status AdminPolicy::Check(const Peer& peer, absl::string_view what) const 
                      std::find(gids_.begin(), gids_.end(), peer.gid) != gids_.end())) {
     return absl::OkStatus();
   }
-  return absl::PermissionDeniedError(absl::StrCat(what, " is limited to admin_uids/admin_gids in the daemon's config; uid ",
+  return absl::PermissionDeniedError(absl::StrCat(what,
+                                                  " is limited to admin_uids/admin_gids in the daemon's config; uid ",
                                                   peer.uid, " gid ", peer.gid, " is not among them"));
 }
 

@@ -27,7 +27,8 @@ bool SameOwner(const Peer& owner, const Peer& peer);
 // other users' names. With neither configured, everyone may.
 class AdminPolicy {
  public:
-  AdminPolicy(std::vector<uint32_t> uids, std::vector<uint32_t> gids) : uids_(std::move(uids)), gids_(std::move(gids)) {}
+  AdminPolicy(std::vector<uint32_t> uids, std::vector<uint32_t> gids)
+      : uids_(std::move(uids)), gids_(std::move(gids)) {}
 
   bool configured() const { return !uids_.empty() || !gids_.empty(); }
   // OK for root, a listed uid or gid, or anyone when none is configured;

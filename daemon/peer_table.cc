@@ -18,8 +18,8 @@ void PeerTable::Prune() {
     char target[64];
     const std::string link = absl::StrCat("/proc/self/fd/", it->first.substr(3));  // key "fd:N"
     const ssize_t n = ::readlink(link.c_str(), target, sizeof target);
-    const bool alive = n > 0 && std::string(target, static_cast<size_t>(n)) ==
-                                    absl::StrCat("socket:[", it->second.inode, "]");
+    const bool alive =
+        n > 0 && std::string(target, static_cast<size_t>(n)) == absl::StrCat("socket:[", it->second.inode, "]");
     it = alive ? std::next(it) : peers_.erase(it);
   }
 }
@@ -52,8 +52,8 @@ absl::Status PeerTable::Admit(int fd) {
       mine = count();
     }
     if (mine >= limits_.per_uid) {
-      return absl::ResourceExhaustedError(absl::StrCat("uid ", entry.peer.uid, " already has ", mine,
-                                                       " connections (max_connections_per_uid)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("uid ", entry.peer.uid, " already has ", mine, " connections (max_connections_per_uid)"));
     }
     if (peers_.size() >= limits_.total && mine >= kReserved) {
       return absl::ResourceExhaustedError(absl::StrCat("the daemon holds ", peers_.size(),

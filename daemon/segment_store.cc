@@ -104,9 +104,10 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
   UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!dir_fd) {
     if (errno == ELOOP || errno == ENOTDIR) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "segment directory ", dir, " is a symlink or not a directory; refusing to use it (remove it, or point "
-          "segment_dir at a directory of this daemon's own)"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("segment directory ", dir,
+                       " is a symlink or not a directory; refusing to use it (remove it, or point "
+                       "segment_dir at a directory of this daemon's own)"));
     }
     return ErrnoStatus(errno, absl::StrCat("open segment directory ", dir));
   }
@@ -124,8 +125,8 @@ absl::StatusOr<std::unique_ptr<SegmentStore>> SegmentStore::Open(const std::stri
     ssize_t n = ::pread(lock_fd.get(), buf, sizeof buf - 1, 0);
     std::string holder = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "unknown";
     holder = holder.substr(0, holder.find_first_of(" \n"));  // "<pid> <socket inode>"
-    return absl::FailedPreconditionError(absl::StrCat("segment directory ", dir,
-                                                      " is in use by another zerocopyd (pid ", holder, ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("segment directory ", dir, " is in use by another zerocopyd (pid ", holder, ")"));
   }
   std::string pid = absl::StrCat(::getpid(), "\n");
   if (::ftruncate(lock_fd.get(), 0) != 0 || ::pwrite(lock_fd.get(), pid.data(), pid.size(), 0) < 0) {
@@ -259,7 +260,9 @@ absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, con
     if (absl::Status populated = region.PopulateForRead(begin, std::min<uint64_t>(kDigestChunk, size - begin));
         !populated.ok() && !absl::IsUnimplemented(populated)) {
       absl::MutexLock lock(&failed_mu);
-      failed.Update(Annotate(populated, "reading the segment for its digest check (pages its publisher never wrote, on a full file system?)"));
+      failed.Update(Annotate(
+          populated,
+          "reading the segment for its digest check (pages its publisher never wrote, on a full file system?)"));
       return;
     }
     leaves[i] = HashLeaf(region.data(), size, i);
@@ -275,8 +278,7 @@ absl::StatusOr<std::string> SegmentStore::HashSegment(int fd, uint64_t size, con
 
 absl::Status SegmentStore::CommitStaging(const std::string& staging_id, const v1::ModelRecord& record) {
   const std::string& digest = record.digest();
-  ZC_RETURN_IF_ERROR(WriteFileAtomically(dir_fd_.get(), RecordFileName(digest),
-                                         record.SerializeAsString(), 0440));
+  ZC_RETURN_IF_ERROR(WriteFileAtomically(dir_fd_.get(), RecordFileName(digest), record.SerializeAsString(), 0440));
   std::string from = absl::StrCat(kStagingPrefix, staging_id);
   std::string to = SegmentFileName(digest);
   if (::renameat(dir_fd_.get(), from.c_str(), dir_fd_.get(), to.c_str()) != 0) {

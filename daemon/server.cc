@@ -69,8 +69,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   device_options.budget_bytes = config.gpu_budget_bytes;
   device_options.budget_fraction = config.gpu_budget_fraction;
   log.info("gpu_backend={}", backend->name());
-  server->registry_ = std::make_unique<ModelRegistry>(
-      std::move(store), options, std::make_unique<DevicePool>(std::move(backend), device_options));
+  server->registry_ = std::make_unique<ModelRegistry>(std::move(store), options,
+                                                      std::make_unique<DevicePool>(std::move(backend), device_options));
   server->registry_->Adopt(report);
   // Descriptors: every connection and every open segment file is one. The
   // connections get all but a reserve of the daemon's limit.
@@ -78,11 +78,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Config& config) {
   limits.per_uid = config.max_connections_per_uid;
   rlimit nofile{};
   if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY) {
-    limits.total = static_cast<uint32_t>(std::min<rlim_t>(nofile.rlim_cur > 256 ? nofile.rlim_cur - 256 : 16, UINT32_MAX));
+    limits.total =
+        static_cast<uint32_t>(std::min<rlim_t>(nofile.rlim_cur > 256 ? nofile.rlim_cur - 256 : 16, UINT32_MAX));
   }
   server->peers_ = std::make_unique<PeerTable>(limits);
-  server->service_ = std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get(),
-                                                        config.worker_threads);
+  server->service_ =
+      std::make_unique<ModelStoreService>(server->registry_.get(), server->peers_.get(), config.worker_threads);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -159,8 +160,8 @@ void Server::Shutdown(double grace_seconds) {
   if (accept_thread_.joinable()) accept_thread_.join();
   if (grpc_server_) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-    auto deadline = std::chrono::system_clock::now() +
-                    std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
+    auto deadline =
+        std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(grace_seconds * 1000));
     grpc_server_->Shutdown(deadline);
     grpc_server_->Wait();
   }

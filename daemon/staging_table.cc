@@ -35,20 +35,20 @@ absl::Status StagingTable::CheckQuota(const Peer& peer, uint64_t size, uint64_t 
     }
   }
   if (held + manifest_bytes > limits.manifest_bytes_per_uid) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", peer.uid, "'s uncommitted manifests would take ", FormatBytes(held + manifest_bytes),
-        " of the daemon's memory, over the ", FormatBytes(limits.manifest_bytes_per_uid),
-        " one user may (max_staging_manifest_bytes_per_uid)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("uid ", peer.uid, "'s uncommitted manifests would take ", FormatBytes(held + manifest_bytes),
+                     " of the daemon's memory, over the ", FormatBytes(limits.manifest_bytes_per_uid),
+                     " one user may (max_staging_manifest_bytes_per_uid)"));
   }
   if (count >= limits.per_uid) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", peer.uid, " already holds ", count, " uncommitted models (max_staging_per_uid): commit or abort "
-        "some first"));
+    return absl::ResourceExhaustedError(absl::StrCat("uid ", peer.uid, " already holds ", count,
+                                                     " uncommitted models (max_staging_per_uid): commit or abort "
+                                                     "some first"));
   }
   if (bytes + size > limits.bytes_per_uid) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "uid ", peer.uid, "'s uncommitted models would reserve ", FormatBytes(bytes + size), ", over the ",
-        FormatBytes(limits.bytes_per_uid), " one user may (max_staging_bytes_per_uid)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("uid ", peer.uid, "'s uncommitted models would reserve ", FormatBytes(bytes + size), ", over the ",
+                     FormatBytes(limits.bytes_per_uid), " one user may (max_staging_bytes_per_uid)"));
   }
   return absl::OkStatus();
 }

@@ -24,8 +24,8 @@ absl::StatusOr<sockaddr_un> Address(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof addr.sun_path) {
-    return absl::InvalidArgumentError(absl::StrCat("socket path '", path, "' must have 1 to ",
-                                                   sizeof addr.sun_path - 1, " characters"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("socket path '", path, "' must have 1 to ", sizeof addr.sun_path - 1, " characters"));
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   return addr;
@@ -86,7 +86,8 @@ absl::StatusOr<std::unique_ptr<UnixListener>> UnixListener::Bind(const std::stri
   if (!node) return ErrnoStatus(errno, absl::StrCat("open ", path));
   if (::fstat(node.get(), &st) != 0) return ErrnoStatus(errno, absl::StrCat("stat ", path));
   if (!S_ISSOCK(st.st_mode)) {
-    return absl::FailedPreconditionError(absl::StrCat(path, " was replaced by something else than our socket; refusing"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, " was replaced by something else than our socket; refusing"));
   }
   if (gid != static_cast<gid_t>(-1) &&
       ::fchownat(node.get(), "", static_cast<uid_t>(-1), gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
@@ -136,8 +137,7 @@ absl::StatusOr<UniqueFd> UnixListener::Accept(const Admit& admit, std::chrono::m
     }
     int timeout_ms = -1;
     if (wake != Clock::time_point::max()) {
-      timeout_ms = static_cast<int>(
-          std::chrono::ceil<std::chrono::milliseconds>(wake - now).count());
+      timeout_ms = static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(wake - now).count());
     }
     int n = ::poll(fds.data(), fds.size(), timeout_ms);
     if (n < 0) {

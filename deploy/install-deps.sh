@@ -22,6 +22,7 @@ debian_packages=(
   prometheus-cpp-dev      # zerocopyd's metrics endpoint
   lintian                 # make deb: the package checked (tests/deploy)
   clang libclang-rt-dev   # libFuzzer targets (make fuzz)
+  clang-format            # make lint: the C++ (.clang-format)
   python3 python3-venv python3-dev
   iproute2                # ip, tc: the simulated multi-host cluster (bench/simcluster.py, python_simcluster)
 )

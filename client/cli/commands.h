@@ -17,7 +17,7 @@ namespace zerocopy::cli {
 
 struct Globals {
   char** argv = nullptr;  // the process's, to hand a TorchScript preload to zerocopy-torchscript
-  std::string socket;  // "" resolves like the client library does
+  std::string socket;     // "" resolves like the client library does
   bool json = false;
   int exit_code = 0;
   std::shared_ptr<Client> client() const;

@@ -52,7 +52,8 @@ int Stats(Globals& g, bool prometheus) {
     return 0;
   }
   const auto& s = *stats;
-  std::printf("zerocopyd %s, pid %d, up since %s\n", s.version().c_str(), s.pid(), HumanTime(s.started_unix_ms()).c_str());
+  std::printf("zerocopyd %s, pid %d, up since %s\n", s.version().c_str(), s.pid(),
+              HumanTime(s.started_unix_ms()).c_str());
   std::printf("memory:     %s used of %s budget (%.1f%%), %s being published\n", FormatBytes(s.bytes_used(), 1).c_str(),
               FormatBytes(s.host_budget(), 1).c_str(), s.host_budget() ? 100.0 * s.bytes_used() / s.host_budget() : 0.0,
               FormatBytes(s.bytes_staging(), 1).c_str());
@@ -79,8 +80,9 @@ int Stats(Globals& g, bool prometheus) {
   std::printf("gpus:       %s backend, %d with device copies\n", s.gpu_backend().c_str(), s.gpus_size());
   for (const auto& gpu : s.gpus()) {
     std::printf("  %s  %s used of %s budget, %u copies, %u leases, %llu uploads, %llu evictions\n", gpu.uuid().c_str(),
-                FormatBytes(gpu.bytes_used(), 1).c_str(), FormatBytes(gpu.budget(), 1).c_str(), gpu.copies(), gpu.leases(),
-                static_cast<unsigned long long>(gpu.uploads()), static_cast<unsigned long long>(gpu.evictions()));
+                FormatBytes(gpu.bytes_used(), 1).c_str(), FormatBytes(gpu.budget(), 1).c_str(), gpu.copies(),
+                gpu.leases(), static_cast<unsigned long long>(gpu.uploads()),
+                static_cast<unsigned long long>(gpu.evictions()));
   }
   return 0;
 }
@@ -179,8 +181,10 @@ int Doctor(Globals& g) {
     checks.push_back({false, absl::StrCat("daemon does not answer: ", stats.status().message()),
                       "check `journalctl -u zerocopyd` and restart it"});
   } else {
-    checks.push_back({true, absl::StrCat("daemon answers: version ", stats->version(), ", pid ", stats->pid(), ", ",
-                                         stats->models(), " models"), ""});
+    checks.push_back({true,
+                      absl::StrCat("daemon answers: version ", stats->version(), ", pid ", stats->pid(), ", ",
+                                   stats->models(), " models"),
+                      ""});
     const std::string& dir = stats->segment_dir();
     struct statvfs vfs;
     if (::stat(dir.c_str(), &st) != 0 || ::statvfs(dir.c_str(), &vfs) != 0) {
@@ -188,36 +192,46 @@ int Doctor(Globals& g) {
                         "clients and the daemon must share /dev/shm (no private /dev or IPC namespace)"});
     } else {
       bool mode_ok = (st.st_mode & 07777) == 0710;
-      checks.push_back({mode_ok, absl::StrCat("segment directory ", dir, " mode ", absl::StrFormat("%04o", st.st_mode & 07777)),
+      checks.push_back({mode_ok,
+                        absl::StrCat("segment directory ", dir, " mode ", absl::StrFormat("%04o", st.st_mode & 07777)),
                         mode_ok ? "" : "it should be 0710 (zerocopyd sets it at start)"});
       uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
       uint64_t total = static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize;
       bool space_ok = free_bytes >= (1ull << 30) || free_bytes * 10 >= total;
-      checks.push_back({space_ok, absl::StrCat("segment file system: ", FormatBytes(free_bytes, 1), " free of ", FormatBytes(total, 1)),
-                        space_ok ? "" : "enlarge the tmpfs (mount -o remount,size=... /dev/shm; docker --shm-size) or remove models"});
+      checks.push_back(
+          {space_ok,
+           absl::StrCat("segment file system: ", FormatBytes(free_bytes, 1), " free of ", FormatBytes(total, 1)),
+           space_ok ? ""
+                    : "enlarge the tmpfs (mount -o remount,size=... /dev/shm; docker --shm-size) or remove models"});
       const uint64_t budget = stats->host_budget();
       if (total <= (64ull << 20)) {
         // What a container gets for /dev/shm unless told otherwise.
-        checks.push_back({false, absl::StrCat("the segment directory is on a file system of ", FormatBytes(total, 1),
-                                              ": a container's default /dev/shm"),
-                          "give the daemon and every client the host's tmpfs at this path (Kubernetes: a hostPath volume, "
-                          "deploy/kubernetes; docker: -v /dev/shm/zerocopy:/dev/shm/zerocopy or --ipc=host)"});
+        checks.push_back(
+            {false,
+             absl::StrCat("the segment directory is on a file system of ", FormatBytes(total, 1),
+                          ": a container's default /dev/shm"),
+             "give the daemon and every client the host's tmpfs at this path (Kubernetes: a hostPath volume, "
+             "deploy/kubernetes; docker: -v /dev/shm/zerocopy:/dev/shm/zerocopy or --ipc=host)"});
       } else if (budget > total + total / 20) {
         // The daemon checks the free space before every publish and evicts
         // for room, so this works; but the budget says what it does not mean.
-        checks.push_back({false, absl::StrCat("host budget ", FormatBytes(budget, 1), " exceeds the segment file system's ",
-                                              FormatBytes(total, 1)),
+        checks.push_back({false,
+                          absl::StrCat("host budget ", FormatBytes(budget, 1), " exceeds the segment file system's ",
+                                       FormatBytes(total, 1)),
                           "lower host_budget to the tmpfs size, or enlarge the tmpfs (mount -o remount,size=... ; "
                           "Kubernetes/docker: the host's tmpfs, not the container's)"});
       }
       if (uint64_t limit = CgroupMemoryLimit(); limit != 0) {
         const bool room = budget == 0 || limit >= budget;
-        checks.push_back({room, absl::StrCat("this process's memory cgroup allows ", FormatBytes(limit, 1),
-                                             room ? "" : absl::StrCat(", less than the host budget ", FormatBytes(budget, 1))),
-                          room ? "" : "a model this process publishes or preloads is charged to its cgroup (tmpfs "
-                                      "pages count against the writer) for as long as the model exists: raise the "
-                                      "limit (limits.memory, MemoryMax=) to hold the largest such model, or publish "
-                                      "from a process with room; loading models is never charged"});
+        checks.push_back(
+            {room,
+             absl::StrCat("this process's memory cgroup allows ", FormatBytes(limit, 1),
+                          room ? "" : absl::StrCat(", less than the host budget ", FormatBytes(budget, 1))),
+             room ? ""
+                  : "a model this process publishes or preloads is charged to its cgroup (tmpfs "
+                    "pages count against the writer) for as long as the model exists: raise the "
+                    "limit (limits.memory, MemoryMax=) to hold the largest such model, or publish "
+                    "from a process with room; loading models is never charged"});
       }
     }
     std::string shmem = ReadFirstLine("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
@@ -225,12 +239,13 @@ int Doctor(Globals& g) {
       checks.push_back({true, "segments are on a tmpfs mounted with huge pages", ""});
     } else {
       // Works, but every first read of a mapped model faults 4 KiB at a time.
-      checks.push_back({true, absl::StrCat("segments use 4 KiB pages (shmem_enabled: ", shmem.empty() ? "unknown" : shmem, ")"),
-                        "mount the segment directory as a tmpfs with huge=within_size for ~2x faster first reads: "
-                        "the Debian package's dev-shm-zerocopy.mount does (systemctl unmask/start it, then restart "
-                        "zerocopyd), or `mount -t tmpfs -o huge=within_size,mode=0710,uid=zerocopy,gid=zerocopy tmpfs "
-                        "DIR` while the daemon is stopped (deploy/README.md \"Huge pages\")",
-                        /*warn=*/true});
+      checks.push_back(
+          {true, absl::StrCat("segments use 4 KiB pages (shmem_enabled: ", shmem.empty() ? "unknown" : shmem, ")"),
+           "mount the segment directory as a tmpfs with huge=within_size for ~2x faster first reads: "
+           "the Debian package's dev-shm-zerocopy.mount does (systemctl unmask/start it, then restart "
+           "zerocopyd), or `mount -t tmpfs -o huge=within_size,mode=0710,uid=zerocopy,gid=zerocopy tmpfs "
+           "DIR` while the daemon is stopped (deploy/README.md \"Huge pages\")",
+           /*warn=*/true});
     }
   }
   int failures = 0;

@@ -122,8 +122,9 @@ int Preload(Globals& g, const std::string& path, const std::string& format_name,
     std::fprintf(stderr, "preloaded %s (%s): %u tensors%s, %s in %.2f s (%s/s)%s%s\n", path.c_str(),
                  source.manifest.format().c_str(), info->tensor_count(),
                  files ? absl::StrCat(" and ", files, files == 1 ? " file" : " files").c_str() : "",
-                 FormatBytes(info->size(), 1).c_str(), s, FormatBytes(static_cast<uint64_t>(info->size() / s), 1).c_str(),
-                 name.empty() ? "" : ", named ", name.c_str());
+                 FormatBytes(info->size(), 1).c_str(), s,
+                 FormatBytes(static_cast<uint64_t>(info->size() / s), 1).c_str(), name.empty() ? "" : ", named ",
+                 name.c_str());
   }
   return 0;
 }
@@ -151,8 +152,8 @@ std::string ConfigSummary(absl::string_view text) {
     return it != config.end() && it->is_string() ? it->get<std::string>() : std::string();
   };
   std::string architecture;
-  if (auto it = config.find("architectures"); it != config.end() && it->is_array() && !it->empty() &&
-                                              (*it)[0].is_string()) {
+  if (auto it = config.find("architectures");
+      it != config.end() && it->is_array() && !it->empty() && (*it)[0].is_string()) {
     architecture = (*it)[0].get<std::string>();
   }
   std::string dtype = str("dtype").empty() ? str("torch_dtype") : str("dtype");
@@ -212,19 +213,18 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
     return 0;
   }
   const auto& m = got->model();
-  std::printf("digest:      %s\nnames:       %s\nsize:        %s (%llu bytes)\nformat:      %s\n"
-              "tensors:     %u in %u storages\nsegment:     %s\npinned:      %s\nleases:      %u\n"
-              "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n"
-              "origin:      %s\npublisher:   %s\n",
-              m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
-              FormatBytes(m.size(), 1).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(),
-              m.tensor_count(), m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(),
-              m.huge_pages() ? "yes" : "no", m.gpu_uuids().empty() ? "-" : absl::StrJoin(m.gpu_uuids(), ", ").c_str(),
-              HumanTime(m.created_unix_ms()).c_str(),
-              HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size(),
-              OriginText(m.origin()).c_str(),
-              m.has_publisher_uid() ? absl::StrCat("uid ", m.publisher_uid(), " gid ", m.publisher_gid()).c_str()
-                                    : "unknown (committed before publishers were recorded)");
+  std::printf(
+      "digest:      %s\nnames:       %s\nsize:        %s (%llu bytes)\nformat:      %s\n"
+      "tensors:     %u in %u storages\nsegment:     %s\npinned:      %s\nleases:      %u\n"
+      "huge pages:  %s\ngpu copies:  %s\ncreated:     %s\nlast used:   %s\nmetadata:    %zu bytes\n"
+      "origin:      %s\npublisher:   %s\n",
+      m.digest().c_str(), m.names().empty() ? "-" : absl::StrJoin(m.names(), ", ").c_str(),
+      FormatBytes(m.size(), 1).c_str(), static_cast<unsigned long long>(m.size()), m.format().c_str(), m.tensor_count(),
+      m.storage_count(), m.segment_path().c_str(), m.pinned() ? "yes" : "no", m.leases(), m.huge_pages() ? "yes" : "no",
+      m.gpu_uuids().empty() ? "-" : absl::StrJoin(m.gpu_uuids(), ", ").c_str(), HumanTime(m.created_unix_ms()).c_str(),
+      HumanTime(m.last_used_unix_ms()).c_str(), got->manifest().metadata().size(), OriginText(m.origin()).c_str(),
+      m.has_publisher_uid() ? absl::StrCat("uid ", m.publisher_uid(), " gid ", m.publisher_gid()).c_str()
+                            : "unknown (committed before publishers were recorded)");
   PrintFiles(g, m.digest(), got->manifest());
   std::printf("\n%-48s  %-6s  %-20s  %10s  %s\n", "TENSOR", "DTYPE", "SHAPE", "BYTES", "OFFSET");
   size_t shown = 0;
@@ -245,8 +245,10 @@ int Inspect(Globals& g, const std::string& ref, size_t max_tensors) {
 int Remove(Globals& g, const std::string& ref, bool force) {
   auto digest = g.client()->Delete(ref, force);
   if (!digest.ok()) return Fail(g, digest.status());
-  if (g.json) std::printf("%s\n", nlohmann::json{{"deleted", *digest}}.dump().c_str());
-  else std::printf("deleted %s\n", digest->c_str());
+  if (g.json)
+    std::printf("%s\n", nlohmann::json{{"deleted", *digest}}.dump().c_str());
+  else
+    std::printf("deleted %s\n", digest->c_str());
   return 0;
 }
 
@@ -260,10 +262,10 @@ int Verify(Globals& g, const std::string& ref) {
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   bool ok = actual == (*mapped)->digest();
   if (g.json) {
-    std::printf("%s\n", nlohmann::json{{"digest", (*mapped)->digest()}, {"computed", actual}, {"ok", ok},
-                                       {"seconds", s}}
-                            .dump()
-                            .c_str());
+    std::printf("%s\n",
+                nlohmann::json{{"digest", (*mapped)->digest()}, {"computed", actual}, {"ok", ok}, {"seconds", s}}
+                    .dump()
+                    .c_str());
   } else if (ok) {
     std::printf("ok %s (%s hashed in %.2f s)\n", actual.c_str(), FormatBytes((*mapped)->size(), 1).c_str(), s);
   }
@@ -281,11 +283,13 @@ void AddModelCommands(CLI::App& app, Globals& g) {
   auto* preload = app.add_subcommand("preload", "publish a model file so that every process can map it");
   static std::string path, name, ref, format = "auto";
   static bool pin = false, force = false, all = false;
-  preload->add_option("PATH", path,
-                      "a checkpoint: .safetensors, a Hugging Face directory (sharded or not), a torch.save file "
-                      "(.pt/.pth/.bin), or a TorchScript archive")
+  preload
+      ->add_option("PATH", path,
+                   "a checkpoint: .safetensors, a Hugging Face directory (sharded or not), a torch.save file "
+                   "(.pt/.pth/.bin), or a TorchScript archive")
       ->required();
-  preload->add_option("--format", format, "auto (from the content), safetensors, safetensors-sharded, torch, torchscript")
+  preload
+      ->add_option("--format", format, "auto (from the content), safetensors, safetensors-sharded, torch, torchscript")
       ->capture_default_str();
   preload->add_option("--name", name, "tag the model with this name");
   preload->add_flag("--pin", pin, "never evict it");
@@ -312,9 +316,12 @@ void AddModelCommands(CLI::App& app, Globals& g) {
   tag->add_option("MODEL", ref, "digest, or a name it already has")->required();
   tag->callback([&] {
     auto info = g.client()->Tag(name, ref);
-    if (!info.ok()) g.exit_code = Fail(g, info.status());
-    else if (g.json) PrintJson(*info);
-    else std::printf("%s -> %s\n", name.c_str(), info->digest().c_str());
+    if (!info.ok())
+      g.exit_code = Fail(g, info.status());
+    else if (g.json)
+      PrintJson(*info);
+    else
+      std::printf("%s -> %s\n", name.c_str(), info->digest().c_str());
   });
 
   for (bool pinned : {true, false}) {
@@ -322,9 +329,12 @@ void AddModelCommands(CLI::App& app, Globals& g) {
     cmd->add_option("MODEL", ref, "name or digest")->required();
     cmd->callback([&, pinned] {
       auto info = g.client()->Pin(ref, pinned);
-      if (!info.ok()) g.exit_code = Fail(g, info.status());
-      else if (g.json) PrintJson(*info);
-      else std::printf("%s %s\n", pinned ? "pinned" : "unpinned", info->digest().c_str());
+      if (!info.ok())
+        g.exit_code = Fail(g, info.status());
+      else if (g.json)
+        PrintJson(*info);
+      else
+        std::printf("%s %s\n", pinned ? "pinned" : "unpinned", info->digest().c_str());
     });
   }
 }

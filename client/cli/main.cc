@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
   CLI::App app{"zerocopy: preload, list, inspect and remove the models that zerocopyd shares on this node"};
   app.require_subcommand(1);
   app.fallthrough();  // --json and --socket also after the command
-  app.add_option("--socket", globals.socket, "zerocopyd's socket (default: $ZEROCOPY_SOCKET, then the daemon's default)");
+  app.add_option("--socket", globals.socket,
+                 "zerocopyd's socket (default: $ZEROCOPY_SOCKET, then the daemon's default)");
   app.add_flag("--json", globals.json, "print JSON instead of text");
   app.set_version_flag("--version", "zerocopy " ZEROCOPY_VERSION);
   zerocopy::cli::AddModelCommands(app, globals);

@@ -36,7 +36,6 @@ void PrintJson(const google::protobuf::Message& message) {
   std::printf("%s", out.c_str());
 }
 
-
 std::string HumanTime(int64_t unix_ms) {
   std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
   std::tm tm{};

@@ -34,12 +34,18 @@ absl::StatusOr<uint64_t> ParseByteSize(absl::string_view text) {
   if (unit.size() > 1 && unit.back() == 'B') unit.pop_back();
   if (unit.size() > 1 && unit.back() == 'I') unit.pop_back();
   int shift;
-  if (unit.empty()) shift = 0;
-  else if (unit == "K") shift = 10;
-  else if (unit == "M") shift = 20;
-  else if (unit == "G") shift = 30;
-  else if (unit == "T") shift = 40;
-  else return absl::InvalidArgumentError(absl::StrCat("size '", s, "': unknown unit (use K, M, G, T or %)"));
+  if (unit.empty())
+    shift = 0;
+  else if (unit == "K")
+    shift = 10;
+  else if (unit == "M")
+    shift = 20;
+  else if (unit == "G")
+    shift = 30;
+  else if (unit == "T")
+    shift = 40;
+  else
+    return absl::InvalidArgumentError(absl::StrCat("size '", s, "': unknown unit (use K, M, G, T or %)"));
   double value;
   if (number.empty() || !absl::SimpleAtod(number, &value) || value < 0) {
     return absl::InvalidArgumentError(absl::StrCat("size '", s, "' is not a number with an optional unit"));

@@ -230,14 +230,12 @@ absl::StatusOr<int> OrdinalOf(const std::string& uuid) {
   for (const Gpu& g : *gpus) {
     if (g.uuid == uuid) return g.ordinal;
   }
-  return absl::NotFoundError(absl::StrCat("no GPU ", uuid, " among the ", gpus->size(),
-                                          " this process sees (CUDA_VISIBLE_DEVICES=",
-                                          getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset",
-                                          ")"));
+  return absl::NotFoundError(
+      absl::StrCat("no GPU ", uuid, " among the ", gpus->size(), " this process sees (CUDA_VISIBLE_DEVICES=",
+                   getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset", ")"));
 }
 
-absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* host, uint64_t size,
-                                                   UploadInfo* info) {
+absl::StatusOr<std::unique_ptr<Allocation>> Upload(int ordinal, const uint8_t* host, uint64_t size, UploadInfo* info) {
   DeviceScope scope(ordinal);
   if (!scope.status().ok()) return scope.status();
   auto t0 = std::chrono::steady_clock::now();
@@ -288,8 +286,9 @@ absl::StatusOr<std::unique_ptr<Import>> OpenHandle(int ordinal, const std::strin
       !s.ok()) {
     // CUDA refuses handles across MPS boundaries and IPC/PID namespaces: a
     // condition of the deployment, on which callers fall back.
-    return absl::FailedPreconditionError(absl::StrCat(
-        s.message(), "; CUDA refused the daemon's handle (MPS servers differ, or the container lacks --ipc=host "
+    return absl::FailedPreconditionError(
+        absl::StrCat(s.message(),
+                     "; CUDA refused the daemon's handle (MPS servers differ, or the container lacks --ipc=host "
                      "--pid=host)"));
   }
   return std::unique_ptr<Import>(new CudaImport(ordinal, data));

@@ -51,9 +51,7 @@ LeafHasher::LeafHasher() : state_(XXH3_createState()) {
 
 LeafHasher::~LeafHasher() { XXH3_freeState(state_); }
 
-void LeafHasher::Update(const void* data, size_t size) {
-  XXH3_128bits_update_dispatch(state_, data, size);
-}
+void LeafHasher::Update(const void* data, size_t size) { XXH3_128bits_update_dispatch(state_, data, size); }
 
 void LeafHasher::UpdateZeros(uint64_t size) {
   static const uint8_t kZeros[64 << 10] = {};
@@ -120,8 +118,8 @@ absl::StatusOr<std::vector<Hash128>> DecodeLeaves(std::string_view bytes, uint64
 absl::Status CheckLeaves(const void* data, uint64_t n, uint64_t offset, uint64_t size,
                          const std::vector<Hash128>& leaves, unsigned threads) {
   if (leaves.size() != DigestLeafCount(size)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("%d leaves given for a %d-byte model of %d leaves", leaves.size(), size, DigestLeafCount(size)));
+    return absl::InvalidArgumentError(absl::StrFormat("%d leaves given for a %d-byte model of %d leaves", leaves.size(),
+                                                      size, DigestLeafCount(size)));
   }
   if (offset > size || n > size - offset || offset % kDigestChunk != 0 ||
       (n % kDigestChunk != 0 && offset + n != size)) {
@@ -158,8 +156,7 @@ std::string CombineDigest(const std::vector<Hash128>& leaves, const v1::Manifest
   return absl::StrFormat("%016x%016x", root.high, root.low);
 }
 
-std::string ComputeDigest(const uint8_t* segment, uint64_t size, const v1::Manifest& manifest,
-                          unsigned threads) {
+std::string ComputeDigest(const uint8_t* segment, uint64_t size, const v1::Manifest& manifest, unsigned threads) {
   std::vector<Hash128> leaves(DigestLeafCount(size));
   ParallelFor(leaves.size(), threads, [&](size_t i) { leaves[i] = HashLeaf(segment, size, i); });
   return CombineDigest(leaves, manifest);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <vector>
 
-
 #include "absl/strings/string_view.h"
 #include "absl/strings/escaping.h"
 #include "absl/container/flat_hash_set.h"
@@ -13,7 +12,6 @@
 #include "zerocopy/status.h"
 
 namespace zerocopy {
-
 
 namespace {
 
@@ -52,12 +50,13 @@ absl::StatusOr<uint64_t> TensorExtent(const v1::Tensor& tensor) {
   }
   const int rank = tensor.shape_size();
   if (tensor.strides_size() != 0 && tensor.strides_size() != rank) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name(), "': ", tensor.strides_size(),
-                                                   " strides for rank ", rank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", tensor.name(), "': ", tensor.strides_size(), " strides for rank ", rank));
   }
   for (int i = 0; i < tensor.strides_size(); ++i) {
     if (tensor.strides(i) < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", tensor.name(), "': negative stride ", tensor.strides(i)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", tensor.name(), "': negative stride ", tensor.strides(i)));
     }
   }
   for (int i = 0; i < rank; ++i) {
@@ -137,8 +136,8 @@ static absl::Status ValidateFiles(const Manifest& manifest, const ManifestLimits
     used[file.storage()] = true;
     total += manifest.storages(file.storage()).size();  // each at most the model's size: no overflow
     if (total > limits.max_file_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat("the model's files take over ", limits.max_file_bytes,
-                                                     " bytes; that is the limit"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the model's files take over ", limits.max_file_bytes, " bytes; that is the limit"));
     }
   }
   return absl::OkStatus();
@@ -146,12 +145,12 @@ static absl::Status ValidateFiles(const Manifest& manifest, const ManifestLimits
 
 absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& limits) {
   if (static_cast<uint64_t>(manifest.storages_size()) > limits.max_storages) {
-    return absl::InvalidArgumentError(absl::StrCat("manifest has ", manifest.storages_size(),
-                                                   " storages; the limit is ", limits.max_storages));
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest has ", manifest.storages_size(), " storages; the limit is ", limits.max_storages));
   }
   if (static_cast<uint64_t>(manifest.tensors_size()) > limits.max_tensors) {
-    return absl::InvalidArgumentError(absl::StrCat("manifest has ", manifest.tensors_size(),
-                                                   " tensors; the limit is ", limits.max_tensors));
+    return absl::InvalidArgumentError(
+        absl::StrCat("manifest has ", manifest.tensors_size(), " tensors; the limit is ", limits.max_tensors));
   }
   if (manifest.metadata().size() > limits.max_metadata) {
     return absl::InvalidArgumentError(absl::StrCat("manifest metadata is ", manifest.metadata().size(),
@@ -160,11 +159,10 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
   uint64_t total = 0;
   for (int s = 0; s < manifest.storages_size(); ++s) {
     uint64_t size = manifest.storages(s).size();
-    if (size > limits.max_total_size || AddOverflows(AlignUp(total), size, &total) ||
-        total > limits.max_total_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("storage ", s, " of ", size, " bytes makes the model larger than the limit of ",
-                       limits.max_total_size, " bytes"));
+    if (size > limits.max_total_size || AddOverflows(AlignUp(total), size, &total) || total > limits.max_total_size) {
+      return absl::InvalidArgumentError(absl::StrCat("storage ", s, " of ", size,
+                                                     " bytes makes the model larger than the limit of ",
+                                                     limits.max_total_size, " bytes"));
     }
   }
   absl::flat_hash_set<absl::string_view> names;  // views into the manifest, which outlives the set
@@ -173,14 +171,15 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
     const std::string& name = tensor.name();
     if (name.empty()) return absl::InvalidArgumentError("a tensor has an empty name");
     if (name.size() > limits.max_tensor_name) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor name of ", name.size(),
-                                                     " characters; the limit is ", limits.max_tensor_name));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor name of ", name.size(), " characters; the limit is ", limits.max_tensor_name));
     }
     if (name.find('\0') != std::string::npos) {
       return absl::InvalidArgumentError("a tensor name contains a NUL character");
     }
     if (!IsUtf8(name)) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor name \"", absl::CHexEscape(name), "\" is not valid UTF-8"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor name \"", absl::CHexEscape(name), "\" is not valid UTF-8"));
     }
     if (!names.insert(name).second) {
       return absl::InvalidArgumentError(absl::StrCat("tensor name '", name, "' appears twice"));
@@ -190,8 +189,8 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
           absl::StrCat("tensor '", name, "' has rank ", tensor.shape_size(), "; the limit is ", limits.max_rank));
     }
     if (tensor.storage() >= static_cast<uint32_t>(manifest.storages_size())) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' names storage ", tensor.storage(),
-                                                     " of ", manifest.storages_size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' names storage ", tensor.storage(), " of ", manifest.storages_size()));
     }
     auto extent = TensorExtent(tensor);
     if (!extent.ok()) return extent.status();
@@ -203,9 +202,9 @@ absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& li
     uint64_t end;
     const uint64_t storage_size = manifest.storages(tensor.storage()).size();
     if (AddOverflows(tensor.byte_offset(), *extent, &end) || end > storage_size) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' spans bytes [", tensor.byte_offset(),
-                                                     ", ", tensor.byte_offset(), "+", *extent,
-                                                     ") outside its storage of ", storage_size, " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' spans bytes [", tensor.byte_offset(), ", ",
+                                                     tensor.byte_offset(), "+", *extent, ") outside its storage of ",
+                                                     storage_size, " bytes"));
     }
   }
   return ValidateFiles(manifest, limits);
@@ -234,8 +233,8 @@ absl::Status CheckLayout(const Manifest& manifest) {
     }
   }
   if (manifest.total_size() != expected.total_size()) {
-    return absl::InvalidArgumentError(absl::StrCat("total size ", manifest.total_size(), " does not match the layout's ",
-                                                   expected.total_size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("total size ", manifest.total_size(), " does not match the layout's ", expected.total_size()));
   }
   return absl::OkStatus();
 }
@@ -255,8 +254,8 @@ absl::Status ValidateFileName(absl::string_view name) {
   }
   for (absl::string_view part : absl::StrSplit(name, '/')) {
     if (part.empty() || part == "." || part == ".." || part.size() > 255) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "file name '", name, "' is not a relative path of parts of 1 to 255 bytes, none '.' or '..'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("file name '", name, "' is not a relative path of parts of 1 to 255 bytes, none '.' or '..'"));
     }
   }
   return absl::OkStatus();
@@ -268,12 +267,14 @@ absl::Status ValidateModelName(absl::string_view name) {
     return absl::InvalidArgumentError(absl::StrCat("model name is ", name.size(), " characters; the limit is 255"));
   }
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-' || c == ':' || c == '@' || c == '+' || c == '=';
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-' || c == ':' || c == '@' || c == '+' || c == '=';
     if (!ok) {
-      std::string shown = (c >= 0x20 && c < 0x7f) ? std::string(1, c) : absl::StrCat("\\x", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
-      return absl::InvalidArgumentError(absl::StrCat("model name contains '", shown,
-                                                     "': use letters, digits and . _ - : @ + ="));
+      std::string shown = (c >= 0x20 && c < 0x7f)
+                              ? std::string(1, c)
+                              : absl::StrCat("\\x", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model name contains '", shown, "': use letters, digits and . _ - : @ + ="));
     }
   }
   if (name[0] == '.' || name[0] == '-' || name[0] == ':') {
@@ -287,9 +288,8 @@ absl::Status ValidateModelName(absl::string_view name) {
 
 absl::Status ValidateOrigin(const v1::Origin& origin) {
   auto text = [](absl::string_view value) {
-    return IsUtf8(value) && std::none_of(value.begin(), value.end(), [](char c) {
-             return (static_cast<unsigned char>(c) < 0x20) || c == 0x7f;
-           });
+    return IsUtf8(value) && std::none_of(value.begin(), value.end(),
+                                         [](char c) { return (static_cast<unsigned char>(c) < 0x20) || c == 0x7f; });
   };
   if (origin.kind().size() > 32 || !text(origin.kind())) {
     return absl::InvalidArgumentError("origin kind must be at most 32 bytes of UTF-8 text without control characters");

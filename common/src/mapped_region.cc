@@ -32,17 +32,21 @@ int AdvisePages(uint8_t* data, uint64_t offset, uint64_t length, int advice) {
 
 absl::Status Populate(uint8_t* data, size_t size, uint64_t offset, uint64_t length, int advice) {
   if (offset > size || length > size - offset) {
-    return absl::OutOfRangeError(absl::StrCat("populate ", length, " bytes at ", offset, " of a ", size, "-byte mapping"));
+    return absl::OutOfRangeError(
+        absl::StrCat("populate ", length, " bytes at ", offset, " of a ", size, "-byte mapping"));
   }
   if (length == 0) return absl::OkStatus();
   for (;;) {
     if (AdvisePages(data, offset, length, advice) == 0) return absl::OkStatus();
     switch (errno) {
-      case EINTR: case EAGAIN: continue;
+      case EINTR:
+      case EAGAIN: continue;
       case EINVAL: return absl::UnimplementedError("this kernel has no MADV_POPULATE_READ (Linux 5.14)");
-      case EFAULT: case ENOMEM: case ENOSPC:
-        return absl::ResourceExhaustedError(absl::StrCat(
-            "no memory to map ", length, " bytes of the segment: ", std::strerror(errno)));
+      case EFAULT:
+      case ENOMEM:
+      case ENOSPC:
+        return absl::ResourceExhaustedError(
+            absl::StrCat("no memory to map ", length, " bytes of the segment: ", std::strerror(errno)));
       default: return ErrnoStatus(errno, "madvise(MADV_POPULATE_READ)");
     }
   }
@@ -77,15 +81,12 @@ absl::StatusOr<MappedRegion> MappedRegion::Map(int fd, size_t size, const Option
   int prot = PROT_READ;
   int flags = MAP_SHARED;
   switch (options.access) {
-    case Access::kReadOnly:
-      break;
+    case Access::kReadOnly: break;
     case Access::kCopyOnWrite:
       prot |= PROT_WRITE;
       flags = MAP_PRIVATE;
       break;
-    case Access::kReadWrite:
-      prot |= PROT_WRITE;
-      break;
+    case Access::kReadWrite: prot |= PROT_WRITE; break;
   }
   if (options.populate) flags |= MAP_POPULATE;
   void* addr = ::mmap(nullptr, size, prot, flags, fd, 0);

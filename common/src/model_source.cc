@@ -15,10 +15,11 @@ absl::Status ModelSourceBuilder::AddTensor(const std::string& name, uint32_t sto
                                            absl::string_view dtype, const std::vector<int64_t>& shape,
                                            const std::vector<int64_t>& strides) {
   absl::StatusOr<DType> parsed = ParseDType(dtype);
-  if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has unknown dtype '", dtype, "'"));
+  if (!parsed.ok())
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has unknown dtype '", dtype, "'"));
   if (storage >= source_.storage_data.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' names storage ", storage, " of ",
-                                                   source_.storage_data.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", name, "' names storage ", storage, " of ", source_.storage_data.size()));
   }
   v1::Tensor* t = source_.manifest.add_tensors();
   t->set_name(name);

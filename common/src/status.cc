@@ -13,17 +13,12 @@ absl::Status ErrnoStatus(int err, absl::string_view what) {
     case ENOMEM:
     case EDQUOT:
     case EMFILE:
-    case ENFILE:
-      return absl::ResourceExhaustedError(message);
-    case ENOENT:
-      return absl::NotFoundError(message);
+    case ENFILE: return absl::ResourceExhaustedError(message);
+    case ENOENT: return absl::NotFoundError(message);
     case EACCES:
-    case EPERM:
-      return absl::PermissionDeniedError(message);
-    case EEXIST:
-      return absl::AlreadyExistsError(message);
-    default:
-      return absl::InternalError(message);
+    case EPERM: return absl::PermissionDeniedError(message);
+    case EEXIST: return absl::AlreadyExistsError(message);
+    default: return absl::InternalError(message);
   }
 }
 

@@ -92,8 +92,9 @@ absl::StatusOr<CheckpointFormat> ZipKind(const std::string& path, const std::vec
   }
   if (data_pkl && constants_pkl) return CheckpointFormat::kTorchScript;
   if (data_pkl) return CheckpointFormat::kTorch;
-  return Invalid(absl::StrCat(path, " is a zip archive but not a torch.save file or TorchScript archive (no "
-                                    "<archive>/data.pkl entry) or torch.export archive (no <archive>/archive_format)"));
+  return Invalid(absl::StrCat(path,
+                              " is a zip archive but not a torch.save file or TorchScript archive (no "
+                              "<archive>/data.pkl entry) or torch.export archive (no <archive>/archive_format)"));
 }
 
 }  // namespace
@@ -185,8 +186,10 @@ absl::StatusOr<CheckpointFormat> DetectCheckpointFormat(const std::string& input
       return CheckpointFormat::kSafetensors;
     }
   }
-  return Invalid(absl::StrCat(path, " is not a checkpoint zerocopy knows (safetensors, a torch.save file, "
-                                    "a TorchScript or torch.export archive, or a directory with ", kIndexName, ")"));
+  return Invalid(absl::StrCat(path,
+                              " is not a checkpoint zerocopy knows (safetensors, a torch.save file, "
+                              "a TorchScript or torch.export archive, or a directory with ",
+                              kIndexName, ")"));
 }
 
 absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view text) {
@@ -251,8 +254,8 @@ absl::StatusOr<Checkpoint> ReadShardedSafetensors(const std::string& input) {
         return Invalid(absl::StrCat(path, ": shard ", shard, " holds tensor '", e.name, "', which the index lacks"));
       }
       if (*it->second != shard) {
-        return Invalid(absl::StrCat(path, ": tensor '", e.name, "' is in shard ", shard, " but the index says ",
-                                    *it->second));
+        return Invalid(
+            absl::StrCat(path, ": tensor '", e.name, "' is in shard ", shard, " but the index says ", *it->second));
       }
     }
   }
@@ -302,14 +305,10 @@ absl::StatusOr<Checkpoint> ReadWeights(const std::string& path, CheckpointFormat
       ZC_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Open(path));
       return Owning(std::move(file), [](const SafetensorsFile& f) { return f.ToModelSource(); });
     }
-    case CheckpointFormat::kShardedSafetensors:
-      return ReadShardedSafetensors(path);
-    case CheckpointFormat::kTorch:
-      return ReadTorchSave(path);
-    case CheckpointFormat::kTorchExport:
-      return ReadPt2Archive(path);
-    case CheckpointFormat::kTorchScript:
-      break;
+    case CheckpointFormat::kShardedSafetensors: return ReadShardedSafetensors(path);
+    case CheckpointFormat::kTorch: return ReadTorchSave(path);
+    case CheckpointFormat::kTorchExport: return ReadPt2Archive(path);
+    case CheckpointFormat::kTorchScript: break;
   }
   return absl::UnimplementedError(absl::StrCat(path, " is a ", CheckpointFormatName(format),
                                                " file, which needs a build with LibTorch (ZEROCOPY_WITH_TORCH)"));
@@ -318,8 +317,9 @@ absl::StatusOr<Checkpoint> ReadWeights(const std::string& path, CheckpointFormat
 // Whether a directory entry is weights, an index of them, a document or
 // hidden: not kept with the model.
 bool LeftOut(absl::string_view name) {
-  static constexpr const char* kWeights[] = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack",
-                                             ".onnx", ".gguf", ".tflite", ".ot", ".npz", ".index.json", ".md"};
+  static constexpr const char* kWeights[] = {".safetensors", ".bin",     ".pt",         ".pth",  ".ckpt",
+                                             ".h5",          ".msgpack", ".onnx",       ".gguf", ".tflite",
+                                             ".ot",          ".npz",     ".index.json", ".md"};
   if (absl::StartsWith(name, ".") || absl::StartsWith(name, "README") || absl::StartsWith(name, "LICENSE")) {
     return true;
   }

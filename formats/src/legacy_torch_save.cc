@@ -96,7 +96,8 @@ absl::StatusOr<Unpickled> ReadLegacyTorchSave(const uint8_t* data, size_t size) 
   for (size_t i = 0; i < n; ++i) {
     const Obj* k = keys.root->items[i];
     if (k->kind != Kind::kString) {
-      return Invalid(absl::StrCat("the storage key list (byte ", keys_at, ") holds a ", KindName(k->kind), ", not a key"));
+      return Invalid(
+          absl::StrCat("the storage key list (byte ", keys_at, ") holds a ", KindName(k->kind), ", not a key"));
     }
     const std::string& key = k->s;
     auto it = storages.by_key.find(key);
@@ -107,8 +108,8 @@ absl::StatusOr<Unpickled> ReadLegacyTorchSave(const uint8_t* data, size_t size) 
     Obj* s = it->second;
     const uint64_t numel = s->bytes / DTypeSize(s->dtype);
     if (size - at < 8) {
-      return Invalid(absl::StrCat("storage ", key, " (", i + 1, " of ", n, ") has no element count: the file ends at byte ",
-                                  size, " (truncated?)"));
+      return Invalid(absl::StrCat("storage ", key, " (", i + 1, " of ", n,
+                                  ") has no element count: the file ends at byte ", size, " (truncated?)"));
     }
     const uint64_t count = Le64(data + at);
     if (count != numel) {
@@ -117,15 +118,16 @@ absl::StatusOr<Unpickled> ReadLegacyTorchSave(const uint8_t* data, size_t size) 
     }
     at += 8;
     if (size - at < s->bytes) {
-      return Invalid(absl::StrCat("storage ", key, " (", i + 1, " of ", n, ") needs ", s->bytes, " bytes from byte ", at,
-                                  " but the file ends at byte ", size, " (truncated?)"));
+      return Invalid(absl::StrCat("storage ", key, " (", i + 1, " of ", n, ") needs ", s->bytes, " bytes from byte ",
+                                  at, " but the file ends at byte ", size, " (truncated?)"));
     }
     s->data = data + at;
     at += s->bytes;
   }
   for (const auto& [key, s] : storages.by_key) {
     if (!listed.count(key)) {
-      return Invalid(absl::StrCat("storage ", key, " is used by the object pickle but missing from the storage key list"));
+      return Invalid(
+          absl::StrCat("storage ", key, " is used by the object pickle but missing from the storage key list"));
     }
   }
   return object;

@@ -95,7 +95,8 @@ class Entries {
 };
 
 absl::StatusOr<json> ParseConfig(const Entries& entries, const ZipEntry& e, const std::string& path) {
-  if (e.size > kMaxConfigBytes) return Invalid(absl::StrCat(path, " is ", e.size, " bytes; the limit is ", kMaxConfigBytes));
+  if (e.size > kMaxConfigBytes)
+    return Invalid(absl::StrCat(path, " is ", e.size, " bytes; the limit is ", kMaxConfigBytes));
   absl::string_view text = entries.Bytes(e);
   if (!internal::JsonNestingWithin(text, kMaxNesting)) return Invalid(absl::StrCat(path, " is nested too deeply"));
   json doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
@@ -151,7 +152,8 @@ class PayloadReader {
                                     " object (a script object or opaque constant), which zerocopy does not hold"));
       }
       if (p.value("use_pickle", false)) {
-        return Invalid(absl::StrCat(kind, " '", fqn, "' is stored as a pickle (a tensor subclass), which zerocopy "
+        return Invalid(absl::StrCat(kind, " '", fqn,
+                                    "' is stored as a pickle (a tensor subclass), which zerocopy "
                                     "does not hold; plain tensors only"));
       }
       auto meta = p.find("tensor_meta");
@@ -171,9 +173,11 @@ class PayloadReader {
     if (e == nullptr) return absl::OkStatus();
     if (e->size > kMaxConfigBytes) return Invalid(absl::StrCat(config_path, " is ", e->size, " bytes"));
     absl::string_view text = entries_.Bytes(*e);
-    if (!internal::JsonNestingWithin(text, kMaxNesting)) return Invalid(absl::StrCat(config_path, " is nested too deeply"));
+    if (!internal::JsonNestingWithin(text, kMaxNesting))
+      return Invalid(absl::StrCat(config_path, " is nested too deeply"));
     json config = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-    if (config.is_discarded() || !config.is_object()) return Invalid(absl::StrCat(config_path, " is not a JSON object"));
+    if (config.is_discarded() || !config.is_object())
+      return Invalid(absl::StrCat(config_path, " is not a JSON object"));
     for (auto it = config.begin(); it != config.end(); ++it) {
       const std::string& fqn = it.key();
       const json& w = it.value();
@@ -186,7 +190,8 @@ class PayloadReader {
       for (const auto* list : {&w[1], &w[2]}) {
         auto& out = list == &w[1] ? sizes : strides;
         for (const auto& v : *list) {
-          if (!v.is_number_integer()) return Invalid(absl::StrCat("weight '", fqn, "' has a size or stride ", v.dump()));
+          if (!v.is_number_integer())
+            return Invalid(absl::StrCat("weight '", fqn, "' has a size or stride ", v.dump()));
           out.push_back(v.get<int64_t>());
         }
       }
@@ -247,8 +252,8 @@ class PayloadReader {
     if (!extent.ok()) return Annotate(extent.status(), absl::StrCat(kind, " '", fqn, "'"));
     const uint64_t size = out_.source.manifest.storages(static_cast<int>(storage)).size();
     if (t->byte_offset() > size || *extent > size - t->byte_offset()) {
-      return Invalid(absl::StrCat(kind, " '", fqn, "' reaches past the end of its record ", record, " (", size,
-                                  " bytes)"));
+      return Invalid(
+          absl::StrCat(kind, " '", fqn, "' reaches past the end of its record ", record, " (", size, " bytes)"));
     }
     return absl::OkStatus();
   }
@@ -340,7 +345,8 @@ absl::StatusOr<Checkpoint> ParsePt2Archive(const uint8_t* data, size_t size) {
   if (models.empty()) return Invalid("pt2 archive without a program (no models/<name>.json)");
   if (models.size() > 1) {
     return Invalid(absl::StrCat("pt2 archive with ", models.size(), " ", what, " (", *models.begin(), ", ",
-                                *std::next(models.begin()), ", ...); zerocopy takes archives of one, as "
+                                *std::next(models.begin()),
+                                ", ...); zerocopy takes archives of one, as "
                                 "torch.export.save and aoti_compile_and_package write"));
   }
   const std::string& model = *models.begin();
@@ -352,19 +358,20 @@ absl::StatusOr<Checkpoint> ParsePt2Archive(const uint8_t* data, size_t size) {
     // inside it (torch's default), where no other process can share them.
     const std::string config = absl::StrCat(kCompiledDir, model, "/weights_config.json");
     if (entries.Find(config) == nullptr) {
-      return Invalid("an AOTInductor package whose weights are inside its compiled library (torch's default): "
-                     "compile it with inductor_configs={\"aot_inductor.package_constants_in_so\": False, "
-                     "\"aot_inductor.package_constants_on_disk_format\": \"pickle_weights\"} so that zerocopy "
-                     "can share them");
+      return Invalid(
+          "an AOTInductor package whose weights are inside its compiled library (torch's default): "
+          "compile it with inductor_configs={\"aot_inductor.package_constants_in_so\": False, "
+          "\"aot_inductor.package_constants_on_disk_format\": \"pickle_weights\"} so that zerocopy "
+          "can share them");
     }
     out.source.manifest.set_format(kAotInductorFormat);
     ZC_RETURN_IF_ERROR(reader.AddAotiWeights(config));
   } else {
     out.source.manifest.set_format(kTorchExportFormat);
-    ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/weights/", model, "_weights_config.json"), "data/weights/",
-                                  "weight_", "weight"));
-    ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/constants/", model, "_constants_config.json"),
-                                  "data/constants/", "tensor_", "constant"));
+    ZC_RETURN_IF_ERROR(
+        reader.Add(absl::StrCat("data/weights/", model, "_weights_config.json"), "data/weights/", "weight_", "weight"));
+    ZC_RETURN_IF_ERROR(reader.Add(absl::StrCat("data/constants/", model, "_constants_config.json"), "data/constants/",
+                                  "tensor_", "constant"));
   }
   // Everything else is the program's: kept as files.
   uint64_t file_bytes = 0;

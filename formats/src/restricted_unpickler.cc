@@ -36,20 +36,26 @@ absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError
 // torch.<Name>Storage -> dtype; these are the names torch.save writes.
 const std::map<std::string, DType, std::less<>>& StorageTypes() {
   static const auto* types = new std::map<std::string, DType, std::less<>>{
-      {"DoubleStorage", v1::F64},       {"FloatStorage", v1::F32},
-      {"HalfStorage", v1::F16},         {"BFloat16Storage", v1::BF16},
-      {"LongStorage", v1::I64},         {"IntStorage", v1::I32},
-      {"ShortStorage", v1::I16},        {"CharStorage", v1::I8},
-      {"ByteStorage", v1::U8},          {"BoolStorage", v1::BOOL},
-      {"ComplexFloatStorage", v1::C64}, {"ComplexDoubleStorage", v1::C128},
-      {"UInt16Storage", v1::U16},       {"UInt32Storage", v1::U32},
-      {"UInt64Storage", v1::U64},       {"Float8_e4m3fnStorage", v1::F8_E4M3},
+      {"DoubleStorage", v1::F64},
+      {"FloatStorage", v1::F32},
+      {"HalfStorage", v1::F16},
+      {"BFloat16Storage", v1::BF16},
+      {"LongStorage", v1::I64},
+      {"IntStorage", v1::I32},
+      {"ShortStorage", v1::I16},
+      {"CharStorage", v1::I8},
+      {"ByteStorage", v1::U8},
+      {"BoolStorage", v1::BOOL},
+      {"ComplexFloatStorage", v1::C64},
+      {"ComplexDoubleStorage", v1::C128},
+      {"UInt16Storage", v1::U16},
+      {"UInt32Storage", v1::U32},
+      {"UInt64Storage", v1::U64},
+      {"Float8_e4m3fnStorage", v1::F8_E4M3},
       {"Float8_e5m2Storage", v1::F8_E5M2},
   };
   return *types;
 }
-
-
 
 class Unpickler {
  public:
@@ -92,7 +98,8 @@ class Unpickler {
   absl::Status Truncated() const {
     const uint64_t end = where_.first_byte + static_cast<uint64_t>(end_ - begin_);
     if (where_.budget_ends) {
-      return Invalid(absl::StrCat("runs past byte ", end, ", over the budget of ", kMaxPickleBytes, " bytes of pickle"));
+      return Invalid(
+          absl::StrCat("runs past byte ", end, ", over the budget of ", kMaxPickleBytes, " bytes of pickle"));
     }
     return Invalid(absl::StrCat("ends at byte ", end, " before its STOP (truncated?)"));
   }
@@ -178,16 +185,26 @@ class Unpickler {
   absl::Status Global(const std::string& module, const std::string& name) {
     std::string full = absl::StrCat(module, ".", name);
     static const char* const kAllowed[] = {
-        "collections.OrderedDict",         "torch._utils._rebuild_tensor_v2",
-        "torch._utils._rebuild_tensor",     "torch._utils._rebuild_parameter",
-        "torch._utils._rebuild_parameter_with_state", "torch._tensor._rebuild_from_type_v2",
-        "torch.Tensor",                    "torch.nn.parameter.Parameter",
-        "torch._utils._rebuild_tensor_v3", "torch.storage.UntypedStorage",
+        "collections.OrderedDict",
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state",
+        "torch._tensor._rebuild_from_type_v2",
+        "torch.Tensor",
+        "torch.nn.parameter.Parameter",
+        "torch._utils._rebuild_tensor_v3",
+        "torch.storage.UntypedStorage",
     };
-    static const char* const kNotDense[] = {"_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_sparse_csr",
-                                            "_rebuild_nested_tensor", "_rebuild_meta_tensor_no_storage",
-                                            "_rebuild_wrapper_subclass", "_rebuild_xla_tensor",
-                                            "_rebuild_device_tensor_from_numpy", "_rebuild_device_tensor_from_cpu_tensor"};
+    static const char* const kNotDense[] = {"_rebuild_qtensor",
+                                            "_rebuild_sparse_tensor",
+                                            "_rebuild_sparse_csr",
+                                            "_rebuild_nested_tensor",
+                                            "_rebuild_meta_tensor_no_storage",
+                                            "_rebuild_wrapper_subclass",
+                                            "_rebuild_xla_tensor",
+                                            "_rebuild_device_tensor_from_numpy",
+                                            "_rebuild_device_tensor_from_cpu_tensor"};
     if (module == "torch._utils") {
       for (const char* n : kNotDense) {
         if (name == n) {
@@ -204,7 +221,8 @@ class Unpickler {
         return Invalid(absl::StrCat("the file holds a tensor of dtype ", full, ", which zerocopy cannot hold"));
       }
       if (module == "torch" && absl::EndsWith(name, "Storage")) {
-        return Invalid(absl::StrCat("torch.", name, " tensors (quantized or unknown dtype) cannot be held by zerocopy"));
+        return Invalid(
+            absl::StrCat("torch.", name, " tensors (quantized or unknown dtype) cannot be held by zerocopy"));
       }
       return Invalid(absl::StrCat("the pickle refers to ", full,
                                   ", which a state dict does not need and zerocopy will not load (save a dict of "
@@ -305,7 +323,8 @@ class Unpickler {
   static absl::Status Ints(const Obj* o, const char* what, std::vector<int64_t>* out) {
     if (o->kind != Kind::kTuple && o->kind != Kind::kList) return Invalid(absl::StrCat(what, " is not a tuple"));
     for (const Obj* d : o->items) {
-      if (d->kind != Kind::kInt || d->i < 0) return Invalid(absl::StrCat(what, " holds a non-integer or negative value"));
+      if (d->kind != Kind::kInt || d->i < 0)
+        return Invalid(absl::StrCat(what, " holds a non-integer or negative value"));
       out->push_back(d->i);
     }
     return absl::OkStatus();
@@ -337,14 +356,14 @@ class Unpickler {
     }
     const uint64_t itemsize = DTypeSize(t->dtype);
     if (static_cast<uint64_t>(t->offset) > t->storage->bytes / itemsize) {
-      return Invalid(absl::StrCat("a tensor starts at element ", t->offset, ", past its storage of ",
-                                  t->storage->bytes, " bytes"));
+      return Invalid(absl::StrCat("a tensor starts at element ", t->offset, ", past its storage of ", t->storage->bytes,
+                                  " bytes"));
     }
     uint64_t end_byte;
     if (!empty && (__builtin_add_overflow(last, uint64_t{1}, &end_byte) ||
                    __builtin_mul_overflow(end_byte, itemsize, &end_byte) || end_byte > t->storage->bytes)) {
-      return Invalid(absl::StrCat("a tensor reaches element ", last, " of ", DTypeName(t->dtype),
-                                  " in a storage of ", t->storage->bytes, " bytes"));
+      return Invalid(absl::StrCat("a tensor reaches element ", last, " of ", DTypeName(t->dtype), " in a storage of ",
+                                  t->storage->bytes, " bytes"));
     }
     return t;
   }
@@ -373,7 +392,8 @@ class Unpickler {
     if (f == "torch._utils._rebuild_tensor_v3") {
       // (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata])
       if (args.size() < 7 || args[6]->kind != Kind::kGlobal) return Invalid("_rebuild_tensor_v3 needs a dtype");
-      const std::optional<DType> dt = absl::StartsWith(args[6]->s, "torch.") ? DTypeFromTorch(args[6]->s) : std::nullopt;
+      const std::optional<DType> dt =
+          absl::StartsWith(args[6]->s, "torch.") ? DTypeFromTorch(args[6]->s) : std::nullopt;
       if (!dt) return Invalid(absl::StrCat("a tensor has dtype ", args[6]->s, ", which zerocopy cannot hold"));
       return RebuildTensor(args, *dt);
     }
@@ -382,8 +402,10 @@ class Unpickler {
       return args[0];
     }
     if (f == "torch._tensor._rebuild_from_type_v2") {
-      if (args.size() < 3 || args[2]->kind != Kind::kTuple) return Invalid("_rebuild_from_type_v2 needs (func, type, args)");
-      if (args[1]->kind != Kind::kGlobal || (args[1]->s != "torch.Tensor" && args[1]->s != "torch.nn.parameter.Parameter")) {
+      if (args.size() < 3 || args[2]->kind != Kind::kTuple)
+        return Invalid("_rebuild_from_type_v2 needs (func, type, args)");
+      if (args[1]->kind != Kind::kGlobal ||
+          (args[1]->s != "torch.Tensor" && args[1]->s != "torch.nn.parameter.Parameter")) {
         return Invalid("_rebuild_from_type_v2 of a tensor subclass zerocopy does not know");
       }
       if (++depth_ > kMaxDepth) return Invalid("nested too deeply");
@@ -590,8 +612,7 @@ class Unpickler {
         return absl::OkStatus();
       }
       case 'Q': return PersistentLoad();
-      default:
-        return Invalid("opcode not allowed in a state dict (objects, sets, extensions, text persistent ids)");
+      default: return Invalid("opcode not allowed in a state dict (objects, sets, extensions, text persistent ids)");
     }
   }
 

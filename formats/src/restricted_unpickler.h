@@ -44,9 +44,9 @@ struct Obj {
   bool b = false;
   int64_t i = 0;
   double f = 0;
-  std::string s;                             // str, bytes, global "module.name"
-  std::vector<Obj*> items;                   // list, tuple
-  std::vector<std::pair<Obj*, Obj*>> dict;   // dict, in insertion order
+  std::string s;                            // str, bytes, global "module.name"
+  std::vector<Obj*> items;                  // list, tuple
+  std::vector<std::pair<Obj*, Obj*>> dict;  // dict, in insertion order
   // storage: `bytes` bytes at `data` (set by its StorageSource), its key in
   // `s`; tensor: elements of `dtype`
   DType dtype = v1::DTYPE_UNSPECIFIED;

@@ -25,10 +25,7 @@ using nlohmann::json;
 constexpr uint64_t kMaxHeader = 100ull << 20;  // what the reference implementation allows
 constexpr int kMaxDepth = 16;
 
-absl::Status Invalid(absl::string_view what) {
-  return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what));
-}
-
+absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(absl::StrCat("safetensors: ", what)); }
 
 }  // namespace
 
@@ -59,7 +56,10 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(const uint8_t* data, size
   const uint8_t* base = data + 8 + header_len;
   const uint64_t data_size = size - 8 - header_len;
   file.data_bytes_ = data_size;
-  struct Span { uint64_t begin, end; const std::string* name; };
+  struct Span {
+    uint64_t begin, end;
+    const std::string* name;
+  };
   std::vector<Span> spans;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
@@ -89,7 +89,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(const uint8_t* data, size
     entry.dtype = *dtype;
     uint64_t numel = 1;
     for (const auto& d : *sh) {
-      if (!d.is_number_unsigned()) return Invalid(absl::StrCat("tensor '", name, "' has a negative or non-integer dimension"));
+      if (!d.is_number_unsigned())
+        return Invalid(absl::StrCat("tensor '", name, "' has a negative or non-integer dimension"));
       uint64_t dim = d.get<uint64_t>();
       if (dim > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(numel, dim, &numel)) {
         return Invalid(absl::StrCat("tensor '", name, "': element count overflows"));
@@ -103,8 +104,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(const uint8_t* data, size
                                   "] lie outside the data region of ", data_size, " bytes"));
     }
     uint64_t expected;
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(*dtype)), &expected) ||
-        expected != end - begin) {
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(*dtype)), &expected) || expected != end - begin) {
       return Invalid(absl::StrCat("tensor '", name, "' has ", end - begin, " bytes but its shape and dtype need ",
                                   numel, " x ", DTypeSize(*dtype)));
     }

@@ -36,8 +36,8 @@ absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError
 
 using pickle::Kind;
 using pickle::KindName;
-using pickle::Obj;
 using pickle::kMaxDepth;
+using pickle::Obj;
 
 // Budget against hostile archives (real state dicts stay far below): the
 // objects flattening may visit (shared sub-objects are visited once per
@@ -98,9 +98,12 @@ class Flattener {
     if (o->kind == Kind::kDict) {
       for (const auto& [k, v] : o->dict) {
         std::string key;
-        if (k->kind == Kind::kString) key = k->s;
-        else if (k->kind == Kind::kInt) key = std::to_string(k->i);
-        else return Invalid(absl::StrCat("entry '", name, "' has a ", KindName(k->kind), " key"));
+        if (k->kind == Kind::kString)
+          key = k->s;
+        else if (k->kind == Kind::kInt)
+          key = std::to_string(k->i);
+        else
+          return Invalid(absl::StrCat("entry '", name, "' has a ", KindName(k->kind), " key"));
         ZC_RETURN_IF_ERROR(Flatten(v, child(key), depth + 1));
       }
       return absl::OkStatus();
@@ -115,7 +118,8 @@ class Flattener {
     if (out_.manifest.tensors_size() == 0) return Invalid("the file holds no tensors");
     std::set<std::string> names;
     for (const auto& t : out_.manifest.tensors()) {
-      if (!names.insert(t.name()).second) return Invalid(absl::StrCat("two tensors flatten to the name '", t.name(), "'"));
+      if (!names.insert(t.name()).second)
+        return Invalid(absl::StrCat("two tensors flatten to the name '", t.name(), "'"));
     }
     if (!metadata_.empty()) out_.manifest.set_metadata(metadata_.dump(-1, ' ', false, json::error_handler_t::replace));
     return absl::OkStatus();
@@ -128,7 +132,7 @@ class Flattener {
   }
 
   std::optional<json> ToJson(const Obj* o, int depth) {
-      if (depth > kMaxDepth || !Spend()) return std::nullopt;
+    if (depth > kMaxDepth || !Spend()) return std::nullopt;
     switch (o->kind) {
       case Kind::kNone: return json(nullptr);
       case Kind::kBool: return json(o->b);
@@ -171,7 +175,6 @@ class Flattener {
     holds_.emplace(o, holds);
     return holds;
   }
-
 
   absl::Status AddTensor(const Obj* t, const std::string& name) {
     if (name.empty()) return Invalid("the file holds a bare tensor: save a dict of tensors");
@@ -266,8 +269,9 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data,
     return file;
   }
   if (size < 4 || std::memcmp(data, "PK\x03\x04", 4) != 0) {
-    return Invalid("not a zip archive (torch.save files since torch 1.6) nor a legacy torch.save file (no magic "
-                   "number)");
+    return Invalid(
+        "not a zip archive (torch.save files since torch 1.6) nor a legacy torch.save file (no magic "
+        "number)");
   }
   ZC_ASSIGN_OR_RETURN(std::vector<ZipEntry> entries, ReadZipDirectory(data, size));
   // <archive>/data.pkl, at the top level of the archive's one directory.
@@ -283,7 +287,8 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data,
   }
   if (!pickle) return Invalid("archive has no <archive>/data.pkl: not a torch.save file");
   for (const auto& e : entries) {
-    if (e.name == prefix + "constants.pkl") return Invalid("this is a TorchScript archive (torch.jit.save), not a torch.save file");
+    if (e.name == prefix + "constants.pkl")
+      return Invalid("this is a TorchScript archive (torch.jit.save), not a torch.save file");
     if (e.name == prefix + "byteorder" &&
         (e.method != 0 || std::string_view(reinterpret_cast<const char*>(data + e.data_offset), e.size) != "little")) {
       return Invalid("archive was saved on a big-endian machine; re-save it on a little-endian one");
@@ -295,8 +300,8 @@ absl::StatusOr<TorchSaveFile> TorchSaveFile::ParseUnchecked(const uint8_t* data,
   }
 
   ZipStorages storages(data, prefix, entries);
-  ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled, pickle::Unpickle(data + pickle->data_offset, pickle->size,
-                                                                    {"data.pkl"}, &storages));
+  ZC_ASSIGN_OR_RETURN(pickle::Unpickled unpickled,
+                      pickle::Unpickle(data + pickle->data_offset, pickle->size, {"data.pkl"}, &storages));
   TorchSaveFile file;
   ZC_RETURN_IF_ERROR(Flatten(unpickled.root, &file.source_, bare_tensor));
   return file;

@@ -107,9 +107,9 @@ DaemonProcess::~DaemonProcess() {
 }
 
 std::vector<std::string> DaemonProcess::Args() const {
-  std::vector<std::string> args = {"--socket", socket_, "--segment-dir", segment_dir_,
-                                   "--host-budget", options_.host_budget, "--log-level", "debug",
-                                   "--metrics-address", options_.metrics_address};
+  std::vector<std::string> args = {
+      "--socket",           socket_,       "--segment-dir", segment_dir_,        "--host-budget",
+      options_.host_budget, "--log-level", "debug",         "--metrics-address", options_.metrics_address};
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
   return args;
 }
@@ -283,8 +283,8 @@ void WriteSafetensors(const TestModel& model, const std::string& path) {
   uint64_t offset = 0;
   for (const auto& t : model.source.manifest.tensors()) {
     uint64_t size = model.buffers[t.storage()].size() * sizeof(float);
-    header[t.name()] = {{"dtype", "F32"}, {"shape", {model.buffers[t.storage()].size()}},
-                        {"data_offsets", {offset, offset + size}}};
+    header[t.name()] = {
+        {"dtype", "F32"}, {"shape", {model.buffers[t.storage()].size()}}, {"data_offsets", {offset, offset + size}}};
     offset += size;
   }
   std::string text = header.dump();

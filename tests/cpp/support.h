@@ -56,24 +56,24 @@ class DaemonProcess {
  public:
   struct Options {
     std::string host_budget = "1G";
-    std::string segment_dir;              // "" for a fresh one in /dev/shm
+    std::string segment_dir;  // "" for a fresh one in /dev/shm
     // Off unless a test asks: suites run many daemons at once, and the
     // default port would be taken by the first.
     std::string metrics_address = "off";
     std::vector<std::string> extra_args;
-    std::vector<std::string> env;         // "NAME=value" added to its environment
+    std::vector<std::string> env;  // "NAME=value" added to its environment
   };
   DaemonProcess();
   explicit DaemonProcess(Options options);
   ~DaemonProcess();
 
-  void Start();                 // REQUIREs that it comes up within 20 s
-  int Stop(int signal = 15);    // waits; returns the exit status (128+sig if killed)
+  void Start();               // REQUIREs that it comes up within 20 s
+  int Stop(int signal = 15);  // waits; returns the exit status (128+sig if killed)
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
   const std::string& socket() const { return socket_; }
   const std::string& segment_dir() const { return segment_dir_; }
-  std::string log() const;      // everything it printed
+  std::string log() const;                // everything it printed
   std::vector<std::string> Args() const;  // its argv without the program
   std::shared_ptr<Client> NewClient() const;
   // The environment of the next Start() ("NAME=value" entries).

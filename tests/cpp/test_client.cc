@@ -178,7 +178,8 @@ int main(int argc, char** argv) {
   // Raw requests: the C++ client never leaves a model staged.
   grpc::ChannelArguments channel_args;
   channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  auto channel = grpc::CreateCustomChannel("unix:" + client->socket(), grpc::InsecureChannelCredentials(), channel_args);
+  auto channel =
+      grpc::CreateCustomChannel("unix:" + client->socket(), grpc::InsecureChannelCredentials(), channel_args);
   auto stub = zerocopy::v1::ModelStore::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

@@ -152,9 +152,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       f->sessions[(op >> 7) & 1] = r.OpenSession(f->peer);
       break;
     }
-    default:
-      (void)r.List();
-      break;
+    default: (void)r.List(); break;
   }
   auto stats = r.Stats();
   if (stats.bytes_used() > f->budget || stats.bytes_staging() != 0) __builtin_trap();

@@ -21,7 +21,8 @@ def put(kind, name, data: bytes):
 
 
 put("safetensors", "small", save({"a": torch.randn(2, 3), "b": torch.arange(4, dtype=torch.int64)}))
-put("safetensors", "dtypes", save({"f16": torch.ones(2, dtype=torch.float16), "bf16": torch.ones(1, dtype=torch.bfloat16),
+put("safetensors", "dtypes", save({"f16": torch.ones(2, dtype=torch.float16),
+                                   "bf16": torch.ones(1, dtype=torch.bfloat16),
                                     "bool": torch.tensor([True, False]), "u8": torch.arange(3, dtype=torch.uint8)},
                                    metadata={"format": "pt", "note": "seed"}))
 put("safetensors", "empty_tensor", save({"e": torch.empty(0, 4), "s": torch.tensor(1.5)}))

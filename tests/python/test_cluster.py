@@ -22,7 +22,6 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ import torch
 
 import models
 from conftest import Daemon
-from ray_zerocopy import ActorWrapper, JITActorWrapper, ModelWrapper, TaskWrapper, _native
+from ray_zerocopy import ActorWrapper, JITActorWrapper, TaskWrapper, _native
 from ray_zerocopy.errors import CorruptModelError, ModelNotFoundError
 
 CHUNK = 4 << 20

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import models
-from ray_zerocopy import JITModelWrapper, ModelWrapper, TaskWrapper
+from ray_zerocopy import ModelWrapper, TaskWrapper
 
 PROBE = """
 import json, os, pickle, sys, torch, ray

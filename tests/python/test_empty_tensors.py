@@ -9,7 +9,8 @@ import ray_zerocopy
 from conftest import Daemon
 from ray_zerocopy import ModelWrapper, _native, _store
 
-EMPTY = {"x": torch.empty(0), "grid": torch.zeros(3, 0, 2, dtype=torch.float16), "ids": torch.empty(0, dtype=torch.int64)}
+EMPTY = {"x": torch.empty(0), "grid": torch.zeros(3, 0, 2, dtype=torch.float16),
+         "ids": torch.empty(0, dtype=torch.int64)}
 
 
 def assert_same_empty(got, expected):

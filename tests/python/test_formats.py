@@ -257,7 +257,8 @@ def test_the_cli_loads_no_libtorch_and_hands_torchscript_to_its_twin(daemon, tmp
     archive = tmp_path / "net.pt"
     torch.jit.save(torch.jit.script(make_net()), str(archive))
     before = models(daemon)
-    r = subprocess.run([str(lonely), "--socket", daemon.socket, "preload", str(archive)], capture_output=True, text=True)
+    r = subprocess.run([str(lonely), "--socket", daemon.socket, "preload", str(archive)], capture_output=True,
+                       text=True)
     assert r.returncode == 1
     assert "zerocopy-torchscript" in r.stderr and "LibTorch" in r.stderr, r.stderr
     assert "ZEROCOPY_TORCHSCRIPT" in r.stderr and "Debian package" in r.stderr, r.stderr

@@ -6,7 +6,6 @@ A fake copy reaches torch as CPU tensors over the shared file; on a real GPU
 (tests/python/test_gpu.py) the same path gives CUDA tensors."""
 import gc
 import json
-import warnings
 
 import pytest
 import torch

@@ -230,7 +230,8 @@ def test_a_hub_id_from_the_hugging_face_cache(saved, tmp_path):
         info = ray_zerocopy.preload_pretrained("tiny-org/tiny-llama")
         m = ray_zerocopy.from_pretrained("tiny-org/tiny-llama")
         names = ray_zerocopy._native.client().get("tiny-org--tiny-llama")["names"]
-        print(type(m).__name__, "tiny-org--tiny-llama" in names, len(ray_zerocopy.tokenizer("tiny-org/tiny-llama")("hello world")["input_ids"]) > 0)
+        ids = ray_zerocopy.tokenizer("tiny-org/tiny-llama")("hello world")["input_ids"]
+        print(type(m).__name__, "tiny-org--tiny-llama" in names, len(ids) > 0)
     """)
     env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -47,7 +47,8 @@ def scrape_text(d) -> str:
     address = stats(d)["metrics_address"]
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")  # the text format (prometheus-cpp names no version)
+        # The text format (prometheus-cpp names no version).
+        assert response.headers["Content-Type"].startswith("text/plain")
         return response.read().decode()
 
 

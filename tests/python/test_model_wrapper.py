@@ -2,7 +2,6 @@
 ray-zerocopy gets wrong and we must get right."""
 import concurrent.futures
 import multiprocessing
-import os
 import pickle
 import sys
 
@@ -13,8 +12,7 @@ from torch import nn
 import models
 import ray_zerocopy
 from conftest import run_python
-from ray_zerocopy import (ActorWrapper, JITModelWrapper, ModelNotFoundError, ModelWrapper, TaskWrapper,
-                          DaemonUnavailableError)
+from ray_zerocopy import (ActorWrapper, JITModelWrapper, ModelNotFoundError, ModelWrapper, TaskWrapper)
 
 
 def segment_range(digest: str):
@@ -361,7 +359,9 @@ def test_a_load_of_many_tensors_runs_no_garbage_collection(daemon):
         module.register_buffer(name, t)
     wrapper = ModelWrapper.from_model(module)
     collections = []
-    callback = lambda phase, info: collections.append(info["generation"]) if phase == "start" else None
+    def callback(phase, info):
+        if phase == "start":
+            collections.append(info["generation"])
     gc.callbacks.append(callback)
     try:
         state = ray_zerocopy.load_state_dict(digest)

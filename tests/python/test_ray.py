@@ -242,7 +242,6 @@ def test_same_outputs_as_the_published_library(ray_local, tmp_path):
     import pickle
     import subprocess
     import sys
-    from conftest import BUILD
     venv = Path(sys.executable).parent.parent
     baseline = venv / "baseline-ray-zerocopy"
     assert (baseline / "ray_zerocopy").is_dir(), "deploy/install-deps.sh installs the baseline there"

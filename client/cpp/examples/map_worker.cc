@@ -72,13 +72,20 @@ int main(int argc, char** argv) {
   bool hold = false, scribble = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--model" && i + 1 < argc) model = argv[++i];
-    else if (a == "--file" && i + 1 < argc) file = argv[++i];
-    else if (a == "--socket" && i + 1 < argc) socket = argv[++i];
-    else if (a == "--gpu" && i + 1 < argc) gpu = argv[++i];
-    else if (a == "--hold") hold = true;
-    else if (a == "--scribble") scribble = true;
-    else return Fail("usage: map_worker (--model NAME [--gpu UUID] [--socket PATH] [--scribble] | --file FILE) [--hold]");
+    if (a == "--model" && i + 1 < argc)
+      model = argv[++i];
+    else if (a == "--file" && i + 1 < argc)
+      file = argv[++i];
+    else if (a == "--socket" && i + 1 < argc)
+      socket = argv[++i];
+    else if (a == "--gpu" && i + 1 < argc)
+      gpu = argv[++i];
+    else if (a == "--hold")
+      hold = true;
+    else if (a == "--scribble")
+      scribble = true;
+    else
+      return Fail("usage: map_worker (--model NAME [--gpu UUID] [--socket PATH] [--scribble] | --file FILE) [--hold]");
   }
   using clock = std::chrono::steady_clock;
   auto t0 = clock::now();  // reset after CUDA's start in --gpu mode
@@ -160,7 +167,8 @@ int main(int argc, char** argv) {
   } else {
     return Fail("give --model NAME or --file FILE");
   }
-  auto t1 = clock::now() - std::chrono::duration_cast<clock::duration>(std::chrono::duration<double, std::milli>(copy_back_ms));
+  auto t1 = clock::now() -
+            std::chrono::duration_cast<clock::duration>(std::chrono::duration<double, std::milli>(copy_back_ms));
   for (const auto& [name, t] : tensors) bytes += t.second;
   if (scribble && !tensors.empty()) {
     auto& first = tensors.begin()->second;

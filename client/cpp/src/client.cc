@@ -138,8 +138,8 @@ struct Client::Impl {
       // of the same socket, and a client made after a daemon restart would
       // inherit another's dead connection.
       args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      channel = grpc::CreateCustomChannel(absl::StrCat("unix:", options.socket), grpc::InsecureChannelCredentials(),
-                                          args);
+      channel =
+          grpc::CreateCustomChannel(absl::StrCat("unix:", options.socket), grpc::InsecureChannelCredentials(), args);
       stub = v1::ModelStore::NewStub(channel);
     }
     return stub.get();
@@ -154,10 +154,10 @@ struct Client::Impl {
     if (status.ok()) return absl::OkStatus();
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
       if (std::string group = SocketGroupDenyingUs(options.socket); !group.empty()) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            "zerocopyd at ", options.socket, " is for the members of the group ", group,
-            " and this user is not one (permission denied): `usermod -aG ", group,
-            " USER`, then log in again (or start the command with `sg ", group, " -c ...`)"));
+        return absl::PermissionDeniedError(
+            absl::StrCat("zerocopyd at ", options.socket, " is for the members of the group ", group,
+                         " and this user is not one (permission denied): `usermod -aG ", group,
+                         " USER`, then log in again (or start the command with `sg ", group, " -c ...`)"));
       }
       return absl::UnavailableError(absl::StrCat("zerocopyd is not reachable at ", options.socket, " (", method, ": ",
                                                  status.error_message(),
@@ -257,10 +257,10 @@ absl::StatusOr<uint64_t> Client::SessionId() {
   return impl_->OpenSession();
 }
 
-#define ZC_CALL(method, request, response)                                          \
-  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub * stub, impl_->Stub());                  \
-  grpc::ClientContext ctx;                                                          \
-  impl_->Prepare(&ctx);                                                             \
+#define ZC_CALL(method, request, response)                        \
+  ZC_ASSIGN_OR_RETURN(v1::ModelStore::Stub* stub, impl_->Stub()); \
+  grpc::ClientContext ctx;                                        \
+  impl_->Prepare(&ctx);                                           \
   ZC_RETURN_IF_ERROR(impl_->Convert(stub->method(&ctx, request, &response), #method))
 
 absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const PublishOptions& options) {
@@ -275,9 +275,7 @@ absl::StatusOr<v1::ModelInfo> Client::Publish(const ModelSource& source, const P
   create.set_name(options.name);
   create.set_pin(options.pin);
   v1::CreateModelResponse created;
-  {
-    ZC_CALL(CreateModel, create, created);
-  }
+  { ZC_CALL(CreateModel, create, created); }
   auto abort = [&](const absl::Status& why) {
     AbortStaging(created.staging_id());
     return why;
@@ -427,9 +425,7 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
   *create.mutable_manifest() = manifest;
   create.set_expected_digest(digest);
   v1::CreateModelResponse created;
-  {
-    ZC_CALL(CreateModel, create, created);
-  }
+  { ZC_CALL(CreateModel, create, created); }
   const uint64_t total = created.manifest().total_size();
   auto fail = [&](const absl::Status& why) {
     AbortStaging(created.staging_id());
@@ -442,9 +438,9 @@ absl::StatusOr<std::unique_ptr<IncomingModel>> Client::Receive(const v1::Manifes
     same_layout = manifest.storages(i).offset() == created.manifest().storages(i).offset();
   }
   if (!same_layout) {
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-        "model ", digest, " is laid out differently here (", total, " bytes) than where it comes from (",
-        manifest.total_size(), " bytes): are the two nodes' zerocopyd versions different?")));
+    return fail(absl::InvalidArgumentError(absl::StrCat("model ", digest, " is laid out differently here (", total,
+                                                        " bytes) than where it comes from (", manifest.total_size(),
+                                                        " bytes): are the two nodes' zerocopyd versions different?")));
   }
   auto fd = OpenStaging(created.segment_path(), total);
   if (!fd.ok()) return fail(fd.status());
@@ -474,7 +470,8 @@ absl::StatusOr<ModelAnswer> Client::Fetch(v1::GetModelRequest request, std::chro
         // answering for a digest we never listed): ask again, holding none.
         // A lease taken already is the same lease again.
         if (request.manifests_held_size() == 0) {
-          return absl::InternalError(absl::StrCat("zerocopyd left out the manifest of model ", response.model().digest(),
+          return absl::InternalError(absl::StrCat("zerocopyd left out the manifest of model ",
+                                                  response.model().digest(),
                                                   ", which this client did not claim to hold"));
         }
         request.clear_manifests_held();
@@ -545,7 +542,8 @@ absl::StatusOr<v1::ModelRecord> ReadSealedRecord(const std::string& digest, cons
   const uid_t daemon_uid = socket.st_uid;
   const std::string name = SegmentFileName(digest);
   const size_t slash = segment_path.rfind('/');
-  if (!IsDigest(digest) || slash == std::string::npos || segment_path.compare(slash + 1, std::string::npos, name) != 0) {
+  if (!IsDigest(digest) || slash == std::string::npos ||
+      segment_path.compare(slash + 1, std::string::npos, name) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(segment_path, " is not the segment of ", digest));
   }
   const std::string dir = segment_path.substr(0, slash);

@@ -122,8 +122,8 @@ absl::StatusOr<std::shared_ptr<DeviceModel>> DeviceModel::Open(v1::ModelInfo inf
   // Should a step below fail, the release runs (the model is dropped).
   ZC_RETURN_IF_ERROR(model->Init(std::move(info), std::move(manifest), std::move(on_release)));
   if (device.size() != model->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("device copy of ", device.size(), " bytes for a model of ",
-                                                   model->size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("device copy of ", device.size(), " bytes for a model of ", model->size()));
   }
   ZC_ASSIGN_OR_RETURN(int ordinal, GpuOrdinal(device.gpu_uuid()));
   ZC_ASSIGN_OR_RETURN(model->import_, DeviceImport::Get(device, ordinal));

@@ -24,8 +24,8 @@ absl::Status IncomingModel::Write(uint64_t offset, const void* data, uint64_t n)
   absl::ReaderMutexLock lock(&mu_);
   if (done_) return absl::FailedPreconditionError("the incoming model was already committed or aborted");
   if (offset > size() || n > size() - offset) {
-    return absl::InvalidArgumentError(absl::StrCat("write of ", n, " bytes at offset ", offset,
-                                                   " is past the end of a ", size(), "-byte model"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("write of ", n, " bytes at offset ", offset, " is past the end of a ", size(), "-byte model"));
   }
   if (n == 0) return absl::OkStatus();
   if (!leaves_.empty()) ZC_RETURN_IF_ERROR(CheckLeaves(data, n, offset, size(), leaves_));

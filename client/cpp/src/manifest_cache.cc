@@ -7,7 +7,7 @@
 namespace zerocopy {
 
 absl::StatusOr<std::shared_ptr<const v1::Manifest>> ManifestCache::Parse(const std::string& digest,
-                                                                        const std::string& bytes) {
+                                                                         const std::string& bytes) {
   {
     absl::MutexLock lock(&mu_);
     if (auto it = entries_.find(digest); it != entries_.end() && it->second.bytes == bytes) {
@@ -19,8 +19,8 @@ absl::StatusOr<std::shared_ptr<const v1::Manifest>> ManifestCache::Parse(const s
   // Outside the lock: a manifest of many tensors takes milliseconds.
   auto manifest = std::make_shared<v1::Manifest>();
   if (!manifest->ParseFromString(bytes)) {
-    return absl::DataLossError(absl::StrCat("the daemon's manifest of model ", digest, " (", bytes.size(),
-                                            " bytes) does not parse"));
+    return absl::DataLossError(
+        absl::StrCat("the daemon's manifest of model ", digest, " (", bytes.size(), " bytes) does not parse"));
   }
   absl::MutexLock lock(&mu_);
   ++parses_;

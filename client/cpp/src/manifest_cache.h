@@ -49,7 +49,7 @@ class ManifestCache {
   struct Entry {
     std::string bytes;  // as the daemon sent them; empty for Insert's
     std::shared_ptr<const v1::Manifest> manifest;
-    size_t cost = 0;    // what it counts against the bound
+    size_t cost = 0;  // what it counts against the bound
   };
   // Keeps `entry` for `digest`, within the bound, as the most recent.
   void KeepLocked(const std::string& digest, Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

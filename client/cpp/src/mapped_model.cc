@@ -60,8 +60,8 @@ absl::StatusOr<absl::string_view> MappedModel::File(absl::string_view name) cons
     }
     absl::StrAppend(&names, names.empty() ? "" : ", ", file.name());
   }
-  return absl::NotFoundError(absl::StrCat("model ", digest(), " keeps no file '", name, "' (it keeps ",
-                                          names.empty() ? "none" : names, ")"));
+  return absl::NotFoundError(
+      absl::StrCat("model ", digest(), " keeps no file '", name, "' (it keeps ", names.empty() ? "none" : names, ")"));
 }
 
 }  // namespace zerocopy

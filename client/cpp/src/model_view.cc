@@ -37,7 +37,8 @@ std::vector<bool> ModelView::SoleCoveringTensors() const {
   std::vector<bool> out(static_cast<size_t>(m.tensors_size()));
   for (int i = 0; i < m.tensors_size(); ++i) {
     const v1::Tensor& t = m.tensors(i);
-    out[static_cast<size_t>(i)] = users[t.storage()] == 1 && CoversStorage(t, m.storages(static_cast<int>(t.storage())));
+    out[static_cast<size_t>(i)] =
+        users[t.storage()] == 1 && CoversStorage(t, m.storages(static_cast<int>(t.storage())));
   }
   return out;
 }

@@ -38,12 +38,23 @@ struct DTypePair {
   DType ours;
 };
 constexpr DTypePair kDTypes[] = {
-    {at::kDouble, v1::F64},          {at::kFloat, v1::F32},          {at::kHalf, v1::F16},
-    {at::kBFloat16, v1::BF16},       {at::kLong, v1::I64},           {at::kInt, v1::I32},
-    {at::kShort, v1::I16},           {at::kChar, v1::I8},            {at::kByte, v1::U8},
-    {at::kBool, v1::BOOL},           {at::kComplexFloat, v1::C64},   {at::kComplexDouble, v1::C128},
-    {at::kUInt16, v1::U16},          {at::kUInt32, v1::U32},         {at::kUInt64, v1::U64},
-    {at::kFloat8_e4m3fn, v1::F8_E4M3}, {at::kFloat8_e5m2, v1::F8_E5M2},
+    {at::kDouble, v1::F64},
+    {at::kFloat, v1::F32},
+    {at::kHalf, v1::F16},
+    {at::kBFloat16, v1::BF16},
+    {at::kLong, v1::I64},
+    {at::kInt, v1::I32},
+    {at::kShort, v1::I16},
+    {at::kChar, v1::I8},
+    {at::kByte, v1::U8},
+    {at::kBool, v1::BOOL},
+    {at::kComplexFloat, v1::C64},
+    {at::kComplexDouble, v1::C128},
+    {at::kUInt16, v1::U16},
+    {at::kUInt32, v1::U32},
+    {at::kUInt64, v1::U64},
+    {at::kFloat8_e4m3fn, v1::F8_E4M3},
+    {at::kFloat8_e5m2, v1::F8_E5M2},
 };
 
 std::optional<DType> OurDType(at::ScalarType t) {
@@ -84,11 +95,13 @@ class Collector {
     if (name.empty()) return absl::InvalidArgumentError("a tensor at the top level has no name: save a dict");
     if (!t.defined()) return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is undefined"));
     if (t.layout() != at::kStrided || t.is_quantized()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is ", t.layout() != at::kStrided ? "sparse" : "quantized",
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is ",
+                                                     t.layout() != at::kStrided ? "sparse" : "quantized",
                                                      ", which zerocopy cannot hold: convert it to a dense tensor"));
     }
     if (t.is_conj() || t.is_neg()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' is a lazy conjugate or negative view: "
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name,
+                                                     "' is a lazy conjugate or negative view: "
                                                      "materialise it (.resolve_conj(), .resolve_neg()) before saving"));
     }
     if (!t.device().is_cpu()) {
@@ -238,7 +251,8 @@ constexpr char kCompiledDir[] = "data/aotinductor/";
 absl::Status MakeDirs(const std::string& path, mode_t mode) {
   for (size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
     const std::string prefix = path.substr(0, slash);
-    if (::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST) return ErrnoStatus(errno, absl::StrCat("mkdir ", prefix));
+    if (::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST)
+      return ErrnoStatus(errno, absl::StrCat("mkdir ", prefix));
     if (slash == std::string::npos) return absl::OkStatus();
   }
 }
@@ -256,8 +270,9 @@ absl::Status WriteWhole(const std::string& path, absl::string_view bytes) {
 }
 
 void RemoveTree(const std::string& path) {
-  ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-         FTW_DEPTH | FTW_PHYS);
+  ::nftw(
+      path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+      FTW_DEPTH | FTW_PHYS);
 }
 
 // The program files of `model` under `cache`/<digest>/, written once
@@ -326,8 +341,8 @@ absl::StatusOr<std::vector<at::Tensor>> AotInductorModel::Run(const std::vector<
 absl::StatusOr<std::unique_ptr<AotInductorModel>> LoadAotInductor(const std::shared_ptr<MappedModel>& model,
                                                                   const std::string& cache_dir) {
   if (model->manifest().format() != kAotiFormat) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", model->digest(), " (", model->manifest().format(),
-                                                   ") is not an AOTInductor package"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", model->digest(), " (", model->manifest().format(), ") is not an AOTInductor package"));
   }
   std::set<std::string> names;
   for (const auto& f : model->manifest().files()) {
@@ -337,8 +352,8 @@ absl::StatusOr<std::unique_ptr<AotInductorModel>> LoadAotInductor(const std::sha
     }
   }
   if (names.size() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", model->digest(), " keeps ", names.size(),
-                                                   " compiled models; a package has one"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", model->digest(), " keeps ", names.size(), " compiled models; a package has one"));
   }
   ZC_ASSIGN_OR_RETURN(std::string dir, ProgramDirectory(*model, cache_dir));
   ZC_ASSIGN_OR_RETURN(auto state, TorchStateDict(model));
@@ -363,8 +378,10 @@ absl::StatusOr<std::unique_ptr<AotInductorModel>> LoadAotInductor(const std::sha
       problems.push_back(absl::StrCat("instructions ", absl::StrJoin(missing, " "), " that this CPU lacks"));
     }
     if (!problems.empty()) {
-      return absl::FailedPreconditionError(absl::StrCat("model ", model->digest(), " was compiled for another "
-                                                        "machine: ", absl::StrJoin(problems, "; ")));
+      return absl::FailedPreconditionError(absl::StrCat("model ", model->digest(),
+                                                        " was compiled for another "
+                                                        "machine: ",
+                                                        absl::StrJoin(problems, "; ")));
     }
     out->loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(dir, *names.begin());
     out->loader_->load_constants(out->constants_, /*use_inactive=*/false, /*check_full_update=*/true,

@@ -69,7 +69,8 @@ def stats() -> dict:
 
 
 __all__ = ["ActorWrapper", "JITActorWrapper", "JITModelWrapper", "JITTaskWrapper", "ModelWrapper", "TaskWrapper",
-           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained", "load_exported", "preload_exported", "load_aoti", "errors", "ZeroCopyError", "DaemonUnavailableError",
+           "connect", "load_state_dict", "stats", "from_pretrained", "tokenizer", "preload_pretrained",
+           "load_exported", "preload_exported", "load_aoti", "errors", "ZeroCopyError", "DaemonUnavailableError",
            "ModelNotFoundError", "InvalidModelError", "OutOfSpaceError", "PermissionDeniedError",
            "CorruptModelError", "GpuSharingUnavailableError", "AlreadyExistsError", "FailedPreconditionError",
            "ZerocopyError"]

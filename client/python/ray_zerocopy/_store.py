@@ -306,7 +306,8 @@ def check_publisher(ref: str, info: dict, what: str) -> None:
         return
     if gid is not None and gid in _trusted_ids("ZEROCOPY_TRUST_GIDS"):
         return
-    who = f"uid {uid} (gid {gid})" if uid is not None else "an unknown user (published before zerocopyd recorded publishers)"
+    who = (f"uid {uid} (gid {gid})" if uid is not None
+           else "an unknown user (published before zerocopyd recorded publishers)")
     raise PermissionDeniedError(
         f"model '{ref}' ({info.get('digest', '?')}) was published by {who}, and its {what} would run code of "
         f"theirs in this process (uid {os.geteuid()}); load only its weights (ray_zerocopy.load_state_dict, "

@@ -117,7 +117,8 @@ py::object ToPython(const google::protobuf::Message& message) {
       for (int k = 0; k < r->FieldSize(message, f); ++k) {
         const google::protobuf::Message& entry = r->GetRepeatedMessage(message, f, k);
         const auto* entry_descriptor = entry.GetDescriptor();
-        map[FieldToPython(entry, entry_descriptor->map_key(), -1)] = FieldToPython(entry, entry_descriptor->map_value(), -1);
+        map[FieldToPython(entry, entry_descriptor->map_key(), -1)] =
+            FieldToPython(entry, entry_descriptor->map_value(), -1);
       }
       d[key] = map;
     } else if (f->is_repeated()) {
@@ -159,8 +160,16 @@ py::capsule Capsule(DLManagedTensor* tensor) {
 // every torch we support (the others are carved from their storage).
 bool SameDTypeThroughDLPack(v1::DType dtype) {
   switch (dtype) {
-    case v1::F64: case v1::F32: case v1::F16: case v1::BF16:
-    case v1::I64: case v1::I32: case v1::I16: case v1::I8: case v1::U8: case v1::BOOL: return true;
+    case v1::F64:
+    case v1::F32:
+    case v1::F16:
+    case v1::BF16:
+    case v1::I64:
+    case v1::I32:
+    case v1::I16:
+    case v1::I8:
+    case v1::U8:
+    case v1::BOOL: return true;
     default: return false;
   }
 }
@@ -361,7 +370,9 @@ class PyClient {
     options.populate = populate;
     return std::make_shared<Mapping>(Unlocked([&] { return client_->MapSegment(digest, segment_path, options); }));
   }
-  void WaitForLeases() { Unlocked([&] { client_->WaitForLeases(); }); }
+  void WaitForLeases() {
+    Unlocked([&] { client_->WaitForLeases(); });
+  }
 
   // The model's shared copy on this process's GPU `ordinal`.
   std::shared_ptr<DeviceMapping> MapDevice(const std::string& ref, int ordinal) {
@@ -388,16 +399,24 @@ class PyClient {
     return d;
   }
 
-  py::object List() { return ToPython(Unlocked([&] { return client_->List(); }))["models"]; }
-  std::string Delete(const std::string& ref, bool force) { return Unlocked([&] { return client_->Delete(ref, force); }); }
+  py::object List() {
+    return ToPython(Unlocked([&] { return client_->List(); }))["models"];
+  }
+  std::string Delete(const std::string& ref, bool force) {
+    return Unlocked([&] { return client_->Delete(ref, force); });
+  }
   py::object Tag(const std::string& name, const std::string& ref) {
     return ToPython(Unlocked([&] { return client_->Tag(name, ref); }));
   }
   py::object Pin(const std::string& ref, bool pinned) {
     return ToPython(Unlocked([&] { return client_->Pin(ref, pinned); }));
   }
-  py::object Stats() { return ToPython(Unlocked([&] { return client_->Stats(); })); }
-  uint64_t SessionId() { return Unlocked([&] { return client_->SessionId(); }); }
+  py::object Stats() {
+    return ToPython(Unlocked([&] { return client_->Stats(); }));
+  }
+  uint64_t SessionId() {
+    return Unlocked([&] { return client_->SessionId(); });
+  }
 
  private:
   std::shared_ptr<Client> client_;
@@ -481,8 +500,8 @@ PYBIND11_MODULE(_zerocopy, m) {
       .def("preload", &PyClient::Preload, py::arg("path"), py::arg("format") = "auto", py::arg("name") = "",
            py::arg("pin") = false)
       .def("map", &PyClient::Map, py::arg("ref"), py::arg("read_only") = false, py::arg("populate") = false)
-      .def("map_segment", &PyClient::MapSegment, py::arg("digest"), py::arg("segment_path"), py::arg("read_only") = false,
-           py::arg("populate") = false)
+      .def("map_segment", &PyClient::MapSegment, py::arg("digest"), py::arg("segment_path"),
+           py::arg("read_only") = false, py::arg("populate") = false)
       .def("wait_for_leases", &PyClient::WaitForLeases)
       .def("map_device", &PyClient::MapDevice, py::arg("ref"), py::arg("ordinal"))
       .def("get", &PyClient::Get, py::arg("ref"), py::arg("with_leaves") = false)

@@ -37,9 +37,7 @@ struct Hash128 {
 Hash128 HashBytes(const void* data, size_t size);
 
 // Number of leaves for a segment of `size` bytes.
-inline size_t DigestLeafCount(uint64_t size) {
-  return static_cast<size_t>((size + kDigestChunk - 1) / kDigestChunk);
-}
+inline size_t DigestLeafCount(uint64_t size) { return static_cast<size_t>((size + kDigestChunk - 1) / kDigestChunk); }
 
 // The leaf hash of chunk `index` of `segment` (which is `size` bytes long).
 Hash128 HashLeaf(const uint8_t* segment, uint64_t size, size_t index);
@@ -85,12 +83,11 @@ absl::Status CheckLeaves(const void* data, uint64_t n, uint64_t offset, uint64_t
                          unsigned threads = 1);
 
 // The model digest from its leaves and manifest.
-std::string CombineDigest(const std::vector<Hash128>& leaves,
-                          const ::zerocopy::v1::Manifest& manifest);
+std::string CombineDigest(const std::vector<Hash128>& leaves, const ::zerocopy::v1::Manifest& manifest);
 
 // Hashes a whole segment with up to `threads` threads (0: one per core).
-std::string ComputeDigest(const uint8_t* segment, uint64_t size,
-                          const ::zerocopy::v1::Manifest& manifest, unsigned threads = 0);
+std::string ComputeDigest(const uint8_t* segment, uint64_t size, const ::zerocopy::v1::Manifest& manifest,
+                          unsigned threads = 0);
 
 // The canonical byte encoding of a manifest that the digest covers.
 std::string CanonicalManifest(const ::zerocopy::v1::Manifest& manifest);

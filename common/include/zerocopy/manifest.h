@@ -38,13 +38,11 @@ struct ManifestLimits {
 // without NUL; files with valid names (ValidateFileName), each the only
 // user of its storage (no tensor, no other file). Errors: INVALID_ARGUMENT
 // naming the offending tensor or file.
-absl::Status ValidateManifest(const Manifest& manifest,
-                              const ManifestLimits& limits = ManifestLimits());
+absl::Status ValidateManifest(const Manifest& manifest, const ManifestLimits& limits = ManifestLimits());
 
 // Assigns each storage its aligned offset and sets total_size. Errors:
 // INVALID_ARGUMENT when the total overflows the limit.
-absl::Status AssignOffsets(Manifest* manifest,
-                           const ManifestLimits& limits = ManifestLimits());
+absl::Status AssignOffsets(Manifest* manifest, const ManifestLimits& limits = ManifestLimits());
 
 // Checks that storage offsets are exactly what AssignOffsets gives (used
 // when reading a manifest back from disk or from the daemon).

@@ -21,7 +21,7 @@ class MappedRegion {
   };
   struct Options {
     Access access = Access::kReadOnly;
-    bool populate = false;   // MAP_POPULATE: fault every page in now
+    bool populate = false;  // MAP_POPULATE: fault every page in now
   };
 
   MappedRegion() = default;

@@ -15,15 +15,14 @@
 #define ZC_STATUS_CONCAT_(a, b) ZC_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` is not OK.
-#define ZC_RETURN_IF_ERROR(expr)                  \
-  do {                                            \
-    ::absl::Status zc_status_ = (expr);           \
-    if (!zc_status_.ok()) return zc_status_;      \
+#define ZC_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status zc_status_ = (expr);      \
+    if (!zc_status_.ok()) return zc_status_; \
   } while (0)
 
 // `lhs` = value of the StatusOr `rexpr`, or return its error.
-#define ZC_ASSIGN_OR_RETURN(lhs, rexpr) \
-  ZC_ASSIGN_OR_RETURN_IMPL_(ZC_STATUS_CONCAT_(zc_statusor_, __LINE__), lhs, rexpr)
+#define ZC_ASSIGN_OR_RETURN(lhs, rexpr) ZC_ASSIGN_OR_RETURN_IMPL_(ZC_STATUS_CONCAT_(zc_statusor_, __LINE__), lhs, rexpr)
 #define ZC_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, rexpr) \
   auto tmp = (rexpr);                              \
   if (!tmp.ok()) return tmp.status();              \

@@ -67,8 +67,8 @@ absl::StatusOr<std::string> ResolveCheckpointPath(const std::string& path);
 // '/', not "." or ".."). Errors: INVALID_ARGUMENT naming the rule.
 struct ShardIndex {
   std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard, sorted by tensor
-  std::vector<std::string> shards;                               // distinct, sorted
-  std::string metadata_json;                                     // "" when absent
+  std::vector<std::string> shards;                              // distinct, sorted
+  std::string metadata_json;                                    // "" when absent
 };
 absl::StatusOr<ShardIndex> ParseShardIndex(absl::string_view json_text);
 
@@ -89,8 +89,7 @@ absl::StatusOr<Checkpoint> ReadShardedSafetensors(const std::string& path);
 // more than `limit` bytes in all (naming the largest), or a file could not
 // be read.
 inline constexpr uint64_t kMaxDirectoryFileBytes = 64ull << 20;
-absl::Status AddDirectoryFiles(const std::string& dir, Checkpoint* checkpoint,
-                               uint64_t limit = kMaxDirectoryFileBytes);
+absl::Status AddDirectoryFiles(const std::string& dir, Checkpoint* checkpoint, uint64_t limit = kMaxDirectoryFileBytes);
 
 // safetensors, safetensors-sharded, torch and torch-export; torchscript needs
 // libzerocopy_torch (ReadCheckpoint in torch_formats.h). A directory's

@@ -249,7 +249,10 @@ TEST_CASE("a model mapped from its segment file at once gets its lease in the ba
     CHECK(leases() == 0);
   }
   SECTION("dropped before its lease came: the lease is given back when it does") {
-    { auto mapped = client->MapSegment(info->digest(), info->segment_path()); REQUIRE(mapped.ok()); }
+    {
+      auto mapped = client->MapSegment(info->digest(), info->segment_path());
+      REQUIRE(mapped.ok());
+    }
     client->WaitForLeases();
     testing::WaitUntil([&] { return leases() == 0; }, std::chrono::seconds(5));
     CHECK(leases() == 0);

@@ -305,7 +305,7 @@ TEST_CASE("the shared device copy is writable: a write is seen by every process 
   Child writer(argv);
   REQUIRE_FALSE(writer.ReadLine().empty());
   auto reader = RunWorker(WorkerArgs(*g.d, kU0));
-  CHECK(reader["checksum"] != host_before);                       // the device copy changed for everyone
+  CHECK(reader["checksum"] != host_before);                           // the device copy changed for everyone
   CHECK(RunWorker(WorkerArgs(*g.d, ""))["checksum"] == host_before);  // the host segment did not
   CHECK(writer.Finish() == 0);
 }
@@ -396,7 +396,8 @@ TEST_CASE("four processes on one GPU attach to one device copy", "[.gpu]") {
       "attach ms: first (makes the copy) %.1f, then %.1f %.1f %.1f; a private upload takes %.1f ms (%.2f GiB/s, %s); "
       "CUDA start per process (not counted) %.1f %.1f %.1f %.1f ms\n",
       uuid.c_str(), size / (1 << 20), growth / (1 << 20), growth / size, attach_ms[0], attach_ms[1], attach_ms[2],
-      attach_ms[3], own_ms, upload.bytes_per_second / (1 << 30), upload.method, init_ms[0], init_ms[1], init_ms[2], init_ms[3]);
+      attach_ms[3], own_ms, upload.bytes_per_second / (1 << 30), upload.method, init_ms[0], init_ms[1], init_ms[2],
+      init_ms[3]);
   {
     std::istringstream log(d.log());
     for (std::string line; std::getline(log, line);) {

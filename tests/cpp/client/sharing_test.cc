@@ -45,9 +45,12 @@ MappingMemory SegmentMemory(pid_t pid, const std::string& path) {
     std::string key;
     int64_t kb = 0;
     fields >> key >> kb;
-    if (key == "Rss:") m.rss += kb * 1024;
-    else if (key == "Pss:") m.pss += kb * 1024;
-    else if (key == "Private_Dirty:") m.private_dirty += kb * 1024;
+    if (key == "Rss:")
+      m.rss += kb * 1024;
+    else if (key == "Pss:")
+      m.pss += kb * 1024;
+    else if (key == "Private_Dirty:")
+      m.private_dirty += kb * 1024;
   }
   return m;
 }
@@ -79,13 +82,13 @@ TEST_CASE("four processes share one copy of the weights", "[sharing]") {
   std::vector<std::unique_ptr<Child>> mapped, private_readers;
   std::vector<nlohmann::json> reports;
   for (int i = 0; i < 4; ++i) {
-    mapped.push_back(std::make_unique<Child>(std::vector<std::string>{
-        testing::MapWorkerBinary(), "--socket", d.socket(), "--model", "shared", "--hold"}));
+    mapped.push_back(std::make_unique<Child>(
+        std::vector<std::string>{testing::MapWorkerBinary(), "--socket", d.socket(), "--model", "shared", "--hold"}));
     reports.push_back(nlohmann::json::parse(mapped.back()->ReadLine()));
   }
   for (int i = 0; i < 4; ++i) {
-    private_readers.push_back(std::make_unique<Child>(
-        std::vector<std::string>{testing::MapWorkerBinary(), "--file", p.file, "--hold"}));
+    private_readers.push_back(
+        std::make_unique<Child>(std::vector<std::string>{testing::MapWorkerBinary(), "--file", p.file, "--hold"}));
     reports.push_back(nlohmann::json::parse(private_readers.back()->ReadLine()));
   }
   for (const auto& r : reports) REQUIRE(r["checksum"] == reports[0]["checksum"]);
@@ -119,8 +122,8 @@ TEST_CASE("a write into a mapped weight stays in the writer's process", "[sharin
   d.Start();
   Published p;
   Publish(d, 2, 1u << 16, &p);
-  auto argv = std::vector<std::string>{testing::MapWorkerBinary(), "--socket", d.socket(), "--model", "shared",
-                                       "--hold"};
+  auto argv =
+      std::vector<std::string>{testing::MapWorkerBinary(), "--socket", d.socket(), "--model", "shared", "--hold"};
   Child before(argv);
   auto original = nlohmann::json::parse(before.ReadLine());
   auto scribble_argv = argv;

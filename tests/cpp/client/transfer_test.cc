@@ -223,7 +223,8 @@ TEST_CASE("the daemon checks a transfer's expected digest itself", "[transfer]")
   const std::string id = out.substr(3, 32);
   out.clear();
   testing::Run({TEST_CLIENT_BIN, "--socket", d.socket(), "commit", id}, &out);
-  REQUIRE_THAT(out, Catch::StartsWith("ERR INVALID_ARGUMENT") && Catch::Contains("not to " + expected + " as expected"));
+  REQUIRE_THAT(out,
+               Catch::StartsWith("ERR INVALID_ARGUMENT") && Catch::Contains("not to " + expected + " as expected"));
   REQUIRE(StagingFiles(d).empty());
   REQUIRE(d.NewClient()->List()->models_size() == 0);
   REQUIRE(d.NewClient()->Stats()->pulls() == 0);

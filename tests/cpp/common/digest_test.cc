@@ -76,8 +76,8 @@ TEST_CASE("a leaf hashed in pieces, zeros among them, equals the leaf hashed who
   // What Publish does: a chunk written from several storages, the layout's
   // padding between them left a hole that reads as zeros.
   Segment s = Make(2 * kDigestChunk + 5);
-  for (size_t i = 1000; i < 1000 + 4096 + 17; ++i) s.bytes[i] = 0;                          // a gap
-  for (size_t i = s.bytes.size() - 70000; i < s.bytes.size(); ++i) s.bytes[i] = 0;         // a padded end
+  for (size_t i = 1000; i < 1000 + 4096 + 17; ++i) s.bytes[i] = 0;                  // a gap
+  for (size_t i = s.bytes.size() - 70000; i < s.bytes.size(); ++i) s.bytes[i] = 0;  // a padded end
   for (size_t leaf = 0; leaf < DigestLeafCount(s.bytes.size()); ++leaf) {
     const uint64_t begin = leaf * kDigestChunk;
     const uint64_t end = std::min<uint64_t>(begin + kDigestChunk, s.bytes.size());
@@ -146,7 +146,8 @@ TEST_CASE("CheckLeaves accepts whole leaves that match and names the first that 
   const uint8_t* b = s.bytes.data();
   CHECK(CheckLeaves(b, size, 0, size, leaves).ok());
   CHECK(CheckLeaves(b + kDigestChunk, 2 * kDigestChunk, kDigestChunk, size, leaves, 2).ok());
-  CHECK(CheckLeaves(b + 3 * kDigestChunk, size - 3 * kDigestChunk, 3 * kDigestChunk, size, leaves).ok());  // the short last
+  CHECK(CheckLeaves(b + 3 * kDigestChunk, size - 3 * kDigestChunk, 3 * kDigestChunk, size, leaves)
+            .ok());  // the short last
   CHECK(CheckLeaves(b, size, 0, size, EncodeLeaves(leaves)).ok());
   // Not whole leaves, past the end, the wrong leaf list: INVALID_ARGUMENT.
   CHECK(CheckLeaves(b + 1, kDigestChunk, 1, size, leaves).code() == absl::StatusCode::kInvalidArgument);

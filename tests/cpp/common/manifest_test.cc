@@ -227,9 +227,18 @@ TEST_CASE("model names", "[manifest]") {
     INFO(good);
     REQUIRE(ValidateModelName(good).ok());
   }
-  std::vector<std::string> bad = {"", "a/b", "..", "../etc", ".hidden", "-flag", std::string("a\0b", 3),
-                                  std::string(10000, 'n'), "with space", "0123456789abcdef0123456789abcdef",
-                                  "caf\xc3\xa9", ":x"};
+  std::vector<std::string> bad = {"",
+                                  "a/b",
+                                  "..",
+                                  "../etc",
+                                  ".hidden",
+                                  "-flag",
+                                  std::string("a\0b", 3),
+                                  std::string(10000, 'n'),
+                                  "with space",
+                                  "0123456789abcdef0123456789abcdef",
+                                  "caf\xc3\xa9",
+                                  ":x"};
   for (const auto& name : bad) {
     INFO(name);
     REQUIRE(ValidateModelName(name).code() == absl::StatusCode::kInvalidArgument);

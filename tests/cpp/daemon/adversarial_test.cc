@@ -86,15 +86,15 @@ v1::Manifest OneTensor(uint64_t storage_size, uint64_t byte_offset, std::vector<
 TEST_CASE("hostile manifests are refused and leave nothing behind", "[adversarial]") {
   Hostile h;
   using grpc::StatusCode;
-  CHECK(h.Create(OneTensor(64, 0, {17})) == StatusCode::INVALID_ARGUMENT);                 // past its storage
-  CHECK(h.Create(OneTensor(64, 60, {2})) == StatusCode::INVALID_ARGUMENT);                 // offset + size past it
-  CHECK(h.Create(OneTensor(64, UINT64_MAX - 3, {1})) == StatusCode::INVALID_ARGUMENT);     // offset + size overflows
-  CHECK(h.Create(OneTensor(64, 0, {INT64_MAX, 2})) == StatusCode::INVALID_ARGUMENT);       // shape product overflows
-  CHECK(h.Create(OneTensor(64, 0, {-1})) == StatusCode::INVALID_ARGUMENT);                 // negative dimension
+  CHECK(h.Create(OneTensor(64, 0, {17})) == StatusCode::INVALID_ARGUMENT);              // past its storage
+  CHECK(h.Create(OneTensor(64, 60, {2})) == StatusCode::INVALID_ARGUMENT);              // offset + size past it
+  CHECK(h.Create(OneTensor(64, UINT64_MAX - 3, {1})) == StatusCode::INVALID_ARGUMENT);  // offset + size overflows
+  CHECK(h.Create(OneTensor(64, 0, {INT64_MAX, 2})) == StatusCode::INVALID_ARGUMENT);    // shape product overflows
+  CHECK(h.Create(OneTensor(64, 0, {-1})) == StatusCode::INVALID_ARGUMENT);              // negative dimension
   CHECK(h.Create(OneTensor(64, 0, {4, 4}, {INT64_MAX / 2, 1})) == StatusCode::INVALID_ARGUMENT);  // stride overflow
-  CHECK(h.Create(OneTensor(64, 0, {4, 4}, {-4, 1})) == StatusCode::INVALID_ARGUMENT);      // negative stride
-  CHECK(h.Create(OneTensor(UINT64_MAX, 0, {1})) == StatusCode::INVALID_ARGUMENT);          // segment size overflows
-  CHECK(h.Create(OneTensor(1ull << 40, 0, {1})) == StatusCode::RESOURCE_EXHAUSTED);        // beyond the budget
+  CHECK(h.Create(OneTensor(64, 0, {4, 4}, {-4, 1})) == StatusCode::INVALID_ARGUMENT);             // negative stride
+  CHECK(h.Create(OneTensor(UINT64_MAX, 0, {1})) == StatusCode::INVALID_ARGUMENT);    // segment size overflows
+  CHECK(h.Create(OneTensor(1ull << 40, 0, {1})) == StatusCode::RESOURCE_EXHAUSTED);  // beyond the budget
   {
     v1::Manifest m = OneTensor(64, 0, {1});
     m.mutable_tensors(0)->set_storage(7);  // no such storage
@@ -118,8 +118,9 @@ TEST_CASE("hostile manifests are refused and leave nothing behind", "[adversaria
 TEST_CASE("names, staging ids and GPU UUIDs cannot leave the segment directory", "[adversarial]") {
   Hostile h;
   using grpc::StatusCode;
-  for (const std::string& name : std::vector<std::string>{"../catalog", "/etc/passwd", "a/b", ".", "..", std::string("a\0b", 3), "",
-                                 std::string(300, 'n'), ".lock", "staging-x/..", "quarantine/../x"}) {
+  for (const std::string& name :
+       std::vector<std::string>{"../catalog", "/etc/passwd", "a/b", ".", "..", std::string("a\0b", 3), "",
+                                std::string(300, 'n'), ".lock", "staging-x/..", "quarantine/../x"}) {
     INFO("name '" << name << "'");
     // As a name given at publish and as a tag.
     if (!name.empty()) CHECK(h.Create(OneTensor(64, 0, {1}), name) == StatusCode::INVALID_ARGUMENT);
@@ -137,7 +138,8 @@ TEST_CASE("names, staging ids and GPU UUIDs cannot leave the segment directory",
     auto code = h.stub->GetModel(&ctx2, get, &got).error_code();
     CHECK((code == StatusCode::INVALID_ARGUMENT || code == StatusCode::NOT_FOUND));
   }
-  for (const std::string& id : std::vector<std::string>{"../catalog.pb", "../../etc/passwd", "0123456789abcdef0123456789abcde/", ""}) {
+  for (const std::string& id :
+       std::vector<std::string>{"../catalog.pb", "../../etc/passwd", "0123456789abcdef0123456789abcde/", ""}) {
     INFO("staging id '" << id << "'");
     v1::CommitModelRequest commit;
     commit.set_staging_id(id);
@@ -154,8 +156,9 @@ TEST_CASE("names, staging ids and GPU UUIDs cannot leave the segment directory",
   auto session = h.d->NewClient();
   auto id = session->SessionId();
   REQUIRE(id.ok());
-  for (const std::string& uuid : std::vector<std::string>{"GPU-../../../etc/passwd", "cuda:0", "0", "GPU-00000000-0000-0000-0000-00000000000G",
-                                 std::string(1000, 'G')}) {
+  for (const std::string& uuid :
+       std::vector<std::string>{"GPU-../../../etc/passwd", "cuda:0", "0", "GPU-00000000-0000-0000-0000-00000000000G",
+                                std::string(1000, 'G')}) {
     INFO("gpu uuid '" << uuid << "'");
     v1::GetModelRequest get;
     get.mutable_model()->set_ref("good");

@@ -170,7 +170,8 @@ TEST_CASE("bad names are refused everywhere", "[daemon]") {
   TestModel model = MakeModel(1, 10, 4);
   auto info = client->Publish(model.source);
   REQUIRE(info.ok());
-  for (const std::string& name : {std::string("a/b"), std::string(".."), std::string("x\0y", 3), std::string(10000, 'n')}) {
+  for (const std::string& name :
+       {std::string("a/b"), std::string(".."), std::string("x\0y", 3), std::string(10000, 'n')}) {
     PublishOptions options;
     options.name = name;
     REQUIRE(client->Publish(model.source, options).status().code() == absl::StatusCode::kInvalidArgument);
@@ -404,7 +405,7 @@ TEST_CASE("after kill -9 and restart nothing committed is lost", "[daemon]") {
   REQUIRE(Staging(d).size() == 1);
 
   REQUIRE(d.Stop(SIGKILL) == 128 + SIGKILL);
-  RequireSameBytes(**mapped, a);  // the mapping outlives the daemon
+  RequireSameBytes(**mapped, a);                     // the mapping outlives the daemon
   REQUIRE(::access(d.socket().c_str(), F_OK) == 0);  // a stale socket is left behind
 
   d.Start();  // replaces the stale socket

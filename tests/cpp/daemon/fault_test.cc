@@ -76,7 +76,7 @@ TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed
   options.host_budget = "48M";  // a few churn models fill it: evictions run all the time
   DaemonProcess d(options);
   std::mt19937 rng(7);
-  std::vector<TestModel> kept;            // pinned: must survive every kill
+  std::vector<TestModel> kept;  // pinned: must survive every kill
   std::vector<std::string> kept_digests;
   std::vector<std::shared_ptr<MappedModel>> held;  // mapped before kills, read after each
   auto holder = std::shared_ptr<Client>();
@@ -156,10 +156,11 @@ TEST_CASE("kill -9 during publishes, reads and evictions loses nothing committed
   d.Start();
   REQUIRE(StagingFiles(d.segment_dir()).empty());
   RequireEveryModelWhole(d);
-  std::printf("faults: %d kills with -9 mid-publish/read/eviction; %llu calls succeeded, %llu failed while the "
-              "daemon was down; %llu evictions; every pinned model and every mapping intact\n",
-              kRounds, static_cast<unsigned long long>(commits), static_cast<unsigned long long>(failed_calls),
-              static_cast<unsigned long long>(evictions));
+  std::printf(
+      "faults: %d kills with -9 mid-publish/read/eviction; %llu calls succeeded, %llu failed while the "
+      "daemon was down; %llu evictions; every pinned model and every mapping intact\n",
+      kRounds, static_cast<unsigned long long>(commits), static_cast<unsigned long long>(failed_calls),
+      static_cast<unsigned long long>(evictions));
   CHECK(evictions > 0);
   for (size_t i = 0; i < kept.size(); ++i) {
     auto m = d.NewClient()->Map("kept-" + std::to_string(i));
@@ -218,7 +219,7 @@ TEST_CASE("a corrupt or missing catalog keeps the models and says so", "[faults]
   }
   auto list = d.NewClient()->List();
   REQUIRE(list.ok());
-  CHECK(list->models_size() == 2);  // rebuilt from the segments and their manifests
+  CHECK(list->models_size() == 2);                                  // rebuilt from the segments and their manifests
   for (const auto& m : list->models()) CHECK(m.names_size() == 0);  // names and pins were only in the catalog
   RequireEveryModelWhole(d);
   // A new catalog is written: names given now survive the next restart.

@@ -138,9 +138,8 @@ TEST_CASE("the daemon holds under concurrent mixed load and leaks nothing", "[lo
             return client->Delete(victim).status();
           });
         } else if (dice < 90) {
-          timed("retag", [&]() -> absl::Status {
-            return client->Tag("alias-" + std::to_string(rng() % 8), name).status();
-          });
+          timed("retag",
+                [&]() -> absl::Status { return client->Tag("alias-" + std::to_string(rng() % 8), name).status(); });
         } else {
           timed("session churn", [&]() -> absl::Status {
             auto fresh = d.NewClient();  // its own connection and session
@@ -166,7 +165,8 @@ TEST_CASE("the daemon holds under concurrent mixed load and leaks nothing", "[lo
     std::printf("%-14s %9zu %10.0f %10.0f %10.0f\n", call.c_str(), v.size(), v[v.size() / 2],
                 v[std::min(v.size() - 1, v.size() * 99 / 100)], v.back());
   }
-  for (const auto& [what, count] : recorder.errors) std::printf("error x%llu: %s\n", (unsigned long long)count, what.c_str());
+  for (const auto& [what, count] : recorder.errors)
+    std::printf("error x%llu: %s\n", (unsigned long long)count, what.c_str());
   CHECK(recorder.errors.empty());
   CHECK(corrupt == 0);
   CHECK(operations > static_cast<uint64_t>(clients));

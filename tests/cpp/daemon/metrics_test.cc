@@ -18,11 +18,11 @@ using namespace std::chrono_literals;
 
 TEST_CASE("latency histograms count each duration in its bucket, cumulated when read", "[metrics]") {
   LatencyHistogram h;
-  h.Observe(10us);    // <= 25 µs
-  h.Observe(25us);    // on a bound: that bucket (le is inclusive)
-  h.Observe(120us);   // <= 250 µs
-  h.Observe(2min);    // above every bound: +Inf only
-  h.Observe(-5us);    // a clock that went back counts as 0
+  h.Observe(10us);   // <= 25 µs
+  h.Observe(25us);   // on a bound: that bucket (le is inclusive)
+  h.Observe(120us);  // <= 250 µs
+  h.Observe(2min);   // above every bound: +Inf only
+  h.Observe(-5us);   // a clock that went back counts as 0
   auto read = h.Read();
   REQUIRE(read.sample_count == 5);
   REQUIRE(read.sample_sum == Approx(120.000155).epsilon(1e-9));
@@ -65,11 +65,13 @@ TEST_CASE("requests are counted by method and code from many threads without a l
   REQUIRE_THAT(text, Catch::Contains("zerocopy_requests_total{code=\"NOT_FOUND\",method=\"GetModel\"} 8000\n"));
   // OK always (a series from 0), other codes once seen.
   REQUIRE_THAT(text, Catch::Contains("zerocopy_requests_total{code=\"OK\",method=\"DeleteModel\"} 0\n"));
-  REQUIRE_THAT(text, Catch::Contains("zerocopy_requests_total{code=\"FAILED_PRECONDITION\",method=\"DeleteModel\"} 3\n"));
+  REQUIRE_THAT(text,
+               Catch::Contains("zerocopy_requests_total{code=\"FAILED_PRECONDITION\",method=\"DeleteModel\"} 3\n"));
   REQUIRE_THAT(text, !Catch::Contains("code=\"INTERNAL\""));
   REQUIRE_THAT(text, Catch::Contains("# TYPE zerocopy_request_duration_seconds histogram\n"));
   REQUIRE_THAT(text, Catch::Contains("zerocopy_request_duration_seconds_count{method=\"GetModel\"} 80000\n"));
-  REQUIRE_THAT(text, Catch::Contains("zerocopy_request_duration_seconds_bucket{method=\"GetModel\",le=\"0.0001\"} 80000\n"));
+  REQUIRE_THAT(text,
+               Catch::Contains("zerocopy_request_duration_seconds_bucket{method=\"GetModel\",le=\"0.0001\"} 80000\n"));
   REQUIRE_THAT(text, Catch::Contains("zerocopy_request_duration_seconds_bucket{method=\"GetModel\",le=\"5e-05\"} 0\n"));
   // Add() counts without a duration (Session streams).
   REQUIRE_THAT(text, Catch::Contains("zerocopy_request_duration_seconds_count{method=\"DeleteModel\"} 0\n"));

@@ -25,8 +25,8 @@ namespace {
 using testing::Child;
 using testing::DaemonProcess;
 
-constexpr int kGroup = 47123;   // the socket's and segments' group
-constexpr int kUserA = 65534;   // nobody
+constexpr int kGroup = 47123;  // the socket's and segments' group
+constexpr int kUserA = 65534;  // nobody
 constexpr int kUserB = 65533;
 constexpr int kOutsider = 65534;
 
@@ -72,11 +72,12 @@ struct SecureDaemon {
 
   // `extra_config`: more TOML keys; `shared`: publish the model "shared".
   // `env`: the daemon's environment (failpoints).
-  explicit SecureDaemon(const std::string& extra_config = "", const std::string& host_budget = "1G",
-                        bool shared = true, std::vector<std::string> env = {}) {
+  explicit SecureDaemon(const std::string& extra_config = "", const std::string& host_budget = "1G", bool shared = true,
+                        std::vector<std::string> env = {}) {
     std::string config = config_dir.path() + "/zerocopyd.toml";
     std::ofstream(config) << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
-                          << "\"\nadmin_uids = [0]\n" << extra_config;
+                          << "\"\nadmin_uids = [0]\n"
+                          << extra_config;
     DaemonProcess::Options options;
     options.extra_args = {"--config", config};
     options.host_budget = host_budget;
@@ -97,8 +98,14 @@ struct SecureDaemon {
   }
 
   std::vector<std::string> As(int uid, int gid, std::vector<std::string> args) const {
-    std::vector<std::string> argv = {"/usr/bin/setpriv", "--reuid=" + std::to_string(uid), "--regid=" + std::to_string(gid),
-                                     "--clear-groups", "--", programs.client, "--socket", d->socket()};
+    std::vector<std::string> argv = {"/usr/bin/setpriv",
+                                     "--reuid=" + std::to_string(uid),
+                                     "--regid=" + std::to_string(gid),
+                                     "--clear-groups",
+                                     "--",
+                                     programs.client,
+                                     "--socket",
+                                     d->socket()};
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
   }
@@ -234,8 +241,7 @@ struct Launch {
 
 }  // namespace
 
-TEST_CASE("a socket directory a member owns is refused before the socket can be swapped for a symlink",
-          "[security]") {
+TEST_CASE("a socket directory a member owns is refused before the socket can be swapped for a symlink", "[security]") {
   // The attack: a member of the group creates the socket's directory first;
   // between the daemon's bind() and its chown/chmod of the socket (a
   // failpoint holds it there), they put a symlink to a root file in the
@@ -252,7 +258,8 @@ TEST_CASE("a socket directory a member owns is refused before the socket can be 
   std::ofstream(hold) << "";
   testing::TempDir shm("/dev/shm");
   testing::TempDir conf;
-  std::ofstream(conf.path() + "/c.toml") << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup << "\"\n";
+  std::ofstream(conf.path() + "/c.toml") << "socket_group = \"" << kGroup << "\"\nsegment_group = \"" << kGroup
+                                         << "\"\n";
   Launch daemon({"--socket", socket, "--segment-dir", shm.path() + "/segments", "--config", conf.path() + "/c.toml"},
                 "listen:bound:hold=" + hold);
   struct stat st {};
@@ -309,7 +316,8 @@ TEST_CASE("a segment directory a member created first, or a symlink, is refused 
     ::chmod(segdir.c_str(), 0777);
     Launch daemon({"--socket", base.path() + "/s.sock", "--segment-dir", segdir});
     REQUIRE(daemon.WaitExit(std::chrono::seconds(10)) > 0);
-    REQUIRE_THAT(daemon.log(), Catch::Contains("segment directory " + segdir + " belongs to uid " + std::to_string(kUserA)));
+    REQUIRE_THAT(daemon.log(),
+                 Catch::Contains("segment directory " + segdir + " belongs to uid " + std::to_string(kUserA)));
     REQUIRE(StatOf(segdir).st_uid == static_cast<uid_t>(kUserA));
     REQUIRE(testing::ListDir(segdir).empty());
   }
@@ -376,8 +384,8 @@ TEST_CASE("what one member may cost the daemon before committing anything is bou
   auto staging = [&] { return StagingFiles(d); };
 
   SECTION("an empty manifest is refused, and leaves no file") {
-    REQUIRE_THAT(run(kUserA, {"create", "--empty"}), Catch::StartsWith("ERR INVALID_ARGUMENT") &&
-                                                        Catch::Contains("the manifest is empty"));
+    REQUIRE_THAT(run(kUserA, {"create", "--empty"}),
+                 Catch::StartsWith("ERR INVALID_ARGUMENT") && Catch::Contains("the manifest is empty"));
     REQUIRE(staging() == 0);
   }
   SECTION("a uid holds at most max_staging_per_uid uncommitted models; others are still served") {
@@ -386,8 +394,8 @@ TEST_CASE("what one member may cost the daemon before committing anything is bou
       held.push_back(std::make_unique<Child>(as(kUserA, {"create", "--hold"})));
       REQUIRE_THAT(held.back()->ReadLine(), Catch::StartsWith("OK "));
     }
-    REQUIRE_THAT(run(kUserA, {"create"}), Catch::StartsWith("ERR RESOURCE_EXHAUSTED") &&
-                                            Catch::Contains("max_staging_per_uid"));
+    REQUIRE_THAT(run(kUserA, {"create"}),
+                 Catch::StartsWith("ERR RESOURCE_EXHAUSTED") && Catch::Contains("max_staging_per_uid"));
     Child other(as(kUserB, {"create", "--hold"}));
     REQUIRE_THAT(other.ReadLine(), Catch::StartsWith("OK "));
     REQUIRE(staging() == 4);
@@ -550,7 +558,8 @@ TEST_CASE("a commit never points another user's name at its model, whenever that
     std::filesystem::remove(hold);
     const std::string out = a.ReadLine();
     a.Finish();
-    CHECK_THAT(out, Catch::Contains("PERMISSION_DENIED") && Catch::Contains("belongs to uid " + std::to_string(kUserB)));
+    CHECK_THAT(out,
+               Catch::Contains("PERMISSION_DENIED") && Catch::Contains("belongs to uid " + std::to_string(kUserB)));
     CHECK(named("llama").first == b_digest);  // still where its owner set it
     // And still B's: A cannot move it afterwards either.
     CHECK_THAT(run(kUserA, {"publish", "llama", "3"}), Catch::Contains("PERMISSION_DENIED"));

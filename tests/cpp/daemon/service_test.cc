@@ -58,8 +58,10 @@ TEST_CASE("concurrent publishers of the same bytes end with one model", "[servic
   for (size_t i = 0; i < digests.size(); ++i) {
     threads.emplace_back([&, i] {
       auto info = d.NewClient()->Publish(model.source);  // one client (connection) each
-      if (info.ok()) digests[i] = info->digest();
-      else ++failures;
+      if (info.ok())
+        digests[i] = info->digest();
+      else
+        ++failures;
     });
   }
   for (auto& t : threads) t.join();

@@ -27,7 +27,8 @@ UniqueFd Connect(const std::string& path, const std::string& send) {
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
   REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  if (!send.empty()) REQUIRE(::send(fd.get(), send.data(), send.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(send.size()));
+  if (!send.empty())
+    REQUIRE(::send(fd.get(), send.data(), send.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(send.size()));
   return fd;
 }
 

@@ -145,7 +145,8 @@ TEST_CASE("formats are detected from the content", "[checkpoint]") {
   REQUIRE_FALSE(several.ok());
   CHECK_THAT(std::string(several.status().message()), Catch::Contains("several checkpoint files"));
   TempDir empty;
-  CHECK_THAT(std::string(DetectCheckpointFormat(empty.path()).status().message()), Catch::Contains("holds no checkpoint"));
+  CHECK_THAT(std::string(DetectCheckpointFormat(empty.path()).status().message()),
+             Catch::Contains("holds no checkpoint"));
   CHECK_FALSE(ParseCheckpointFormat("pickle").ok());
   CHECK(*ParseCheckpointFormat("torchscript") == CheckpointFormat::kTorchScript);
 }
@@ -157,10 +158,10 @@ TEST_CASE("shard indexes: names, traversal and shape", "[checkpoint]") {
   CHECK(ok->shards == std::vector<std::string>{"s1.safetensors", "s2.safetensors"});
   CHECK(ok->weight_map.front().first == "a");
   CHECK(ok->metadata_json == R"({"total_size":8})");
-  for (const char* bad : {R"({"weight_map": {"a": "../x"}})", R"({"weight_map": {"a": "/etc/passwd"}})",
-                          R"({"weight_map": {"a": ".."}})", R"({"weight_map": {"a": ""}})",
-                          R"({"weight_map": {"a": 3}})", R"({"weight_map": {}})", R"({"metadata": {}})",
-                          R"([1, 2])", R"({"weight_map": {"a": "x"}, "metadata": 5})", "{\"weight_map\": "}) {
+  for (const char* bad :
+       {R"({"weight_map": {"a": "../x"}})", R"({"weight_map": {"a": "/etc/passwd"}})", R"({"weight_map": {"a": ".."}})",
+        R"({"weight_map": {"a": ""}})", R"({"weight_map": {"a": 3}})", R"({"weight_map": {}})", R"({"metadata": {}})",
+        R"([1, 2])", R"({"weight_map": {"a": "x"}, "metadata": 5})", "{\"weight_map\": "}) {
     INFO(bad);
     CHECK(ParseShardIndex(bad).status().code() == absl::StatusCode::kInvalidArgument);
   }

@@ -48,7 +48,9 @@ std::string Le64(uint64_t v) {
 }
 
 // Protocol-2 pickles, written by hand.
-std::string Str(const std::string& s) { return std::string("X") + static_cast<char>(s.size()) + std::string(3, '\0') + s; }
+std::string Str(const std::string& s) {
+  return std::string("X") + static_cast<char>(s.size()) + std::string(3, '\0') + s;
+}
 const std::string kMagic("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15);
 const std::string kVersion("\x80\x02M\xe9\x03.", 6);  // 1001
 const std::string kSysInfo = "\x80\x02}(" + Str("little_endian") + "\x88u.";
@@ -143,7 +145,8 @@ TEST_CASE("a legacy file with a bad magic number or protocol version is refused"
   auto direct = internal::ReadLegacyTorchSave(U8(bad), bad.size());
   REQUIRE_FALSE(direct.ok());
   CHECK_THAT(std::string(direct.status().message()), Catch::Contains("magic number"));
-  std::string version = kMagic + std::string("\x80\x02M\xea\x03.", 6) + kSysInfo + Object("k", 4, 4) + Keys({"k"}) + Floats(4);
+  std::string version =
+      kMagic + std::string("\x80\x02M\xea\x03.", 6) + kSysInfo + Object("k", 4, 4) + Keys({"k"}) + Floats(4);
   CHECK_THAT(Message(Parse(version)), Catch::Contains("holds 1002, not 1001"));
   std::string sys_info = kMagic + kVersion + "\x80\x02K\x01." + Object("k", 4, 4) + Keys({"k"}) + Floats(4);
   CHECK_THAT(Message(Parse(sys_info)), Catch::Contains("sys_info pickle holds a int, not a dict"));
@@ -154,7 +157,8 @@ TEST_CASE("a truncated legacy file is refused, naming what it lacks", "[legacy]"
   const std::string whole = Legacy(Object("k", 4, 4), Keys({"k"}), Floats(4));
   CHECK_THAT(Message(Parse(whole.substr(0, whole.size() - 1))),
              Catch::Contains("storage k (1 of 1) needs 16 bytes from byte") && Catch::Contains("truncated?"));
-  CHECK_THAT(Message(Parse(whole.substr(0, whole.size() - 20))), Catch::Contains("storage k (1 of 1) has no element count"));
+  CHECK_THAT(Message(Parse(whole.substr(0, whole.size() - 20))),
+             Catch::Contains("storage k (1 of 1) has no element count"));
   const std::string pickles = kMagic + kVersion + kSysInfo + Object("k", 4, 4);
   CHECK_THAT(Message(Parse(pickles.substr(0, pickles.size() - 3))),
              Catch::Contains("the object pickle ends at byte") && Catch::Contains("before its STOP"));
@@ -167,19 +171,22 @@ TEST_CASE("a legacy file's pickles are bounded in bytes, not only in objects", "
   std::string big = "\x80\x02X" + Le64(n).substr(0, 4) + std::string(n, 'a') + ".";
   const size_t at = kMagic.size() + kVersion.size() + kSysInfo.size() + 2;
   CHECK_THAT(Message(Parse(Legacy(big, Keys({}), ""))),
-             Catch::Contains("the object pickle at byte " + std::to_string(at) + " (opcode 0x58): runs past byte 67108864, "
+             Catch::Contains("the object pickle at byte " + std::to_string(at) +
+                             " (opcode 0x58): runs past byte 67108864, "
                              "over the budget of 67108864 bytes of pickle"));
 }
 
 TEST_CASE("a legacy storage whose element count is not the pickle's numel is refused", "[legacy]") {
   std::string data = Floats(5);
   CHECK_THAT(Message(Parse(Legacy(Object("k", 4, 4), Keys({"k"}), data))),
-             Catch::Contains("storage k (1 of 1, byte ") && Catch::Contains("holds 5 elements of f32 but the object pickle declares 4"));
+             Catch::Contains("storage k (1 of 1, byte ") &&
+                 Catch::Contains("holds 5 elements of f32 but the object pickle declares 4"));
   CHECK_THAT(Message(Parse(Legacy(Object("k", 4, 5), Keys({"k"}), Floats(4)))),
              Catch::Contains("a tensor reaches element 4 of f32 in a storage of 16 bytes"));
   // A huge count: no overflow, no read past the end.
   std::string huge = Le64(~uint64_t{0}) + std::string(16, '\0');
-  CHECK_THAT(Message(Parse(Legacy(Object("k", 4, 4), Keys({"k"}), huge))), Catch::Contains("holds 18446744073709551615 elements"));
+  CHECK_THAT(Message(Parse(Legacy(Object("k", 4, 4), Keys({"k"}), huge))),
+             Catch::Contains("holds 18446744073709551615 elements"));
 }
 
 TEST_CASE("a legacy storage list must name each storage of the object once", "[legacy]") {
@@ -195,7 +202,11 @@ TEST_CASE("a legacy storage list must name each storage of the object once", "[l
 
 TEST_CASE("a legacy object pickle may name only what a state dict needs", "[legacy]") {
   // os.system("id") as the object: refused where it stands, nothing run.
-  const std::string evil = std::string("\x80\x02" "cos\nsystem\n", 13) + Str("id") + "\x85R.";
+  const std::string evil = std::string(
+                               "\x80\x02"
+                               "cos\nsystem\n",
+                               13) +
+                           Str("id") + "\x85R.";
   const size_t at = kMagic.size() + kVersion.size() + kSysInfo.size() + 2;
   CHECK_THAT(Message(Parse(Legacy(evil, Keys({}), ""))),
              Catch::Contains("the object pickle at byte " + std::to_string(at) + " (opcode 0x63)") &&
@@ -209,7 +220,8 @@ TEST_CASE("a legacy object pickle may name only what a state dict needs", "[lega
              Catch::Contains("persistent id is not ('storage', type, key, location, numel, view)"));
   // Persistent ids belong in the object pickle alone.
   CHECK_THAT(Message(Parse(kMagic + kVersion + "\x80\x02(" + Str("x") + "tQ." + Object("k", 4, 4))),
-             Catch::Contains("the sys_info pickle at byte") && Catch::Contains("a persistent id in a pickle that may hold none"));
+             Catch::Contains("the sys_info pickle at byte") &&
+                 Catch::Contains("a persistent id in a pickle that may hold none"));
 }
 
 TEST_CASE("legacy storage views must lie inside their storage and mean one thing", "[legacy]") {
@@ -221,10 +233,12 @@ TEST_CASE("legacy storage views must lie inside their storage and mean one thing
   REQUIRE(Parse(with_view("K\x02K\x02")).ok());
   CHECK_THAT(Message(Parse(with_view("K\x03K\x02"))),
              Catch::Contains("storage view v covers elements 3 to 3+2 of storage k, which has 4"));
-  CHECK_THAT(Message(Parse(with_view(Str("x") + "K\x02"))), Catch::Contains("a storage view is not (key, offset, numel)"));
+  CHECK_THAT(Message(Parse(with_view(Str("x") + "K\x02"))),
+             Catch::Contains("a storage view is not (key, offset, numel)"));
   std::string object = Object("k", 4, 1);
   object.replace(object.find("NtQ"), 1, "(" + Str("k") + std::string("K\x00K\x01t", 5));
-  CHECK_THAT(Message(Parse(Legacy(object, Keys({"k"}), Floats(4)))), Catch::Contains("storage k is both a storage and a view"));
+  CHECK_THAT(Message(Parse(Legacy(object, Keys({"k"}), Floats(4)))),
+             Catch::Contains("storage k is both a storage and a view"));
 }
 
 }  // namespace

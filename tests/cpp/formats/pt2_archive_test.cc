@@ -50,9 +50,9 @@ TEST_CASE("a torch.export archive: weights and constants are tensors, the rest o
   }
   std::map<std::string, uint64_t> files;
   for (const auto& f : m.files()) files[f.name()] = m.storages(static_cast<int>(f.storage())).size();
-  for (const char* kept : {"models/model.json", "data/weights/model_weights_config.json",
-                           "data/constants/model_constants_config.json", "data/sample_inputs/model.pt",
-                           "archive_format", "archive_version"}) {
+  for (const char* kept :
+       {"models/model.json", "data/weights/model_weights_config.json", "data/constants/model_constants_config.json",
+        "data/sample_inputs/model.pt", "archive_format", "archive_version"}) {
     INFO(kept);
     CHECK(files.count(kept));
   }

@@ -14,7 +14,9 @@ absl::StatusOr<Unpickled> Run(const std::string& bytes, StorageSource* storages 
 }
 
 // BINUNICODE of a short string.
-std::string Str(const std::string& s) { return std::string("X") + static_cast<char>(s.size()) + std::string(3, '\0') + s; }
+std::string Str(const std::string& s) {
+  return std::string("X") + static_cast<char>(s.size()) + std::string(3, '\0') + s;
+}
 
 TEST_CASE("plain values build a tree of objects the caller owns", "[unpickler]") {
   // {"a": 1, "b": [True, None, "x"]}, protocol 2
@@ -51,7 +53,11 @@ TEST_CASE("a pickle ends at its STOP, which it reports, and may name no storage 
 
 TEST_CASE("a global that would run code is refused with where it stood", "[unpickler]") {
   // os.system("id"): GLOBAL, the argument, TUPLE1, REDUCE
-  std::string p = std::string("\x80\x02" "cos\nsystem\n", 13) + Str("id") + "\x85R.";
+  std::string p = std::string(
+                      "\x80\x02"
+                      "cos\nsystem\n",
+                      13) +
+                  Str("id") + "\x85R.";
   auto r = Run(p);
   REQUIRE_FALSE(r.ok());
   CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);
@@ -60,7 +66,8 @@ TEST_CASE("a global that would run code is refused with where it stood", "[unpic
 }
 
 TEST_CASE("opcodes that build objects, sets or extensions are refused", "[unpickler]") {
-  for (std::string op : {std::string("\x81"), std::string("\x8f"), std::string("\x82\x01")}) {  // NEWOBJ, EMPTY_SET, EXT1
+  for (std::string op :
+       {std::string("\x81"), std::string("\x8f"), std::string("\x82\x01")}) {  // NEWOBJ, EMPTY_SET, EXT1
     INFO(static_cast<int>(static_cast<unsigned char>(op[0])));
     auto r = Run(std::string("\x80\x02", 2) + op + ".");
     REQUIRE_FALSE(r.ok());
@@ -69,10 +76,12 @@ TEST_CASE("opcodes that build objects, sets or extensions are refused", "[unpick
 }
 
 TEST_CASE("truncated pickles, underflows and unknown memo entries are refused", "[unpickler]") {
-  for (const std::string& p : {std::string("\x80\x02}", 3),         // no STOP
-                               std::string("\x80\x02u.", 4),        // SETITEMS with no MARK
-                               std::string("\x80\x02h\x07.", 5),    // BINGET of nothing stored
-                               std::string("\x80\x02X\xff\x00\x00\x00" "ab.", 10)}) {  // string past the end
+  for (const std::string& p : {std::string("\x80\x02}", 3),       // no STOP
+                               std::string("\x80\x02u.", 4),      // SETITEMS with no MARK
+                               std::string("\x80\x02h\x07.", 5),  // BINGET of nothing stored
+                               std::string("\x80\x02X\xff\x00\x00\x00"
+                                           "ab.",
+                                           10)}) {  // string past the end
     auto r = Run(p);
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().code() == absl::StatusCode::kInvalidArgument);

@@ -62,9 +62,9 @@ class DeviceModel final : public ModelView {
   }
 
   const std::string& gpu_uuid() const { return gpu_uuid_; }
-  int device_ordinal() const;   // this process's ordinal of the GPU
-  bool fake() const;            // a test backend's copy (host memory)
-  void* data() const;           // device address of the copy
+  int device_ordinal() const;  // this process's ordinal of the GPU
+  bool fake() const;           // a test backend's copy (host memory)
+  void* data() const;          // device address of the copy
 
   DeviceTensorView tensor(size_t index) const;
   // Errors: NOT_FOUND.

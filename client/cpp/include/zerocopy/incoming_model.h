@@ -97,8 +97,8 @@ class IncomingModel {
   const std::string path_;
   // Writers share it, Commit/Abort/SetLeaves hold it alone.
   mutable absl::Mutex mu_;
-  UniqueFd file_ ABSL_GUARDED_BY(mu_);  // the staging file, written with pwrite (never mapped)
-  bool done_ ABSL_GUARDED_BY(mu_) = false;  // committed or aborted
+  UniqueFd file_ ABSL_GUARDED_BY(mu_);                // the staging file, written with pwrite (never mapped)
+  bool done_ ABSL_GUARDED_BY(mu_) = false;            // committed or aborted
   std::vector<Hash128> leaves_ ABSL_GUARDED_BY(mu_);  // empty: writes unchecked
 };
 

@@ -63,7 +63,7 @@ class AotInductorModel {
 
  private:
   friend absl::StatusOr<std::unique_ptr<AotInductorModel>> LoadAotInductor(const std::shared_ptr<MappedModel>&,
-                                                                            const std::string&);
+                                                                           const std::string&);
   AotInductorModel() = default;
   std::shared_ptr<MappedModel> model_;
   std::unordered_map<std::string, at::Tensor> constants_;
