@@ -25,6 +25,8 @@ using json = nlohmann::json;
 absl::Status Invalid(absl::string_view what) { return absl::InvalidArgumentError(what); }
 
 constexpr int kMaxNesting = 16;
+constexpr size_t kMaxEntries = 1u << 20;  // tensors in a config: models have thousands
+constexpr size_t kMaxRank = 64;
 constexpr uint64_t kMaxConfigBytes = 64ull << 20;  // a config entry per tensor: a few MiB for the largest models
 
 // torch/_export/serde/schema.py ScalarType -> ours (the ones we hold).
@@ -118,6 +120,7 @@ absl::StatusOr<int64_t> AsInt(const json& v, const std::string& what) {
 absl::StatusOr<std::vector<int64_t>> AsInts(const json& meta, const char* key, const std::string& tensor) {
   auto it = meta.find(key);
   if (it == meta.end() || !it->is_array()) return Invalid(absl::StrCat("tensor '", tensor, "' has no ", key));
+  if (it->size() > kMaxRank) return Invalid(absl::StrCat("tensor '", tensor, "' has over ", kMaxRank, " dimensions"));
   std::vector<int64_t> out;
   for (const auto& v : *it) {
     ZC_ASSIGN_OR_RETURN(int64_t n, AsInt(v, absl::StrCat("tensor '", tensor, "': a value of ", key)));
@@ -138,6 +141,7 @@ class PayloadReader {
     const ZipEntry* e = entries_.Find(config_path);
     if (e == nullptr) return absl::OkStatus();  // a program without weights (or constants)
     ZC_ASSIGN_OR_RETURN(json config, ParseConfig(entries_, *e, config_path));
+    if (config.size() > kMaxEntries) return Invalid(absl::StrCat(config_path, " has over ", kMaxEntries, " entries"));
     for (auto it = config.begin(); it != config.end(); ++it) {
       const std::string& fqn = it.key();
       const json& p = it.value();
@@ -176,8 +180,10 @@ class PayloadReader {
     if (!internal::JsonNestingWithin(text, kMaxNesting))
       return Invalid(absl::StrCat(config_path, " is nested too deeply"));
     json config = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-    if (config.is_discarded() || !config.is_object())
+    if (config.is_discarded() || !config.is_object()) {
       return Invalid(absl::StrCat(config_path, " is not a JSON object"));
+    }
+    if (config.size() > kMaxEntries) return Invalid(absl::StrCat(config_path, " has over ", kMaxEntries, " entries"));
     for (auto it = config.begin(); it != config.end(); ++it) {
       const std::string& fqn = it.key();
       const json& w = it.value();
@@ -186,6 +192,9 @@ class PayloadReader {
         return Invalid(absl::StrCat(config_path, ": weight '", fqn, "' is not [record, sizes, strides, offset]"));
       }
       if (!names_.insert(fqn).second) return Invalid(absl::StrCat(config_path, ": weight '", fqn, "' twice"));
+      if (w[1].size() > kMaxRank || w[2].size() > kMaxRank) {
+        return Invalid(absl::StrCat("weight '", fqn, "' has over ", kMaxRank, " dimensions"));
+      }
       std::vector<int64_t> sizes, strides;
       for (const auto* list : {&w[1], &w[2]}) {
         auto& out = list == &w[1] ? sizes : strides;
@@ -367,6 +376,11 @@ absl::StatusOr<Checkpoint> ParsePt2Archive(const uint8_t* data, size_t size) {
     out.source.manifest.set_format(kAotInductorFormat);
     ZC_RETURN_IF_ERROR(reader.AddAotiWeights(config));
   } else {
+    if (entries.Find(absl::StrCat("data/weights/", model, ".pt")) != nullptr) {
+      return Invalid(
+          "a pt2 archive of the legacy layout (its weights one torch.save file, data/weights/<name>.pt): load it "
+          "with torch.export.load and save it again with torch.export.save");
+    }
     out.source.manifest.set_format(kTorchExportFormat);
     ZC_RETURN_IF_ERROR(
         reader.Add(absl::StrCat("data/weights/", model, "_weights_config.json"), "data/weights/", "weight_", "weight"));

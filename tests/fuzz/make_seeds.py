@@ -133,3 +133,26 @@ def export_bytes(module, args):
 
 put("pt2", "exported", export_bytes(_Exported().eval(), (torch.tensor([[1, 2]]),)))
 put("pt2", "linear", export_bytes(torch.nn.Linear(2, 2).to(torch.bfloat16), (torch.ones(1, 2, dtype=torch.bfloat16),)))
+
+
+def aoti_bytes():
+    """An AOTInductor package as aoti_compile_and_package lays it out with
+    its weights beside the library (a stand-in for the library: the reader
+    keeps it as a file and never reads it): weight records are torch.save
+    files of one tensor each, two names sharing one of them."""
+    import zipfile
+    buf = io.BytesIO()
+    w = torch.arange(6.0).view(2, 3)
+    config = {"fc.weight": ["weight_0", [2, 3], [3, 1], 0], "tied.weight": ["weight_0", [3], [1], 3],
+              "fc.bias": ["weight_1", [2], [1], 0]}
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in [("archive_format", b"pt2"), ("archive_version", b"0"), ("byteorder", b"little"),
+                           ("data/aotinductor/model/m.wrapper.so", b"\x7fELF stand-in"),
+                           ("data/aotinductor/model/m.wrapper_metadata.json", b'{"AOTI_DEVICE_KEY": "cpu"}'),
+                           ("data/aotinductor/model/weights_config.json", json.dumps(config).encode()),
+                           ("data/weights/weight_0", tsave(w)), ("data/weights/weight_1", tsave(torch.ones(2)))]:
+            z.writestr(f"aoti/{name}", data)
+    return buf.getvalue()
+
+
+put("pt2", "aoti", aoti_bytes())

@@ -2,6 +2,7 @@
 real exports made here, saved by torch.export.save, preloaded (the CLI and
 preload_exported) and loaded with load_exported against
 torch.export.load(path).module() on the same archive."""
+import io
 import json
 import os
 import subprocess
@@ -232,6 +233,7 @@ def test_bad_archives_are_refused_at_preload_and_publish_nothing(exported, daemo
         ("script-object", rewrite(tied, tmp_path / "k.pt2", edit_config(
             "constants", "const", lambda p: p.update(path_name="custom_obj_0"))), "script object"),
         ("truncated", tmp_path / "l.pt2", "zip"),
+        ("legacy", rewrite(mlp, tmp_path / "m.pt2", add=[("data/weights/model.pt", b"PK")]), "legacy layout"),
     ]
     (tmp_path / "l.pt2").write_bytes(mlp.read_bytes()[:-100])
     before = len(ray_zerocopy._native.client().list())
@@ -246,6 +248,37 @@ def test_bad_archives_are_refused_at_preload_and_publish_nothing(exported, daemo
         ray_zerocopy.load_exported("plain-state-dict")
     with pytest.raises(ray_zerocopy.ModelNotFoundError):
         ray_zerocopy.load_exported("ep-no-such-model")
+
+
+class Payload:
+    """Unpickling it creates a file: code run by whoever unpickles it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_sample_inputs_that_are_not_plain_tensors_are_left_out_and_never_run(exported, daemon, tmp_path):
+    """torch's deserializer, handed bytes it cannot load as weights, loads
+    them again with weights_only=False: a pickle of code hidden as bytes in
+    the sample inputs would run. load_exported never hands it such bytes."""
+    import pickle
+    marker = tmp_path / "pwned"
+    hidden = io.BytesIO()
+    torch.save(pickle.dumps(Payload(str(marker))), hidden)  # torch.load(weights_only=True) returns the bytes
+    path = rewrite(exported["mlp"][0], tmp_path / "hidden.pt2",
+                   lambda n, d: hidden.getvalue() if n == "data/sample_inputs/model.pt" else d)
+    p = daemon.run_cli("preload", str(path), "--name", "ep-hidden")
+    assert p.returncode == 0, p.stderr
+    ep = ray_zerocopy.load_exported("ep-hidden")
+    assert ep.example_inputs is None and not marker.exists()
+    with torch.no_grad():
+        x = torch.randn(2, 16)
+        assert torch.equal(ep.module()(x), torch.export.load(exported["mlp"][0]).module()(x))
+    # Plain sample inputs are kept, as torch keeps them.
+    assert ray_zerocopy.load_exported("ep-mlp").example_inputs[0][0].shape == (2, 16)
 
 
 def test_a_program_this_torch_cannot_read_is_an_error_at_load(exported, daemon, tmp_path):
@@ -324,6 +357,16 @@ def torch_runner(path):
     return load_pt2(str(path), load_weights_from_disk=True).aoti_runners["model"]
 
 
+def other_cpu(name, data):
+    """rewrite(): a package's metadata saying it was compiled for an
+    instruction set no CPU has."""
+    if not name.endswith("wrapper_metadata.json"):
+        return data
+    doc = json.loads(data)
+    doc["AOTI_CPU_ISA"] = "AVX512 NO_SUCH_ISA"
+    return json.dumps(doc).encode()
+
+
 def test_an_aoti_package_runs_on_the_mapped_weights(aoti, daemon, tmp_path, monkeypatch):
     path, ids = aoti
     monkeypatch.setenv("ZEROCOPY_AOTI_CACHE", str(tmp_path / "cache"))
@@ -358,6 +401,25 @@ def test_an_aoti_package_runs_on_the_mapped_weights(aoti, daemon, tmp_path, monk
     assert done.stdout.split() == ["True", "True"], done.stdout
     # The shared copy is untouched: this process still computes torch's result.
     assert torch.equal(ray_zerocopy.load_aoti("aoti-small")(ids), torch_runner(path)(ids))
+    # A copy of the runner (torch's copies share its loader) holds the mapped
+    # tensors too: the loader keeps only their addresses.
+    import copy
+    twin = copy.deepcopy(runner)
+    assert twin._zerocopy_constants is runner._zerocopy_constants
+    del runner
+    assert torch.equal(twin(ids), torch_runner(path)(ids))
+    # A program missing a file (a cache cleaner) is written again.
+    library = next(program.glob("data/aotinductor/model/*.so"))
+    library.unlink()
+    assert torch.equal(ray_zerocopy.load_aoti("aoti-small")(ids), torch_runner(path)(ids))
+    assert library.exists()
+    # A cache others may write is refused: no library is loaded from it.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setenv("ZEROCOPY_AOTI_CACHE", str(shared))
+    with pytest.raises(ray_zerocopy.FailedPreconditionError, match="writable by no one else"):
+        ray_zerocopy.load_aoti("aoti-small")
 
 
 def test_four_processes_share_one_aoti_copy(aoti, daemon):
@@ -389,12 +451,6 @@ def test_aoti_packages_that_cannot_be_shared_or_run_here_are_refused(aoti, daemo
     assert "package_constants_in_so" in p.stderr
     # Compiled for instructions this CPU lacks: preloads, refused at load
     # (torch's loader would only warn, then run it).
-    def other_cpu(name, data):
-        if not name.endswith("wrapper_metadata.json"):
-            return data
-        doc = json.loads(data)
-        doc["AOTI_CPU_ISA"] = "AVX512 NO_SUCH_ISA"
-        return json.dumps(doc).encode()
     p = daemon.run_cli("preload", str(rewrite(path, tmp_path / "other.pt2", other_cpu)), "--name", "aoti-other")
     assert p.returncode == 0, p.stderr
     with pytest.raises(ray_zerocopy.FailedPreconditionError, match="compiled for another machine.*NO_SUCH_ISA"):
@@ -425,6 +481,13 @@ def test_the_cpp_example_runs_the_package_on_the_mapped_weights(aoti, daemon, tm
     assert "4 constants" in done.stdout, done.stdout
     info = ray_zerocopy._native.client().get("aoti-small")
     assert (tmp_path / "cache" / info["digest"] / "data/aotinductor/model").is_dir()  # the layout Python writes
+    # Compiled for instructions this CPU lacks: refused before it runs.
+    p = daemon.run_cli("preload", str(rewrite(path, tmp_path / "other.pt2", other_cpu)), "--name", "aoti-other-cpp")
+    assert p.returncode == 0, p.stderr
+    done = subprocess.run([str(binary), "aoti-other-cpp", "1,4", "1", "long"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 1 and "compiled for another machine" in done.stderr, done.stderr
+    assert "NO_SUCH_ISA" in done.stderr, done.stderr
     # Not a package: a precise error, exit 1.
     ray_zerocopy._store.publish(MLP().state_dict(), name="plain-for-cpp")
     done = subprocess.run([str(binary), "plain-for-cpp", "1,4"], capture_output=True, text=True, env=env, timeout=300)

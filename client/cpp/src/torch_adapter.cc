@@ -275,6 +275,29 @@ void RemoveTree(const std::string& path) {
       FTW_DEPTH | FTW_PHYS);
 }
 
+// A directory of this user's that no one else may write (not a link): what
+// the cache and each program in it must be before a library in it is
+// loaded (another user's library is never loaded from a shared cache).
+bool Private(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid() &&
+         (st.st_mode & (S_IWGRP | S_IWOTH)) == 0;
+}
+
+// Every file of the program is there with its size (a cache cleaner may
+// have removed some).
+bool Complete(const std::string& dir, const MappedModel& model) {
+  for (const auto& file : model.manifest().files()) {
+    struct stat st;
+    const std::string path = absl::StrCat(dir, "/", file.name());
+    if (::lstat(path.c_str(), &st) != 0 ||
+        static_cast<uint64_t>(st.st_size) != model.manifest().storages(static_cast<int>(file.storage())).size()) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // The program files of `model` under `cache`/<digest>/, written once
 // (into a temporary directory renamed into place, so a reader never sees
 // half of them).
@@ -291,9 +314,25 @@ absl::StatusOr<std::string> ProgramDirectory(const MappedModel& model, std::stri
     }
   }
   const std::string dir = absl::StrCat(cache, "/", model.digest());
-  struct stat st;
-  if (::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return dir;
   ZC_RETURN_IF_ERROR(MakeDirs(cache, 0700));
+  if (!Private(cache)) {
+    return absl::FailedPreconditionError(absl::StrCat("the AOTInductor program cache ", cache,
+                                                      " is not a directory of "
+                                                      "this user (uid ",
+                                                      ::geteuid(),
+                                                      ") writable by no one else; set "
+                                                      "ZEROCOPY_AOTI_CACHE"));
+  }
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) == 0) {
+    if (Private(dir) && Complete(dir, model)) return dir;
+    // Moved aside, not removed: a process may be running from it.
+    std::string stale = absl::StrCat(cache, "/.", model.digest(), ".stale.XXXXXX");
+    if (::mkdtemp(stale.data()) == nullptr || ::rename(dir.c_str(), stale.c_str()) != 0) {
+      return ErrnoStatus(errno, absl::StrCat(dir, " is not this user's complete program of model ", model.digest(),
+                                             " and cannot be moved aside"));
+    }
+  }
   std::string tmp = absl::StrCat(cache, "/.", model.digest(), ".XXXXXX");
   if (::mkdtemp(tmp.data()) == nullptr) return ErrnoStatus(errno, absl::StrCat("mkdtemp in ", cache));
   for (const auto& file : model.manifest().files()) {
@@ -310,21 +349,29 @@ absl::StatusOr<std::string> ProgramDirectory(const MappedModel& model, std::stri
   if (::rename(tmp.c_str(), dir.c_str()) != 0) {
     const int err = errno;
     RemoveTree(tmp);
-    if (err != EEXIST && err != ENOTEMPTY) return ErrnoStatus(err, absl::StrCat("rename ", tmp, " to ", dir));
+    if ((err != EEXIST && err != ENOTEMPTY) || !Private(dir) || !Complete(dir, model)) {
+      return ErrnoStatus(err, absl::StrCat("rename ", tmp, " to ", dir));
+    }
   }
   return dir;  // ours, or another process's written first
 }
 
-// The CPU features a package's AOTI_CPU_ISA names that this CPU lacks
-// (those we can ask the CPU about; others are taken as present).
+// The instruction sets a package's AOTI_CPU_ISA names (torch's vector ISAs,
+// upper case) that this CPU lacks; one we cannot ask the CPU about counts
+// as lacking.
 std::vector<std::string> MissingInstructions(absl::string_view isa) {
   std::vector<std::string> missing;
   __builtin_cpu_init();
   for (absl::string_view token : absl::StrSplit(isa, ' ', absl::SkipEmpty())) {
-    bool have = true;
+    bool have = false;
+    if (token == "INVALID_VEC_ISA") have = true;  // compiled without vector instructions
     if (token == "AVX2") have = __builtin_cpu_supports("avx2");
     if (token == "AVX512") have = __builtin_cpu_supports("avx512f");
     if (token == "AVX512_VNNI") have = __builtin_cpu_supports("avx512vnni");
+    if (token == "AMX_TILE") {
+      have = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+             __builtin_cpu_supports("amx-int8");
+    }
     if (!have) missing.emplace_back(token);
   }
   return missing;
@@ -375,7 +422,8 @@ absl::StatusOr<std::unique_ptr<AotInductorModel>> LoadAotInductor(const std::sha
       problems.push_back(absl::StrCat("platform ", metadata["AOTI_PLATFORM"]));
     }
     if (auto missing = MissingInstructions(metadata["AOTI_CPU_ISA"]); !missing.empty()) {
-      problems.push_back(absl::StrCat("instructions ", absl::StrJoin(missing, " "), " that this CPU lacks"));
+      problems.push_back(absl::StrCat("instructions ", absl::StrJoin(missing, " "),
+                                      " that this CPU lacks (or that cannot be checked here)"));
     }
     if (!problems.empty()) {
       return absl::FailedPreconditionError(absl::StrCat("model ", model->digest(),

@@ -127,15 +127,20 @@ def _device_of(configs) -> torch.device | None:
 
 
 def _sample_inputs(blob: bytes | None):
-    """The archive's sample inputs, read as plain tensors only (torch's own
-    loader falls back to running the pickle's code: never here); None
-    where they are not plain data."""
+    """The archive's sample inputs, read as plain data only: torch.load
+    with weights_only=True, and kept only when the result has the shape
+    torch saves ((args tuple, kwargs dict)). Anything else is left out
+    (None): torch's own deserializer, handed bytes, would retry them with
+    weights_only=False, which runs the pickle's code."""
     if not blob:
         return None
     try:
-        return torch.load(io.BytesIO(blob), weights_only=True)
+        value = torch.load(io.BytesIO(blob), weights_only=True)
     except Exception:
         return None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], tuple) and isinstance(value[1], dict):
+        return value
+    return None
 
 
 def load_exported(ref: str, device=None, socket: str | None = None):
@@ -203,17 +208,54 @@ def _cache_dir() -> str:
                                                                  "aoti")
 
 
+def _private(path: str) -> bool:
+    """A directory of this user's that no one else may write (not a link):
+    what the cache and each program in it must be before a library in it
+    is loaded."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    import stat
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _complete(path: str, files: dict) -> bool:
+    """Every file of the program is there with its size (a cache cleaner
+    may have removed some)."""
+    for name, data in files.items():
+        try:
+            if os.lstat(os.path.join(path, name)).st_size != len(data):
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def _program_directory(digest: str, files: dict) -> str:
     """The package's program (every file but the weights) in a directory
     torch's AOTIModelPackageLoader opens: written once per user and model
     under the cache directory, named by the model's digest (which covers
     these files), then reused by every process of that user, in Python and
-    in C++ (zerocopy::LoadAotInductor writes the same)."""
+    in C++ (zerocopy::LoadAotInductor writes and checks the same). The
+    cache and the program's directory must be this user's and writable by
+    no one else (another user's library is never loaded from a shared
+    cache); an incomplete one is moved aside and written again."""
     cache = _cache_dir()
     path = os.path.join(cache, digest)
-    if os.path.isdir(path):
-        return path
     os.makedirs(cache, mode=0o700, exist_ok=True)
+    if not _private(cache):
+        raise FailedPreconditionError(f"the AOTInductor program cache {cache} is not a directory of this user "
+                                      f"(uid {os.geteuid()}) writable by no one else; set ZEROCOPY_AOTI_CACHE",
+                                      "FAILED_PRECONDITION")
+    if os.path.lexists(path):
+        if _private(path) and _complete(path, files):
+            return path
+        try:  # moved aside, not removed: a process may be running from it
+            os.rename(path, tempfile.mkdtemp(dir=cache, prefix=f".{digest}.stale."))
+        except OSError as e:
+            raise FailedPreconditionError(f"{path} is not this user's program for model {digest} and cannot be "
+                                          f"moved aside: {e}", "FAILED_PRECONDITION") from None
     tmp = tempfile.mkdtemp(dir=cache, prefix=f".{digest}.")
     try:
         for name, data in files.items():
@@ -224,7 +266,7 @@ def _program_directory(digest: str, files: dict) -> str:
         try:
             os.rename(tmp, path)
         except OSError:  # another process wrote it first
-            if not os.path.isdir(path):
+            if not (_private(path) and _complete(path, files)):
                 raise
     finally:
         if os.path.isdir(tmp):
@@ -242,28 +284,67 @@ def _compiled_name(files: dict, ref: str) -> str:
     return models.pop()
 
 
-def _check_built_for_here(metadata: dict, ref: str) -> None:
+def _cpu_has(isa: str) -> bool:
+    """Whether this CPU has the instruction set torch's AOTI_CPU_ISA names
+    (its vector ISAs' names, upper case); one it names that we cannot ask
+    the CPU about counts as lacking."""
+    checks = {"AVX2": "_is_avx2_supported", "AVX512": "_is_avx512_supported", "AVX512_VNNI": "_is_vnni_supported",
+              "AMX_TILE": "_is_amx_tile_supported"}
+    if isa == "INVALID_VEC_ISA":  # compiled without vector instructions
+        return True
+    check = getattr(torch.cpu, checks.get(isa, ""), None)
+    return bool(check()) if check is not None else False
+
+
+def _check_built_for_here(metadata: dict, ref: str, device_index: int) -> None:
     """torch's loader only warns when a package was compiled for another
     machine; running it can then crash the process (an instruction this CPU
     lacks). Refused here instead, naming the difference."""
     from torch._inductor.codecache import get_device_information
     device = metadata.get("AOTI_DEVICE_KEY", "cpu")
-    here = get_device_information(device)
+    try:
+        if device == "cpu":
+            here = get_device_information(device)
+        else:
+            with torch.cuda.device(device_index if device_index >= 0 else torch.cuda.current_device()):
+                here = get_device_information(device)
+    except Exception as e:  # no CUDA here for a CUDA package
+        raise FailedPreconditionError(f"model {ref!r} is compiled for {device}, which this process cannot use: "
+                                      f"{type(e).__name__}: {e}", "FAILED_PRECONDITION") from None
     problems = [f"{k} {metadata[k]!r} (this machine: {here[k]!r})" for k in ("AOTI_PLATFORM", "AOTI_MACHINE")
                 if metadata.get(k, here[k]) != here[k]]
     if device == "cpu":
-        have = set(here["AOTI_CPU_ISA"].split())
-        if any(i.startswith("AVX512") for i in have):
-            have.add("AVX2")
-        lacking = set(metadata.get("AOTI_CPU_ISA", "").split()) - have
+        lacking = [i for i in metadata.get("AOTI_CPU_ISA", "").split() if not _cpu_has(i)]
         if lacking:
-            problems.append(f"instructions {' '.join(sorted(lacking))} (this CPU: {here['AOTI_CPU_ISA'] or 'none'})")
+            problems.append(f"instructions {' '.join(lacking)} that this CPU lacks (or that cannot be checked here)")
     elif metadata.get("AOTI_COMPUTE_CAPABILITY", here["AOTI_COMPUTE_CAPABILITY"]) != here["AOTI_COMPUTE_CAPABILITY"]:
         problems.append(f"compute capability {metadata['AOTI_COMPUTE_CAPABILITY']} "
                         f"(this GPU: {here['AOTI_COMPUTE_CAPABILITY']})")
     if problems:
         raise FailedPreconditionError(f"model {ref!r} was compiled for another machine: {'; '.join(problems)}",
                                       "FAILED_PRECONDITION")
+
+
+@functools.lru_cache(maxsize=None)
+def _runner_class():
+    from torch.export.pt2_archive._package import AOTICompiledModel
+
+    class MappedAOTIModel(AOTICompiledModel):
+        """torch's AOTICompiledModel that holds the mapped tensors its
+        loader computes from (user_managed constants: the loader keeps
+        their addresses, not them), copies included."""
+
+        def __init__(self, loader, constants):
+            super().__init__(loader)
+            self._zerocopy_constants = constants
+
+        def __copy__(self):
+            return MappedAOTIModel(self.loader, self._zerocopy_constants)
+
+        def __deepcopy__(self, memo):
+            return self.__copy__()  # the same loader, as torch's own copy: the same tensors
+
+    return MappedAOTIModel
 
 
 def load_aoti(ref: str, device_index: int = -1, socket: str | None = None):
@@ -294,10 +375,18 @@ def load_aoti(ref: str, device_index: int = -1, socket: str | None = None):
                                 "INVALID_ARGUMENT")
     files = host.files()
     name = _compiled_name(files, ref)
-    path = _program_directory(host.digest, files)
+    try:
+        path = _program_directory(host.digest, files)
+    except OSError as e:
+        raise FailedPreconditionError(f"cannot write the program of model {ref!r} to {_cache_dir()}: {e}",
+                                      "FAILED_PRECONDITION") from None
     loader_cls = torch._C._aoti.AOTIModelPackageLoader
-    metadata = loader_cls.load_metadata_from_package(path, name)
-    _check_built_for_here(metadata, ref)
+    try:
+        metadata = loader_cls.load_metadata_from_package(path, name)
+    except RuntimeError as e:
+        raise InvalidModelError(f"model {ref!r}: torch's AOTInductor loader cannot read it: {e}",
+                                "INVALID_ARGUMENT") from None
+    _check_built_for_here(metadata, ref, device_index)
     gpu = None
     if metadata.get("AOTI_DEVICE_KEY", "cpu") != "cpu":
         gpu = _store.gpu_device(f"cuda:{device_index}" if device_index >= 0 else "cuda")
@@ -306,12 +395,10 @@ def load_aoti(ref: str, device_index: int = -1, socket: str | None = None):
         tensors = _store._state_dict(mapping)
     weights = json.loads(files[f"data/aotinductor/{name}/weights_config.json"])
     constants = {fqn: tensors[fqn] for fqn in weights}
-    from torch.export.pt2_archive._package import AOTICompiledModel
     try:
-        runner = AOTICompiledModel(loader_cls(path, name, False, 1, device_index))
+        runner = _runner_class()(loader_cls(path, name, False, 1, device_index), constants)
         runner.load_constants(constants, check_full_update=True, user_managed=True)
     except RuntimeError as e:
         raise InvalidModelError(f"model {ref!r}: torch's AOTInductor loader refuses it: {e}",
                                 "INVALID_ARGUMENT") from None
-    runner._zerocopy_constants = constants  # user_managed: the loader holds their addresses, not them
     return runner

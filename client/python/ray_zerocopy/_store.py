@@ -19,6 +19,7 @@ weights for every process on the GPU.
 """
 import collections
 import contextlib
+import functools
 import gc
 import io
 import pickle
@@ -163,13 +164,18 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
     return info
 
 
-def _is_exported_module(o) -> bool:
-    """An ExportedProgram's module() (torch.export's unlifted graph module)."""
+@functools.lru_cache(maxsize=None)
+def _exported_module_type():
     try:
         from torch.export._unlift import _StatefulGraphModule
-    except ImportError:
-        return False
-    return isinstance(o, _StatefulGraphModule)
+        return _StatefulGraphModule
+    except ImportError:  # a torch without it: no object is one
+        return ()
+
+
+def _is_exported_module(o) -> bool:
+    """An ExportedProgram's module() (torch.export's unlifted graph module)."""
+    return isinstance(o, _exported_module_type())
 
 
 def _portable_graph_module(m) -> torch.fx.GraphModule:

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <set>
 
 #include <catch2/catch.hpp>
 
@@ -58,6 +59,31 @@ TEST_CASE("a torch.export archive: weights and constants are tensors, the rest o
   }
   CHECK_FALSE(files.count("data/weights/weight_0"));  // a tensor's record is not also a file
   CHECK(files.at("archive_format") == 3);
+}
+
+TEST_CASE("an AOTInductor package: its weight records are tensors in place, its library a file", "[pt2]") {
+  // make_seeds.py's aoti: fc.weight (2x3) and tied.weight (3, from element
+  // 3) over one torch.save record, fc.bias over another.
+  const std::string bytes = Slurp(kSeeds + "aoti");
+  auto checkpoint = ParsePt2Archive(U8(bytes), bytes.size());
+  REQUIRE(checkpoint.ok());
+  const auto& m = checkpoint->source.manifest;
+  CHECK(m.format() == "aoti");
+  REQUIRE(ValidateManifest(m).ok());
+  std::map<std::string, const v1::Tensor*> tensors;
+  for (const auto& t : m.tensors()) tensors[t.name()] = &t;
+  REQUIRE(tensors.size() == 3);
+  CHECK(tensors.at("fc.weight")->storage() == tensors.at("tied.weight")->storage());
+  CHECK(tensors.at("tied.weight")->byte_offset() == 12);
+  const auto* weight = static_cast<const float*>(checkpoint->source.storage_data[tensors.at("fc.weight")->storage()]);
+  CHECK(weight[5] == 5.0f);  // the record's tensor bytes, in place in the archive
+  CHECK(reinterpret_cast<const uint8_t*>(weight) > U8(bytes));
+  CHECK(reinterpret_cast<const uint8_t*>(weight) < U8(bytes) + bytes.size());
+  std::set<std::string> files;
+  for (const auto& f : m.files()) files.insert(f.name());
+  CHECK(files.count("data/aotinductor/model/m.wrapper.so"));
+  CHECK(files.count("data/aotinductor/model/weights_config.json"));
+  CHECK_FALSE(files.count("data/weights/weight_0"));
 }
 
 TEST_CASE("torch.export archives are detected from their entries", "[pt2]") {

@@ -74,7 +74,11 @@ class AotInductorModel {
 // metadata, everything but the weights) are written once per user to
 // `cache_dir`/<digest>/ (default: $ZEROCOPY_AOTI_CACHE, else
 // ~/.cache/zerocopy/aoti; the directory ray_zerocopy.load_aoti uses), which
-// torch's loader opens. Errors: INVALID_ARGUMENT when the model is not an
+// torch's loader opens; the cache and that directory must be this user's
+// and writable by no one else, and an incomplete one is written again.
+// The library is native code of the model's publisher: as with
+// LoadTorchScript, the caller decides whom to trust (MappedModel's info
+// names the publisher; ray_zerocopy.load_aoti checks it). Errors: INVALID_ARGUMENT when the model is not an
 // AOTInductor package or torch's loader refuses it; FAILED_PRECONDITION
 // for a package compiled for a GPU, another platform or instructions this
 // CPU lacks (torch's loader only warns, and the library could then crash
