@@ -524,43 +524,38 @@ class Bench:
         return res
 
 
-def across_nodes(args):
-    """Section 7 in its own process (bench_cluster.py): it starts a Ray
-    cluster of its own, once this process's Ray instance is down."""
-    sizes = [256] if args.quick else [256, 1024]
-    log(f"bench: across nodes ({', '.join(map(str, sizes))} MiB)")
-    r = subprocess.run([sys.executable, str(HERE / "bench_cluster.py"), "--build", args.build, "--sizes",
-                        *map(str, sizes), "--repeats", "2" if args.quick else "3"],
-                       capture_output=True, text=True, timeout=1800)
+def section(script: str, argv: list, timeout: int) -> dict:
+    """A section run as its own process (a Ray cluster or a zerocopyd of its
+    own): its last JSON line, or {"error": what it printed last}."""
+    r = subprocess.run([sys.executable, str(HERE / script), *map(str, argv)], capture_output=True, text=True,
+                       timeout=timeout)
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not lines:
         return {"error": (r.stderr or r.stdout)[-3000:]}
     return json.loads(lines[-1])
+
+
+def across_nodes(args):
+    """Section 7 (bench_cluster.py): it starts a Ray cluster of its own,
+    once this process's Ray instance is down."""
+    sizes = [256] if args.quick else [256, 1024]
+    log(f"bench: across nodes ({', '.join(map(str, sizes))} MiB)")
+    return section("bench_cluster.py", ["--build", args.build, "--sizes", *sizes, "--repeats",
+                                        2 if args.quick else 3], 1800)
 
 
 def hugging_face(args):
-    """Section 9 in its own process (bench_hf.py, a zerocopyd of its own)."""
+    """Section 9 (bench_hf.py, a zerocopyd of its own)."""
     log("bench: a Hugging Face model in a fresh process")
-    argv = [sys.executable, str(HERE / "bench_hf.py"), "--build", args.build, "--repeats", "1" if args.quick else "3"]
-    if args.quick:
-        argv += ["--hidden", "512", "--layers", "4"]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        return {"error": (r.stderr or r.stdout)[-3000:]}
-    return json.loads(lines[-1])
+    quick = ["--hidden", 512, "--layers", 4] if args.quick else []
+    return section("bench_hf.py", ["--build", args.build, "--repeats", 1 if args.quick else 3, *quick], 3600)
 
 
 def exported(args):
-    """Section 10 in its own process (bench_export.py, a zerocopyd of its own)."""
+    """Section 10 (bench_export.py, a zerocopyd of its own)."""
     log("bench: a torch.export program in a fresh process")
-    argv = [sys.executable, str(HERE / "bench_export.py"), "--build", args.build, "--repeats",
-            "1" if args.quick else "3"] + (["--quick"] if args.quick else [])
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode != 0 or not lines:
-        return {"error": (r.stderr or r.stdout)[-3000:]}
-    return json.loads(lines[-1])
+    quick = ["--quick"] if args.quick else []
+    return section("bench_export.py", ["--build", args.build, "--repeats", 1 if args.quick else 3, *quick], 3600)
 
 
 def fan_out(args):

@@ -26,7 +26,6 @@ JSON line on stdout.
 """
 import argparse
 import json
-import statistics
 import sys
 import textwrap
 import time
@@ -121,7 +120,7 @@ def main():
     build = Path(args.build)
     sys.path.insert(0, str(build / "python"))
     sys.path.insert(0, str(HERE))
-    from fresh_process import run_once, scratch_daemon, spawn
+    from fresh_process import medians, scratch_daemon, spawn
     from test_ray import segment_pss
 
     out = {"models": {}}
@@ -134,18 +133,10 @@ def main():
             preload_s = time.perf_counter() - t0
             results = {}
             for loader in LOADERS:
-                # The first run warms the page cache: not counted.
-                runs = [run_once(CHILD, [loader, path, name], env) for _ in range(args.repeats + 1)][1:]
-                errors = [r["error"] for r in runs if "error" in r]
-                if errors:
-                    results[loader] = {"error": errors[0]}
-                    continue
-                results[loader] = {k: statistics.median(r[k] for r in runs) for k in ("import_s", "ready_s",
-                                                                                       "output_s")}
-                results[loader]["output_sum"] = runs[0]["output_sum"]
-                results[loader]["runs"] = runs
-                print(f"bench_export: {label}, {loader}: {results[loader]['ready_s']:.3f} s", file=sys.stderr,
-                      flush=True)
+                results[loader] = medians(CHILD, [loader, path, name], env, args.repeats,
+                                          ("import_s", "ready_s", "output_s"), f"bench_export: {label}, {loader}")
+                if "runs" in results[loader]:
+                    results[loader]["output_sum"] = results[loader]["runs"][0]["output_sum"]
             if len({r.get("output_sum") for r in results.values()}) != 1:
                 results["mismatch"] = "the loaders' outputs differ"
             entry = dict(model, file_bytes=path.stat().st_size, preload_s=preload_s, loaders=results, aoti=aoti)

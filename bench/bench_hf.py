@@ -23,7 +23,6 @@ their summed PSS of its segment against its size. One JSON line on stdout.
 """
 import argparse
 import json
-import statistics
 import sys
 import textwrap
 import time
@@ -123,7 +122,7 @@ def main():
     build = Path(args.build)
     sys.path.insert(0, str(build / "python"))
     sys.path.insert(0, str(HERE))
-    from fresh_process import run_once, scratch_daemon, spawn
+    from fresh_process import medians, scratch_daemon, spawn
     from test_ray import segment_pss
 
     with scratch_daemon(build, "zc-bench-hf-") as (daemon, work, env):
@@ -135,15 +134,8 @@ def main():
         preload_s = time.perf_counter() - t0
         results = {}
         for loader in LOADERS:
-            # The first run warms the page cache: not counted.
-            runs = [run_once(CHILD, [loader, d, name], env) for _ in range(args.repeats + 1)][1:]
-            errors = [r["error"] for r in runs if "error" in r]
-            if errors:
-                results[loader] = {"error": errors[0]}
-                continue
-            results[loader] = {k: statistics.median(r[k] for r in runs) for k in ("import_s", "ready_s", "logits_s")}
-            results[loader]["runs"] = runs
-            print(f"bench_hf: {loader}: {results[loader]['ready_s']:.3f} s", file=sys.stderr, flush=True)
+            results[loader] = medians(CHILD, [loader, d, name], env, args.repeats, ("import_s", "ready_s", "logits_s"),
+                                      f"bench_hf: {loader}")
         # Four processes of ours at once: one copy between them.
         digest = daemon.run("inspect", name)["model"]["digest"]
         procs = [spawn(CHILD, ["ours", d, name], env, hold=True) for _ in range(4)]

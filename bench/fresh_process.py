@@ -44,3 +44,18 @@ def scratch_daemon(build: Path, prefix: str):
         daemon.stop()
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(segments, ignore_errors=True)
+
+
+def medians(code: str, argv: list, env: dict, repeats: int, keys: tuple, label: str) -> dict:
+    """`repeats` + 1 fresh processes of `code`; the first warms the page
+    cache and is not counted. The medians of `keys` over the rest (and the
+    runs themselves), or {"error": the first error}."""
+    import statistics
+    runs = [run_once(code, argv, env) for _ in range(repeats + 1)][1:]
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        return {"error": errors[0]}
+    out = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["runs"] = runs
+    print(f"{label}: {out[keys[1]]:.3f} s", file=sys.stderr, flush=True)
+    return out
