@@ -290,3 +290,45 @@ def test_the_readmes_ray_data_pool_classifies_with_the_shared_model(saved, ray_l
     with torch.no_grad():
         want = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
     assert got == dict(zip(texts, want))
+
+
+class Classifier:
+    """README "Hugging Face models": the Ray Serve deployment's class."""
+
+    def __init__(self):
+        self.tokenizer = ray_zerocopy.tokenizer("hf-bert")
+        self.model = ray_zerocopy.from_pretrained("hf-bert")
+
+    def __call__(self, texts: list) -> list:
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            return self.model(**inputs).logits.argmax(-1).tolist()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_the_readmes_serve_deployment_replicas_share_one_copy(saved, ray_local):
+    """Two Serve replicas on this node: the same labels as transformers'
+    own model, and between them one copy of the weights (the segment's
+    PSS summed over the replicas' processes)."""
+    from ray import serve
+    serve.start(proxy_location="Disabled")  # handles only: no HTTP listener
+    try:
+        app = serve.deployment(Classifier, num_replicas=2, ray_actor_options={"num_cpus": 0.5}).bind()
+        handle = serve.run(app, name="hf-serve", route_prefix=None)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(saved["bert"])
+        model = transformers.BertForSequenceClassification.from_pretrained(saved["bert"]).eval()
+        with torch.no_grad():
+            want = model(**tokenizer(TEXT, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
+        # Enough calls that both replicas answer (and touch every weight).
+        answers = [handle.remote(TEXT) for _ in range(12)]
+        assert all(a.result(timeout_s=120) == want for a in answers)
+        pids = {handle.pid.remote().result(timeout_s=60) for _ in range(24)}
+        assert len(pids) == 2, pids
+        info = ray_zerocopy._native.client().get("hf-bert")
+        pss = [segment_pss(pid, info["digest"]) for pid in pids]
+        assert all(rss > 0 for rss, _ in pss), pss  # each maps the model
+        assert sum(p for _, p in pss) <= 1.1 * info["size"], (pss, info["size"])
+    finally:
+        serve.shutdown()
