@@ -96,15 +96,32 @@ class Entries {
   std::map<std::string, const ZipEntry*> by_path_;
 };
 
-absl::StatusOr<json> ParseConfig(const Entries& entries, const ZipEntry& e, const std::string& path) {
-  if (e.size > kMaxConfigBytes)
+// A JSON object of the archive (a config), within the size and nesting
+// budgets.
+absl::StatusOr<json> ParseObject(const Entries& entries, const ZipEntry& e, const std::string& path) {
+  if (e.size > kMaxConfigBytes) {
     return Invalid(absl::StrCat(path, " is ", e.size, " bytes; the limit is ", kMaxConfigBytes));
+  }
   absl::string_view text = entries.Bytes(e);
   if (!internal::JsonNestingWithin(text, kMaxNesting)) return Invalid(absl::StrCat(path, " is nested too deeply"));
   json doc = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) return Invalid(absl::StrCat(path, " is not valid JSON"));
-  auto config = doc.is_object() ? doc.find("config") : doc.end();
+  if (!doc.is_object()) return Invalid(absl::StrCat(path, " is not a JSON object"));
+  return doc;
+}
+
+// At most kMaxEntries tensors in a config.
+absl::Status WithinEntries(const json& config, const std::string& path) {
+  if (config.size() > kMaxEntries) return Invalid(absl::StrCat(path, " has over ", kMaxEntries, " entries"));
+  return absl::OkStatus();
+}
+
+// The "config" object of a torch.export payload config.
+absl::StatusOr<json> ParseConfig(const Entries& entries, const ZipEntry& e, const std::string& path) {
+  ZC_ASSIGN_OR_RETURN(json doc, ParseObject(entries, e, path));
+  auto config = doc.find("config");
   if (config == doc.end() || !config->is_object()) return Invalid(absl::StrCat(path, " has no \"config\" object"));
+  ZC_RETURN_IF_ERROR(WithinEntries(*config, path));
   return std::move(*config);
 }
 
@@ -141,7 +158,6 @@ class PayloadReader {
     const ZipEntry* e = entries_.Find(config_path);
     if (e == nullptr) return absl::OkStatus();  // a program without weights (or constants)
     ZC_ASSIGN_OR_RETURN(json config, ParseConfig(entries_, *e, config_path));
-    if (config.size() > kMaxEntries) return Invalid(absl::StrCat(config_path, " has over ", kMaxEntries, " entries"));
     for (auto it = config.begin(); it != config.end(); ++it) {
       const std::string& fqn = it.key();
       const json& p = it.value();
@@ -175,15 +191,8 @@ class PayloadReader {
   absl::Status AddAotiWeights(const std::string& config_path) {
     const ZipEntry* e = entries_.Find(config_path);
     if (e == nullptr) return absl::OkStatus();
-    if (e->size > kMaxConfigBytes) return Invalid(absl::StrCat(config_path, " is ", e->size, " bytes"));
-    absl::string_view text = entries_.Bytes(*e);
-    if (!internal::JsonNestingWithin(text, kMaxNesting))
-      return Invalid(absl::StrCat(config_path, " is nested too deeply"));
-    json config = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-    if (config.is_discarded() || !config.is_object()) {
-      return Invalid(absl::StrCat(config_path, " is not a JSON object"));
-    }
-    if (config.size() > kMaxEntries) return Invalid(absl::StrCat(config_path, " has over ", kMaxEntries, " entries"));
+    ZC_ASSIGN_OR_RETURN(json config, ParseObject(entries_, *e, config_path));
+    ZC_RETURN_IF_ERROR(WithinEntries(config, config_path));
     for (auto it = config.begin(); it != config.end(); ++it) {
       const std::string& fqn = it.key();
       const json& w = it.value();

@@ -51,6 +51,17 @@ def preload_exported(program, name: str = "", pin: bool = False, socket: str | N
     return info
 
 
+def _open(ref: str, socket, fmt: str, what: str, kind: str):
+    """The host mapping of model `ref` and its files, once its publisher is
+    trusted to run `what` in this process (loaded by name) and it is a
+    model of format `fmt` (`kind` says what that is)."""
+    host = _store._map(ref, socket)
+    _store.check_publisher(ref, host.info, what)
+    if host.format != fmt:
+        raise InvalidModelError(f"model {ref!r} is {host.format!r}, not {kind} ({fmt!r})", "INVALID_ARGUMENT")
+    return host, host.files()
+
+
 def _program_name(files: dict, ref: str) -> str:
     programs = [n[len("models/"):-len(".json")] for n in files if n.startswith("models/") and n.endswith(".json")]
     if len(programs) != 1:
@@ -168,12 +179,8 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     publisher), or InvalidModelError for a model that is not a torch.export
     program or that this torch cannot read (the program's schema version,
     an operator it lacks)."""
-    host = _store._map(ref, socket)
-    _store.check_publisher(ref, host.info, "torch.export program")
-    if host.format != FORMAT:
-        raise InvalidModelError(f"model {ref!r} is {host.format!r}, not a torch.export program ({FORMAT!r}); "
-                                "preload a torch.export.save archive", "INVALID_ARGUMENT")
-    files = host.files()
+    host, files = _open(ref, socket, FORMAT, "torch.export program",
+                        "a torch.export program (preload a torch.export.save archive)")
     name = _program_name(files, ref)
     from torch._export.serde import schema
     from torch._export.serde.serialize import ExportedProgramDeserializer
@@ -299,27 +306,29 @@ def _cpu_has(isa: str) -> bool:
 def _check_built_for_here(metadata: dict, ref: str, device_index: int) -> None:
     """torch's loader only warns when a package was compiled for another
     machine; running it can then crash the process (an instruction this CPU
-    lacks). Refused here instead, naming the difference."""
-    from torch._inductor.codecache import get_device_information
+    lacks). Refused here instead, naming the difference. The values
+    compared are the ones torch records (codecache.get_device_information),
+    read here without its CPU probe (pick_vec_isa: about 60 ms in a fresh
+    process, for a value the instruction check below asks the CPU itself)."""
+    import platform
+    import sys
     device = metadata.get("AOTI_DEVICE_KEY", "cpu")
-    try:
-        if device == "cpu":
-            here = get_device_information(device)
-        else:
-            with torch.cuda.device(device_index if device_index >= 0 else torch.cuda.current_device()):
-                here = get_device_information(device)
-    except Exception as e:  # no CUDA here for a CUDA package
-        raise FailedPreconditionError(f"model {ref!r} is compiled for {device}, which this process cannot use: "
-                                      f"{type(e).__name__}: {e}", "FAILED_PRECONDITION") from None
-    problems = [f"{k} {metadata[k]!r} (this machine: {here[k]!r})" for k in ("AOTI_PLATFORM", "AOTI_MACHINE")
-                if metadata.get(k, here[k]) != here[k]]
+    here = {"AOTI_PLATFORM": sys.platform, "AOTI_MACHINE": platform.machine()}
+    problems = [f"{k} {metadata[k]!r} (this machine: {here[k]!r})" for k in here if metadata.get(k, here[k]) != here[k]]
     if device == "cpu":
         lacking = [i for i in metadata.get("AOTI_CPU_ISA", "").split() if not _cpu_has(i)]
         if lacking:
             problems.append(f"instructions {' '.join(lacking)} that this CPU lacks (or that cannot be checked here)")
-    elif metadata.get("AOTI_COMPUTE_CAPABILITY", here["AOTI_COMPUTE_CAPABILITY"]) != here["AOTI_COMPUTE_CAPABILITY"]:
-        problems.append(f"compute capability {metadata['AOTI_COMPUTE_CAPABILITY']} "
-                        f"(this GPU: {here['AOTI_COMPUTE_CAPABILITY']})")
+    else:
+        try:
+            from torch._dynamo.device_interface import get_interface_for_device
+            index = device_index if device_index >= 0 else torch.cuda.current_device()
+            capability = str(get_interface_for_device(device).get_compute_capability(index))
+        except Exception as e:  # no CUDA here for a CUDA package
+            raise FailedPreconditionError(f"model {ref!r} is compiled for {device}, which this process cannot use: "
+                                          f"{type(e).__name__}: {e}", "FAILED_PRECONDITION") from None
+        if metadata.get("AOTI_COMPUTE_CAPABILITY", capability) != capability:
+            problems.append(f"compute capability {metadata['AOTI_COMPUTE_CAPABILITY']} (this GPU: {capability})")
     if problems:
         raise FailedPreconditionError(f"model {ref!r} was compiled for another machine: {'; '.join(problems)}",
                                       "FAILED_PRECONDITION")
@@ -368,12 +377,7 @@ def load_aoti(ref: str, device_index: int = -1, socket: str | None = None):
     refuses, FailedPreconditionError for one compiled for another platform,
     CPU or GPU than this one (torch's loader only warns; running it could
     crash the process)."""
-    host = _store._map(ref, socket)
-    _store.check_publisher(ref, host.info, "AOTInductor library")
-    if host.format != AOTI_FORMAT:
-        raise InvalidModelError(f"model {ref!r} is {host.format!r}, not an AOTInductor package ({AOTI_FORMAT!r})",
-                                "INVALID_ARGUMENT")
-    files = host.files()
+    host, files = _open(ref, socket, AOTI_FORMAT, "AOTInductor library", "an AOTInductor package")
     name = _compiled_name(files, ref)
     try:
         path = _program_directory(host.digest, files)
