@@ -59,6 +59,9 @@ from .errors import (AlreadyExistsError, CorruptModelError, DaemonUnavailableErr
 LEAF_BYTES = 4 << 20  # the digest's leaf (common/include/zerocopy/digest.h): chunks are whole leaves
 CHUNK_BYTES = -(-int(os.environ.get("ZEROCOPY_PULL_CHUNK_BYTES", 8 << 20)) // LEAF_BYTES) * LEAF_BYTES
 IN_FLIGHT = int(os.environ.get("ZEROCOPY_PULL_IN_FLIGHT", 4))
+# How long a source's generator task may take to return after its last
+# chunk before it is cancelled (_stop).
+GENERATOR_END_S = 2.0
 # How long a process waits for another one of its node to finish a pull,
 # and for one chunk or probe to arrive; how long a relay waits for a chunk
 # it does not have yet before its puller looks elsewhere.
@@ -378,6 +381,20 @@ def _sources(ray, digest: str, origin: str | None, here: str, tried: list):
     yield from _probe_all(ray, digest, others, tried)
 
 
+def _stop(ray, gen, ended: bool) -> None:
+    """Cancels a source's chunk generator unless its task has finished. A
+    cancel that crosses the task's completion trips a check in Ray's core
+    worker (task_manager.cc: "Tried to complete task that was not pending")
+    that kills this process; after the last chunk (`ended`) the source's
+    task is given a moment to return first, and after a failure (most often
+    the source's own, its task ending as this one sees it) a shorter one,
+    so only a source that is still serving is cancelled."""
+    done, _ = ray.wait([gen.completed()], timeout=GENERATOR_END_S if ended else GENERATOR_END_S / 10,
+                       fetch_local=False)
+    if not done:
+        ray.cancel(gen)
+
+
 def _probe_all(ray, digest: str, nodes: list[str], tried: list):
     refs = {node: _on(ray, _probe, node).remote(digest) for node in nodes}
     found = []
@@ -511,6 +528,7 @@ class _Transfer:
         corrupt_test = os.environ.get(_CORRUPT_ENV) == "1"
         pause = float(os.environ.get(_PAUSE_ENV, 0))
         pending: collections.deque = collections.deque()
+        ended = False
         try:
             for i in todo:
                 while len(pending) < IN_FLIGHT:
@@ -554,9 +572,10 @@ class _Transfer:
                 self._report()
                 if pause:
                     time.sleep(pause)
+            ended = True
         finally:
             pending.clear()  # dropping the refs frees their objects
-            ray.cancel(gen)
+            _stop(ray, gen, ended)
 
     def report(self, ok: bool, node: str | None, start: float, tried: list) -> dict:
         """What recent_pulls() lists for this pull."""
