@@ -7,7 +7,10 @@ and the model's modeling module done before the clock (every loader pays
 that import alike; its cost is reported apart; ours imports ray_zerocopy
 before it too), the page cache warm (a first run of each is not counted):
 
-  ours            ray_zerocopy.from_pretrained(name)
+  ours            ray_zerocopy.from_pretrained(name), the skeleton the
+                  node's first process kept unpickled (ray_zerocopy/_cache.py)
+  ours-first      the same in the node's first process (of this user): it
+                  builds the model with transformers and keeps the skeleton
   transformers    AutoModelForCausalLM.from_pretrained(DIR)
   safetensors     the class built from the config, then load_file of every
                   shard and load_state_dict
@@ -32,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests/python"))
 
-LOADERS = ["ours", "transformers", "safetensors", "runai", "fastsafetensors"]
+LOADERS = ["ours", "ours-first", "transformers", "safetensors", "runai", "fastsafetensors"]
 
 # Run in a fresh process: argv = loader, directory, name. Prints one JSON line.
 CHILD = textwrap.dedent("""
@@ -42,16 +45,20 @@ CHILD = textwrap.dedent("""
     import transformers.models.llama.modeling_llama
     imported = time.perf_counter() - t0
     loader, d, name = sys.argv[1:4]
-    if loader == "ours":  # its imports before the clock too, as transformers'
+    if loader.startswith("ours"):  # its imports before the clock too, as transformers'
         import ray_zerocopy, ray_zerocopy._hf
-    config = transformers.AutoConfig.from_pretrained(d) if loader != "ours" else None
+    if loader == "ours-first":  # the node's first process of this user: nothing kept yet
+        import os, tempfile
+        os.environ["ZEROCOPY_SKELETON_CACHE"] = tempfile.mkdtemp(  # in the bench's work directory
+            dir=os.path.dirname(os.environ["ZEROCOPY_SKELETON_CACHE"]), prefix="skeletons-")
+    config = transformers.AutoConfig.from_pretrained(d) if not loader.startswith("ours") else None
 
     def shards():
         import glob
         return sorted(glob.glob(d + "/*.safetensors"))
 
     start = time.perf_counter()
-    if loader == "ours":
+    if loader.startswith("ours"):
         model = ray_zerocopy.from_pretrained(name)
     elif loader == "transformers":
         model = transformers.AutoModelForCausalLM.from_pretrained(d)

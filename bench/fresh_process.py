@@ -29,14 +29,16 @@ def run_once(code: str, argv: list, env: dict) -> dict:
 @contextlib.contextmanager
 def scratch_daemon(build: Path, prefix: str):
     """A zerocopyd of its own (segments in /dev/shm), a work directory, and
-    the environment a child needs to reach both (AOTInductor programs
-    cached in the work directory); all removed on exit.
+    the environment a child needs to reach both (AOTInductor programs and
+    built-model skeletons cached in the work directory); all removed on
+    exit.
     Yields (daemon, work directory, environment)."""
     from bench import Daemon
     work = Path(tempfile.mkdtemp(prefix=prefix))
     segments = tempfile.mkdtemp(prefix=prefix, dir="/dev/shm")
     daemon = Daemon(build, segments, "4G")
     env = dict(os.environ, ZEROCOPY_SOCKET=daemon.socket, ZEROCOPY_AOTI_CACHE=str(work / "aoti-cache"),
+               ZEROCOPY_SKELETON_CACHE=str(work / "skeletons"),
                PYTHONPATH=os.pathsep.join([str(build / "python"), os.environ.get("PYTHONPATH", "")]))
     try:
         yield daemon, work, env

@@ -452,7 +452,8 @@ def fan_out_lines(x):
     return lines
 
 
-HF_LOADERS = {"ours": "ours: `ray_zerocopy.from_pretrained(name)`",
+HF_LOADERS = {"ours": "ours: `ray_zerocopy.from_pretrained(name)` (the skeleton the node's first process kept)",
+              "ours-first": "ours, the node's first process (builds with transformers, keeps the skeleton)",
               "transformers": "`AutoModelForCausalLM.from_pretrained(DIR)`",
               "safetensors": "the class from the config, `load_file` of each shard, `load_state_dict`",
               "runai": "runai-model-streamer into a state dict, then transformers",

@@ -2,6 +2,7 @@
 directory, the package from the source tree with its extension from the
 build tree, and (for the Ray tests) a local Ray instance bound to
 127.0.0.1 with the dashboard and usage stats off."""
+import atexit
 import os
 import shutil
 import signal
@@ -24,6 +25,11 @@ for p in reversed(PACKAGE_PATHS):
         sys.path.insert(0, p)
 os.environ["PYTHONPATH"] = os.pathsep.join(PACKAGE_PATHS + [os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# Built-model skeletons (ray_zerocopy/_cache.py) in a directory of this run,
+# not the user's ~/.cache; removed at exit.
+_SKELETONS = tempfile.mkdtemp(prefix="zc-test-skeletons-")
+os.environ["ZEROCOPY_SKELETON_CACHE"] = _SKELETONS
+atexit.register(shutil.rmtree, _SKELETONS, True)
 
 
 class Daemon:

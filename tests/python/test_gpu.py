@@ -196,16 +196,20 @@ def test_a_hugging_face_model_on_the_shared_device_copy(gpu_daemon, monkeypatch,
     monkeypatch.setenv("ZEROCOPY_SOCKET", gpu_daemon.socket)
     d = make(tmp_path, "llama")
     info = ray_zerocopy.preload_pretrained(str(d), name="hf-gpu")
-    model = ray_zerocopy.from_pretrained("hf-gpu", device="cuda:0")
-    params = list(model.parameters())
-    assert all(p.device == torch.device("cuda", 0) for p in params)
-    assert all(b.device == torch.device("cuda", 0) for b in model.buffers())
-    base = min(p.data_ptr() for p in params)
-    assert max(p.data_ptr() for p in params) - base < info["size"]  # all in the one shared copy
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "skeletons"))
     theirs = transformers.LlamaForCausalLM.from_pretrained(d).to("cuda:0").eval()
     ids = torch.tensor([[1, 2, 3, 4]], device="cuda:0")
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, theirs(ids).logits, rtol=1e-4, atol=1e-5)
+    # Built by transformers, then unpickled from the skeleton the first kept.
+    for model in (ray_zerocopy.from_pretrained("hf-gpu", device="cuda:0"),
+                  ray_zerocopy.from_pretrained("hf-gpu", device="cuda:0")):
+        params = list(model.parameters())
+        assert all(p.device == torch.device("cuda", 0) for p in params)
+        assert all(b.device == torch.device("cuda", 0) for b in model.buffers())
+        base = min(p.data_ptr() for p in params)
+        assert max(p.data_ptr() for p in params) - base < info["size"]  # all in the one shared copy
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, theirs(ids).logits, rtol=1e-4, atol=1e-5)
+    assert len(list((tmp_path / "skeletons").glob("*/*.pkl"))) == 1
 
 
 def test_an_exported_program_and_a_cuda_aoti_package_on_the_shared_device_copy(gpu_daemon, monkeypatch, tmp_path):

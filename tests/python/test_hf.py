@@ -99,37 +99,103 @@ def segment_ranges(digest: str) -> list[tuple[int, int]]:
     return ranges
 
 
+def _not_built(*args, **kwargs):
+    raise AssertionError("the model was built, not unpickled from its skeleton")
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_from_pretrained_equals_transformers_and_maps_every_weight(saved, kind):
+def test_from_pretrained_equals_transformers_and_maps_every_weight(saved, kind, monkeypatch, tmp_path):
     d = saved[kind]
-    ours = ray_zerocopy.from_pretrained(f"hf-{kind}")
+    cache = tmp_path / "skeletons"
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(cache))
+    built = ray_zerocopy.from_pretrained(f"hf-{kind}")  # by transformers; its skeleton kept
+    assert len(list(cache.glob("*/*.pkl"))) == 1
+    with monkeypatch.context() as m:  # the next one: the skeleton unpickled over the mapping
+        m.setattr(ray_zerocopy._hf, "_files_on_disk", _not_built)
+        unpickled = ray_zerocopy.from_pretrained(f"hf-{kind}")
     theirs = transformers.AutoConfig.from_pretrained(d).architectures[0]
     theirs = getattr(transformers, theirs).from_pretrained(d)
-    assert type(ours) is type(theirs)
-    assert not ours.training and not any(p.requires_grad for p in ours.parameters())
-    assert ours.dtype == theirs.dtype == (torch.bfloat16 if "bf16" in kind else torch.float32)
-    # Every parameter is a view of the model's segment, not a copy.
     digest = ray_zerocopy._native.client().get(f"hf-{kind}")["digest"]
     ranges = segment_ranges(digest)
     assert ranges
-    for name, p in ours.named_parameters():
-        assert any(lo <= p.data_ptr() < hi for lo, hi in ranges), name
-    # Ties and computed buffers as transformers makes them.
-    if kind in ("gpt2", "qwen2-bf16"):
-        assert ours.lm_head.weight.data_ptr() == ours.get_input_embeddings().weight.data_ptr()
-    for (name, b), (_, c) in zip(ours.named_buffers(), theirs.named_buffers()):
-        assert torch.equal(b, c), name
     tok = ray_zerocopy.tokenizer(f"hf-{kind}")
     ref_tok = transformers.AutoTokenizer.from_pretrained(d)
     for text in TEXT:
         assert tok(text)["input_ids"] == ref_tok(text)["input_ids"]
     batch = ref_tok(TEXT[:2], return_tensors="pt", padding=True) if kind == "bert" else ref_tok(TEXT[0],
                                                                                                return_tensors="pt")
-    with torch.no_grad():
-        assert torch.equal(ours(**batch).logits, theirs(**batch).logits)
-    if kind != "bert":
-        kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=ref_tok.eos_token_id)
-        assert torch.equal(ours.generate(**batch, **kw), theirs.generate(**batch, **kw))
+    for ours in (built, unpickled):
+        assert type(ours) is type(theirs)
+        assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+        assert ours.dtype == theirs.dtype == (torch.bfloat16 if "bf16" in kind else torch.float32)
+        # Every parameter is a view of the model's segment, not a copy.
+        for name, p in ours.named_parameters():
+            assert any(lo <= p.data_ptr() < hi for lo, hi in ranges), name
+        # Ties and computed buffers as transformers makes them.
+        if kind in ("gpt2", "qwen2-bf16"):
+            assert ours.lm_head.weight.data_ptr() == ours.get_input_embeddings().weight.data_ptr()
+            assert ours.lm_head.weight is ours.get_input_embeddings().weight
+        for (name, b), (_, c) in zip(ours.named_buffers(), theirs.named_buffers(), strict=True):
+            assert torch.equal(b, c), name
+        assert ours.name_or_path == ours.config.name_or_path == f"hf-{kind}"
+        assert ours.config.to_dict() == dict(theirs.config.to_dict(), _name_or_path=f"hf-{kind}")
+        if kind != "bert":
+            assert ours.generation_config.to_dict() == theirs.generation_config.to_dict()
+        with torch.no_grad():
+            assert torch.equal(ours(**batch).logits, theirs(**batch).logits)
+        if kind != "bert":
+            kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=ref_tok.eos_token_id)
+            assert torch.equal(ours.generate(**batch, **kw), theirs.generate(**batch, **kw))
+
+
+def test_a_skeleton_is_read_only_when_it_is_this_users_own_and_whole(saved, monkeypatch, tmp_path):
+    cache = tmp_path / "skeletons"
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(cache))
+    monkeypatch.setattr(ray_zerocopy._cache, "_warned", False)
+    builds = []
+    files_on_disk = ray_zerocopy._hf._files_on_disk
+    monkeypatch.setattr(ray_zerocopy._hf, "_files_on_disk", lambda *a: builds.append(1) or files_on_disk(*a))
+    expected = ray_zerocopy.from_pretrained("hf-llama")
+    ids = torch.tensor([[1, 2, 3, 4]])
+
+    def loads_right():
+        with torch.no_grad():
+            return torch.equal(ray_zerocopy.from_pretrained("hf-llama")(ids).logits, expected(ids).logits)
+
+    [skeleton] = cache.glob("*/*.pkl")
+    whole = skeleton.read_bytes()
+    assert builds == [1] and oct(cache.stat().st_mode & 0o777) == "0o700"
+    assert loads_right() and builds == [1]  # unpickled
+    # Writable by others: not read (one warning), built again.
+    skeleton.chmod(0o666)
+    with pytest.warns(RuntimeWarning, match="others may write it"):
+        assert loads_right()
+    assert builds == [1, 1]
+    skeleton.chmod(0o600)
+    # In a directory others may write: the same.
+    monkeypatch.setattr(ray_zerocopy._cache, "_warned", False)
+    skeleton.parent.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match="no skeleton in it is read"):
+        assert loads_right()
+    assert builds == [1, 1, 1]
+    skeleton.parent.chmod(0o700)
+    # Cut short (a writer that died): removed, built again, kept whole again.
+    skeleton.write_bytes(whole[:len(whole) // 2])
+    assert loads_right() and builds == [1, 1, 1, 1]
+    assert skeleton.read_bytes() == whole
+    assert loads_right() and builds == [1, 1, 1, 1]
+    # Another transformers: another skeleton, built.
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", transformers.__version__ + ".other")
+    assert loads_right() and builds == [1] * 5 and len(list(cache.glob("*/*.pkl"))) == 2
+    # Another dtype copies the weights: built each time, nothing kept.
+    for _ in range(2):
+        with torch.no_grad():
+            ray_zerocopy.from_pretrained("hf-llama", dtype=torch.bfloat16)(ids)
+    assert builds == [1] * 7 and len(list(cache.glob("*/*.pkl"))) == 2
+    # A model whose own tensors (here its rotary buffers) exceed the limit: not kept.
+    shutil.rmtree(cache)
+    monkeypatch.setattr(ray_zerocopy._cache, "MAX_OWN_BYTES", 16)
+    assert loads_right() and not list(cache.glob("*/*.pkl"))
 
 
 def test_a_model_class_an_auto_class_and_another_dtype(saved):

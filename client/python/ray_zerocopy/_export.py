@@ -27,7 +27,7 @@ import typing
 
 import torch
 
-from . import _cluster, _native, _store
+from . import _cache, _cluster, _native, _store
 from .errors import FailedPreconditionError, InvalidModelError
 
 FORMAT = "torch-export"
@@ -211,20 +211,7 @@ AOTI_FORMAT = "aoti"
 
 
 def _cache_dir() -> str:
-    return os.environ.get("ZEROCOPY_AOTI_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "zerocopy",
-                                                                 "aoti")
-
-
-def _private(path: str) -> bool:
-    """A directory of this user's that no one else may write (not a link):
-    what the cache and each program in it must be before a library in it
-    is loaded."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    import stat
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+    return _cache.directory("ZEROCOPY_AOTI_CACHE", "aoti")
 
 
 def _complete(path: str, files: dict) -> bool:
@@ -251,12 +238,12 @@ def _program_directory(digest: str, files: dict) -> str:
     cache = _cache_dir()
     path = os.path.join(cache, digest)
     os.makedirs(cache, mode=0o700, exist_ok=True)
-    if not _private(cache):
+    if not _cache.private(cache):
         raise FailedPreconditionError(f"the AOTInductor program cache {cache} is not a directory of this user "
                                       f"(uid {os.geteuid()}) writable by no one else; set ZEROCOPY_AOTI_CACHE",
                                       "FAILED_PRECONDITION")
     if os.path.lexists(path):
-        if _private(path) and _complete(path, files):
+        if _cache.private(path) and _complete(path, files):
             return path
         try:  # moved aside, not removed: a process may be running from it
             os.rename(path, tempfile.mkdtemp(dir=cache, prefix=f".{digest}.stale."))
@@ -273,7 +260,7 @@ def _program_directory(digest: str, files: dict) -> str:
         try:
             os.rename(tmp, path)
         except OSError:  # another process wrote it first
-            if not (_private(path) and _complete(path, files)):
+            if not (_cache.private(path) and _complete(path, files)):
                 raise
     finally:
         if os.path.isdir(tmp):

@@ -14,17 +14,21 @@ other nodes of a Ray cluster.
 state dict: transformers makes the model on the meta device, ties the
 weights it ties, computes the buffers the checkpoint lacks (rotary
 ``inv_freq``) and takes every checkpoint tensor as it is, so the
-parameters are views of the mapping, not copies. transformers,
-huggingface_hub and tokenizers are imported only here, when these
-functions are called.
+parameters are views of the mapping, not copies. That build takes
+transformers' set-up (~0.1 s and more); so the first process of a user on
+a node keeps what it built as a skeleton (the model pickled with every
+mapped tensor a reference: _cache.py), and the next ones unpickle it over
+their own mapping in milliseconds. transformers, huggingface_hub and
+tokenizers are imported only here, when these functions are called.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 
-from . import _cluster, _native, _store
+from . import _cache, _cluster, _native, _store
 from .errors import InvalidModelError, ModelNotFoundError, ZeroCopyError
 
 # Hub files that are never weights we read: left out of a download.
@@ -164,6 +168,27 @@ def _quiet(transformers):
             logging.enable_progress_bar()
 
 
+def _recipe(transformers, gpu, model_class) -> tuple | None:
+    """What a kept skeleton of from_pretrained's is built with (_cache.py):
+    the transformers, the device, the class asked for: one of
+    transformers' by name, another by its source file as it is now (an
+    edited class gets another skeleton); None (no skeleton kept) for a
+    class without a file (defined in __main__, or sent by value)."""
+    cls = None
+    if model_class is not None:
+        cls = f"{model_class.__module__}.{model_class.__qualname__}"
+        if not model_class.__module__.startswith("transformers."):
+            path = getattr(sys.modules.get(model_class.__module__), "__file__", None)
+            if model_class.__module__ == "__main__" or not path:
+                return None
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            cls = (cls, path, st.st_mtime_ns, st.st_size)
+    return ("transformers.from_pretrained", transformers.__version__, str(gpu or "cpu"), cls)
+
+
 def from_pretrained(ref: str, device="cpu", model_class=None, dtype=None, socket: str | None = None):
     """The transformers model stored as `ref` (a name, a digest, or a Hub id
     given to preload_pretrained), built by transformers' own
@@ -178,6 +203,13 @@ def from_pretrained(ref: str, device="cpu", model_class=None, dtype=None, socket
     copies the weights into this process. Inside Ray, a model this node
     lacks is pulled from another node first.
 
+    The first call of this user on this node for the model (and these
+    arguments) builds it with transformers and keeps its skeleton in
+    ~/.cache/zerocopy/skeletons ($ZEROCOPY_SKELETON_CACHE); later calls,
+    in any process of the user, unpickle that skeleton over the mapping:
+    the same model, in milliseconds. With `dtype` given, or a
+    `model_class` defined in __main__, the model is built every time.
+
     Raises InvalidModelError when the model keeps no config, transformers
     cannot read it or lacks its architecture, or the class has tensors the
     checkpoint lacks or has in other shapes (naming the first few); nothing
@@ -187,16 +219,24 @@ def from_pretrained(ref: str, device="cpu", model_class=None, dtype=None, socket
     transformers = _transformers()
     ref = _ref(ref)
     host = _store._map(ref, socket)
+    gpu = _store.gpu_device(device)
+    mapping = host if gpu is None else _store._map(host.digest, socket, device=gpu)
+    recipe = None
+    if dtype is None:  # another dtype copies the weights: nothing to keep
+        recipe = _recipe(transformers, gpu, model_class)
+    if recipe is not None:
+        model = _cache.get(mapping, recipe)
+        if model is not None:
+            return model
     files = host.files()
     with _files_on_disk(files, ref) as d:
         config = _config(transformers, d, files, ref)
         generation = (transformers.GenerationConfig.from_pretrained(d) if "generation_config.json" in files
                       else None)
     cls = _model_class(transformers, config, model_class, ref)
-    gpu = _store.gpu_device(device)
-    mapping = host if gpu is None else _store._map(host.digest, socket, device=gpu)
     with _store._no_gc():
         state = _store._state_dict(mapping)
+    tensors = list(state.values())  # in the manifest's order, whatever transformers does with the dict
     try:
         with _quiet(transformers):
             # Mismatched shapes come back in `info` (to be named below), not as
@@ -220,10 +260,13 @@ def from_pretrained(ref: str, device="cpu", model_class=None, dtype=None, socket
                                 "INVALID_ARGUMENT")
     if generation is not None and getattr(model, "generation_config", None) is not None:
         model.generation_config = generation  # as from_pretrained(DIR) reads it
+    model.config.name_or_path = model.name_or_path = ref  # transformers says the directory; this is the store's name
     if gpu is not None:
         model.to(gpu)  # the buffers transformers computed; the weights are there already
     model.eval()
     model.requires_grad_(False)
+    if recipe is not None:
+        _cache.put(mapping, tensors, model, recipe)
     return model
 
 

@@ -122,9 +122,33 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
         by_view.setdefault(_view(t), len(tensors))
         tensors.append((tname, s, t.storage_offset() * t.element_size(), dtype_code(t.dtype),
                         list(t.shape), list(t.stride())))
+    def storage_id(o):
+        if isinstance(o, torch.storage.TypedStorage):
+            return ("storage", storages.add(o._untyped_storage), dtype_code(o.dtype))
+        if isinstance(o, torch.UntypedStorage):
+            return ("storage", storages.add(o), "U8")
+        return None
+
+    Pickler = skeleton_pickler(pickler_base, _view, by_view, storage_id)
+    buffer = io.BytesIO()
+    buffer.write(MAGIC)
+    Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    regions = [(s.data_ptr(), s.nbytes()) for s in storages.host]
+    info = _native.client(socket).publish(regions, tensors, buffer.getvalue(), "torch", name, pin)
+    _cluster.register(info["digest"], name, socket)
+    return info
+
+
+def skeleton_pickler(base, view_of, by_view: dict, other=lambda o: None):
+    """A pickler class (over `base`) that pickles each plain tensor which is
+    a manifest tensor's view (by_view: view_of(tensor) -> its index) as a
+    reference to it, which unpickle() resolves to the tensor the mapping
+    makes; `other(o)` gives any other object's reference (None: pickled as
+    torch pickles it). ExportedProgram.module()s pickle as a portable
+    GraphModule (_portable_graph_module)."""
     objects: dict = {}  # manifest index -> the distinct tensor objects pickled as it
 
-    class Pickler(pickler_base):
+    class Pickler(base):
         def persistent_id(self, o):
             # A plain tensor that is a manifest tensor's view (a parameter's
             # data, a buffer) is pickled as a reference to it: load() hands
@@ -135,7 +159,7 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
             # pickles those as ever.
             if (type(o) is torch.Tensor and o.layout is torch.strided and not o.is_nested and not o.is_conj()
                     and not o.is_neg() and o._backward_hooks is None and not o.__dict__):
-                i = by_view.get(_view(o))
+                i = by_view.get(view_of(o))
                 if i is not None:
                     seen = objects.setdefault(i, [])
                     k = next((k for k, x in enumerate(seen) if x is o), None)
@@ -143,11 +167,7 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
                         k = len(seen)
                         seen.append(o)
                     return ("tensor", i, o.requires_grad, k)
-            if isinstance(o, torch.storage.TypedStorage):
-                return ("storage", storages.add(o._untyped_storage), dtype_code(o.dtype))
-            if isinstance(o, torch.UntypedStorage):
-                return ("storage", storages.add(o), "U8")
-            return None
+            return other(o)
 
         def reducer_override(self, o):
             if _is_exported_module(o):
@@ -155,13 +175,7 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
             base = getattr(super(), "reducer_override", None)  # cloudpickle's; the standard Pickler has none
             return base(o) if base is not None else NotImplemented
 
-    buffer = io.BytesIO()
-    buffer.write(MAGIC)
-    Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    regions = [(s.data_ptr(), s.nbytes()) for s in storages.host]
-    info = _native.client(socket).publish(regions, tensors, buffer.getvalue(), "torch", name, pin)
-    _cluster.register(info["digest"], name, socket)
-    return info
+    return Pickler
 
 
 @functools.lru_cache(maxsize=None)
@@ -334,6 +348,12 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
         raise InvalidModelError(
             f"model {mapping.digest} ({mapping.format}) holds weights only, no Python object: load it with "
             "ray_zerocopy.load_state_dict(), or ModelWrapper.from_store(name, model=factory)", "INVALID_ARGUMENT")
+    return unpickle(mapping, memoryview(metadata)[len(MAGIC):])  # both versions' lines are this long
+
+
+def unpickle(mapping, data):
+    """The object a skeleton pickler pickled, its references resolved to
+    tensors and storages over `mapping`."""
     # Tensors over our storages need none of what torch's rebuild probes for
     # per tensor (a fake mode, under which it rebuilds as torch does).
     fast = not _fake_mode_possible() or torch._guards.detect_fake_mode(None) is None
@@ -355,6 +375,12 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
                     made = tensors.made[(index, k)] = torch._utils._rebuild_tensor_v2(
                         typed, offset, shape, strides, requires_grad, collections.OrderedDict())
                 return made
+            if kind == "bytes":  # a storage of the object's own, its bytes inline (_cache.put)
+                _, code, device, data = pid
+                storage = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if data
+                           else torch.empty(0, dtype=torch.uint8)).to(device).untyped_storage()
+                return storage if code == "U8" else torch.storage.TypedStorage(
+                    wrap_storage=storage, dtype=_TORCH_DTYPES[code], _internal=True)
             if kind != "storage":
                 raise pickle.UnpicklingError(f"unknown reference {kind!r}")
             _, index, code = pid
@@ -367,11 +393,13 @@ def load(ref: str, socket: str | None = None, read_only: bool = False, device=No
                     return _rebuild_mapped_tensor
                 if name == "_rebuild_parameter":
                     return _rebuild_mapped_parameter
+                if name == "_rebuild_parameter_with_state":
+                    return _rebuild_mapped_parameter_with_state
             return super().find_class(module, name)
 
     with _no_gc():
         tensors = _MappedTensors(mapping)
-        return Unpickler(io.BytesIO(metadata[len(MAGIC):])).load()  # both versions' lines are this long
+        return Unpickler(io.BytesIO(data)).load()
 
 
 class _MappedTensors:
@@ -472,6 +500,14 @@ def _rebuild_mapped_parameter(data, requires_grad, backward_hooks):
     if backward_hooks:
         param._backward_hooks = backward_hooks
     return param
+
+
+def _rebuild_mapped_parameter_with_state(data, requires_grad, backward_hooks, state):
+    """torch._utils._rebuild_parameter_with_state (a parameter with
+    attributes of its own, which transformers gives its parameters) as
+    _rebuild_mapped_parameter."""
+    param = _rebuild_mapped_parameter(data, requires_grad, backward_hooks)
+    return torch._utils._set_obj_state(param, state)
 
 
 def load_state_dict(ref: str, socket: str | None = None, read_only: bool = False, populate: bool = False,

@@ -1,0 +1,200 @@
+"""What this user's processes on this node keep between them, under
+~/.cache/zerocopy: the programs of AOTInductor packages (_export) and the
+skeletons of built models (below).
+
+A built-model skeleton is what a slow builder (transformers'
+``from_pretrained`` in _hf) made from a model, pickled over the model's
+mapping: every tensor that is a view of one of the model's tensors is a
+reference to it (a skeleton, as publish() makes), the few others (buffers
+the builder computed, such as rotary ``inv_freq``) are pickled whole. The
+first process of a user on the node builds the model and writes the
+skeleton; the next ones unpickle it over their own mapping, in
+milliseconds, with the same objects, the same tied weights and the same
+views of the one shared copy.
+
+A skeleton is code: unpickling it runs whatever it names. One is read only
+from a file this user owns, that no one else may write, in directories no
+one else may write: it is then what this user's own process wrote, as
+trusted as the user's code. Its name covers the model's digest (weights
+and files), the builder's arguments and the versions of Python, torch,
+ray_zerocopy and the builder's library, so another build gets another
+file. One that does not unpickle is removed and built again. Nothing here
+is needed: a cache that cannot be used (not this user's, unwritable)
+costs the build, with one warning per process.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import os
+import pickle
+import stat
+import sys
+import tempfile
+import warnings
+
+import torch
+
+from . import _store
+
+# A skeleton file's first line; the second is its key (below).
+MAGIC = b"zerocopy-built-skeleton/1\n"
+
+# A skeleton holding more bytes than this of tensors that are not the
+# model's is not kept: the builder copied the weights (another dtype, a
+# conversion) and its skeleton would be a private copy of them.
+MAX_OWN_BYTES = 64 << 20
+
+
+def directory(variable: str, leaf: str) -> str:
+    """$variable, else ~/.cache/zerocopy/<leaf>."""
+    return os.environ.get(variable) or os.path.join(os.path.expanduser("~"), ".cache", "zerocopy", leaf)
+
+
+def private(path: str) -> bool:
+    """A directory of this user's that no one else may write (not a link)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _root() -> str:
+    return directory("ZEROCOPY_SKELETON_CACHE", "skeletons")
+
+
+_warned = False
+
+
+def _warn_once(message: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"zerocopy: {message}; models are built in each process (slower), not unpickled",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _key(recipe: tuple) -> bytes:
+    versions = (sys.version_info[:3], torch.__version__, _store.MAGIC)
+    return repr((recipe, versions)).encode()
+
+
+def _path(digest: str, key: bytes) -> str:
+    return os.path.join(_root(), digest, hashlib.sha256(key).hexdigest()[:40] + ".pkl")
+
+
+def get(mapping, recipe: tuple):
+    """The object built from `mapping`'s model with `recipe` (the builder's
+    name, arguments and library versions), unpickled over `mapping`; None
+    when there is none (or none this process may trust)."""
+    key = _key(recipe)
+    path = _path(mapping.digest, key)
+    if not os.path.exists(path):
+        return None
+    if not (private(_root()) and private(os.path.dirname(path))):
+        _warn_once(f"{os.path.dirname(path)} or {_root()} is not a directory of this user's (uid {os.geteuid()}) "
+                   "that no one else may write; no skeleton in it is read")
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            _warn_once(f"{path} is not this user's own file (uid {os.geteuid()}) or others may write it; "
+                       "it is not read")
+            return None
+        data = f.read()
+    header = MAGIC + key + b"\n"
+    if not data.startswith(header):  # another key of the same hash, or a file cut short
+        return None
+    try:
+        return _store.unpickle(mapping, memoryview(data)[len(header):])
+    except Exception:  # written by a process that died mid-way, or by code that changed since
+        _remove(path)
+        return None
+
+
+def put(mapping, tensors, obj, recipe: tuple) -> bool:
+    """Keeps `obj`, built from `mapping`'s model, for get(): `tensors` are
+    the mapping's tensors in the manifest's order (as _store._state_dict
+    made them); every tensor of `obj` that views one of them is pickled as
+    a reference. False (nothing written) when `obj` does not pickle, holds
+    more than MAX_OWN_BYTES of tensors of its own, or the cache cannot be
+    written."""
+    by_view = {}
+    for i, t in enumerate(tensors):
+        by_view.setdefault(_absolute_view(t), i)
+    own = [0]
+
+    def other(o):
+        # A storage that is not the model's (a buffer the builder computed):
+        # its bytes inline, unpickled without torch.load's first-call set-up
+        # (~3 ms in a fresh process).
+        code = "U8"
+        if isinstance(o, torch.storage.TypedStorage):
+            code = _store.dtype_code(o.dtype)
+            o = o._untyped_storage
+        if not isinstance(o, torch.UntypedStorage):
+            return None
+        own[0] += o.nbytes()
+        if own[0] > MAX_OWN_BYTES:
+            raise _TooBig
+        host = o if o.device.type == "cpu" else o.cpu()
+        data = ctypes.string_at(host.data_ptr(), host.nbytes()) if host.nbytes() else b""
+        return ("bytes", code, str(o.device), data)
+
+    key = _key(recipe)
+    buffer = io.BytesIO()
+    buffer.write(MAGIC + key + b"\n")
+    try:
+        _store.skeleton_pickler(pickle.Pickler, _absolute_view, by_view, other)(
+            buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except Exception:  # too big, or an object pickle cannot take (a closure, a handle): built each time
+        return False
+    path = _path(mapping.digest, key)
+    try:
+        _write(path, buffer.getbuffer())
+    except OSError as e:
+        _warn_once(f"cannot write {path}: {e}")
+        return False
+    return True
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _absolute_view(t: torch.Tensor) -> tuple:
+    """What makes two tensors the same view of the same memory, whatever
+    storage object each holds (a parameter transformers made over a mapped
+    tensor has the same address, perhaps not the same storage object)."""
+    return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+
+
+def _write(path: str, data) -> None:
+    """`data` as `path`, whole or not at all (a rename), in directories of
+    this user's that no one else may write."""
+    parent = os.path.dirname(path)
+    for d in (_root(), parent):
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if not private(d):
+            raise OSError(f"{d} is not a directory of this user's that no one else may write")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
