@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,22 @@ def test_a_skeleton_is_read_only_when_it_is_this_users_own_and_whole(saved, monk
         with torch.no_grad():
             ray_zerocopy.from_pretrained("hf-llama", dtype=torch.bfloat16)(ids)
     assert builds == [1] * 7 and len(list(cache.glob("*/*.pkl"))) == 2
+    # Read: marked used (once a day at most). Unread for 30 days: removed
+    # when another skeleton is written, with a writer's leftover.
+    [ours] = [f for f in cache.glob("*/*.pkl") if f != skeleton]
+    day = 86400
+    os.utime(ours, (time.time() - 2 * day,) * 2)
+    assert loads_right() and builds == [1] * 7 and ours.stat().st_mtime > time.time() - day
+    stale = cache / ("0" * 32)
+    stale.mkdir(mode=0o700)
+    for name in ("old.pkl", ".tmp.abc"):
+        (stale / name).write_bytes(b"x")
+        os.utime(stale / name, (time.time() - 31 * day,) * 2)
+    os.utime(skeleton, (time.time() - 31 * day,) * 2)
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", transformers.__version__ + ".third")
+    assert loads_right() and builds == [1] * 8
+    assert not stale.exists() and not skeleton.exists() and ours.exists()
+    assert len(list(cache.glob("*/*.pkl"))) == 2
     # A model whose own tensors (here its rotary buffers) exceed the limit: not kept.
     shutil.rmtree(cache)
     monkeypatch.setattr(ray_zerocopy._cache, "MAX_OWN_BYTES", 16)

@@ -16,11 +16,13 @@ A skeleton is code: unpickling it runs whatever it names. One is read only
 from a file this user owns, that no one else may write, in directories no
 one else may write: it is then what this user's own process wrote, as
 trusted as the user's code. Its name covers the model's digest (weights
-and files), the builder's arguments and the versions of Python, torch,
-ray_zerocopy and the builder's library, so another build gets another
-file. One that does not unpickle is removed and built again. Nothing here
-is needed: a cache that cannot be used (not this user's, unwritable)
-costs the build, with one warning per process.
+and files), the builder's arguments, the versions of Python, torch and the
+builder's library, and the skeleton's format, so another build gets
+another file. One that does not unpickle is removed and built again, one unread
+for UNUSED_DAYS is removed when another is written. Nothing here is
+needed, and anything may be deleted at any time: a cache that cannot be
+used (not this user's, unwritable) costs the build, with one warning per
+process.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import pickle
 import stat
 import sys
 import tempfile
+import time
 import warnings
 
 import torch
@@ -45,6 +48,11 @@ MAGIC = b"zerocopy-built-skeleton/1\n"
 # model's is not kept: the builder copied the weights (another dtype, a
 # conversion) and its skeleton would be a private copy of them.
 MAX_OWN_BYTES = 64 << 20
+
+# A skeleton no process has read for this long is removed when another is
+# written (a read marks it used, at most once a day).
+UNUSED_DAYS = 30
+_DAY = 86400
 
 
 def directory(variable: str, leaf: str) -> str:
@@ -108,6 +116,11 @@ def get(mapping, recipe: tuple):
                        "it is not read")
             return None
         data = f.read()
+        if time.time() - st.st_mtime > _DAY:  # in use: kept by put()'s pruning (once a day at most: a write)
+            try:
+                os.utime(f.fileno())
+            except OSError:
+                pass
     header = MAGIC + key + b"\n"
     if not data.startswith(header):  # another key of the same hash, or a file cut short
         return None
@@ -161,7 +174,27 @@ def put(mapping, tensors, obj, recipe: tuple) -> bool:
     except OSError as e:
         _warn_once(f"cannot write {path}: {e}")
         return False
+    _prune()
     return True
+
+
+def _prune() -> None:
+    """Removes the skeletons no process has read for UNUSED_DAYS (a model
+    since removed, a library since upgraded), and the directories they
+    leave empty. Anything in the cache may go at any time: a process that
+    finds no skeleton builds the model."""
+    cutoff = time.time() - UNUSED_DAYS * _DAY
+    for d in _entries(_root()):
+        for path in _entries(d):
+            try:
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+            except OSError:
+                pass
+        try:
+            os.rmdir(d)  # only when empty
+        except OSError:
+            pass
 
 
 class _TooBig(Exception):
@@ -173,6 +206,13 @@ def _absolute_view(t: torch.Tensor) -> tuple:
     storage object each holds (a parameter transformers made over a mapped
     tensor has the same address, perhaps not the same storage object)."""
     return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+
+
+def _entries(d: str) -> list:
+    try:
+        return [os.path.join(d, name) for name in os.listdir(d)]
+    except OSError:
+        return []
 
 
 def _write(path: str, data) -> None:
