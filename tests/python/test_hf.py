@@ -167,6 +167,9 @@ def test_a_skeleton_is_read_only_when_it_is_this_users_own_and_whole(saved, monk
     whole = skeleton.read_bytes()
     assert builds == [1] and oct(cache.stat().st_mode & 0o777) == "0o700"
     assert loads_right() and builds == [1]  # unpickled
+    # By digest: the same skeleton, named as asked.
+    digest = ray_zerocopy._native.client().get("hf-llama")["digest"]
+    assert ray_zerocopy.from_pretrained(digest).name_or_path == digest and builds == [1]
     # Writable by others: not read (one warning), built again.
     skeleton.chmod(0o666)
     with pytest.warns(RuntimeWarning, match="others may write it"):

@@ -227,6 +227,7 @@ def from_pretrained(ref: str, device="cpu", model_class=None, dtype=None, socket
     if recipe is not None:
         model = _cache.get(mapping, recipe)
         if model is not None:
+            model.config.name_or_path = model.name_or_path = ref  # the digest's model, perhaps under another name
             return model
     files = host.files()
     with _files_on_disk(files, ref) as d:
