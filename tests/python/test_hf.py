@@ -391,6 +391,7 @@ class Classifier:
             return self.model(**inputs).logits.argmax(-1).tolist()
 
     def pid(self) -> int:
+        time.sleep(0.1)  # calls made at once then overlap: Serve spreads them (at most 5 at a replica)
         return os.getpid()
 
 
@@ -410,7 +411,7 @@ def test_the_readmes_serve_deployment_replicas_share_one_copy(saved, ray_local):
         # Enough calls that both replicas answer (and touch every weight).
         answers = [handle.remote(TEXT) for _ in range(12)]
         assert all(a.result(timeout_s=120) == want for a in answers)
-        pids = {handle.pid.remote().result(timeout_s=60) for _ in range(24)}
+        pids = {r.result(timeout_s=60) for r in [handle.pid.remote() for _ in range(24)]}
         assert len(pids) == 2, pids
         info = ray_zerocopy._native.client().get("hf-bert")
         pss = [segment_pss(pid, info["digest"]) for pid in pids]
