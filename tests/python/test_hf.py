@@ -215,7 +215,10 @@ def test_a_skeleton_is_read_only_when_it_is_this_users_own_and_whole(saved, monk
     # A model whose own tensors (here its rotary buffers) exceed the limit: not kept.
     shutil.rmtree(cache)
     monkeypatch.setattr(ray_zerocopy._cache, "MAX_OWN_BYTES", 16)
-    assert loads_right() and not list(cache.glob("*/*.pkl"))
+    assert loads_right() and not list(cache.glob("*/*.pkl")) and len(list(cache.glob("*/*.none"))) == 1
+    # ... nor tried again by the next build.
+    monkeypatch.setattr(ray_zerocopy._store, "skeleton_pickler", _not_built)
+    assert loads_right() and builds == [1] * 10 and not list(cache.glob("*/*.pkl"))
 
 
 def test_a_model_class_an_auto_class_and_another_dtype(saved):

@@ -135,9 +135,9 @@ def put(mapping, tensors, obj, recipe: tuple) -> bool:
     """Keeps `obj`, built from `mapping`'s model, for get(): `tensors` are
     the mapping's tensors in the manifest's order (as _store._state_dict
     made them); every tensor of `obj` that views one of them is pickled as
-    a reference. False (nothing written) when `obj` does not pickle, holds
-    more than MAX_OWN_BYTES of tensors of its own, or the cache cannot be
-    written."""
+    a reference. False (no skeleton written) when `obj` does not pickle or
+    holds more than MAX_OWN_BYTES of tensors of its own (a marker then
+    saves later builds the attempt), or the cache cannot be written."""
     by_view = {}
     for i, t in enumerate(tensors):
         by_view.setdefault(_absolute_view(t), i)
@@ -161,14 +161,21 @@ def put(mapping, tensors, obj, recipe: tuple) -> bool:
         return ("bytes", code, str(o.device), data)
 
     key = _key(recipe)
+    path = _path(mapping.digest, key)
+    refused = path[:-len(".pkl")] + ".none"  # this build does not keep: not tried again (until pruned)
+    if os.path.exists(refused):
+        return False
     buffer = io.BytesIO()
     buffer.write(MAGIC + key + b"\n")
     try:
         _store.skeleton_pickler(pickle.Pickler, _absolute_view, by_view, other)(
             buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     except Exception:  # too big, or an object pickle cannot take (a closure, a handle): built each time
+        try:
+            _write(refused, MAGIC + key + b"\n")
+        except OSError:
+            pass
         return False
-    path = _path(mapping.digest, key)
     try:
         _write(path, buffer.getbuffer())
     except OSError as e:
