@@ -144,6 +144,11 @@ def test_from_pretrained_equals_transformers_and_maps_every_weight(saved, kind, 
             assert ours.generation_config.to_dict() == theirs.generation_config.to_dict()
         with torch.no_grad():
             assert torch.equal(ours(**batch).logits, theirs(**batch).logits)
+            # What transformers records with hooks of its own: the same.
+            a, b = (m(**batch, output_hidden_states=True, output_attentions=True) for m in (ours, theirs))
+            assert len(a.hidden_states) == len(b.hidden_states) and len(a.attentions) == len(b.attentions)
+            assert all(torch.equal(x, y) for x, y in zip(a.hidden_states + a.attentions,
+                                                         b.hidden_states + b.attentions))
         if kind != "bert":
             kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=ref_tok.eos_token_id)
             assert torch.equal(ours.generate(**batch, **kw), theirs.generate(**batch, **kw))
