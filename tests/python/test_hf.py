@@ -104,6 +104,10 @@ def _not_built(*args, **kwargs):
     raise AssertionError("the model was built, not unpickled from its skeleton")
 
 
+def _not_pickled(*args, **kwargs):
+    raise AssertionError("a build the cache refused once was pickled again")
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_from_pretrained_equals_transformers_and_maps_every_weight(saved, kind, monkeypatch, tmp_path):
     d = saved[kind]
@@ -222,7 +226,7 @@ def test_a_skeleton_is_read_only_when_it_is_this_users_own_and_whole(saved, monk
     monkeypatch.setattr(ray_zerocopy._cache, "MAX_OWN_BYTES", 16)
     assert loads_right() and not list(cache.glob("*/*.pkl")) and len(list(cache.glob("*/*.none"))) == 1
     # ... nor tried again by the next build.
-    monkeypatch.setattr(ray_zerocopy._store, "skeleton_pickler", _not_built)
+    monkeypatch.setattr(ray_zerocopy._store, "skeleton_pickler", _not_pickled)
     assert loads_right() and builds == [1] * 10 and not list(cache.glob("*/*.pkl"))
 
 

@@ -60,6 +60,13 @@ def directory(variable: str, leaf: str) -> str:
     return os.environ.get(variable) or os.path.join(os.path.expanduser("~"), ".cache", "zerocopy", leaf)
 
 
+def made_private(path: str) -> bool:
+    """`path` made (with its parents) if missing; whether it is then a
+    directory of this user's that no one else may write."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return private(path)
+
+
 def private(path: str) -> bool:
     """A directory of this user's that no one else may write (not a link)."""
     try:
@@ -87,6 +94,11 @@ def _warn_once(message: str) -> None:
 def _key(recipe: tuple) -> bytes:
     versions = (sys.version_info[:3], torch.__version__, _store.MAGIC)
     return repr((recipe, versions)).encode()
+
+
+def _header(key: bytes) -> bytes:
+    """A skeleton file's first two lines: the format and the key."""
+    return MAGIC + key + b"\n"
 
 
 def _path(digest: str, key: bytes) -> str:
@@ -121,7 +133,7 @@ def get(mapping, recipe: tuple):
                 os.utime(f.fileno())
             except OSError:
                 pass
-    header = MAGIC + key + b"\n"
+    header = _header(key)
     if not data.startswith(header):  # another key of the same hash, or a file cut short
         return None
     try:
@@ -166,13 +178,13 @@ def put(mapping, tensors, obj, recipe: tuple) -> bool:
     if os.path.exists(refused):
         return False
     buffer = io.BytesIO()
-    buffer.write(MAGIC + key + b"\n")
+    buffer.write(_header(key))
     try:
         _store.skeleton_pickler(pickle.Pickler, _absolute_view, by_view, other)(
             buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     except Exception:  # too big, or an object pickle cannot take (a closure, a handle): built each time
         try:
-            _write(refused, MAGIC + key + b"\n")
+            _write(refused, _header(key))
         except OSError:
             pass
         return False
@@ -227,8 +239,7 @@ def _write(path: str, data) -> None:
     this user's that no one else may write."""
     parent = os.path.dirname(path)
     for d in (_root(), parent):
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        if not private(d):
+        if not made_private(d):
             raise OSError(f"{d} is not a directory of this user's that no one else may write")
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp.")
     try:

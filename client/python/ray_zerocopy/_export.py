@@ -237,8 +237,7 @@ def _program_directory(digest: str, files: dict) -> str:
     cache); an incomplete one is moved aside and written again."""
     cache = _cache_dir()
     path = os.path.join(cache, digest)
-    os.makedirs(cache, mode=0o700, exist_ok=True)
-    if not _cache.private(cache):
+    if not _cache.made_private(cache):
         raise FailedPreconditionError(f"the AOTInductor program cache {cache} is not a directory of this user "
                                       f"(uid {os.geteuid()}) writable by no one else; set ZEROCOPY_AOTI_CACHE",
                                       "FAILED_PRECONDITION")
