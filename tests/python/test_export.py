@@ -110,11 +110,41 @@ def mapped_tensors(module):
             yield name, value
 
 
+def assert_same_program(ours, theirs):
+    """The same graph, node for node, with the same metadata values (the
+    FakeTensors load_exported makes itself, the symbolic ones torch makes),
+    and the same code in the program and in its module."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    nodes = list(ours.graph.nodes)
+    assert [(n.op, n.name, str(n.target)) for n in nodes] == [(n.op, n.name, str(n.target)) for n in theirs.graph.nodes]
+    tensors = 0
+    for a, b in zip(nodes, theirs.graph.nodes):
+        va, vb = a.meta.get("val"), b.meta.get("val")
+        assert type(va) is type(vb), a.name
+        if isinstance(va, torch.Tensor):
+            tensors += 1
+            assert isinstance(va, FakeTensor) and va.fake_mode is nodes[0].meta["val"].fake_mode, a.name
+            assert (str(va.shape), str(va.stride()), va.dtype, va.device, va.requires_grad) == \
+                   (str(vb.shape), str(vb.stride()), vb.dtype, vb.device, vb.requires_grad), a.name
+    assert tensors > 0
+    assert ours.graph_module.code == theirs.graph_module.code
+    assert ours.module().code == theirs.module().code
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, kind):
+def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, kind, tmp_path, monkeypatch):
     path, inputs = exported[kind]
+    # The node's first process parses the program and keeps it; the next
+    # ones unpickle what it kept, and never parse.
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))
+    parsed = ray_zerocopy.load_exported(f"ep-{kind}")
+    assert len(list((tmp_path / "cache").glob("*/*.pkl"))) == 1
+    monkeypatch.setattr(ray_zerocopy._export, "_to_dataclass", lambda *a: pytest.fail("parsed again"))
     ep = ray_zerocopy.load_exported(f"ep-{kind}")
+    monkeypatch.undo()
     theirs = torch.export.load(path)
+    assert_same_program(parsed, theirs)
+    assert_same_program(ep, theirs)
     assert isinstance(ep, torch.export.ExportedProgram)
     assert set(ep.state_dict) == set(theirs.state_dict) and set(ep.constants) == set(theirs.constants)
     ours_m, theirs_m = ep.module(), theirs.module()
@@ -136,6 +166,10 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
         assert ep.state_dict["scale"].dtype == torch.float16 and ep.state_dict["offset"].dtype == torch.int64
     if kind == "dynamic":
         assert ep.range_constraints.keys() == theirs.range_constraints.keys()
+    # torch's passes over the program work on what load_exported made.
+    decomposed = ep.run_decompositions().module()
+    with torch.no_grad():
+        assert torch.equal(decomposed(inputs[0]), theirs.run_decompositions().module()(inputs[0]))
     # The program's JSON read into the same schema objects as torch reads it.
     from torch._export.serde import schema
     from torch._export.serde.serialize import _bytes_to_dataclass

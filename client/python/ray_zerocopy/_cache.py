@@ -1,6 +1,7 @@
 """What this user's processes on this node keep between them, under
 ~/.cache/zerocopy: the programs of AOTInductor packages (_export) and the
-skeletons of built models (below).
+skeletons of built models (below), among them torch.export programs read
+into torch's schema objects (_export._parsed).
 
 A built-model skeleton is what a slow builder (transformers'
 ``from_pretrained`` in _hf) made from a model, pickled over the model's
