@@ -9,8 +9,11 @@ before the clock (both loaders use them; ours imports ray_zerocopy before
 it too), the archive in the page cache (a first run of each is not
 counted):
 
-  ours    ray_zerocopy.load_exported(name).module()
-  torch   torch.export.load(path).module()
+  ours        ray_zerocopy.load_exported(name).module(), the program read
+              by the node's first process kept (ray_zerocopy/_export.py)
+  ours-first  the same in the node's first process (of this user): it
+              reads the program and keeps it
+  torch       torch.export.load(path).module()
 
 And the first of them compiled by AOTInductor (its weights beside the
 library), ours `ray_zerocopy.load_aoti(name)` against torch's
@@ -35,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests/python"))
 
-LOADERS = ["ours", "torch"]
+LOADERS = ["ours", "ours-first", "torch"]
 
 # Run in a fresh process: argv = loader, archive, name. Prints one JSON line.
 CHILD = textwrap.dedent("""
@@ -46,12 +49,16 @@ CHILD = textwrap.dedent("""
     imported = time.perf_counter() - t0
     loader, path, name = sys.argv[1:4]
     aoti = name.endswith("-aoti")
-    if loader == "ours":  # its imports before the clock too, as torch's
+    if loader.startswith("ours"):  # its imports before the clock too, as torch's
         import ray_zerocopy, ray_zerocopy._export
+    if loader == "ours-first":  # the node's first process of this user: nothing kept yet
+        import os, tempfile
+        for variable in ("ZEROCOPY_SKELETON_CACHE", "ZEROCOPY_AOTI_CACHE"):  # in the bench's work directory
+            os.environ[variable] = tempfile.mkdtemp(dir=os.path.dirname(os.environ[variable]), prefix="first-")
     if aoti:
         from torch.export.pt2_archive._package import load_pt2
     start = time.perf_counter()
-    if loader == "ours":
+    if loader.startswith("ours"):
         module = ray_zerocopy.load_aoti(name) if aoti else ray_zerocopy.load_exported(name).module()
     elif aoti:
         module = load_pt2(path, load_weights_from_disk=True).aoti_runners["model"]

@@ -239,25 +239,28 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     an operator it lacks)."""
     host, files = _open(ref, socket, FORMAT, "torch.export program",
                         "a torch.export program (preload a torch.export.save archive)")
-    try:
-        program, weights, constants, sample_inputs = _parsed(host, files, _program_name(files, ref))
-    except Exception as e:  # a schema this torch does not know
-        raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
-                                f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
-    target = _store.gpu_device(device) if device is not None else _device_of((weights, constants))
-    mapping = host if target is None else _store._map(host.digest, socket, device=target)
+    # The parse, the tensors and the graph make tens of thousands of objects:
+    # a collection of all torch's on the way costs ~0.1 s (_store._no_gc).
+    name = _program_name(files, ref)
     with _store._no_gc():
+        try:
+            program, weights, constants, sample_inputs = _parsed(host, files, name)
+        except Exception as e:  # a schema this torch does not know
+            raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
+                                    f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
+        target = _store.gpu_device(device) if device is not None else _device_of((weights, constants))
+        mapping = host if target is None else _store._map(host.digest, socket, device=target)
         tensors = _store._state_dict(mapping)
-    state_dict = {}
-    for fqn, payload in weights.items():
-        t = tensors[fqn]
-        state_dict[fqn] = torch.nn.Parameter(t, requires_grad=False) if payload.is_param else t
-    consts = {fqn: tensors[fqn] for fqn in constants}
-    try:
-        ep = _deserialize()(program, state_dict, consts, sample_inputs)
-    except Exception as e:  # SerializeError, an operator this torch lacks, a schema it cannot read
-        raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
-                                f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
+        state_dict = {}
+        for fqn, payload in weights.items():
+            t = tensors[fqn]
+            state_dict[fqn] = torch.nn.Parameter(t, requires_grad=False) if payload.is_param else t
+        consts = {fqn: tensors[fqn] for fqn in constants}
+        try:
+            ep = _deserialize()(program, state_dict, consts, sample_inputs)
+        except Exception as e:  # SerializeError, an operator this torch lacks, a schema it cannot read
+            raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
+                                    f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
     return ep
 
 
