@@ -511,9 +511,9 @@ def exported_lines(x):
              "clock, the archive in the page cache. Ready: `ray_zerocopy.load_exported(name).module()` against "
              "`torch.export.load(path).module()`, and for the AOTInductor package (compiled with its weights beside "
              "the library) `ray_zerocopy.load_aoti(name)` against torch's `load_pt2(path, "
-             "load_weights_from_disk=True)`; first output: ready plus one forward of 16 tokens. Ours: what the node's first "
-             "process (of a user) kept read; ours, first process: that process, which reads the program and keeps "
-             "it. Medians.", "",
+             "load_weights_from_disk=True)`; first output: ready plus one forward of 16 tokens. Ours: what the "
+             "node's first process (of a user) kept read; ours, first process: that process, which reads the program "
+             "and keeps it. Medians.", "",
              "| model | program | ours ready | torch ready | ours / torch | ours, first process | ours first output "
              "| torch first output |",
              "|---|---|---|---|---|---|---|---|"]
