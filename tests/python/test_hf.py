@@ -181,8 +181,9 @@ def test_a_skeleton_is_read_only_when_it_is_this_users_own_and_whole(saved, monk
     assert ray_zerocopy.from_pretrained(digest).name_or_path == digest and builds == [1]
     # Writable by others: not read (one warning), built again.
     skeleton.chmod(0o666)
-    with pytest.warns(RuntimeWarning, match="others may write it"):
+    with pytest.warns(RuntimeWarning, match="others may write it") as warned:
         assert loads_right()
+    assert [w.filename for w in warned] == [__file__]  # the caller's line, not ours
     assert builds == [1, 1]
     skeleton.chmod(0o600)
     # In a directory others may write: the same.

@@ -85,11 +85,17 @@ _warned = False
 
 
 def _warn_once(message: str) -> None:
+    """One warning per process, attributed to the caller's line that called
+    into ray_zerocopy (from_pretrained, load_exported)."""
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn(f"zerocopy: {message}; models are built in each process (slower), not unpickled",
-                      RuntimeWarning, stacklevel=3)
+        package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+        frame, level = sys._getframe(1), 2  # warn's stacklevel of this function's caller
+        while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(f"zerocopy: {message}; what the cache would keep is made again in each process (slower)",
+                      RuntimeWarning, stacklevel=level)
 
 
 def _key(recipe: tuple) -> bytes:
