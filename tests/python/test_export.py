@@ -180,6 +180,34 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
                                                                                             program)
 
 
+def test_loads_in_threads_at_once(exported):
+    """torch's deserializer allows one deserialization per process at a time
+    (a module global); loads in several threads of one process (a threaded
+    actor) each get their program."""
+    import threading
+    path, inputs = exported["conv"]
+    with torch.no_grad():
+        expected = torch.export.load(path).module()(inputs[0])
+    start, outputs, errors = threading.Barrier(4), [], []
+
+    def load():
+        start.wait()
+        try:
+            for _ in range(3):
+                with torch.no_grad():
+                    outputs.append(ray_zerocopy.load_exported("ep-conv").module()(inputs[0]))
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(outputs) == 12
+    assert all(torch.equal(o, expected) for o in outputs)
+
+
 def test_inspect_says_torch_export_and_lists_the_program(exported, daemon):
     p = daemon.run_cli("inspect", "ep-conv")
     assert p.returncode == 0, p.stderr

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import types
 import typing
 
@@ -178,6 +179,12 @@ def _parsed(host, files: dict, name: str) -> tuple:
     return parsed
 
 
+# torch's deserializer takes one program at a time per process (it keeps
+# the one it is reading in a module global and refuses a second): loads in
+# several threads take turns.
+_DESERIALIZING = threading.Lock()
+
+
 @functools.lru_cache(maxsize=None)
 def _deserialize():
     """torch's ExportedProgramDeserializer().deserialize, its graph read by
@@ -257,7 +264,8 @@ def load_exported(ref: str, device=None, socket: str | None = None):
             state_dict[fqn] = torch.nn.Parameter(t, requires_grad=False) if payload.is_param else t
         consts = {fqn: tensors[fqn] for fqn in constants}
         try:
-            ep = _deserialize()(program, state_dict, consts, sample_inputs)
+            with _DESERIALIZING:
+                ep = _deserialize()(program, state_dict, consts, sample_inputs)
         except Exception as e:  # SerializeError, an operator this torch lacks, a schema it cannot read
             raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
                                     f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
