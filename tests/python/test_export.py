@@ -139,12 +139,24 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
     monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))
     parsed = ray_zerocopy.load_exported(f"ep-{kind}")
     assert len(list((tmp_path / "cache").glob("*/*.pkl"))) == 1
-    monkeypatch.setattr(ray_zerocopy._export, "_to_dataclass", lambda *a: pytest.fail("parsed again"))
-    ep = ray_zerocopy.load_exported(f"ep-{kind}")
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(ray_zerocopy._export, "_to_dataclass", lambda *a: pytest.fail("parsed again"))
+        ep = ray_zerocopy.load_exported(f"ep-{kind}")
+    # A kept file of another layout (another version of ours wrote it): read
+    # again, kept again.
+    recipe = ("torch.export archive", ray_zerocopy._export._PARSED_LAYOUT, "model")
+    assert ray_zerocopy._cache.put(ray_zerocopy._store._map(f"ep-{kind}", None), [], ("another", "layout"), recipe)
+    again = ray_zerocopy.load_exported(f"ep-{kind}")
+    from torch._export.serde import schema
+    assert isinstance(ray_zerocopy._cache.get(ray_zerocopy._store._map(f"ep-{kind}", None), recipe)[0],
+                      schema.ExportedProgram)
+    # The deserializer's fast path fits this torch (not torch's own, unchanged).
+    from torch._export.serde.serialize import ExportedProgramDeserializer
+    assert ray_zerocopy._export._deserialize().__func__ is not ExportedProgramDeserializer.deserialize
     theirs = torch.export.load(path)
     assert_same_program(parsed, theirs)
     assert_same_program(ep, theirs)
+    assert_same_program(again, theirs)
     assert isinstance(ep, torch.export.ExportedProgram)
     assert set(ep.state_dict) == set(theirs.state_dict) and set(ep.constants) == set(theirs.constants)
     ours_m, theirs_m = ep.module(), theirs.module()
@@ -206,6 +218,20 @@ def test_loads_in_threads_at_once(exported):
         t.join(timeout=120)
     assert not errors and len(outputs) == 12
     assert all(torch.equal(o, expected) for o in outputs)
+
+
+def test_a_torch_the_fast_path_does_not_fit_loads_with_its_own_deserializer(exported, monkeypatch):
+    from torch._export.serde.serialize import ExportedProgramDeserializer
+    path, inputs = exported["mlp"]
+    monkeypatch.setattr(ray_zerocopy._export, "_fast_path_fits", lambda *a: False)
+    ray_zerocopy._export._deserialize.cache_clear()
+    try:
+        ep = ray_zerocopy.load_exported("ep-mlp")
+        assert ray_zerocopy._export._deserialize().__func__ is ExportedProgramDeserializer.deserialize
+        with torch.no_grad():
+            assert torch.equal(ep.module()(inputs[0]), torch.export.load(path).module()(inputs[0]))
+    finally:
+        ray_zerocopy._export._deserialize.cache_clear()
 
 
 def test_inspect_says_torch_export_and_lists_the_program(exported, daemon):

@@ -159,24 +159,35 @@ def _sample_inputs(blob: bytes | None):
     return None
 
 
-def _parsed(host, files: dict, name: str) -> tuple:
+def _parsed(host, files: dict, name: str, ref: str) -> tuple:
     """The archive's program, weights' and constants' configs (torch's
     schema dataclasses, from their JSON) and sample inputs. Parsed by the
     node's first process of this user, then kept in the user's cache
-    beside built-model skeletons (_cache.py; plain data, a few hundred KB)
-    and unpickled by the next ones: the JSON of a 256 MiB program's 124
-    nodes takes ~30 ms to turn into dataclasses, its pickle ~2 ms."""
-    recipe = ("torch.export archive", name)
-    kept = _cache.get(host, recipe)
-    if kept is not None:
-        return kept
+    beside built-model skeletons (_cache.py: plain data, a few hundred KB,
+    and the sample inputs' bytes; none kept past _cache.MAX_OWN_BYTES of
+    them) and unpickled by the next ones: the JSON of a 256 MiB program's
+    124 nodes takes ~30 ms to turn into dataclasses, its pickle ~7 ms."""
     from torch._export.serde import schema
-    parsed = (_to_dataclass(schema.ExportedProgram, json.loads(files[f"models/{name}.json"])),
-              _payload_config(files, f"data/weights/{name}_weights_config.json"),
-              _payload_config(files, f"data/constants/{name}_constants_config.json"),
-              _sample_inputs(files.get(f"data/sample_inputs/{name}.pt")))
+    recipe = ("torch.export archive", _PARSED_LAYOUT, name)
+    kept = _cache.get(host, recipe)
+    if (isinstance(kept, tuple) and len(kept) == 4 and isinstance(kept[0], schema.ExportedProgram)
+            and isinstance(kept[1], dict) and isinstance(kept[2], dict)):
+        return kept
+    try:
+        parsed = (_to_dataclass(schema.ExportedProgram, json.loads(files[f"models/{name}.json"])),
+                  _payload_config(files, f"data/weights/{name}_weights_config.json"),
+                  _payload_config(files, f"data/constants/{name}_constants_config.json"),
+                  _sample_inputs(files.get(f"data/sample_inputs/{name}.pt")))
+    except Exception as e:  # a schema this torch does not know
+        raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
+                                f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
     _cache.put(host, [], parsed, recipe)
     return parsed
+
+
+# What _parsed keeps: (program, weights' config, constants' config, sample
+# inputs). Another layout, another number (another file in the cache).
+_PARSED_LAYOUT = 1
 
 
 # torch's deserializer takes one program at a time per process (it keeps
@@ -213,10 +224,24 @@ def _deserialize():
         return graph
 
     base = serialize.ExportedProgramDeserializer.deserialize
+    if not _fast_path_fits(serialize, base):  # another torch: its own deserializer, as it is
+        return serialize.ExportedProgramDeserializer().deserialize
     deserialize = types.FunctionType(base.__code__, dict(vars(serialize), GraphModuleDeserializer=graph_deserializer),
                                      base.__name__, base.__defaults__, base.__closure__)
     deserialize.__kwdefaults__ = base.__kwdefaults__
     return types.MethodType(deserialize, serialize.ExportedProgramDeserializer())
+
+
+def _fast_path_fits(serialize, base) -> bool:
+    """Whether this torch has what _deserialize builds on: its deserialize()
+    looks up GraphModuleDeserializer by name, the graph deserializer reads
+    a tensor's metadata with deserialize_tensor_meta(tensor_meta), and the
+    helpers the fast path calls exist."""
+    import inspect
+    method = getattr(serialize.GraphModuleDeserializer, "deserialize_tensor_meta", None)
+    return ("GraphModuleDeserializer" in base.__code__.co_names and method is not None
+            and list(inspect.signature(method).parameters) == ["self", "tensor_meta"]
+            and hasattr(serialize, "_SERIALIZE_TO_TORCH_DTYPE") and hasattr(serialize, "deserialize_device"))
 
 
 def load_exported(ref: str, device=None, socket: str | None = None):
@@ -250,11 +275,7 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     # a collection of all torch's on the way costs ~0.1 s (_store._no_gc).
     name = _program_name(files, ref)
     with _store._no_gc():
-        try:
-            program, weights, constants, sample_inputs = _parsed(host, files, name)
-        except Exception as e:  # a schema this torch does not know
-            raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
-                                    f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
+        program, weights, constants, sample_inputs = _parsed(host, files, name, ref)
         target = _store.gpu_device(device) if device is not None else _device_of((weights, constants))
         mapping = host if target is None else _store._map(host.digest, socket, device=target)
         tensors = _store._state_dict(mapping)
