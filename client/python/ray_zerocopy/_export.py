@@ -271,9 +271,9 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     an operator it lacks)."""
     host, files = _open(ref, socket, FORMAT, "torch.export program",
                         "a torch.export program (preload a torch.export.save archive)")
+    name = _program_name(files, ref)
     # The parse, the tensors and the graph make tens of thousands of objects:
     # a collection of all torch's on the way costs ~0.1 s (_store._no_gc).
-    name = _program_name(files, ref)
     with _store._no_gc():
         program, weights, constants, sample_inputs = _parsed(host, files, name, ref)
         target = _store.gpu_device(device) if device is not None else _device_of((weights, constants))
