@@ -223,8 +223,10 @@ def _no_gc():
     of tuples and tensors: each collection it would trigger walks every
     object torch made (~0.1 s a time), which is what a load of 10,000
     tensors spent most of its time on. Any cycle a skeleton makes is
-    collected as usual afterwards. A load in another thread meanwhile may
-    turn it back on early: that costs time, never memory."""
+    collected as usual afterwards. The collector is off for the whole
+    process meanwhile: cycles other threads make wait for it (memory for
+    the load's duration, not leaked). A load in another thread meanwhile
+    may turn it back on early: that costs time, never memory."""
     if not gc.isenabled():
         yield
         return
