@@ -221,7 +221,11 @@ def test_loads_in_threads_at_once(exported):
 
 
 def test_a_torch_the_fast_path_does_not_fit_loads_with_its_own_deserializer(exported, monkeypatch):
+    from torch._export.serde import serialize
     from torch._export.serde.serialize import ExportedProgramDeserializer
+    # A deserialize() that sets a module global (torch's graph deserializer
+    # does) does not fit: its copy would set it in the copy's globals.
+    assert not ray_zerocopy._export._fast_path_fits(serialize, serialize.GraphModuleDeserializer.deserialize)
     path, inputs = exported["mlp"]
     monkeypatch.setattr(ray_zerocopy._export, "_fast_path_fits", lambda *a: False)
     ray_zerocopy._export._deserialize.cache_clear()

@@ -234,13 +234,20 @@ def _deserialize():
 
 def _fast_path_fits(serialize, base) -> bool:
     """Whether this torch has what _deserialize builds on: its deserialize()
-    looks up GraphModuleDeserializer by name, the graph deserializer reads
-    a tensor's metadata with deserialize_tensor_meta(tensor_meta), and the
-    helpers the fast path calls exist."""
+    looks up GraphModuleDeserializer by name and sets no module global (its
+    copy runs over a copy of the module's globals), the graph deserializer
+    reads a tensor's metadata with deserialize_tensor_meta(tensor_meta),
+    and the helpers the fast path calls exist."""
+    import dis
     import inspect
+
+    def sets_globals(code) -> bool:
+        return (any(i.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") for i in dis.get_instructions(code))
+                or any(sets_globals(c) for c in code.co_consts if isinstance(c, types.CodeType)))
+
     method = getattr(serialize.GraphModuleDeserializer, "deserialize_tensor_meta", None)
-    return ("GraphModuleDeserializer" in base.__code__.co_names and method is not None
-            and list(inspect.signature(method).parameters) == ["self", "tensor_meta"]
+    return ("GraphModuleDeserializer" in base.__code__.co_names and not sets_globals(base.__code__)
+            and method is not None and list(inspect.signature(method).parameters) == ["self", "tensor_meta"]
             and hasattr(serialize, "_SERIALIZE_TO_TORCH_DTYPE") and hasattr(serialize, "deserialize_device"))
 
 
