@@ -145,11 +145,11 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
     # A kept file of another layout (another version of ours wrote it): read
     # again, kept again.
     recipe = ("torch.export archive", ray_zerocopy._export._PARSED_LAYOUT, "model")
-    assert ray_zerocopy._cache.put(ray_zerocopy._store._map(f"ep-{kind}", None), [], ("another", "layout"), recipe)
+    mapping = ray_zerocopy._store._map(f"ep-{kind}", None)
+    assert ray_zerocopy._cache.put(mapping, [], ("another", "layout"), recipe)
     again = ray_zerocopy.load_exported(f"ep-{kind}")
     from torch._export.serde import schema
-    assert isinstance(ray_zerocopy._cache.get(ray_zerocopy._store._map(f"ep-{kind}", None), recipe)[0],
-                      schema.ExportedProgram)
+    assert isinstance(ray_zerocopy._cache.get(mapping, recipe)[0], schema.ExportedProgram)
     # The deserializer's fast path fits this torch (not torch's own, unchanged).
     from torch._export.serde.serialize import ExportedProgramDeserializer
     assert ray_zerocopy._export._deserialize().__func__ is not ExportedProgramDeserializer.deserialize

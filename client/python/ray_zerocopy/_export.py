@@ -159,6 +159,12 @@ def _sample_inputs(blob: bytes | None):
     return None
 
 
+def _unreadable(ref: str, e: Exception) -> InvalidModelError:
+    """What load_exported raises when this torch cannot read the program."""
+    return InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
+                             f"{type(e).__name__}: {e}", "INVALID_ARGUMENT")
+
+
 def _parsed(host, files: dict, name: str, ref: str) -> tuple:
     """The archive's program, weights' and constants' configs (torch's
     schema dataclasses, from their JSON) and sample inputs. Parsed by the
@@ -179,8 +185,7 @@ def _parsed(host, files: dict, name: str, ref: str) -> tuple:
                   _payload_config(files, f"data/constants/{name}_constants_config.json"),
                   _sample_inputs(files.get(f"data/sample_inputs/{name}.pt")))
     except Exception as e:  # a schema this torch does not know
-        raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
-                                f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
+        raise _unreadable(ref, e) from None
     _cache.put(host, [], parsed, recipe)
     return parsed
 
@@ -295,8 +300,7 @@ def load_exported(ref: str, device=None, socket: str | None = None):
             with _DESERIALIZING:
                 ep = _deserialize()(program, state_dict, consts, sample_inputs)
         except Exception as e:  # SerializeError, an operator this torch lacks, a schema it cannot read
-            raise InvalidModelError(f"model {ref!r}: this torch ({torch.__version__}) cannot read its program: "
-                                    f"{type(e).__name__}: {e}", "INVALID_ARGUMENT") from None
+            raise _unreadable(ref, e) from None
     return ep
 
 
