@@ -126,33 +126,46 @@ def assert_same_program(ours, theirs):
             assert isinstance(va, FakeTensor) and va.fake_mode is nodes[0].meta["val"].fake_mode, a.name
             assert (str(va.shape), str(va.stride()), va.dtype, va.device, va.requires_grad) == \
                    (str(vb.shape), str(vb.stride()), vb.dtype, vb.device, vb.requires_grad), a.name
+        assert {k: v for k, v in a.meta.items() if k != "val"} == {k: v for k, v in b.meta.items() if k != "val"}
     assert tensors > 0
     assert ours.graph_module.code == theirs.graph_module.code
     assert ours.module().code == theirs.module().code
+    assert ours.graph_signature == theirs.graph_signature and ours.module_call_graph == theirs.module_call_graph
+    assert ours.verifiers == theirs.verifiers and ours.range_constraints.keys() == theirs.range_constraints.keys()
+    assert ours.graph_module.meta == theirs.graph_module.meta
+    flat, theirs_flat = torch.utils._pytree.tree_leaves(ours.example_inputs), \
+        torch.utils._pytree.tree_leaves(theirs.example_inputs)
+    assert len(flat) == len(theirs_flat) and all(torch.equal(x, y) for x, y in zip(flat, theirs_flat))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, kind, tmp_path, monkeypatch):
     path, inputs = exported[kind]
-    # The node's first process parses the program and keeps it; the next
-    # ones unpickle what it kept, and never parse.
+    # The node's first process parses and deserializes the program and
+    # keeps it (one of static shapes) or its parse (dynamic); the next ones
+    # unpickle what it kept, and never parse (nor deserialize a kept program).
     monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))
     parsed = ray_zerocopy.load_exported(f"ep-{kind}")
     assert len(list((tmp_path / "cache").glob("*/*.pkl"))) == 1
+    export = ray_zerocopy._export
     with monkeypatch.context() as m:
-        m.setattr(ray_zerocopy._export, "_to_dataclass", lambda *a: pytest.fail("parsed again"))
+        m.setattr(export, "_to_dataclass", lambda *a: pytest.fail("parsed again"))
+        if kind != "dynamic":
+            m.setattr(export, "_deserialize", lambda *a: pytest.fail("deserialized again"))
         ep = ray_zerocopy.load_exported(f"ep-{kind}")
     # A kept file of another layout (another version of ours wrote it): read
     # again, kept again.
-    recipe = ("torch.export archive", ray_zerocopy._export._PARSED_LAYOUT, "model")
+    recipe = export._parse_recipe("model") if kind == "dynamic" else export._program_recipe("model", None)
     mapping = ray_zerocopy._store._map(f"ep-{kind}", None)
     assert ray_zerocopy._cache.put(mapping, [], ("another", "layout"), recipe)
     again = ray_zerocopy.load_exported(f"ep-{kind}")
     from torch._export.serde import schema
-    assert isinstance(ray_zerocopy._cache.get(mapping, recipe)[0], schema.ExportedProgram)
+    kept = ray_zerocopy._cache.get(mapping, recipe)
+    assert isinstance(kept[0], schema.ExportedProgram) if kind == "dynamic" else \
+        isinstance(kept, torch.export.ExportedProgram)
     # The deserializer's fast path fits this torch (not torch's own, unchanged).
     from torch._export.serde.serialize import ExportedProgramDeserializer
-    assert ray_zerocopy._export._deserialize().__func__ is not ExportedProgramDeserializer.deserialize
+    assert export._deserialize().__func__ is not ExportedProgramDeserializer.deserialize
     theirs = torch.export.load(path)
     assert_same_program(parsed, theirs)
     assert_same_program(ep, theirs)
@@ -178,6 +191,8 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
         assert ep.state_dict["scale"].dtype == torch.float16 and ep.state_dict["offset"].dtype == torch.int64
     if kind == "dynamic":
         assert ep.range_constraints.keys() == theirs.range_constraints.keys()
+        # Its symbols are torch's state, not data: the program is never kept.
+        assert not ray_zerocopy._cache.put(mapping, [], ep, export._program_recipe("other", None), export._reduce)
     # torch's passes over the program work on what load_exported made.
     decomposed = ep.run_decompositions().module()
     with torch.no_grad():
@@ -192,12 +207,13 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
                                                                                             program)
 
 
-def test_loads_in_threads_at_once(exported):
+def test_loads_in_threads_at_once(exported, monkeypatch, tmp_path):
     """torch's deserializer allows one deserialization per process at a time
     (a module global); loads in several threads of one process (a threaded
     actor) each get their program."""
     import threading
     path, inputs = exported["conv"]
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))  # the first loads deserialize
     with torch.no_grad():
         expected = torch.export.load(path).module()(inputs[0])
     start, outputs, errors = threading.Barrier(4), [], []
@@ -220,13 +236,14 @@ def test_loads_in_threads_at_once(exported):
     assert all(torch.equal(o, expected) for o in outputs)
 
 
-def test_a_torch_the_fast_path_does_not_fit_loads_with_its_own_deserializer(exported, monkeypatch):
+def test_a_torch_the_fast_path_does_not_fit_loads_with_its_own_deserializer(exported, monkeypatch, tmp_path):
     from torch._export.serde import serialize
     from torch._export.serde.serialize import ExportedProgramDeserializer
     # A deserialize() that sets a module global (torch's graph deserializer
     # does) does not fit: its copy would set it in the copy's globals.
     assert not ray_zerocopy._export._fast_path_fits(serialize, serialize.GraphModuleDeserializer.deserialize)
     path, inputs = exported["mlp"]
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))  # nothing kept: it deserializes
     monkeypatch.setattr(ray_zerocopy._export, "_fast_path_fits", lambda *a: False)
     ray_zerocopy._export._deserialize.cache_clear()
     try:

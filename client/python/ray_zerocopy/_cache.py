@@ -1,7 +1,8 @@
 """What this user's processes on this node keep between them, under
 ~/.cache/zerocopy: the programs of AOTInductor packages (_export) and the
-skeletons of built models (below), among them torch.export programs read
-into torch's schema objects (_export._parsed).
+skeletons of built models (below), among them torch.export programs
+(_export.load_exported: the ExportedProgram, or its JSON read into torch's
+schema objects).
 
 A built-model skeleton is what a slow builder (transformers'
 ``from_pretrained`` in _hf) made from a model, pickled over the model's
@@ -150,11 +151,13 @@ def get(mapping, recipe: tuple):
         return None
 
 
-def put(mapping, tensors, obj, recipe: tuple) -> bool:
+def put(mapping, tensors, obj, recipe: tuple, reduce=lambda o: NotImplemented) -> bool:
     """Keeps `obj`, built from `mapping`'s model, for get(): `tensors` are
     the mapping's tensors in the manifest's order (as _store._state_dict
     made them); every tensor of `obj` that views one of them is pickled as
-    a reference. False (no skeleton written) when `obj` does not pickle or
+    a reference; `reduce(o)` pickles the objects pickle cannot take as they
+    are (a reduction, NotImplemented for the others; one that raises keeps
+    nothing). False (no skeleton written) when `obj` does not pickle or
     holds more than MAX_OWN_BYTES of tensors of its own (a marker then
     saves later builds the attempt), or the cache cannot be written."""
     by_view = {}
@@ -187,7 +190,7 @@ def put(mapping, tensors, obj, recipe: tuple) -> bool:
     buffer = io.BytesIO()
     buffer.write(_header(key))
     try:
-        _store.skeleton_pickler(pickle.Pickler, _absolute_view, by_view, other)(
+        _store.skeleton_pickler(pickle.Pickler, _absolute_view, by_view, other, reduce)(
             buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     except Exception:  # too big, or an object pickle cannot take (a closure, a handle): built each time
         try:

@@ -13,10 +13,13 @@ nothing in it runs.
 deserializer from the stored program and configs, handing it the mapped
 tensors as its state dict and constants, so ``ep.module()``'s parameters,
 buffers and constants are views of the one shared copy. What torch does
-slowly before the program runs is done once: the program's JSON is read
-into torch's schema objects by the node's first process of a user and
-kept in the user's cache (_cache.py) for the next ones, and the graph's
-static tensor metadata are made directly rather than by dispatch.
+slowly before the program runs is done once per node and user: the node's
+first process of a user keeps the ExportedProgram it built in the user's
+cache (_cache.py), pickled over the mapping (_reduce), and the next ones
+unpickle it; a program with symbolic shapes (torch's shape environment
+is state, not data) keeps its JSON read into torch's schema objects
+instead. The graph's static tensor metadata are made directly rather than
+by dispatch.
 """
 from __future__ import annotations
 
@@ -131,14 +134,19 @@ def _payload_config(files: dict, path: str):
     return _to_dataclass(schema.PayloadConfig, json.loads(files[path])).config
 
 
-def _device_of(configs) -> torch.device | None:
+def _saved_device(files: dict, name: str, ref: str) -> torch.device | None:
     """The device the archive's tensors were saved on (torch.export.load
-    puts them there): None for the host."""
-    for config in configs:
-        for payload in config.values():
-            meta = payload.tensor_meta
-            if meta is not None and meta.device.type != "cpu":
-                return torch.device(meta.device.type, meta.device.index)
+    puts them there), read from the weights' and constants' configs' JSON
+    as it is (a few hundred bytes a tensor): None for the host."""
+    try:
+        for kind in ("weights", "constants"):
+            path = f"data/{kind}/{name}_{kind}_config.json"
+            for payload in json.loads(files[path])["config"].values() if path in files else ():
+                device = (payload.get("tensor_meta") or {}).get("device") or {"type": "cpu"}
+                if device["type"] != "cpu":
+                    return torch.device(device["type"], device.get("index"))
+    except Exception as e:  # not the configs torch writes
+        raise _unreadable(ref, e) from None
     return None
 
 
@@ -167,32 +175,106 @@ def _unreadable(ref: str, e: Exception) -> InvalidModelError:
 
 def _parsed(host, files: dict, name: str, ref: str) -> tuple:
     """The archive's program, weights' and constants' configs (torch's
-    schema dataclasses, from their JSON) and sample inputs. Parsed by the
-    node's first process of this user, then kept in the user's cache
-    beside built-model skeletons (_cache.py: plain data, a few hundred KB,
-    and the sample inputs' bytes; none kept past _cache.MAX_OWN_BYTES of
-    them) and unpickled by the next ones: the JSON of a 256 MiB program's
-    124 nodes takes ~30 ms to turn into dataclasses, its pickle ~7 ms."""
+    schema dataclasses, from their JSON) and sample inputs; and whether
+    they came from the cache. Parsed by the node's first process of this
+    user; kept (by load_exported) for the next ones when the program itself
+    cannot be kept: the JSON of a 256 MiB program's 124 nodes takes ~30 ms
+    to turn into dataclasses, its pickle ~7 ms to read."""
     from torch._export.serde import schema
-    recipe = ("torch.export archive", _PARSED_LAYOUT, name)
-    kept = _cache.get(host, recipe)
+    kept = _cache.get(host, _parse_recipe(name))
     if (isinstance(kept, tuple) and len(kept) == 4 and isinstance(kept[0], schema.ExportedProgram)
             and isinstance(kept[1], dict) and isinstance(kept[2], dict)):
-        return kept
+        return kept, True
     try:
-        parsed = (_to_dataclass(schema.ExportedProgram, json.loads(files[f"models/{name}.json"])),
-                  _payload_config(files, f"data/weights/{name}_weights_config.json"),
-                  _payload_config(files, f"data/constants/{name}_constants_config.json"),
-                  _sample_inputs(files.get(f"data/sample_inputs/{name}.pt")))
+        return (_to_dataclass(schema.ExportedProgram, json.loads(files[f"models/{name}.json"])),
+                _payload_config(files, f"data/weights/{name}_weights_config.json"),
+                _payload_config(files, f"data/constants/{name}_constants_config.json"),
+                _sample_inputs(files.get(f"data/sample_inputs/{name}.pt"))), False
     except Exception as e:  # a schema this torch does not know
         raise _unreadable(ref, e) from None
-    _cache.put(host, [], parsed, recipe)
-    return parsed
+
+
+def _parse_recipe(name: str) -> tuple:
+    return ("torch.export archive", _PARSED_LAYOUT, name)
+
+
+def _program_recipe(name: str, target) -> tuple:
+    return ("torch.export program", _KEPT_LAYOUT, name, str(target))
 
 
 # What _parsed keeps: (program, weights' config, constants' config, sample
-# inputs). Another layout, another number (another file in the cache).
+# inputs); how a kept ExportedProgram is pickled (_reduce). Another layout,
+# another number (another file in the cache).
 _PARSED_LAYOUT = 1
+_KEPT_LAYOUT = 1
+
+
+def _reduce(o):
+    """How a kept ExportedProgram pickles what pickle cannot take as it is:
+    a graph module (its class is made per instance) by its state, its code
+    made again; an operator by its name (torch's one object); a FakeTensor
+    of static shape as one over a meta tensor (as _deserialize makes it),
+    in one fake mode of the settings the original had. Refuses symbolic
+    shapes (a program with dynamic dimensions is not kept: its shape
+    environment is torch's state, not data)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    if isinstance(o, torch.fx.GraphModule):
+        base = next(t for t in type(o).__mro__ if t.__qualname__.split(".")[-1] != "GraphModuleImpl")
+        return _new_graph_module, (base, type(o).__name__), dict(vars(o)), None, None, _set_graph_module
+    if isinstance(o, torch._ops.OpOverload):
+        return _operator, (o.namespace, o._opname, o._overloadname)
+    if isinstance(o, torch._ops.OpOverloadPacket):
+        return _operator, (*o._qualified_op_name.split("::"), None)
+    if isinstance(o, torch._ops.HigherOrderOperator):
+        return _operator, (o.namespace, o.name(), None)
+    if isinstance(o, FakeTensor):
+        if not all(type(d) is int for d in (*o.shape, *o.stride(), o.storage_offset())) or o.storage_offset():
+            raise _NotKept("a symbolic shape, or a view (torch's deserializer makes neither)")
+        return _fake_tensor, (o.fake_mode, tuple(o.shape), o.stride(), o.dtype, o.device, o.requires_grad)
+    if isinstance(o, FakeTensorMode):  # of a program without symbols: its shape environment holds counters only
+        env = o.shape_env
+        return _fake_mode, (o.allow_fallback_kernels, o.allow_non_fake_inputs, env is not None and (
+            env.assume_static_by_default, env.unbacked_symint_counter, env.unbacked_symfloat_counter))
+    if isinstance(o, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        raise _NotKept("a symbolic value")
+    return NotImplemented
+
+
+class _NotKept(Exception):
+    pass
+
+
+def _new_graph_module(base, name):
+    gm = base.__new__(base)  # torch's __new__: the instance's own class
+    type(gm).__name__ = name
+    return gm
+
+
+def _set_graph_module(gm, state):
+    gm.__dict__.update(state)
+    gm.recompile()  # its forward, from its graph
+
+
+def _operator(namespace, name, overload):
+    packet = getattr(getattr(torch.ops, namespace), name)
+    return packet if overload is None else getattr(packet, overload)
+
+
+def _fake_tensor(mode, shape, stride, dtype, device, requires_grad):
+    from torch._subclasses.fake_tensor import FakeTensor
+    return FakeTensor(mode, torch.empty_strided(shape, stride, dtype=dtype, device="meta", requires_grad=requires_grad),
+                      device)
+
+
+def _fake_mode(allow_fallback_kernels, allow_non_fake_inputs, shape_env):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    env = None
+    if shape_env:
+        env = ShapeEnv(assume_static_by_default=shape_env[0])
+        env.unbacked_symint_counter, env.unbacked_symfloat_counter = shape_env[1:]
+    return FakeTensorMode(allow_fallback_kernels=allow_fallback_kernels, allow_non_fake_inputs=allow_non_fake_inputs,
+                          shape_env=env)
 
 
 # torch's deserializer takes one program at a time per process (it keeps
@@ -287,9 +369,13 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     # The parse, the tensors and the graph make tens of thousands of objects:
     # a collection of all torch's on the way costs ~0.1 s (_store._no_gc).
     with _store._no_gc():
-        program, weights, constants, sample_inputs = _parsed(host, files, name, ref)
-        target = _store.gpu_device(device) if device is not None else _device_of((weights, constants))
+        target = _store.gpu_device(device) if device is not None else _saved_device(files, name, ref)
         mapping = host if target is None else _store._map(host.digest, socket, device=target)
+        kept = _cache.get(mapping, _program_recipe(name, target))
+        if isinstance(kept, torch.export.ExportedProgram):
+            return kept
+        parsed, parse_kept = _parsed(host, files, name, ref)
+        program, weights, constants, sample_inputs = parsed
         tensors = _store._state_dict(mapping)
         state_dict = {}
         for fqn, payload in weights.items():
@@ -301,6 +387,12 @@ def load_exported(ref: str, device=None, socket: str | None = None):
                 ep = _deserialize()(program, state_dict, consts, sample_inputs)
         except Exception as e:  # SerializeError, an operator this torch lacks, a schema it cannot read
             raise _unreadable(ref, e) from None
+        # The node's next processes of this user: the program itself if it
+        # pickles (static shapes), else at least its parse.
+        program_kept = not ep.range_constraints and _cache.put(mapping, list(tensors.values()), ep,
+                                                               _program_recipe(name, target), _reduce)
+        if not program_kept and not parse_kept:
+            _cache.put(host, [], parsed, _parse_recipe(name))
     return ep
 
 

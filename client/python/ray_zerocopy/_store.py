@@ -139,13 +139,14 @@ def publish(obj, name: str = "", pin: bool = False, socket: str | None = None) -
     return info
 
 
-def skeleton_pickler(base, view_of, by_view: dict, other=lambda o: None):
+def skeleton_pickler(base, view_of, by_view: dict, other=lambda o: None, reduce=lambda o: NotImplemented):
     """A pickler class (over `base`) that pickles each plain tensor which is
     a manifest tensor's view (by_view: view_of(tensor) -> its index) as a
     reference to it, which unpickle() resolves to the tensor the mapping
     makes; `other(o)` gives any other object's reference (None: pickled as
-    torch pickles it). ExportedProgram.module()s pickle as a portable
-    GraphModule (_portable_graph_module)."""
+    torch pickles it), `reduce(o)` its reduction (NotImplemented: as pickle
+    does). ExportedProgram.module()s pickle as a portable GraphModule
+    (_portable_graph_module)."""
     objects: dict = {}  # manifest index -> the distinct tensor objects pickled as it
 
     class Pickler(base):
@@ -170,6 +171,9 @@ def skeleton_pickler(base, view_of, by_view: dict, other=lambda o: None):
             return other(o)
 
         def reducer_override(self, o):
+            reduced = reduce(o)
+            if reduced is not NotImplemented:
+                return reduced
             if _is_exported_module(o):
                 return _portable_graph_module(o).__reduce__()
             base = getattr(super(), "reducer_override", None)  # cloudpickle's; the standard Pickler has none
