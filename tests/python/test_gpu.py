@@ -221,15 +221,23 @@ def test_an_exported_program_and_a_cuda_aoti_package_on_the_shared_device_copy(g
     x = torch.randn(2, 3, 8, 8, device="cuda:0")
     ep = torch.export.export(ConvNet().eval().to("cuda:0"), (x,))
     # The exported program: saved on cuda:0, so load_exported puts it there.
+    # Loaded twice: deserialized and kept, then the kept program unpickled
+    # over the GPU's mapping.
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "skeletons"))
     info = ray_zerocopy.preload_exported(ep, name="ep-gpu")
-    ours = ray_zerocopy.load_exported("ep-gpu")
-    tensors = [*ours.state_dict.values(), *ours.constants.values()]
-    assert all(t.device == torch.device("cuda", 0) for t in tensors)
-    base = min(t.data_ptr() for t in tensors)
-    assert max(t.data_ptr() for t in tensors) - base < info["size"]  # all in the one shared copy
     with torch.no_grad():
         want = ep.module()(x)
-        torch.testing.assert_close(ours.module()(x), want)
+    for again in (False, True):
+        with monkeypatch.context() as m:
+            if again:
+                m.setattr(ray_zerocopy._export, "_deserialize", lambda *a: pytest.fail("deserialized again"))
+            ours = ray_zerocopy.load_exported("ep-gpu")
+        tensors = [*ours.state_dict.values(), *ours.constants.values()]
+        assert all(t.device == torch.device("cuda", 0) for t in tensors)
+        base = min(t.data_ptr() for t in tensors)
+        assert max(t.data_ptr() for t in tensors) - base < info["size"]  # all in the one shared copy
+        with torch.no_grad():
+            torch.testing.assert_close(ours.module()(x), want)
     # The same program compiled for CUDA, its constants the GPU's shared copy.
     path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "conv.pt2"),
                                                     inductor_configs=EXTERNAL_WEIGHTS)
