@@ -192,6 +192,8 @@ def put(mapping, tensors, obj, recipe: tuple, reduce=lambda o: NotImplemented) -
     try:
         _store.skeleton_pickler(pickle.Pickler, _absolute_view, by_view, other, reduce)(
             buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    except RecursionError:  # nested deeper than this caller's stack allows: another caller may keep it
+        return False
     except Exception:  # too big, or an object pickle cannot take (a closure, a handle): built each time
         try:
             _write(refused, _header(key))

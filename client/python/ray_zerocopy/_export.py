@@ -28,6 +28,7 @@ import functools
 import io
 import json
 import os
+import pickle
 import tempfile
 import threading
 import types
@@ -210,23 +211,43 @@ _KEPT_LAYOUT = 1
 
 
 def _reduce(o):
-    """How a kept ExportedProgram pickles what pickle cannot take as it is:
-    a graph module (its class is made per instance) by its state, its code
-    made again; an operator by its name (torch's one object); a FakeTensor
-    of static shape as one over a meta tensor (as _deserialize makes it),
-    in one fake mode of the settings the original had. Refuses symbolic
+    """How a kept ExportedProgram pickles what pickle cannot take as it is,
+    or not well: a graph module (its class is made per instance) by its
+    state, its code made again (one whose graph does not compile is not
+    kept); a graph as the list of its nodes; an operator by its name
+    (torch's one object) and schema (checked when read); a FakeTensor of
+    static shape as one over a meta tensor (as _deserialize makes it), in
+    one fake mode of the settings the original had. Refuses symbolic
     shapes (a program with dynamic dimensions is not kept: its shape
     environment is torch's state, not data)."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     if isinstance(o, torch.fx.GraphModule):
+        try:  # torch keeps a graph module whose code does not compile uncompiled (a custom object in it)
+            compile(o._graph.python_code(root_module="self").src, "<graph>", "exec", dont_inherit=True)
+        except SyntaxError:
+            raise _NotKept("a graph whose code does not compile") from None
         base = next(t for t in type(o).__mro__ if t.__qualname__.split(".")[-1] != "GraphModuleImpl")
         return _new_graph_module, (base, type(o).__name__), dict(vars(o)), None, None, _set_graph_module
-    if isinstance(o, torch._ops.OpOverload):
-        return _operator, (o.namespace, o._opname, o._overloadname)
+    if isinstance(o, torch.fx.Graph):
+        # Its nodes as a list in order, each without its links to the
+        # nodes after it (made again by _set_graph): pickled as a chain,
+        # they would recurse once per node. Its owning module is set by
+        # that module (_set_graph_module): no cycle between the two.
+        if o._owning_module is not None and o._owning_module.__dict__.get("_graph") is not o:
+            raise _NotKept("a graph owned by a module that does not hold it")
+        nodes = [o._root, *o.nodes]
+        index = {n: i for i, n in enumerate(nodes)}
+        users = [[index[u] for u in n.users] for n in nodes]
+        return _new_object, (type(o),), (nodes, users, dict(vars(o), _owning_module=None)), None, None, _set_graph
+    if isinstance(o, torch.fx.Node):
+        state = {k: v for k, v in o.__getstate__().items() if k not in ("_prev", "_next", "users")}
+        return _new_object, (type(o),), state, None, None, _set_node
+    if isinstance(o, torch._ops.OpOverload):  # with its schema: a custom op changed since is not this one
+        return _operator, (o.namespace, o._opname, o._overloadname, str(o._schema))
     if isinstance(o, torch._ops.OpOverloadPacket):
-        return _operator, (*o._qualified_op_name.split("::"), None)
+        return _operator, (*o._qualified_op_name.split("::"), None, None)
     if isinstance(o, torch._ops.HigherOrderOperator):
-        return _operator, (o.namespace, o.name(), None)
+        return _operator, (o.namespace, o.name(), None, None)
     if isinstance(o, FakeTensor):
         if not all(type(d) is int for d in (*o.shape, *o.stride(), o.storage_offset())) or o.storage_offset():
             raise _NotKept("a symbolic shape, or a view (torch's deserializer makes neither)")
@@ -252,12 +273,32 @@ def _new_graph_module(base, name):
 
 def _set_graph_module(gm, state):
     gm.__dict__.update(state)
+    gm._graph.owning_module = gm
     gm.recompile()  # its forward, from its graph
 
 
-def _operator(namespace, name, overload):
+def _new_object(cls):
+    return cls.__new__(cls)
+
+
+def _set_graph(graph, state):
+    nodes, users, rest = state
+    for i, node in enumerate(nodes):  # the root, then the graph's nodes: a ring
+        node._prev, node._next = nodes[i - 1], nodes[(i + 1) % len(nodes)]
+        node.users = {nodes[j]: None for j in users[i]}
+    graph.__dict__.update(rest)
+
+
+def _set_node(node, state):
+    node.__setstate__(state)  # torch's
+
+
+def _operator(namespace, name, overload, schema):
     packet = getattr(getattr(torch.ops, namespace), name)
-    return packet if overload is None else getattr(packet, overload)
+    op = packet if overload is None else getattr(packet, overload)
+    if schema is not None and str(op._schema) != schema:
+        raise pickle.UnpicklingError(f"operator {op} is now {op._schema}, not {schema}")
+    return op
 
 
 def _fake_tensor(mode, shape, stride, dtype, device, requires_grad):
@@ -342,7 +383,9 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     """The ExportedProgram stored as `ref` (a name or digest, preloaded from
     a ``torch.export.save`` archive), rebuilt by torch's deserializer with
     every weight, buffer and tensor constant a view of the node's one
-    shared copy: ``load_exported(ref).module()`` runs as
+    shared copy (by the node's first process of this user; the next ones
+    unpickle the program it kept, over their own mapping):
+    ``load_exported(ref).module()`` runs as
     ``torch.export.load(path).module()`` does, holding no copy of its own.
     Parameters have ``requires_grad=False`` (inference); a write to a
     weight copies the pages it touches into this process (the mapping is
