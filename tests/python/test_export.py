@@ -130,6 +130,12 @@ def assert_same_program(ours, theirs):
     nodes = list(ours.graph.nodes)
     assert [(n.op, n.name, str(n.target)) for n in nodes] == [(n.op, n.name, str(n.target)) for n in theirs.graph.nodes]
     assert [n.name for n in reversed(ours.graph.nodes)] == [n.name for n in reversed(theirs.graph.nodes)]
+    assert [n._sort_key for n in nodes] == [n._sort_key for n in theirs.graph.nodes]
+    ours.graph.lint()
+    assert ours.graph._insert.__self__ is ours.graph._root and ours.graph._len == theirs.graph._len
+    for target in {n.target for n in theirs.graph.nodes if n.op == "call_function"}:
+        assert [n.name for n in ours.graph.find_nodes(op="call_function", target=target)] == \
+            [n.name for n in theirs.graph.find_nodes(op="call_function", target=target)]
     assert [n.name for n in ours.graph.find_nodes(op="placeholder")] == \
         [n.name for n in theirs.graph.find_nodes(op="placeholder")]
     tensors = 0
@@ -153,6 +159,8 @@ def assert_same_program(ours, theirs):
     assert ours.graph_module.meta == theirs.graph_module.meta and ours._guards_code == theirs._guards_code
     for (name, a), (_, b) in zip(ours.graph_module.named_modules(), theirs.graph_module.named_modules()):
         assert type(a).__name__ == type(b).__name__ and getattr(a, "code", None) == getattr(b, "code", None), name
+        if isinstance(b, torch.fx.GraphModule):
+            assert (a.graph.owning_module is a) == (b.graph.owning_module is b), name
     assert {k: type(v) for k, v in ours.state_dict.items()} == {k: type(v) for k, v in theirs.state_dict.items()}
     assert ours.constants.keys() == theirs.constants.keys()
     assert all(torch.equal(ours.constants[k], theirs.constants[k]) for k in ours.constants)
@@ -276,6 +284,29 @@ def test_a_program_of_a_thousand_nodes_is_kept(daemon, tmp_path, monkeypatch):
     assert_same_program(kept, theirs)
     with torch.no_grad():
         assert torch.equal(kept.module()(x), theirs.module()(x))
+
+
+def test_a_kept_graph_holding_an_erased_node_comes_back_whole(exported, tmp_path, monkeypatch):
+    """An erased node stays in its graph's namespace (torch's erase_node):
+    it is kept whole, outside the graph's list of nodes."""
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))
+    gm = torch.fx.symbolic_trace(MLP())
+    x = next(iter(gm.graph.nodes))
+    with gm.graph.inserting_after(x):
+        erased = gm.graph.call_function(torch.relu, (x,))
+    gm.graph.erase_node(erased)
+    gm.recompile()
+    assert erased in gm.graph._graph_namespace._obj_to_name
+    mapping = ray_zerocopy._store._map("ep-mlp", None)
+    recipe = ("a graph module", 1)
+    assert ray_zerocopy._cache.put(mapping, [], gm, recipe, ray_zerocopy._export._reduce)
+    kept = ray_zerocopy._cache.get(mapping, recipe)
+    kept.graph.lint()
+    assert [n.name for n in kept.graph.nodes] == [n.name for n in gm.graph.nodes] and kept.code == gm.code
+    (ghost,) = [n for n in kept.graph._graph_namespace._obj_to_name if isinstance(n, torch.fx.Node) and n._erased]
+    assert ghost.name == erased.name and ghost.users == {} and ghost.next.name == erased.next.name
+    inputs = torch.randn(2, 16)
+    assert torch.equal(kept(inputs), gm(inputs))
 
 
 def test_loads_in_threads_at_once(exported, monkeypatch, tmp_path):

@@ -159,7 +159,8 @@ def put(mapping, tensors, obj, recipe: tuple, reduce=lambda o: NotImplemented) -
     are (a reduction, NotImplemented for the others; one that raises keeps
     nothing). False (no skeleton written) when `obj` does not pickle or
     holds more than MAX_OWN_BYTES of tensors of its own (a marker then
-    saves later builds the attempt), or the cache cannot be written."""
+    saves later builds the attempt; not for a RecursionError, which
+    depends on the caller's stack), or the cache cannot be written."""
     by_view = {}
     for i, t in enumerate(tensors):
         by_view.setdefault(_absolute_view(t), i)

@@ -207,7 +207,7 @@ def _program_recipe(name: str, target) -> tuple:
 # inputs); how a kept ExportedProgram is pickled (_reduce). Another layout,
 # another number (another file in the cache).
 _PARSED_LAYOUT = 1
-_KEPT_LAYOUT = 1
+_KEPT_LAYOUT = 2
 
 
 def _reduce(o):
@@ -215,7 +215,8 @@ def _reduce(o):
     or not well: a graph module (its class is made per instance) by its
     state, its code made again (one whose graph does not compile is not
     kept); a graph as the list of its nodes; an operator by its name
-    (torch's one object) and schema (checked when read); a FakeTensor of
+    (torch's one object; an OpOverload with its schema, checked when
+    read); a FakeTensor of
     static shape as one over a meta tensor (as _deserialize makes it), in
     one fake mode of the settings the original had. Refuses symbolic
     shapes (a program with dynamic dimensions is not kept: its shape
@@ -227,20 +228,23 @@ def _reduce(o):
         except SyntaxError:
             raise _NotKept("a graph whose code does not compile") from None
         base = next(t for t in type(o).__mro__ if t.__qualname__.split(".")[-1] != "GraphModuleImpl")
-        return _new_graph_module, (base, type(o).__name__), dict(vars(o)), None, None, _set_graph_module
+        return (_new_graph_module, (base, type(o).__name__), (dict(vars(o)), o._graph._owning_module is o), None, None,
+                _set_graph_module)
     if isinstance(o, torch.fx.Graph):
-        # Its nodes as a list in order, each without its links to the
-        # nodes after it (made again by _set_graph): pickled as a chain,
-        # they would recurse once per node. Its owning module is set by
-        # that module (_set_graph_module): no cycle between the two.
+        # Its nodes as a list in order, each without its ring links and
+        # users (made again by _set_graph): pickled as a chain, they would
+        # recurse once per node. Its owning module is set by that module
+        # (_set_graph_module): no cycle between the two.
         if o._owning_module is not None and o._owning_module.__dict__.get("_graph") is not o:
             raise _NotKept("a graph owned by a module that does not hold it")
         nodes = [o._root, *o.nodes]
         index = {n: i for i, n in enumerate(nodes)}
         users = [[index[u] for u in n.users] for n in nodes]
         return _new_object, (type(o),), (nodes, users, dict(vars(o), _owning_module=None)), None, None, _set_graph
-    if isinstance(o, torch.fx.Node):
-        state = {k: v for k, v in o.__getstate__().items() if k not in ("_prev", "_next", "users")}
+    if isinstance(o, torch.fx.Node):  # an erased one (not in the list) whole: its links lead back into the list
+        state = o.__getstate__()
+        if not o._erased:
+            state = {k: v for k, v in state.items() if k not in ("_prev", "_next", "users")}
         return _new_object, (type(o),), state, None, None, _set_node
     if isinstance(o, torch._ops.OpOverload):  # with its schema: a custom op changed since is not this one
         return _operator, (o.namespace, o._opname, o._overloadname, str(o._schema))
@@ -272,8 +276,10 @@ def _new_graph_module(base, name):
 
 
 def _set_graph_module(gm, state):
-    gm.__dict__.update(state)
-    gm._graph.owning_module = gm
+    attributes, owns_graph = state
+    gm.__dict__.update(attributes)
+    if owns_graph:
+        gm._graph.owning_module = gm
     gm.recompile()  # its forward, from its graph
 
 
@@ -384,7 +390,8 @@ def load_exported(ref: str, device=None, socket: str | None = None):
     a ``torch.export.save`` archive), rebuilt by torch's deserializer with
     every weight, buffer and tensor constant a view of the node's one
     shared copy (by the node's first process of this user; the next ones
-    unpickle the program it kept, over their own mapping):
+    unpickle the program it kept, over their own mapping, where it has
+    static shapes, and otherwise its parsed JSON):
     ``load_exported(ref).module()`` runs as
     ``torch.export.load(path).module()`` does, holding no copy of its own.
     Parameters have ``requires_grad=False`` (inference); a write to a
