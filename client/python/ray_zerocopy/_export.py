@@ -23,6 +23,7 @@ by dispatch.
 """
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import functools
 import io
@@ -240,12 +241,13 @@ def _reduce(o):
         nodes = [o._root, *o.nodes]
         index = {n: i for i, n in enumerate(nodes)}
         users = [[index[u] for u in n.users] for n in nodes]
-        return _new_object, (type(o),), (nodes, users, dict(vars(o), _owning_module=None)), None, None, _set_graph
+        state = (nodes, users, dict(vars(o), _owning_module=None))
+        return copyreg.__newobj__, (type(o),), state, None, None, _set_graph
     if isinstance(o, torch.fx.Node):  # an erased one (not in the list) whole: its links lead back into the list
         state = o.__getstate__()
         if not o._erased:
             state = {k: v for k, v in state.items() if k not in ("_prev", "_next", "users")}
-        return _new_object, (type(o),), state, None, None, _set_node
+        return copyreg.__newobj__, (type(o),), state  # set by torch's Node.__setstate__
     if isinstance(o, torch._ops.OpOverload):  # with its schema: a custom op changed since is not this one
         return _operator, (o.namespace, o._opname, o._overloadname, str(o._schema))
     if isinstance(o, torch._ops.OpOverloadPacket):
@@ -283,20 +285,12 @@ def _set_graph_module(gm, state):
     gm.recompile()  # its forward, from its graph
 
 
-def _new_object(cls):
-    return cls.__new__(cls)
-
-
 def _set_graph(graph, state):
     nodes, users, rest = state
     for i, node in enumerate(nodes):  # the root, then the graph's nodes: a ring
         node._prev, node._next = nodes[i - 1], nodes[(i + 1) % len(nodes)]
         node.users = {nodes[j]: None for j in users[i]}
     graph.__dict__.update(rest)
-
-
-def _set_node(node, state):
-    node.__setstate__(state)  # torch's
 
 
 def _operator(namespace, name, overload, schema):
@@ -308,6 +302,9 @@ def _operator(namespace, name, overload, schema):
 
 
 def _fake_tensor(mode, shape, stride, dtype, device, requires_grad):
+    """A static-shape FakeTensor in `mode`, over a meta tensor (what torch
+    makes by dispatching empty_strided under the mode, made directly):
+    for _deserialize and for a kept program's unpickling."""
     from torch._subclasses.fake_tensor import FakeTensor
     return FakeTensor(mode, torch.empty_strided(shape, stride, dtype=dtype, device="meta", requires_grad=requires_grad),
                       device)
@@ -341,16 +338,14 @@ def _deserialize():
     take no subclasses: its deserialize() runs as it is, with the one name
     it looks up, GraphModuleDeserializer, made by the function below."""
     from torch._export.serde import serialize
-    from torch._subclasses.fake_tensor import FakeTensor
 
     def tensor_meta(graph, tensor_meta):
         sizes, strides = tensor_meta.sizes, tensor_meta.strides
         if any(s.type != "as_int" for s in sizes) or any(s.type != "as_int" for s in strides):
             return serialize.GraphModuleDeserializer.deserialize_tensor_meta(graph, tensor_meta)
-        meta = torch.empty_strided([s.as_int for s in sizes], [s.as_int for s in strides],
-                                   dtype=serialize._SERIALIZE_TO_TORCH_DTYPE[tensor_meta.dtype], device="meta",
-                                   requires_grad=tensor_meta.requires_grad)
-        return FakeTensor(graph.fake_tensor_mode, meta, serialize.deserialize_device(tensor_meta.device))
+        return _fake_tensor(graph.fake_tensor_mode, [s.as_int for s in sizes], [s.as_int for s in strides],
+                            serialize._SERIALIZE_TO_TORCH_DTYPE[tensor_meta.dtype],
+                            serialize.deserialize_device(tensor_meta.device), tensor_meta.requires_grad)
 
     def graph_deserializer():
         graph = serialize.GraphModuleDeserializer()
