@@ -45,6 +45,7 @@ CHILD = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import torch, torch.export, torch._export.serde.serialize
+    import torch.fx.experimental.validator  # what both loaders' first ShapeEnv imports
     torch.set_num_threads(2)
     imported = time.perf_counter() - t0
     loader, path, name = sys.argv[1:4]

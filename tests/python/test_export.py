@@ -4,6 +4,8 @@ preload_exported) and loaded with load_exported against
 torch.export.load(path).module() on the same archive."""
 import io
 import json
+import math
+import operator
 import os
 import pickle
 import subprocess
@@ -185,11 +187,19 @@ def test_load_exported_equals_torch_export_load_and_maps_every_tensor(exported, 
     parsed = ray_zerocopy.load_exported(f"ep-{kind}")
     assert len(list((tmp_path / "cache").glob("*/*.pkl"))) == 1
     export = ray_zerocopy._export
+    made = []  # graphs whose code is made
     with monkeypatch.context() as m:
         m.setattr(export, "_to_dataclass", lambda *a: pytest.fail("parsed again"))
         if kind != "dynamic":
             m.setattr(export, "_deserialize", lambda *a: pytest.fail("deserialized again"))
+        code = torch.fx.Graph.python_code
+        m.setattr(torch.fx.Graph, "python_code", lambda self, *a, **k: made.append(self) or code(self, *a, **k))
         ep = ray_zerocopy.load_exported(f"ep-{kind}")
+    if kind != "dynamic":
+        # A kept graph module's code is kept with it, not made again; but
+        # torch's recompile of a module makes its submodules' again.
+        submodules = [m for m in ep.graph_module.modules() if isinstance(m, torch.fx.GraphModule)][1:]
+        assert len(made) == len(submodules) and len(submodules) == (2 if kind == "cond" else 0)
     # A kept file of another layout (another version of ours wrote it): read
     # again, kept again.
     recipe = export._parse_recipe("model") if kind == "dynamic" else export._program_recipe("model", None)
@@ -307,6 +317,38 @@ def test_a_kept_graph_holding_an_erased_node_comes_back_whole(exported, tmp_path
     assert ghost.name == erased.name and ghost.users == {} and ghost.next.name == erased.next.name
     inputs = torch.randn(2, 16)
     assert torch.equal(kept(inputs), gm(inputs))
+
+
+def test_a_kept_graph_modules_code_is_kept_with_it_or_made_again(exported, tmp_path, monkeypatch):
+    """A kept graph module's recompile on load is handed the code its graph
+    made when it was kept, with the globals that code names, where each
+    pickles as the same object; where one does not, the code is made
+    again. The same code and forward either way, and the graph makes its
+    code itself afterwards."""
+    monkeypatch.setenv("ZEROCOPY_SKELETON_CACHE", str(tmp_path / "cache"))
+    export = ray_zerocopy._export
+    assert all(map(export._by_name, (torch, math.inf, math.nan, None, "s", torch.device, operator.getitem)))
+    assert not export._by_name(lambda: 0) and not export._by_name(object())
+    gm = torch.fx.symbolic_trace(MLP())
+    mapping = ray_zerocopy._store._map("ep-mlp", None)
+    made = []
+    code = torch.fx.Graph.python_code
+    monkeypatch.setattr(torch.fx.Graph, "python_code", lambda self, *a, **k: made.append(self) or code(self, *a, **k))
+    x = torch.randn(2, 16)
+    for made_again, by_name in enumerate((export._by_name, lambda v: False)):
+        recipe = ("a graph module", made_again)
+        with monkeypatch.context() as m:
+            m.setattr(export, "_by_name", by_name)
+            assert ray_zerocopy._cache.put(mapping, [], gm, recipe, export._reduce)
+        made.clear()
+        kept = ray_zerocopy._cache.get(mapping, recipe)
+        assert len(made) == made_again
+        assert kept.code == gm.code and kept._lineno_map == gm._lineno_map
+        assert type(kept).forward.__code__.co_code == type(gm).forward.__code__.co_code
+        assert torch.equal(kept(x), gm(x))
+        assert "python_code" not in vars(kept.graph)
+        kept.recompile()
+        assert len(made) == made_again + 1
 
 
 def test_loads_in_threads_at_once(exported, monkeypatch, tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copyreg
 import dataclasses
 import functools
+import importlib
 import io
 import json
 import os
@@ -208,14 +209,16 @@ def _program_recipe(name: str, target) -> tuple:
 # inputs); how a kept ExportedProgram is pickled (_reduce). Another layout,
 # another number (another file in the cache).
 _PARSED_LAYOUT = 1
-_KEPT_LAYOUT = 2
+_KEPT_LAYOUT = 3
 
 
 def _reduce(o):
     """How a kept ExportedProgram pickles what pickle cannot take as it is,
     or not well: a graph module (its class is made per instance) by its
-    state, its code made again (one whose graph does not compile is not
-    kept); a graph as the list of its nodes; an operator by its name
+    state and the globals its code names, its code compiled again (one
+    whose graph does not compile is not kept); a graph as the list of its
+    nodes, a node set without torch's per-field checks; a module (a
+    global) and an operator by its name
     (torch's one object; an OpOverload with its schema, checked when
     read); a FakeTensor of
     static shape as one over a meta tensor (as _deserialize makes it), in
@@ -224,13 +227,21 @@ def _reduce(o):
     environment is torch's state, not data)."""
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
     if isinstance(o, torch.fx.GraphModule):
+        code = o._graph.python_code(root_module="self")
         try:  # torch keeps a graph module whose code does not compile uncompiled (a custom object in it)
-            compile(o._graph.python_code(root_module="self").src, "<graph>", "exec", dont_inherit=True)
+            compile(code.src, "<graph>", "exec", dont_inherit=True)
         except SyntaxError:
             raise _NotKept("a graph whose code does not compile") from None
         base = next(t for t in type(o).__mro__ if t.__qualname__.split(".")[-1] != "GraphModuleImpl")
-        return (_new_graph_module, (base, type(o).__name__), (dict(vars(o)), o._graph._owning_module is o), None, None,
-                _set_graph_module)
+        # The names its code refers to, kept where the code is the one its
+        # graph makes and they pickle by name: its recompile on load then
+        # need not make the code again (_set_graph_module).
+        made = (code.src == o._code and code._lineno_map == o._lineno_map
+                and code._prologue_start == o._prologue_start and all(map(_by_name, code.globals.values())))
+        state = (dict(vars(o)), o._graph._owning_module is o, code.globals if made else None)
+        return _new_graph_module, (base, type(o).__name__), state, None, None, _set_graph_module
+    if isinstance(o, types.ModuleType):  # a name in a graph module's code
+        return importlib.import_module, (o.__name__,)
     if isinstance(o, torch.fx.Graph):
         # Its nodes as a list in order, each without its ring links and
         # users (made again by _set_graph): pickled as a chain, they would
@@ -247,7 +258,7 @@ def _reduce(o):
         state = o.__getstate__()
         if not o._erased:
             state = {k: v for k, v in state.items() if k not in ("_prev", "_next", "users")}
-        return copyreg.__newobj__, (type(o),), state  # set by torch's Node.__setstate__
+        return copyreg.__newobj__, (type(o),), state, None, None, _set_node
     if isinstance(o, torch._ops.OpOverload):  # with its schema: a custom op changed since is not this one
         return _operator, (o.namespace, o._opname, o._overloadname, str(o._schema))
     if isinstance(o, torch._ops.OpOverloadPacket):
@@ -277,12 +288,48 @@ def _new_graph_module(base, name):
     return gm
 
 
+def _by_name(value) -> bool:
+    """Whether a graph module's global pickles as the same object: a module
+    (by name, _reduce), a plain value, or a class or function found again
+    by its name."""
+    if isinstance(value, types.ModuleType) or type(value) in (int, float, bool, str, type(None)):
+        return True
+    try:
+        return pickle.loads(pickle.dumps(value)) is value
+    except Exception:
+        return False
+
+
 def _set_graph_module(gm, state):
-    attributes, owns_graph = state
+    attributes, owns_graph, code_globals = state
     gm.__dict__.update(attributes)
     if owns_graph:
         gm._graph.owning_module = gm
-    gm.recompile()  # its forward, from its graph
+    from torch.fx.experimental import _config
+    if code_globals is None or _config.enrich_profiler_metadata:  # (which changes the code recompile makes)
+        gm.recompile()  # its forward, from its graph
+        return
+    # torch's recompile, handed the code its graph made when kept (the same
+    # graph, torch and layout: the same code) rather than making it again
+    # (~1 ms of a 256 MiB program's 2.5): the graph's python_code answers
+    # with it for the length of the call.
+    from torch.fx.graph import PythonCode
+    graph = gm._graph
+    graph.python_code = lambda root_module, **_: PythonCode(gm._code, code_globals, gm._lineno_map,
+                                                            gm._prologue_start)
+    try:
+        gm.recompile()
+    finally:
+        del graph.python_code
+
+
+def _set_node(node, state):
+    # What torch's Node.__setstate__ does, setattr per field, without
+    # Node.__setattr__'s look-ups (~1.5 ms of a 256 MiB program's 7): they
+    # only matter for a node already in a graph's find_nodes table or with a
+    # name, and this one, just made and its graph not yet set, has neither.
+    for k, v in state.items():
+        object.__setattr__(node, k, v)
 
 
 def _set_graph(graph, state):
