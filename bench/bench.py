@@ -548,14 +548,14 @@ def hugging_face(args):
     """Section 9 (bench_hf.py, a zerocopyd of its own)."""
     log("bench: a Hugging Face model in a fresh process")
     quick = ["--hidden", 512, "--layers", 4] if args.quick else []
-    return section("bench_hf.py", ["--build", args.build, "--repeats", 1 if args.quick else 3, *quick], 3600)
+    return section("bench_hf.py", ["--build", args.build, "--repeats", 1 if args.quick else 7, *quick], 3600)
 
 
 def exported(args):
     """Section 10 (bench_export.py, a zerocopyd of its own)."""
     log("bench: a torch.export program in a fresh process")
     quick = ["--quick"] if args.quick else []
-    return section("bench_export.py", ["--build", args.build, "--repeats", 1 if args.quick else 3, *quick], 3600)
+    return section("bench_export.py", ["--build", args.build, "--repeats", 1 if args.quick else 7, *quick], 3600)
 
 
 def fan_out(args):

@@ -20,8 +20,12 @@ library), ours `ray_zerocopy.load_aoti(name)` against torch's
 `load_pt2(path, load_weights_from_disk=True)` (what
 `torch._inductor.aoti_load_package` does for such a package).
 
-Each: seconds until the module is ready, and until its first output (one
-forward of 16 tokens). Then, at the largest, 4 processes of ours hold
+Each: seconds until the program is loaded (`load_exported` against
+`torch.export.load`), until the module is
+ready (`.module()` too; an AOTInductor package's loader returns it), and
+until its first output (one forward of 16 tokens). The loaders take turns,
+one process each per round, so that a slow stretch of the machine falls
+on all of them. Then, at the largest, 4 processes of ours hold
 the module at once: their summed PSS of its segment against its size. One
 JSON line on stdout.
 
@@ -59,18 +63,19 @@ CHILD = textwrap.dedent("""
     if aoti:
         from torch.export.pt2_archive._package import load_pt2
     start = time.perf_counter()
-    if loader.startswith("ours"):
-        module = ray_zerocopy.load_aoti(name) if aoti else ray_zerocopy.load_exported(name).module()
-    elif aoti:
-        module = load_pt2(path, load_weights_from_disk=True).aoti_runners["model"]
+    times = {}
+    if aoti:
+        module = ray_zerocopy.load_aoti(name) if loader.startswith("ours") else \
+            load_pt2(path, load_weights_from_disk=True).aoti_runners["model"]
     else:
-        module = torch.export.load(path).module()
-    ready = time.perf_counter() - start
+        program = ray_zerocopy.load_exported(name) if loader.startswith("ours") else torch.export.load(path)
+        times["program_s"] = time.perf_counter() - start
+        module = program.module()
+    times["ready_s"] = time.perf_counter() - start
     with torch.no_grad():
         out = module(torch.arange(16).reshape(1, 16))
-    first = time.perf_counter() - start
-    print(json.dumps({"import_s": imported, "ready_s": ready, "output_s": first, "output_sum": float(out.sum())}),
-          flush=True)
+    times["output_s"] = time.perf_counter() - start
+    print(json.dumps({"import_s": imported, **times, "output_sum": float(out.sum())}), flush=True)
     if len(sys.argv) > 4:  # hold it for the PSS reading
         for p in (module._zerocopy_constants.values() if aoti else module.parameters()):
             p.sum()  # every page touched
@@ -101,6 +106,8 @@ def export(mib: int, layers: int | None, path: Path, aoti: bool) -> dict:
     else:
         model = bench_model.TransformerLike(wide(mib, layers), layers).eval()
     blocks = len(model.blocks)
+    with torch.no_grad():  # what the loaders' first outputs must sum to
+        output_sum = float(model(torch.arange(16).reshape(1, 16)).sum())
     ep = torch.export.export(model, (bench_model.example_input(),))
     if aoti:
         t0 = time.perf_counter()
@@ -111,7 +118,7 @@ def export(mib: int, layers: int | None, path: Path, aoti: bool) -> dict:
     else:
         torch.export.save(ep, path)
     return {"bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()), "blocks": blocks,
-            "nodes": len(ep.graph.nodes)}
+            "nodes": len(ep.graph.nodes), "output_sum": output_sum}
 
 
 def main():
@@ -139,14 +146,20 @@ def main():
             t0 = time.perf_counter()
             daemon.run("preload", str(path), "--name", name)
             preload_s = time.perf_counter() - t0
-            results = {}
-            for loader in LOADERS:
-                results[loader] = medians(CHILD, [loader, path, name], env, args.repeats,
-                                          ("import_s", "ready_s", "output_s"), f"bench_export: {label}, {loader}")
-                if "runs" in results[loader]:
-                    results[loader]["output_sum"] = results[loader]["runs"][0]["output_sum"]
-            if len({r.get("output_sum") for r in results.values()}) != 1:
+            keys = ("import_s", "ready_s", "output_s") + (() if aoti else ("program_s",))
+            results = medians(CHILD, {loader: [loader, path, name] for loader in LOADERS}, env, args.repeats, keys,
+                              f"bench_export: {label}")
+            for result in results.values():
+                if "runs" in result:
+                    result["output_sum"] = result["runs"][0]["output_sum"]
+            sums = [r.get("output_sum") for r in results.values()]
+            if any(x != x for x in sums if x is not None):  # NaN: equal or not, nothing to compare
+                results["mismatch"] = "the model's output is NaN (the loaders' outputs cannot be compared)"
+            elif len(set(sums)) != 1:
                 results["mismatch"] = "the loaders' outputs differ"
+            elif abs(sums[0] - model["output_sum"]) > 1e-3 * max(1.0, abs(model["output_sum"])):  # compiled: rounding
+                results["mismatch"] = (f"the loaders agree, but not with the model run before it was exported "
+                                       f"({sums[0]} against {model['output_sum']})")
             entry = dict(model, file_bytes=path.stat().st_size, preload_s=preload_s, loaders=results, aoti=aoti)
             if mib == max(c[1] for c in configs) and not aoti:  # four processes of ours at once: one copy between them
                 digest = daemon.run("inspect", name)["model"]["digest"]

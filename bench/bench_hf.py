@@ -139,10 +139,8 @@ def main():
         t0 = time.perf_counter()
         daemon.run("preload", str(d), "--name", name)
         preload_s = time.perf_counter() - t0
-        results = {}
-        for loader in LOADERS:
-            results[loader] = medians(CHILD, [loader, d, name], env, args.repeats, ("import_s", "ready_s", "logits_s"),
-                                      f"bench_hf: {loader}")
+        results = medians(CHILD, {loader: [loader, d, name] for loader in LOADERS}, env, args.repeats,
+                          ("import_s", "ready_s", "logits_s"), "bench_hf")
         # Four processes of ours at once: one copy between them.
         digest = daemon.run("inspect", name)["model"]["digest"]
         procs = [spawn(CHILD, ["ours", d, name], env, hold=True) for _ in range(4)]

@@ -48,16 +48,26 @@ def scratch_daemon(build: Path, prefix: str):
         shutil.rmtree(segments, ignore_errors=True)
 
 
-def medians(code: str, argv: list, env: dict, repeats: int, keys: tuple, label: str) -> dict:
-    """`repeats` + 1 fresh processes of `code`; the first warms the page
-    cache and is not counted. The medians of `keys` over the rest (and the
-    runs themselves), or {"error": the first error}."""
+def medians(code: str, argvs: dict, env: dict, repeats: int, keys: tuple, label: str) -> dict:
+    """For each loader of `argvs` (its name: the child's argv), `repeats` + 1
+    fresh processes of `code`, in rounds of one process per loader: the
+    loaders share whatever the machine does meanwhile (this VM runs some
+    rounds ~1.4x slower than others), rather than one of them taking a slow
+    stretch alone. The first round warms the page cache and is not
+    counted; dirty pages (a model just written) are flushed before it.
+    Per loader: the medians of `keys` over its runs (and the runs
+    themselves), or {"error": its first error}."""
     import statistics
-    runs = [run_once(code, argv, env) for _ in range(repeats + 1)][1:]
-    errors = [r["error"] for r in runs if "error" in r]
-    if errors:
-        return {"error": errors[0]}
-    out = {k: statistics.median(r[k] for r in runs) for k in keys}
-    out["runs"] = runs
-    print(f"{label}: {out[keys[1]]:.3f} s", file=sys.stderr, flush=True)
+    os.sync()
+    rounds = [{loader: run_once(code, argv, env) for loader, argv in argvs.items()} for _ in range(repeats + 1)][1:]
+    out = {}
+    for loader in argvs:
+        runs = [r[loader] for r in rounds]
+        errors = [r["error"] for r in runs if "error" in r]
+        if errors:
+            out[loader] = {"error": errors[0]}
+            continue
+        out[loader] = {k: statistics.median(r[k] for r in runs) for k in keys}
+        out[loader]["runs"] = runs
+        print(f"{label}, {loader}: {out[loader][keys[1]]:.3f} s", file=sys.stderr, flush=True)
     return out

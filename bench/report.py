@@ -508,24 +508,27 @@ def exported_lines(x):
     lines = [title, "",
              "bench_model's transformer-like model exported with `torch.export` and saved with `torch.export.save`, "
              "preloaded once. Each loader in a fresh process, torch and its export deserializer imported before the "
-             "clock, the archive in the page cache. Ready: `ray_zerocopy.load_exported(name).module()` against "
-             "`torch.export.load(path).module()`, and for the AOTInductor package (compiled with its weights beside "
-             "the library) `ray_zerocopy.load_aoti(name)` against torch's `load_pt2(path, "
-             "load_weights_from_disk=True)`; first output: ready plus one forward of 16 tokens. Ours: what the "
-             "node's first process (of a user) kept read; ours, first process: that process, which reads the program "
-             "and keeps it. Medians.", "",
-             "| model | program | ours ready | torch ready | ours / torch | ours, first process | ours first output "
-             "| torch first output |",
-             "|---|---|---|---|---|---|---|---|"]
+             "clock, the archive in the page cache, the loaders taking turns. Program: "
+             "`ray_zerocopy.load_exported(name)` against `torch.export.load(path)`; ready: its `.module()` too (the "
+             "same torch code for both), and for the AOTInductor package (compiled with its weights beside the "
+             "library) `ray_zerocopy.load_aoti(name)` against torch's `load_pt2(path, load_weights_from_disk=True)`; "
+             "first output: ready plus one forward of 16 tokens. Ours: what the node's first process (of a user) "
+             "kept read; ours, first process: that process, which reads the program and keeps it. Medians.", "",
+             "| model | program | ours program | torch program | ours / torch | ours ready | torch ready "
+             "| ours / torch | ours, first process (ready) | ours first output | torch first output |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, m in x["models"].items():
         ours, theirs = m["loaders"].get("ours", {}), m["loaders"].get("torch", {})
         first = m["loaders"].get("ours-first", {})
         if "error" in ours or "error" in theirs:
-            lines.append(f"| {label} | | `{why(ours.get('error') or theirs.get('error'))}` | | | | | |")
+            lines.append(f"| {label} | | `{why(ours.get('error') or theirs.get('error'))}` | | | | | | | | |")
             continue
-        program = "compiled" if m.get("aoti") else "exported"
-        lines.append(f"| {label} ({size(m['bytes'] / MiB)}) | {program}, {m['blocks']} blocks, {m['nodes']} nodes | "
-                     f"{t(ours['ready_s'])} | {t(theirs['ready_s'])} | ×{ours['ready_s'] / theirs['ready_s']:.2f} | "
+        kind = "compiled" if m.get("aoti") else "exported"
+        program = (f"{t(ours['program_s'])} | {t(theirs['program_s'])} | ×{ours['program_s'] / theirs['program_s']:.2f}"
+                   if "program_s" in ours and "program_s" in theirs else "— | — | —")
+        lines.append(f"| {label} ({size(m['bytes'] / MiB)}) | {kind}, {m['blocks']} blocks, {m['nodes']} nodes | "
+                     f"{program} | {t(ours['ready_s'])} | {t(theirs['ready_s'])} | "
+                     f"×{ours['ready_s'] / theirs['ready_s']:.2f} | "
                      f"{t(first['ready_s']) if 'ready_s' in first else ''} | {t(ours['output_s'])} | "
                      f"{t(theirs['output_s'])} |")
     for label, m in x["models"].items():
