@@ -104,7 +104,7 @@ def export(mib: int, layers: int | None, path: Path, aoti: bool) -> dict:
     if layers is None:
         model = bench_model.build(mib)
     else:
-        model = bench_model.TransformerLike(wide(mib, layers), layers).eval()
+        model = bench_model.initialized(bench_model.TransformerLike(wide(mib, layers), layers)).eval()
     blocks = len(model.blocks)
     with torch.no_grad():  # what the loaders' first outputs must sum to
         output_sum = float(model(torch.arange(16).reshape(1, 16)).sum())

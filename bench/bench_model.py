@@ -48,12 +48,17 @@ def build(mib: int, device="cpu", seed=0):
     hidden, layers = config(mib)
     with torch.device(device):
         model = TransformerLike(hidden, layers)
-    if device != "meta":
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.02, generator=g)
-    return model.eval()
+    return (model if device == "meta" else initialized(model, seed)).eval()
+
+
+def initialized(model, seed=0):
+    """`model` with every parameter drawn from N(0, 0.02) by a generator of
+    `seed` (the embedding is made uninitialized: see TransformerLike)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02, generator=g)
+    return model
 
 
 def factory(mib: int):

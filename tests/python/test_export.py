@@ -11,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import types
 import zipfile
 from pathlib import Path
 
@@ -329,6 +330,7 @@ def test_a_kept_graph_modules_code_is_kept_with_it_or_made_again(exported, tmp_p
     export = ray_zerocopy._export
     assert all(map(export._by_name, (torch, math.inf, math.nan, None, "s", torch.device, operator.getitem)))
     assert not export._by_name(lambda: 0) and not export._by_name(object())
+    assert not export._by_name(types.ModuleType("nowhere")) and not export._by_name(sys.modules["__main__"])
     gm = torch.fx.symbolic_trace(MLP())
     mapping = ray_zerocopy._store._map("ep-mlp", None)
     made = []
@@ -344,7 +346,11 @@ def test_a_kept_graph_modules_code_is_kept_with_it_or_made_again(exported, tmp_p
         kept = ray_zerocopy._cache.get(mapping, recipe)
         assert len(made) == made_again
         assert kept.code == gm.code and kept._lineno_map == gm._lineno_map
-        assert type(kept).forward.__code__.co_code == type(gm).forward.__code__.co_code
+        ours, theirs = type(kept).forward, type(gm).forward
+        assert all(getattr(ours.__code__, a) == getattr(theirs.__code__, a)
+                   for a in ("co_code", "co_names", "co_consts", "co_varnames"))
+        names = code(gm.graph, "self").globals  # the same objects (nan is not equal to itself)
+        assert all(ours.__globals__[k] is v or repr(ours.__globals__[k]) == repr(v) for k, v in names.items())
         assert torch.equal(kept(x), gm(x))
         assert "python_code" not in vars(kept.graph)
         kept.recompile()

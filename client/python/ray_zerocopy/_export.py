@@ -31,6 +31,7 @@ import io
 import json
 import os
 import pickle
+import sys
 import tempfile
 import threading
 import types
@@ -240,7 +241,7 @@ def _reduce(o):
                 and code._prologue_start == o._prologue_start and all(map(_by_name, code.globals.values())))
         state = (dict(vars(o)), o._graph._owning_module is o, code.globals if made else None)
         return _new_graph_module, (base, type(o).__name__), state, None, None, _set_graph_module
-    if isinstance(o, types.ModuleType):  # a name in a graph module's code
+    if _importable(o):  # a name in a graph module's code
         return importlib.import_module, (o.__name__,)
     if isinstance(o, torch.fx.Graph):
         # Its nodes as a list in order, each without its ring links and
@@ -292,12 +293,21 @@ def _by_name(value) -> bool:
     """Whether a graph module's global pickles as the same object: a module
     (by name, _reduce), a plain value, or a class or function found again
     by its name."""
-    if isinstance(value, types.ModuleType) or type(value) in (int, float, bool, str, type(None)):
+    if isinstance(value, types.ModuleType):
+        return _importable(value)
+    if type(value) in (int, float, bool, str, type(None)):
         return True
     try:
         return pickle.loads(pickle.dumps(value)) is value
     except Exception:
         return False
+
+
+def _importable(o) -> bool:
+    """A module that importing its name gives back (not __main__, which is
+    another one in another process)."""
+    return (isinstance(o, types.ModuleType) and o.__name__ != "__main__"
+            and sys.modules.get(o.__name__) is o)
 
 
 def _set_graph_module(gm, state):
@@ -315,11 +325,14 @@ def _set_graph_module(gm, state):
     # with it for the length of the call.
     from torch.fx.graph import PythonCode
     graph = gm._graph
-    graph.python_code = lambda root_module, **_: PythonCode(gm._code, code_globals, gm._lineno_map,
-                                                            gm._prologue_start)
+    graph.python_code = lambda *_, **__: PythonCode(src=gm._code, globals=code_globals, _lineno_map=gm._lineno_map,
+                                                    _prologue_start=gm._prologue_start)
     try:
         gm.recompile()
-    finally:
+    except Exception:  # another torch's recompile or PythonCode: its own way
+        del graph.python_code
+        gm.recompile()
+    else:
         del graph.python_code
 
 
