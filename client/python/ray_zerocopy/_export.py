@@ -316,24 +316,23 @@ def _set_graph_module(gm, state):
     if owns_graph:
         gm._graph.owning_module = gm
     from torch.fx.experimental import _config
-    if code_globals is None or _config.enrich_profiler_metadata:  # (which changes the code recompile makes)
-        gm.recompile()  # its forward, from its graph
-        return
-    # torch's recompile, handed the code its graph made when kept (the same
-    # graph, torch and layout: the same code) rather than making it again
-    # (~1 ms of a 256 MiB program's 2.5): the graph's python_code answers
-    # with it for the length of the call.
-    from torch.fx.graph import PythonCode
-    graph = gm._graph
-    graph.python_code = lambda *_, **__: PythonCode(src=gm._code, globals=code_globals, _lineno_map=gm._lineno_map,
-                                                    _prologue_start=gm._prologue_start)
-    try:
-        gm.recompile()
-    except Exception:  # another torch's recompile or PythonCode: its own way
-        del graph.python_code
-        gm.recompile()
-    else:
-        del graph.python_code
+    if code_globals is not None and not _config.enrich_profiler_metadata:  # (which changes the code recompile makes)
+        # torch's recompile, handed the code its graph made when kept (the
+        # same graph, torch and layout: the same code) rather than making it
+        # again (~1 ms of a 256 MiB program's 2.5): the graph's python_code
+        # answers with it for the length of the call.
+        from torch.fx.graph import PythonCode
+        graph = gm._graph
+        graph.python_code = lambda *_, **__: PythonCode(src=gm._code, globals=code_globals,
+                                                        _lineno_map=gm._lineno_map, _prologue_start=gm._prologue_start)
+        try:
+            gm.recompile()
+            return
+        except Exception:  # another torch's recompile or PythonCode: made its own way below
+            pass
+        finally:
+            del graph.python_code
+    gm.recompile()  # its forward, from its graph
 
 
 def _set_node(node, state):
